@@ -1,0 +1,1 @@
+"""Taking backups: physical base backups, logical dumps, and the continuous WAL archive."""

@@ -1,0 +1,267 @@
+"""The continuous WAL archiver: pg_receivewal on a replication slot, supervised.
+
+Why pg_receivewal and not archive_command: archive_command only ships a segment
+once it is full (16 MB), so the archive trails the primary by up to a whole
+segment or archive_timeout. pg_receivewal streams each record as it is written,
+and with --synchronous it fsyncs and reports its flush position, which the
+primary shows in pg_stat_replication; the slot keeps the primary from recycling
+WAL the archive has not got, so there are no gaps while the archiver is down.
+
+pg_receivewal writes into wal/incoming/; every completed segment is checked
+(header address, system identifier, size), compressed with zstd (frame
+checksum), fsynced, renamed into wal/ and only then removed from incoming/.
+The supervisor restarts pg_receivewal when it exits (primary restarted or
+promoted elsewhere) and records each failure in archiver/state.json, which
+`pgdr status` reports.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pgdr.config import Config
+from pgdr.errors import PgdrError
+from pgdr.fsutil import exclusive_lock, lock_is_held, write_json_durable
+from pgdr.pg.conninfo import split_password, with_params
+from pgdr.pg.connect import session
+from pgdr.pg.probe import find_primary
+from pgdr.pg.programs import Programs
+from pgdr.repo.layout import Repository
+from pgdr.repo.wal import WalArchive
+
+log = logging.getLogger(__name__)
+
+COMPLETED_RE = re.compile(r"^([0-9A-F]{24}|[0-9A-F]{8}\.history)$")
+POLL_SECONDS = 0.2
+
+
+@dataclass
+class ArchiverState:
+    pid: int | None = None
+    upstream: str | None = None
+    started_at: str | None = None
+    receiving: bool = False
+    last_archived: str | None = None
+    last_archived_at: str | None = None
+    archived_count: int = 0
+    failures: int = 0
+    last_failure: str | None = None
+    last_failure_at: str | None = None
+
+
+def state_path(repo: Repository) -> Path:
+    return repo.archiver_dir / "state.json"
+
+
+def read_state(repo: Repository) -> ArchiverState:
+    try:
+        return ArchiverState(**json.loads(state_path(repo).read_text()))
+    except (OSError, ValueError, TypeError):
+        return ArchiverState()
+
+
+def is_running(repo: Repository) -> bool:
+    return lock_is_held(repo.lock_path("archiver"))
+
+
+def ensure_slot(conninfo: str, slot: str) -> None:
+    """A physical slot that reserves WAL from now on, so nothing is recycled unarchived."""
+    with session(conninfo) as conn:
+        conn.execute(
+            "select pg_create_physical_replication_slot(%s, true) "
+            "where not exists (select 1 from pg_replication_slots where slot_name = %s)",
+            (slot, slot))
+
+
+class Archiver:
+    def __init__(self, config: Config, programs: Programs, repo: Repository) -> None:
+        self.config = config
+        self.programs = programs
+        self.repo = repo
+        self.archive = WalArchive(repo, config.archive.compression_level)
+        self.state = read_state(repo)
+        self.stop_event = threading.Event()
+        self.child: subprocess.Popen[bytes] | None = None
+
+    # ---- state -------------------------------------------------------------------
+    def _save(self) -> None:
+        write_json_durable(state_path(self.repo), asdict(self.state))
+
+    def _fail(self, message: str) -> None:
+        log.warning("archiver: %s", message)
+        self.state.failures += 1
+        self.state.last_failure = message
+        self.state.last_failure_at = datetime.now(UTC).isoformat()
+        self.state.receiving = False
+        self._save()
+
+    # ---- one pass over incoming/ -----------------------------------------------------
+    def sweep(self) -> int:
+        """Archive every completed file in incoming/; returns how many were stored."""
+        stored = 0
+        try:
+            names = sorted(n for n in os.listdir(self.repo.incoming_dir) if COMPLETED_RE.match(n))
+        except FileNotFoundError:
+            return 0
+        for name in names:
+            src = self.repo.incoming_dir / name
+            try:
+                outcome = self.archive.store(src)
+            except PgdrError as exc:
+                rejected = self.repo.archiver_dir / "rejected"
+                rejected.mkdir(exist_ok=True)
+                os.replace(src, rejected / name)
+                self._fail(f"rejected {name}: {exc.message}")
+                continue
+            src.unlink()
+            if outcome == "stored":
+                stored += 1
+                self.state.last_archived = name
+                self.state.last_archived_at = datetime.now(UTC).isoformat()
+                self.state.archived_count += 1
+        if stored:
+            self._save()
+        return stored
+
+    # ---- pg_receivewal ---------------------------------------------------------------
+    def _start_receiver(self) -> None:
+        primary = find_primary(self.config)
+        conninfo = with_params(primary.node.conninfo,
+                               application_name=self.config.archive.application_name)
+        facts = primary.facts or {}
+        from pgdr.pg.connect import query_one
+
+        seg = query_one(conninfo, "select pg_size_bytes(current_setting('wal_segment_size')) as s")["s"]
+        self.repo.claim(str(facts["system_identifier"]), int(facts["server_version_num"]), int(seg))
+        ensure_slot(conninfo, self.config.archive.slot)
+        plain, password = split_password(conninfo)
+        self.child = self.programs.spawn(
+            "pg_receivewal",
+            ["-D", str(self.repo.incoming_dir), "-S", self.config.archive.slot, "--synchronous",
+             "--no-loop", "-d", plain],
+            password=password, log_path=self.repo.archiver_dir / "pg_receivewal.log")
+        self.state.upstream = primary.node.name
+        self.state.receiving = True
+        self._save()
+
+    def _receiver_exit_reason(self, code: int) -> str:
+        try:
+            lines = (self.repo.archiver_dir / "pg_receivewal.log").read_text().splitlines()
+        except OSError:
+            lines = []
+        tail = next((ln for ln in reversed(lines) if "error" in ln or "FATAL" in ln), None)
+        return f"pg_receivewal exited with code {code}" + (f": {tail.strip()}" if tail else "")
+
+    def run(self, on_ready: Callable[[], None] | None = None) -> None:
+        """Run until stop() or SIGTERM: supervise pg_receivewal and sweep incoming/."""
+        self.repo.ensure()
+        with exclusive_lock(self.repo.lock_path("archiver"), "archiver"):
+            self.state.pid = os.getpid()
+            self.state.started_at = datetime.now(UTC).isoformat()
+            self._save()
+            backoff = 0.5
+            next_start = 0.0
+            ready_sent = False
+            try:
+                while not self.stop_event.is_set():
+                    if self.child is None and time.monotonic() >= next_start:
+                        try:
+                            self._start_receiver()
+                            backoff = 0.5
+                        except PgdrError as exc:
+                            self._fail(f"cannot start pg_receivewal: {exc.message}")
+                            next_start = time.monotonic() + backoff
+                            backoff = min(backoff * 2, 10)
+                    if self.child is not None and (code := self.child.poll()) is not None:
+                        self.child = None
+                        if not self.stop_event.is_set():
+                            self._fail(self._receiver_exit_reason(code))
+                            next_start = time.monotonic() + backoff
+                            backoff = min(backoff * 2, 10)
+                    self.sweep()
+                    if not ready_sent and self.child is not None and on_ready:
+                        on_ready()
+                        ready_sent = True
+                    self.stop_event.wait(POLL_SECONDS)
+            finally:
+                self._stop_receiver()
+                self.sweep()
+                self.state.receiving = False
+                self.state.pid = None
+                self._save()
+
+    def _stop_receiver(self) -> None:
+        if self.child and self.child.poll() is None:
+            self.child.terminate()
+            try:
+                self.child.wait(10)
+            except subprocess.TimeoutExpired:
+                self.child.kill()
+                self.child.wait()
+        self.child = None
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+
+# ---- running it in the background ---------------------------------------------------
+def start_background(config_path: Path, repo: Repository, timeout: float = 15) -> int:
+    """Start `pgdr archiver run` detached (own session) and wait until it streams."""
+    if is_running(repo):
+        return read_state(repo).pid or 0
+    repo.ensure()
+    logfile = open(repo.archiver_dir / "archiver.log", "ab")  # noqa: SIM115
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pgdr", "--config", str(config_path), "archiver", "run"],
+            stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, cwd="/")
+    finally:
+        logfile.close()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = read_state(repo)
+        if state.pid == proc.pid and state.receiving:
+            return proc.pid
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    state = read_state(repo)
+    raise PgdrError(f"the archiver did not start streaming: {state.last_failure or 'see archiver.log'}",
+                    hint=f"see {repo.archiver_dir / 'archiver.log'}")
+
+
+def stop_background(repo: Repository, timeout: float = 20) -> bool:
+    """SIGTERM the background archiver and wait for it to release its lock."""
+    if not is_running(repo):
+        return False
+    try:
+        pid = int(repo.lock_path("archiver").read_text().strip())
+        os.kill(pid, signal.SIGTERM)
+    except (OSError, ValueError):
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and is_running(repo):
+        time.sleep(0.05)
+    if is_running(repo):
+        os.kill(pid, signal.SIGKILL)
+    return True
+
+
+def archiver_state_dict(repo: Repository) -> dict[str, Any]:
+    data = asdict(read_state(repo))
+    data["running"] = is_running(repo)
+    return data

@@ -1,0 +1,149 @@
+"""Logical backups: pg_dump in directory format with parallel jobs, plus exact row
+counts taken in the very snapshot the dump reads.
+
+One transaction per database exports its snapshot; pg_dump runs with --snapshot
+while the same transaction counts every table. The counts therefore describe
+exactly what the dump holds, whatever is written meanwhile, and the counting runs
+beside the dump instead of after it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from psycopg import sql
+
+from pgdr.backup.physical import SOURCE_FACTS_SQL, BackupResult, sha256_file
+from pgdr.backup.relmap import connectable_databases
+from pgdr.config import Config
+from pgdr.errors import BackupFailed, PgdrError
+from pgdr.fsutil import durable_rename, exclusive_lock, fsync_path, fsync_tree, tree_size, write_json_durable
+from pgdr.pg.conninfo import split_password, with_params
+from pgdr.pg.connect import connect, query_one
+from pgdr.pg.probe import find_primary
+from pgdr.pg.programs import Programs
+from pgdr.repo.layout import PARTIAL_SUFFIX, Repository
+from pgdr.repo.manifest import (
+    MANIFEST_NAME,
+    BackupManifest,
+    FileEntry,
+    LogicalDatabase,
+    new_backup_id,
+    remove_stale_partials,
+)
+
+TABLES_SQL = """
+select n.nspname as schema_name, c.relname as name
+from pg_class c join pg_namespace n on n.oid = c.relnamespace
+where c.relkind in ('r', 'm')
+  and n.nspname not in ('pg_catalog', 'information_schema')
+  and n.nspname not like 'pg_toast%' and n.nspname not like 'pg_temp%'
+order by 1, 2
+"""
+
+
+def take_logical_backup(config: Config, programs: Programs, repo: Repository) -> BackupResult:
+    primary = find_primary(config)
+    conninfo = with_params(primary.node.conninfo, application_name="pgdr_dump")
+    facts = query_one(conninfo, SOURCE_FACTS_SQL)
+    repo.claim(facts["system_identifier"], facts["server_version_num"], facts["wal_segment_size"])
+    databases = config.backup.logical_databases or connectable_databases(conninfo)
+
+    with exclusive_lock(repo.lock_path("backup"), "backup"):
+        removed = remove_stale_partials(repo)
+        started = datetime.now(UTC)
+        backup_id = new_backup_id("logical", started)
+        final = repo.backups_dir / backup_id
+        while final.exists():
+            time.sleep(1)
+            started = datetime.now(UTC)
+            backup_id = new_backup_id("logical", started)
+            final = repo.backups_dir / backup_id
+        partial = final.with_name(final.name + PARTIAL_SUFFIX)
+        partial.mkdir()
+        repo.run_as.chown(partial)
+        t0 = time.monotonic()
+        try:
+            dumped: dict[str, LogicalDatabase] = {}
+            lsns = []
+            for dbname in databases:
+                dumped[dbname] = _dump_database(config, programs, with_params(conninfo, dbname=dbname),
+                                                dbname, partial)
+                lsns.append(dumped[dbname].snapshot_lsn)
+            plain, password = split_password(conninfo)
+            programs.run("pg_dumpall", ["-d", plain, "--globals-only", "--no-role-passwords"],
+                         password=password, stdout_path=partial / "globals.sql",
+                         as_server_user=False)
+            fsync_tree(partial)
+            files = {str(p.relative_to(partial)): FileEntry(size=p.stat().st_size, sha256=sha256_file(p))
+                     for p in sorted(partial.rglob("*")) if p.is_file()}
+            duration = time.monotonic() - t0
+            manifest = BackupManifest(
+                id=backup_id, kind="logical", cluster=config.cluster.name,
+                source_node=primary.node.name, start_time=started, stop_time=datetime.now(UTC),
+                duration_s=round(duration, 3), start_lsn=lsns[0] if lsns else "0/0",
+                stop_lsn=lsns[-1] if lsns else "0/0", timeline=0,
+                pg_version=str(facts["server_version"]),
+                pg_version_num=int(facts["server_version_num"]),
+                system_identifier=str(facts["system_identifier"]),
+                wal_segment_size=int(facts["wal_segment_size"]),
+                data_checksums=bool(facts["data_checksums"]),
+                compression=f"gzip:{config.backup.logical_compression}",
+                bytes_on_disk=tree_size(partial),
+                bytes_logical=sum(d.bytes for d in dumped.values()),
+                files=files, databases=dumped,
+            )
+            write_json_durable(partial / MANIFEST_NAME, manifest.model_dump(mode="json"))
+            fsync_path(partial)
+            durable_rename(partial, final)
+        except PgdrError as exc:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise BackupFailed(f"backup {backup_id} failed: {exc.message}", hint=exc.hint) from None
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+    return BackupResult(manifest, final, removed)
+
+
+def _dump_database(config: Config, programs: Programs, conninfo: str, dbname: str,
+                   partial: Path) -> LogicalDatabase:
+    target = partial / f"db-{dbname}"
+    holder = connect(conninfo, autocommit=False)
+    try:
+        holder.execute("set transaction isolation level repeatable read, read only")
+        row = holder.execute(
+            "select pg_export_snapshot() as snap, pg_current_wal_lsn()::text as lsn, "
+            "pg_database_size(current_database()) as size").fetchone()
+        assert row is not None
+        plain, password = split_password(conninfo)
+        failure: list[BaseException] = []
+
+        def dump() -> None:
+            try:
+                programs.run("pg_dump", [
+                    "-d", plain, "-Fd", "-j", str(config.backup.logical_jobs),
+                    "-Z", str(config.backup.logical_compression), "--snapshot", row["snap"],
+                    "-f", str(target)], password=password, as_server_user=False)
+            except BaseException as exc:  # re-raised in the caller's thread
+                failure.append(exc)
+
+        worker = threading.Thread(target=dump, name=f"pg_dump {dbname}")
+        worker.start()
+        counts: dict[str, int] = {}
+        for table in holder.execute(TABLES_SQL).fetchall():
+            ident = sql.Identifier(table["schema_name"], table["name"])
+            got = holder.execute(sql.SQL("select count(*) as n from only {}").format(ident)).fetchone()
+            assert got is not None
+            counts[f"{table['schema_name']}.{table['name']}"] = int(got["n"])
+        worker.join()
+        if failure:
+            raise failure[0]
+    finally:
+        holder.rollback()
+        holder.close()
+    return LogicalDatabase(directory=target.name, bytes=int(row["size"]),
+                           snapshot_lsn=row["lsn"], tables=counts)

@@ -1,0 +1,142 @@
+"""Physical base backups with pg_basebackup, published only when complete and durable.
+
+The backup is written into <id>.partial, pg_basebackup's own backup_manifest is
+kept, our pgdr.json (LSNs, timeline, sizes, checksums, relation map) is written and
+fsynced, and only then is the folder renamed to <id>. A SIGKILL at any moment
+leaves a .partial folder that no listing shows and the next backup removes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pgdr.backup.relmap import connectable_databases, relation_map
+from pgdr.config import Config
+from pgdr.errors import BackupFailed, PgdrError
+from pgdr.fsutil import durable_rename, exclusive_lock, fsync_path, write_json_durable
+from pgdr.pg.conninfo import split_password, with_params
+from pgdr.pg.connect import query_one
+from pgdr.pg.lsn import parse_lsn, segment_of
+from pgdr.pg.probe import find_primary
+from pgdr.pg.programs import Programs
+from pgdr.repo.layout import PARTIAL_SUFFIX, Repository
+from pgdr.repo.manifest import (
+    MANIFEST_NAME,
+    BackupManifest,
+    FileEntry,
+    new_backup_id,
+    remove_stale_partials,
+)
+
+SOURCE_FACTS_SQL = """
+select (select system_identifier::text from pg_control_system()) as system_identifier,
+       current_setting('server_version') as server_version,
+       current_setting('server_version_num')::int as server_version_num,
+       pg_size_bytes(current_setting('wal_segment_size')) as wal_segment_size,
+       current_setting('data_checksums') = 'on' as data_checksums
+"""
+
+
+@dataclass
+class BackupResult:
+    manifest: BackupManifest
+    path: Path
+    removed_partials: list[str]
+
+
+def sha256_file(path: Path, chunk: int = 4 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def compression_args(spec: str) -> list[str]:
+    return [] if spec == "none" else [f"--compress={spec}"]
+
+
+def pg_basebackup_args(conninfo: str, target: Path, config: Config, label: str) -> list[str]:
+    """The exact pg_basebackup invocation; the benchmark reuses it for the baseline."""
+    return [
+        "-d", conninfo, "-D", str(target), "-Ft", "-X", "stream",
+        f"--checkpoint={config.backup.checkpoint}", "-l", label,
+        "--manifest-checksums=CRC32C", *compression_args(config.backup.compression),
+    ]
+
+
+def take_physical_backup(config: Config, programs: Programs, repo: Repository) -> BackupResult:
+    primary = find_primary(config)
+    conninfo = with_params(primary.node.conninfo, application_name="pgdr_backup")
+    facts = query_one(conninfo, SOURCE_FACTS_SQL)
+    repo.claim(facts["system_identifier"], facts["server_version_num"], facts["wal_segment_size"])
+
+    with exclusive_lock(repo.lock_path("backup"), "backup"):
+        removed = remove_stale_partials(repo)
+        started = datetime.now(UTC)
+        backup_id = new_backup_id("physical", started)
+        final = repo.backups_dir / backup_id
+        while final.exists():  # two backups within one second
+            time.sleep(1)
+            started = datetime.now(UTC)
+            backup_id = new_backup_id("physical", started)
+            final = repo.backups_dir / backup_id
+        partial = final.with_name(final.name + PARTIAL_SUFFIX)
+        partial.mkdir()
+        repo.run_as.chown(partial)
+        t0 = time.monotonic()
+        try:
+            databases = connectable_databases(conninfo)
+            relations = relation_map(conninfo, databases)
+            plain_conninfo, password = split_password(conninfo)
+            programs.run("pg_basebackup",
+                         pg_basebackup_args(plain_conninfo, partial, config, f"pgdr {backup_id}"),
+                         password=password)
+            duration = time.monotonic() - t0
+            stopped = datetime.now(UTC)
+            manifest = _describe(backup_id, partial, config, primary.node.name, facts,
+                                 started, stopped, duration, relations)
+            write_json_durable(partial / MANIFEST_NAME, manifest.model_dump(mode="json"))
+            fsync_path(partial)
+            durable_rename(partial, final)
+        except PgdrError as exc:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise BackupFailed(f"backup {backup_id} failed: {exc.message}", hint=exc.hint) from None
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+    return BackupResult(manifest, final, removed)
+
+
+def _describe(backup_id: str, folder: Path, config: Config, node_name: str,
+              facts: dict[str, object], started: datetime, stopped: datetime,
+              duration: float, relations: dict[str, object]) -> BackupManifest:
+    pg_manifest = json.loads((folder / "backup_manifest").read_text())
+    ranges = pg_manifest["WAL-Ranges"]
+    start_lsn, stop_lsn = ranges[0]["Start-LSN"], ranges[-1]["End-LSN"]
+    timeline = int(ranges[-1]["Timeline"])
+    seg_size = int(facts["wal_segment_size"])  # type: ignore[call-overload]
+    files = {}
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.is_file() and entry.name != MANIFEST_NAME:
+            files[entry.name] = FileEntry(size=entry.stat().st_size, sha256=sha256_file(Path(entry.path)))
+    return BackupManifest(
+        id=backup_id, kind="physical", cluster=config.cluster.name, source_node=node_name,
+        start_time=started, stop_time=stopped, duration_s=round(duration, 3),
+        start_lsn=start_lsn, stop_lsn=stop_lsn, timeline=timeline,
+        start_wal=segment_of(parse_lsn(start_lsn), int(ranges[0]["Timeline"]), seg_size).name(seg_size),
+        stop_wal=segment_of(parse_lsn(stop_lsn), timeline, seg_size).name(seg_size),
+        pg_version=str(facts["server_version"]), pg_version_num=int(facts["server_version_num"]),  # type: ignore[call-overload]
+        system_identifier=str(facts["system_identifier"]), wal_segment_size=seg_size,
+        data_checksums=bool(facts["data_checksums"]), compression=config.backup.compression,
+        bytes_on_disk=sum(f.size for f in files.values()),
+        bytes_logical=sum(int(f["Size"]) for f in pg_manifest["Files"]),
+        files=files, relations=relations,  # type: ignore[arg-type]
+    )

@@ -1,0 +1,53 @@
+"""`pgdr archiver run/start/stop/status`: the continuous WAL archive."""
+
+from __future__ import annotations
+
+import signal
+from typing import Annotated
+
+import typer
+
+from pgdr.backup import archiver
+from pgdr.cli import output
+from pgdr.cli.context import AppContext
+from pgdr.config import find_config_path
+
+app = typer.Typer(help="Stream WAL into the repository (pg_receivewal on a replication slot).",
+                  no_args_is_help=True)
+
+
+@app.command("run")
+def run_cmd(ctx: typer.Context) -> None:
+    """Run in the foreground (for systemd or a container): until SIGTERM or Ctrl-C."""
+    obj: AppContext = ctx.obj
+    worker = archiver.Archiver(obj.config, obj.programs, obj.repo)
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop())
+    signal.signal(signal.SIGINT, lambda *_: worker.stop())
+    worker.run()
+
+
+@app.command("start")
+def start_cmd(ctx: typer.Context) -> None:
+    """Start `archiver run` in the background and wait until it streams."""
+    obj: AppContext = ctx.obj
+    pid = archiver.start_background(find_config_path(obj.config_path).resolve(), obj.repo)
+    output.console.print(f"archiver streaming (pid {pid})")
+
+
+@app.command("stop")
+def stop_cmd(ctx: typer.Context) -> None:
+    """Stop the background archiver (it finishes the segment it holds first)."""
+    stopped = archiver.stop_background(ctx.obj.repo)
+    output.console.print("archiver stopped" if stopped else "archiver was not running")
+
+
+@app.command("status")
+def status_cmd(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The archiver's state: running, upstream, last archived segment, last failure."""
+    data = archiver.archiver_state_dict(ctx.obj.repo)
+    if json_out:
+        output.print_json(data)
+        return
+    output.table(None, ["key", "value"], [[k, v] for k, v in data.items()])
+    if not data["running"]:
+        raise typer.Exit(1)

@@ -1,0 +1,107 @@
+"""`pgdr backup`, `pgdr list`, `pgdr expire`."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from pgdr.cli import output
+from pgdr.cli.context import AppContext
+from pgdr.errors import UsageError
+from pgdr.repo.manifest import list_backups
+from pgdr.repo.retention import apply_expire, plan_expire
+
+
+def backup(
+    ctx: typer.Context,
+    logical: Annotated[bool, typer.Option("--logical", help="pg_dump (directory format) instead of a base backup")] = False,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Take a physical base backup (or a logical dump) of the primary into the repository."""
+    obj: AppContext = ctx.obj
+    if logical:
+        from pgdr.backup.logical import take_logical_backup as take
+    else:
+        from pgdr.backup.physical import take_physical_backup as take
+    with output.console.status("backing up…") if (sys.stdout.isatty() and not json_out) else _quiet():
+        result = take(obj.config, obj.programs, obj.repo)
+    m = result.manifest
+    summary = {"id": m.id, "kind": m.kind, "start_lsn": m.start_lsn, "stop_lsn": m.stop_lsn,
+               "timeline": m.timeline, "duration_s": m.duration_s, "bytes_on_disk": m.bytes_on_disk,
+               "bytes_logical": m.bytes_logical, "path": str(result.path),
+               "relations": len(m.relations), "removed_partials": result.removed_partials}
+    if m.kind == "logical":
+        summary["tables"] = {db: d.tables for db, d in m.databases.items()}
+    if json_out:
+        output.print_json(summary)
+        return
+    rate = m.bytes_logical / 1048576 / m.duration_s if m.duration_s else 0
+    output.console.print(
+        f"backup {m.id} ({m.kind}) complete: {output.human_bytes(m.bytes_logical)} → "
+        f"{output.human_bytes(m.bytes_on_disk)} in {m.duration_s:.1f}s ({rate:.0f} MB/s), "
+        f"LSN {m.start_lsn}–{m.stop_lsn}")
+
+
+def list_cmd(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Backups in the repository (the repository is the source of truth)."""
+    from pgdr.repo.records import verification_status
+
+    obj: AppContext = ctx.obj
+    backups = list_backups(obj.repo)
+    rows = [{"id": b.id, "kind": b.kind, "stop_time": b.stop_time.isoformat(timespec="seconds"),
+             "start_lsn": b.start_lsn, "stop_lsn": b.stop_lsn, "timeline": b.timeline,
+             "bytes_on_disk": b.bytes_on_disk, "bytes_logical": b.bytes_logical,
+             "duration_s": b.duration_s, "verified": verification_status(obj.repo, b.id)}
+            for b in backups]
+    if json_out:
+        output.print_json(rows)
+        return
+    output.table(f"{len(rows)} backup(s) in {obj.repo.root}",
+                 ["id", "kind", "time", "LSN range", "size", "duration", "verified"],
+                 [[r["id"], r["kind"], r["stop_time"], f"{r['start_lsn']}–{r['stop_lsn']}",
+                   output.human_bytes(r["bytes_on_disk"]), f"{r['duration_s']:.1f}s", r["verified"]]
+                  for r in rows])
+
+
+def expire(
+    ctx: typer.Context,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="show what would be removed")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="remove without asking")] = False,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Apply retention (count and age from the config); never removes WAL a kept backup needs."""
+    obj: AppContext = ctx.obj
+    plan = plan_expire(obj.repo, obj.config.retention)
+    if json_out:
+        output.print_json({**plan.as_dict(), "dry_run": dry_run or not (yes or not plan.remove and not plan.wal_remove)})
+    else:
+        output.table("retention plan", ["backup", "kind", "age", "action"],
+                     [[b.id, b.kind, f"{b.age_seconds / 3600:.1f}h", "keep"] for b in plan.keep]
+                     + [[b.id, b.kind, f"{b.age_seconds / 3600:.1f}h", "REMOVE"] for b in plan.remove])
+        output.console.print(f"WAL: remove {len(plan.wal_remove)} segment(s) before "
+                             f"{plan.wal_keep_from or '-'}; frees {output.human_bytes(plan.bytes_freed)}")
+    if dry_run or (not plan.remove and not plan.wal_remove):
+        return
+    if not yes:
+        if not sys.stdin.isatty():
+            raise UsageError("expire removes backups: pass --yes to confirm (or --dry-run to look)")
+        typer.confirm("remove these backups and WAL?", abort=True)
+    apply_expire(obj.repo, plan)
+    if not json_out:
+        output.console.print(f"removed {len(plan.remove)} backup(s) and {len(plan.wal_remove)} WAL segment(s)")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("backup")(backup)
+    app.command("list")(list_cmd)
+    app.command("expire")(expire)
+
+
+class _quiet:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None

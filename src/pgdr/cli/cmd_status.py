@@ -1,0 +1,30 @@
+"""`pgdr status`: the daily health check."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from pgdr.cli import output
+from pgdr.cli.context import AppContext
+from pgdr.status import gather_status
+
+
+def status(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Primary, standbys' lag, newest backup, WAL archive lag and gaps, archiver failures."""
+    obj: AppContext = ctx.obj
+    report = gather_status(obj.config, obj.repo)
+    if json_out:
+        output.print_json(report.as_dict())
+    else:
+        output.table(f"cluster {report.cluster}", ["node", "role", "timeline", "LSN", "lag bytes", "lag s"],
+                     [[n["name"], n["role"], n.get("timeline"), n.get("lsn"),
+                       n.get("replay_lag_bytes"), n.get("replay_lag_s")] for n in report.nodes])
+        output.checks_table(f"status: {report.status}", report.checks)
+    if report.status == "fail":
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("status")(status)

@@ -1,0 +1,34 @@
+"""What every command needs: the config (loaded lazily), programs and repository."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pgdr.config import Config, load_config
+from pgdr.pg.programs import Programs, RunAs
+from pgdr.repo.layout import Repository
+
+
+@dataclass
+class AppContext:
+    config_path: Path | None = None
+    debug: bool = False
+    _config: Config | None = field(default=None, repr=False)
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            self._config = load_config(self.config_path)
+        return self._config
+
+    @property
+    def programs(self) -> Programs:
+        pg = self._config.pg if self._config is not None else None
+        if pg is None:
+            return Programs()
+        return Programs(pg.bindir, RunAs(pg.os_user))
+
+    @property
+    def repo(self) -> Repository:
+        return Repository(self.config.repository.path, RunAs(self.config.pg.os_user))

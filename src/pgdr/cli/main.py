@@ -1,0 +1,70 @@
+"""`pgdr`: entry point, global options and error handling."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pgdr.cli import output
+from pgdr.cli.context import AppContext
+from pgdr.errors import PgdrError
+
+app = typer.Typer(help="PostgreSQL disaster recovery, rehearsed: backup, verify, restore, fail over.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="pgdr.toml (default: $PGDR_CONFIG, ./pgdr.toml)")] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="verbose logs and tracebacks")] = False,
+) -> None:
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ctx.obj = AppContext(config_path=config, debug=debug)
+
+
+def _register() -> None:
+    from pgdr.cli import cmd_archiver, cmd_backup, cmd_sandbox, cmd_status
+
+    app.add_typer(cmd_sandbox.app, name="sandbox")
+    app.add_typer(cmd_archiver.app, name="archiver")
+    cmd_backup.register(app)
+    cmd_status.register(app)
+
+
+_register()
+
+
+def run() -> None:
+    debug = "--debug" in sys.argv
+    try:
+        code = app(standalone_mode=False)
+    except PgdrError as exc:
+        if debug:
+            raise
+        output.error_line(exc.message, exc.hint)
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        output.error_line("aborted")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        output.error_line("interrupted")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors and the truly unexpected
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if debug:
+            raise
+        output.error_line(f"unexpected error: {type(exc).__name__}: {exc}", "rerun with --debug for a traceback")
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,1 @@
+"""Everything that talks to PostgreSQL: its programs, its servers and its SQL."""

@@ -1,0 +1,157 @@
+"""A PostgreSQL instance on this machine: the shape of PostgreSQL's own Cluster.pm.
+
+init, start, stop, promote, kill, configure, init-standby-from: the sandbox, the
+scratch instances that restores and verifications start, and every multi-node
+test use this one object. Servers it configures listen on a unix socket and
+127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from psycopg.conninfo import make_conninfo
+
+from pgdr.errors import SandboxError
+from pgdr.pg.programs import Programs
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (127.0.0.1); the race window is accepted."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Instance:
+    name: str
+    data_dir: Path
+    port: int
+    socket_dir: Path
+    programs: Programs = field(default_factory=Programs)
+    log_file: Path | None = None
+
+    @property
+    def logfile(self) -> Path:
+        return self.log_file or self.data_dir.parent / f"{self.name}.log"
+
+    def conninfo(self, dbname: str = "postgres", user: str = "postgres") -> str:
+        return make_conninfo(host=str(self.socket_dir), port=self.port, dbname=dbname, user=user)
+
+    # ---- lifecycle -------------------------------------------------------------
+    def initdb(self, *, checksums: bool = True) -> None:
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.programs.run_as.chown(self.data_dir.parent)
+        args = ["-D", str(self.data_dir), "-U", "postgres", "--auth-local=trust",
+                "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C", "--no-instructions"]
+        if checksums:
+            args.append("--data-checksums")
+        self.programs.run("initdb", args, timeout=120)
+
+    def configure(self, settings: dict[str, str | int]) -> None:
+        """Append settings to postgresql.conf: the last occurrence wins, so this overrides."""
+        lines = [f"{key} = {_quote(value)}" for key, value in settings.items()]
+        with open(self.data_dir / "postgresql.conf", "a") as conf:
+            conf.write("\n# set by pgdr\n" + "\n".join(lines) + "\n")
+
+    def local_settings(self) -> dict[str, str | int]:
+        self.socket_dir.mkdir(parents=True, exist_ok=True)
+        self.programs.run_as.chown(self.socket_dir)
+        return {
+            "port": self.port,
+            "listen_addresses": "127.0.0.1",
+            "unix_socket_directories": str(self.socket_dir),
+            "unix_socket_permissions": "0700",
+        }
+
+    def pid(self) -> int | None:
+        """The postmaster's pid when it is alive, read from postmaster.pid."""
+        try:
+            pid = int((self.data_dir / "postmaster.pid").read_text().splitlines()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return pid
+        return pid
+
+    def is_running(self) -> bool:
+        return self.pid() is not None
+
+    def start(self, *, timeout: int = 60) -> None:
+        if self.is_running():
+            return
+        self.logfile.parent.mkdir(parents=True, exist_ok=True)
+        if not self.logfile.exists():
+            self.logfile.touch()
+        self.programs.run_as.chown(self.logfile)
+        try:
+            self.programs.run(
+                "pg_ctl", ["-D", str(self.data_dir), "-l", str(self.logfile), "-w",
+                           "-t", str(timeout), "start"], timeout=timeout + 10)
+        except Exception as exc:
+            raise SandboxError(f"{self.name} did not start: {exc}; see {self.logfile}") from None
+
+    def stop(self, *, mode: str = "fast", timeout: int = 60) -> None:
+        if not self.is_running():
+            return
+        self.programs.run("pg_ctl", ["-D", str(self.data_dir), "-m", mode, "-w",
+                                     "-t", str(timeout), "stop"], ok_codes=(0, 1),
+                          timeout=timeout + 10)
+
+    def kill9(self) -> None:
+        """SIGKILL the postmaster: a real crash, as a failing machine would."""
+        pid = self.pid()
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and _alive(pid):
+                time.sleep(0.02)
+
+    def promote(self, *, timeout: int = 60) -> None:
+        self.programs.run("pg_ctl", ["-D", str(self.data_dir), "-w", "-t", str(timeout),
+                                     "promote"], timeout=timeout + 10)
+
+    # ---- replication -----------------------------------------------------------
+    def init_standby_from(self, primary: Instance, slot: str) -> None:
+        """pg_basebackup -R from a running primary, with a physical slot of its own."""
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.programs.run_as.chown(self.data_dir.parent)
+        self.programs.run("pg_basebackup", [
+            "-d", primary.conninfo(), "-D", str(self.data_dir), "-R", "-X", "stream",
+            "-C", "-S", slot, "--checkpoint=fast", "--no-sync"], timeout=600)
+        # primary_conninfo written by -R names the primary's socket; add our name so
+        # pg_stat_replication shows which standby is which.
+        auto = self.data_dir / "postgresql.auto.conf"
+        text = auto.read_text().replace("primary_conninfo = '", f"primary_conninfo = 'application_name={self.name} ", 1)
+        auto.write_text(text)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child of ours counts as dead
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def _quote(value: str | int) -> str:
+    if isinstance(value, int):
+        return str(value)
+    return "'" + str(value).replace("'", "''") + "'"

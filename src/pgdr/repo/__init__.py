@@ -1,0 +1,1 @@
+"""The backup repository: the single source of truth for backups and WAL."""

@@ -1,0 +1,101 @@
+"""Where things live in a repository, and the repository's identity.
+
+repo/
+  pgdr-repo.json          which cluster this repository belongs to (system identifier)
+  backups/<id>/           complete backups, each with pgdr.json (its manifest)
+  backups/<id>.partial/   a backup in progress or killed: never listed, cleaned later
+  wal/                    archived WAL: <segment>.zst and <tli>.history
+  wal/incoming/           pg_receivewal's spool (the open .partial segment lives here)
+  archiver/               the archiver's state and pid
+  locks/                  flock files
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pgdr.errors import RepositoryError
+from pgdr.fsutil import write_json_durable
+from pgdr.pg.programs import RunAs
+
+PARTIAL_SUFFIX = ".partial"
+
+
+@dataclass(frozen=True)
+class Repository:
+    root: Path
+    run_as: RunAs = RunAs()
+
+    @property
+    def backups_dir(self) -> Path:
+        return self.root / "backups"
+
+    @property
+    def wal_dir(self) -> Path:
+        return self.root / "wal"
+
+    @property
+    def incoming_dir(self) -> Path:
+        return self.wal_dir / "incoming"
+
+    @property
+    def archiver_dir(self) -> Path:
+        return self.root / "archiver"
+
+    @property
+    def locks_dir(self) -> Path:
+        return self.root / "locks"
+
+    @property
+    def identity_path(self) -> Path:
+        return self.root / "pgdr-repo.json"
+
+    def lock_path(self, name: str) -> Path:
+        return self.locks_dir / f"{name}.lock"
+
+    def ensure(self) -> None:
+        """Create the folders; the server user owns them so its programs can write there."""
+        for path in (self.root, self.backups_dir, self.wal_dir, self.incoming_dir,
+                     self.archiver_dir, self.locks_dir):
+            path.mkdir(parents=True, exist_ok=True)
+            self.run_as.chown(path)
+            os.chmod(path, 0o750)
+
+    # ---- identity ----------------------------------------------------------------
+    def identity(self) -> dict[str, Any] | None:
+        try:
+            return dict(json.loads(self.identity_path.read_text()))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise RepositoryError(f"unreadable {self.identity_path}: {exc}") from None
+
+    def claim(self, system_identifier: str, pg_version_num: int, wal_segment_size: int) -> None:
+        """Bind the repository to one cluster; refuse another cluster's backups or WAL."""
+        self.ensure()
+        current = self.identity()
+        if current is None:
+            write_json_durable(self.identity_path, {
+                "system_identifier": system_identifier,
+                "pg_version_num": pg_version_num,
+                "wal_segment_size": wal_segment_size,
+            })
+            return
+        if current.get("system_identifier") != system_identifier:
+            raise RepositoryError(
+                f"repository {self.root} belongs to cluster {current.get('system_identifier')}, "
+                f"not to {system_identifier}",
+                hint="use another repository path for this cluster")
+        if int(current.get("pg_version_num", 0)) // 10000 != pg_version_num // 10000:
+            raise RepositoryError(
+                f"repository {self.root} holds PostgreSQL {int(current['pg_version_num']) // 10000} "
+                f"data; the server is {pg_version_num // 10000}")
+
+    @property
+    def wal_segment_size(self) -> int:
+        ident = self.identity()
+        return int(ident["wal_segment_size"]) if ident else 16 * 1024 * 1024

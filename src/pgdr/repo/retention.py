@@ -1,0 +1,75 @@
+"""`pgdr expire`: retention by count and by age, never at the cost of recoverability.
+
+A backup is kept when it is among the newest `keep_last` of its kind OR younger than
+`keep_within`; the newest complete physical backup is always kept. WAL is removed
+only below the oldest kept physical backup's start segment, so every kept backup
+can still be recovered to any later point. History files are always kept.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+
+from pgdr.config import RetentionConfig
+from pgdr.fsutil import exclusive_lock, fsync_path
+from pgdr.pg.lsn import parse_lsn, parse_segment_name
+from pgdr.repo.layout import Repository
+from pgdr.repo.manifest import BackupManifest, list_backups
+from pgdr.repo.wal import WalArchive
+
+
+@dataclass
+class ExpirePlan:
+    keep: list[BackupManifest] = field(default_factory=list)
+    remove: list[BackupManifest] = field(default_factory=list)
+    wal_remove: list[str] = field(default_factory=list)
+    wal_keep_from: str | None = None
+    bytes_freed: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        return {"keep": [b.id for b in self.keep], "remove": [b.id for b in self.remove],
+                "wal_remove_count": len(self.wal_remove), "wal_keep_from": self.wal_keep_from,
+                "bytes_freed": self.bytes_freed}
+
+
+def plan_expire(repo: Repository, policy: RetentionConfig) -> ExpirePlan:
+    plan = ExpirePlan()
+    backups = list_backups(repo)
+    for kind in ("physical", "logical"):
+        group = [b for b in backups if b.kind == kind]
+        newest_first = list(reversed(group))
+        for rank, backup in enumerate(newest_first):
+            if rank < policy.keep_last or backup.age_seconds < policy.keep_within:
+                plan.keep.append(backup)
+            else:
+                plan.remove.append(backup)
+    kept_physical = [b for b in plan.keep if b.kind == "physical"]
+    archive = WalArchive(repo)
+    if kept_physical:
+        oldest = min(kept_physical, key=lambda b: b.stop_time)
+        seg_size = repo.wal_segment_size
+        boundary = parse_lsn(oldest.start_lsn) // seg_size
+        plan.wal_keep_from = oldest.start_wal
+        for f in archive.files():
+            seg = parse_segment_name(f.name, seg_size)
+            if seg is not None and seg.segno < boundary:
+                plan.wal_remove.append(f.name)
+                plan.bytes_freed += f.size
+    for backup in plan.remove:
+        plan.bytes_freed += backup.bytes_on_disk
+    return plan
+
+
+def apply_expire(repo: Repository, plan: ExpirePlan) -> None:
+    with exclusive_lock(repo.lock_path("backup"), "backup or expire"):
+        for backup in plan.remove:
+            target = repo.backups_dir / backup.id
+            # Rename first so a crash mid-delete never leaves a half backup that lists as complete.
+            doomed = target.with_name(target.name + ".partial")
+            target.rename(doomed)
+            fsync_path(repo.backups_dir)
+            shutil.rmtree(doomed, ignore_errors=True)
+        for name in plan.wal_remove:
+            (repo.wal_dir / f"{name}.zst").unlink(missing_ok=True)
+        fsync_path(repo.wal_dir)

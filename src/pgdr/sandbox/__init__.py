@@ -1,0 +1,1 @@
+"""A local primary + streaming standbys + WAL archive in one folder."""

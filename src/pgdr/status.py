@@ -1,0 +1,234 @@
+"""`pgdr status`: the runbooks' daily health check as data.
+
+Primary reachable and its role; each standby's replay lag; the newest backup and
+its age; how far the WAL archive trails the primary (bytes and seconds); gaps in
+the archive; the archiver's last failure. Any 'fail' makes the command exit 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pgdr.backup.archiver import archiver_state_dict
+from pgdr.checks import Check, worst
+from pgdr.config import Config
+from pgdr.errors import PgdrError
+from pgdr.pg.connect import session
+from pgdr.pg.lsn import Segment, parse_lsn
+from pgdr.pg.probe import NodeState, probe_all
+from pgdr.repo.layout import Repository
+from pgdr.repo.manifest import BackupManifest, list_backups
+from pgdr.repo.wal import WalArchive, find_gaps
+
+REPLICATION_SQL = """
+select application_name, state, sync_state,
+       pg_wal_lsn_diff(pg_current_wal_lsn(), flush_lsn)::bigint as flush_lag_bytes,
+       pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint as replay_lag_bytes,
+       extract(epoch from flush_lag)::float8 as flush_lag_s,
+       extract(epoch from replay_lag)::float8 as replay_lag_s,
+       flush_lsn::text as flush_lsn
+from pg_stat_replication
+"""
+
+SLOT_SQL = """
+select slot_name, active, restart_lsn::text as restart_lsn, wal_status,
+       pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint as retained_bytes
+from pg_replication_slots where slot_type = 'physical'
+"""
+
+
+@dataclass
+class StatusReport:
+    cluster: str
+    nodes: list[dict[str, Any]]
+    backups: dict[str, Any]
+    archive: dict[str, Any]
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        return worst(self.checks)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"cluster": self.cluster, "status": self.status, "nodes": self.nodes,
+                "backups": self.backups, "archive": self.archive,
+                "checks": [c.as_dict() for c in self.checks]}
+
+
+def _fmt_age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+def gather_status(config: Config, repo: Repository) -> StatusReport:
+    states = probe_all(config)
+    primaries = [s for s in states if s.role == "primary"]
+    checks: list[Check] = []
+    replication: dict[str, dict[str, Any]] = {}
+    slots: dict[str, dict[str, Any]] = {}
+    primary: NodeState | None = primaries[0] if len(primaries) == 1 else None
+
+    if not primaries:
+        configured = next(s for s in states if s.node.name == config.configured_primary.name)
+        checks.append(Check("primary", "fail", f"no primary reachable ({configured.node.name}: "
+                            f"{configured.error or configured.role})",
+                            hint="start the primary or fail over: `pgdr failover`"))
+    elif len(primaries) > 1:
+        checks.append(Check("primary", "fail", "more than one writable primary: "
+                            + ", ".join(p.node.name for p in primaries),
+                            hint="split brain: fence all but one now"))
+    else:
+        assert primary is not None and primary.facts is not None
+        checks.append(Check("primary", "ok", f"{primary.node.name} is primary on timeline "
+                            f"{primary.facts['checkpoint_timeline']}",
+                            evidence={"node": primary.node.name,
+                                      "current_lsn": primary.facts["current_lsn"]}))
+        try:
+            with session(primary.node.conninfo) as conn:
+                replication = {r["application_name"]: dict(r) for r in conn.execute(REPLICATION_SQL)}
+                slots = {r["slot_name"]: dict(r) for r in conn.execute(SLOT_SQL)}
+        except PgdrError as exc:
+            checks.append(Check("replication", "fail", exc.message))
+
+    nodes = [_node_row(s, primary, replication) for s in states]
+    for state, row in zip(states, nodes, strict=True):
+        if primary is not None and state is not primary:
+            checks.append(_standby_check(config, state, row))
+
+    backups_info, backup_checks, backups = _backup_status(config, repo)
+    checks.extend(backup_checks)
+    archive_info, archive_checks = _archive_status(config, repo, primary, replication, slots, backups)
+    checks.extend(archive_checks)
+    return StatusReport(config.cluster.name, nodes, backups_info, archive_info, checks)
+
+
+def _node_row(state: NodeState, primary: NodeState | None,
+              replication: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    row: dict[str, Any] = {"name": state.node.name, "configured_role": state.node.role,
+                           "role": state.role, "error": state.error}
+    facts = state.facts or {}
+    if state.reachable:
+        row["timeline"] = facts.get("checkpoint_timeline")
+        row["lsn"] = facts.get("current_lsn") or facts.get("replay_lsn")
+    if state.role == "standby" and primary is not None and primary.facts:
+        current = parse_lsn(primary.facts["current_lsn"])
+        replay = facts.get("replay_lsn")
+        receive = facts.get("receive_lsn")
+        row["replay_lag_bytes"] = max(0, current - parse_lsn(replay)) if replay else None
+        rep = replication.get(state.node.name, {})
+        row["streaming"] = rep.get("state") == "streaming"
+        row["sync_state"] = rep.get("sync_state")
+        if receive and replay and parse_lsn(receive) <= parse_lsn(replay) and row["replay_lag_bytes"] == 0:
+            row["replay_lag_s"] = 0.0
+        elif rep.get("replay_lag_s") is not None:
+            row["replay_lag_s"] = round(float(rep["replay_lag_s"]), 3)
+        elif facts.get("last_replay_time") is not None:
+            row["replay_lag_s"] = round((facts["now"] - facts["last_replay_time"]).total_seconds(), 3)
+        else:
+            row["replay_lag_s"] = 0.0 if row["replay_lag_bytes"] == 0 else None
+    return row
+
+
+def _standby_check(config: Config, state: NodeState, row: dict[str, Any]) -> Check:
+    name = f"standby {state.node.name}"
+    if not state.reachable:
+        return Check(name, "fail", f"unreachable: {state.error}", hint="start it, or rebuild it")
+    if state.role == "primary":
+        return Check(name, "fail", "is writable too (split brain)")
+    if not row.get("streaming"):
+        return Check(name, "fail", "not streaming from the primary", evidence=row,
+                     hint="check its log and primary_conninfo")
+    lag = row.get("replay_lag_s")
+    if lag is not None and lag > config.status.max_standby_lag:
+        return Check(name, "warn", f"replay lag {lag:.1f}s over {config.status.max_standby_lag:.0f}s",
+                     evidence=row)
+    return Check(name, "ok", f"streaming, replay lag {row.get('replay_lag_bytes', 0)} bytes"
+                 f" / {lag if lag is not None else '?'}s", evidence=row)
+
+
+def _backup_status(config: Config, repo: Repository
+                   ) -> tuple[dict[str, Any], list[Check], list[BackupManifest]]:
+    backups = list_backups(repo)
+    physical = [b for b in backups if b.kind == "physical"]
+    logical = [b for b in backups if b.kind == "logical"]
+    info: dict[str, Any] = {"count": len(backups)}
+    checks = []
+    for kind, group in (("physical", physical), ("logical", logical)):
+        if group:
+            newest = group[-1]
+            info[f"newest_{kind}"] = {"id": newest.id, "stop_time": newest.stop_time.isoformat(),
+                                      "age_s": round(newest.age_seconds, 1),
+                                      "bytes": newest.bytes_on_disk}
+    if not physical:
+        checks.append(Check("backup", "fail", "no physical backup in the repository",
+                            hint="run `pgdr backup`"))
+    else:
+        newest = physical[-1]
+        status = "warn" if newest.age_seconds > config.status.max_backup_age else "ok"
+        checks.append(Check("backup", status, f"newest {newest.id}, {_fmt_age(newest.age_seconds)} old",
+                            evidence=info["newest_physical"]))
+    return info, checks, physical
+
+
+def _archive_status(config: Config, repo: Repository, primary: NodeState | None,
+                    replication: dict[str, dict[str, Any]], slots: dict[str, dict[str, Any]],
+                    physical: list[BackupManifest]) -> tuple[dict[str, Any], list[Check]]:
+    archive = WalArchive(repo)
+    segments = archive.segments()
+    partial = archive.partial()
+    state = archiver_state_dict(repo)
+    seg_size = repo.wal_segment_size
+    info: dict[str, Any] = {"segments": len(segments), "archiver": state}
+    checks: list[Check] = []
+    if segments:
+        info["oldest"] = segments[0].name(seg_size)
+        info["newest"] = segments[-1].name(seg_size)
+    present = list(segments) + ([partial[0]] if partial else [])
+    # Each backup carries the WAL of its own start..stop range (pg_wal.tar), so the
+    # archive must hold everything from the oldest backup's stop segment onwards.
+    needed_from = min((parse_lsn(b.stop_lsn) // seg_size for b in physical), default=None)
+    gaps = find_gaps(present, needed_from)
+    info["gaps"] = [
+        {"from": Segment(segments[-1].timeline if segments else 1, a).name(seg_size),
+         "to": Segment(segments[-1].timeline if segments else 1, b).name(seg_size),
+         "segments": b - a + 1} for a, b in gaps]
+    if gaps:
+        checks.append(Check("archive gaps", "fail",
+                            f"{sum(g['segments'] for g in info['gaps'])} WAL segment(s) missing from "
+                            f"the archive, first {info['gaps'][0]['from']}",
+                            evidence={"gaps": info["gaps"]},
+                            hint="PITR cannot cross a gap: take a new base backup now (`pgdr backup`)"))
+    else:
+        checks.append(Check("archive gaps", "ok", f"{len(segments)} segments, no gap"))
+
+    receiver = replication.get(config.archive.application_name)
+    slot = slots.get(config.archive.slot)
+    if primary is not None and primary.facts is not None:
+        if receiver is not None:
+            lag_bytes = int(receiver["flush_lag_bytes"] or 0)
+            lag_s = receiver["flush_lag_s"]
+            lag_s = float(lag_s) if lag_s is not None else 0.0
+            info.update(lag_bytes=lag_bytes, lag_s=round(lag_s, 3), streaming=True)
+            status = "ok" if lag_s <= config.archive.max_lag else "warn"
+            checks.append(Check("archive lag", status, f"{lag_bytes} bytes, {lag_s:.2f}s behind the primary",
+                                evidence={"lag_bytes": lag_bytes, "lag_s": lag_s}))
+        else:
+            retained = slot["retained_bytes"] if slot else None
+            info.update(lag_bytes=retained, lag_s=None, streaming=False)
+            checks.append(Check("archive lag", "fail", "the archiver is not streaming from the primary"
+                                + (f" ({retained} bytes waiting in slot {config.archive.slot})" if slot else ""),
+                                evidence={"slot": slot, "last_failure": state.get("last_failure")},
+                                hint="start it: `pgdr archiver start`"))
+    if state.get("last_failure"):
+        checks.append(Check("archiver failures", "warn" if state.get("running") else "fail",
+                            f"{state['failures']} failure(s), last at {state['last_failure_at']}: "
+                            f"{state['last_failure']}", evidence={"failures": state["failures"]}))
+    info["checked_at"] = datetime.now(UTC).isoformat()
+    return info, checks
