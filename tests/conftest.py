@@ -1,0 +1,116 @@
+"""Fixtures: real PostgreSQL sandboxes in a folder the postgres user can traverse.
+
+pytest's tmp_path sits under a root-only folder, and PostgreSQL refuses to run as
+root, so everything lives under one /tmp/pgdr-tests-* folder (mode 0755) that is
+removed at the end, after every server started below it has been stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pgdr.pg.programs import Programs
+from pgdr.sandbox import sandbox as sb
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: str, config: Path | None = None, timeout: float = 300,
+            input_text: str | None = None) -> CliResult:
+    """Run the real `pgdr` command in a child process (exit codes, stderr and all)."""
+    env = {k: v for k, v in os.environ.items() if k != "PGDR_CONFIG"}
+    if config is not None:
+        env["PGDR_CONFIG"] = str(config)
+    proc = subprocess.run([sys.executable, "-m", "pgdr", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout, input=input_text)
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def _kill_servers_under(base: Path) -> None:
+    """Last line of defence: no postmaster or pg_receivewal under base outlives the run."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(base) in cmdline and ("postgres" in cmdline or "pg_receivewal" in cmdline
+                                     or "archiver run" in cmdline):
+            try:
+                os.kill(int(proc.name), signal.SIGKILL)
+            except OSError:
+                pass
+
+
+@pytest.fixture(scope="session")
+def base_dir() -> Iterator[Path]:
+    base = Path(tempfile.mkdtemp(prefix="pgdr-tests-", dir="/tmp"))
+    os.chmod(base, 0o755)
+    yield base
+    programs = Programs()
+    for state in base.rglob("sandbox.json"):
+        try:
+            sb.down(state.parent, programs)
+        except Exception:
+            pass
+    _kill_servers_under(base)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def programs() -> Programs:
+    return Programs()
+
+
+class SandboxFactory:
+    def __init__(self, base: Path, programs: Programs) -> None:
+        self.base = base
+        self.programs = programs
+        self.created: list[Path] = []
+
+    def __call__(self, name: str, standbys: int = 1, sync: bool = False) -> sb.Sandbox:
+        root = self.base / name
+        sandbox = sb.up(root, self.programs, standbys=standbys, sync=sync)
+        self.created.append(root)
+        return sandbox
+
+    def cleanup(self) -> None:
+        for root in self.created:
+            try:
+                sb.down(root, self.programs, purge=True)
+            except Exception:
+                pass
+
+
+@pytest.fixture
+def make_sandbox(base_dir: Path, programs: Programs, request: pytest.FixtureRequest) -> Iterator[SandboxFactory]:
+    """A fresh sandbox per test, for tests that damage or reshape it."""
+    factory = SandboxFactory(base_dir / request.node.name[:40].replace("[", "_").replace("]", ""), programs)
+    factory.base.mkdir(exist_ok=True)
+    os.chmod(factory.base, 0o755)
+    yield factory
+    factory.cleanup()
+
+
+@pytest.fixture(scope="session")
+def shared_sandbox(base_dir: Path, programs: Programs) -> Iterator[sb.Sandbox]:
+    """One sandbox for the tests that only read it or add backups to it."""
+    sandbox = sb.up(base_dir / "shared", programs, standbys=1)
+    yield sandbox
+    sb.down(sandbox.root, programs, purge=True)
