@@ -127,7 +127,7 @@ def _dump_database(config: Config, programs: Programs, conninfo: str, dbname: st
                 programs.run("pg_dump", [
                     "-d", plain, "-Fd", "-j", str(config.backup.logical_jobs),
                     "-Z", str(config.backup.logical_compression), "--snapshot", row["snap"],
-                    "-f", str(target)], password=password, as_server_user=False)
+                    "-f", str(target)], password=password)
             except BaseException as exc:  # re-raised in the caller's thread
                 failure.append(exc)
 

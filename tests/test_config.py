@@ -1,0 +1,85 @@
+"""Config loading and the errors a user meets: one line, the right exit code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pgdr.config import load_config, parse_duration
+from pgdr.errors import ConfigError
+from tests.conftest import run_cli
+
+VALID = """
+[cluster]
+name = "prod"
+[repository]
+path = "repo"
+[[nodes]]
+name = "db1"
+role = "primary"
+conninfo = "host=/nonexistent/socket-dir port=1 user=postgres dbname=postgres password=s3cret"
+[retention]
+keep_last = 3
+keep_within = "2d"
+"""
+
+
+def test_valid_config_resolves_paths_relative_to_the_file(tmp_path: Path) -> None:
+    (tmp_path / "pgdr.toml").write_text(VALID)
+    config = load_config(tmp_path / "pgdr.toml")
+    assert config.repository.path == tmp_path / "repo"
+    assert config.retention.keep_within == 2 * 86400
+    assert config.configured_primary.name == "db1"
+
+
+@pytest.mark.parametrize("text", ["7d", "12h", "30m", "90s", "15"])
+def test_durations(text: str) -> None:
+    assert parse_duration(text) > 0
+
+
+def test_unknown_key_is_named(tmp_path: Path) -> None:
+    (tmp_path / "pgdr.toml").write_text(VALID.replace("keep_last = 3", "keep_lats = 3"))
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path / "pgdr.toml")
+    assert "retention.keep_lats" in err.value.message
+
+
+def test_malformed_toml_is_one_line_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "pgdr.toml"
+    bad.write_text("[repository\npath = 1\n")
+    result = run_cli("status", config=bad)
+    assert result.returncode == 2
+    assert "not valid TOML" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_wrong_type_names_key_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "pgdr.toml"
+    bad.write_text(VALID.replace("keep_last = 3", 'keep_last = "many"'))
+    result = run_cli("list", config=bad)
+    assert result.returncode == 2
+    assert "retention.keep_last" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_missing_config_exit_2(tmp_path: Path) -> None:
+    result = run_cli("--config", str(tmp_path / "absent.toml"), "status")
+    assert result.returncode == 2 and "config file not found" in result.stderr
+
+
+def test_unreachable_primary_is_one_line_exit_1_and_hides_password(tmp_path: Path) -> None:
+    (tmp_path / "pgdr.toml").write_text(VALID)
+    result = run_cli("backup", config=tmp_path / "pgdr.toml")
+    assert result.returncode == 1
+    assert "no primary reachable" in result.stderr
+    assert "s3cret" not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_status_with_unreachable_primary_fails_without_leaking_password(tmp_path: Path) -> None:
+    (tmp_path / "pgdr.toml").write_text(VALID)
+    result = run_cli("status", "--json", config=tmp_path / "pgdr.toml")
+    assert result.returncode == 1
+    assert "s3cret" not in result.stdout + result.stderr
+    assert '"status": "fail"' in result.stdout
