@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pgdr.backup.archiver import archiver_state_dict
-from pgdr.checks import Check, worst
+from pgdr.checks import Check, Status, worst
 from pgdr.config import Config
 from pgdr.errors import PgdrError
 from pgdr.pg.connect import session
@@ -171,7 +171,7 @@ def _backup_status(config: Config, repo: Repository
                             hint="run `pgdr backup`"))
     else:
         newest = physical[-1]
-        status = "warn" if newest.age_seconds > config.status.max_backup_age else "ok"
+        status: Status = "warn" if newest.age_seconds > config.status.max_backup_age else "ok"
         checks.append(Check("backup", status, f"newest {newest.id}, {_fmt_age(newest.age_seconds)} old",
                             evidence=info["newest_physical"]))
     return info, checks, physical
@@ -216,7 +216,7 @@ def _archive_status(config: Config, repo: Repository, primary: NodeState | None,
             lag_s = receiver["flush_lag_s"]
             lag_s = float(lag_s) if lag_s is not None else 0.0
             info.update(lag_bytes=lag_bytes, lag_s=round(lag_s, 3), streaming=True)
-            status = "ok" if lag_s <= config.archive.max_lag else "warn"
+            status: Status = "ok" if lag_s <= config.archive.max_lag else "warn"
             checks.append(Check("archive lag", status, f"{lag_bytes} bytes, {lag_s:.2f}s behind the primary",
                                 evidence={"lag_bytes": lag_bytes, "lag_s": lag_s}))
         else:

@@ -35,8 +35,8 @@ from typing import Any
 from pgdr.config import Config
 from pgdr.errors import PgdrError
 from pgdr.fsutil import exclusive_lock, lock_is_held, write_json_durable
-from pgdr.pg.conninfo import split_password, with_params
 from pgdr.pg.connect import session
+from pgdr.pg.conninfo import split_password, with_params
 from pgdr.pg.probe import find_primary
 from pgdr.pg.programs import Programs
 from pgdr.repo.layout import Repository

@@ -22,8 +22,8 @@ from pgdr.backup.relmap import connectable_databases
 from pgdr.config import Config
 from pgdr.errors import BackupFailed, PgdrError
 from pgdr.fsutil import durable_rename, exclusive_lock, fsync_path, fsync_tree, tree_size, write_json_durable
-from pgdr.pg.conninfo import split_password, with_params
 from pgdr.pg.connect import connect, query_one
+from pgdr.pg.conninfo import split_password, with_params
 from pgdr.pg.probe import find_primary
 from pgdr.pg.programs import Programs
 from pgdr.repo.layout import PARTIAL_SUFFIX, Repository

@@ -21,8 +21,8 @@ from pgdr.backup.relmap import connectable_databases, relation_map
 from pgdr.config import Config
 from pgdr.errors import BackupFailed, PgdrError
 from pgdr.fsutil import durable_rename, exclusive_lock, fsync_path, write_json_durable
-from pgdr.pg.conninfo import split_password, with_params
 from pgdr.pg.connect import query_one
+from pgdr.pg.conninfo import split_password, with_params
 from pgdr.pg.lsn import parse_lsn, segment_of
 from pgdr.pg.probe import find_primary
 from pgdr.pg.programs import Programs
@@ -31,6 +31,7 @@ from pgdr.repo.manifest import (
     MANIFEST_NAME,
     BackupManifest,
     FileEntry,
+    Relation,
     new_backup_id,
     remove_stale_partials,
 )
@@ -117,7 +118,7 @@ def take_physical_backup(config: Config, programs: Programs, repo: Repository) -
 
 def _describe(backup_id: str, folder: Path, config: Config, node_name: str,
               facts: dict[str, object], started: datetime, stopped: datetime,
-              duration: float, relations: dict[str, object]) -> BackupManifest:
+              duration: float, relations: dict[str, Relation]) -> BackupManifest:
     pg_manifest = json.loads((folder / "backup_manifest").read_text())
     ranges = pg_manifest["WAL-Ranges"]
     start_lsn, stop_lsn = ranges[0]["Start-LSN"], ranges[-1]["End-LSN"]
@@ -138,5 +139,5 @@ def _describe(backup_id: str, folder: Path, config: Config, node_name: str,
         data_checksums=bool(facts["data_checksums"]), compression=config.backup.compression,
         bytes_on_disk=sum(f.size for f in files.values()),
         bytes_logical=sum(int(f["Size"]) for f in pg_manifest["Files"]),
-        files=files, relations=relations,  # type: ignore[arg-type]
+        files=files, relations=relations,
     )

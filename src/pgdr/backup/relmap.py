@@ -6,8 +6,8 @@ reference like 1663/16384/16390 can be named even after its table was dropped.
 
 from __future__ import annotations
 
-from pgdr.pg.conninfo import with_params
 from pgdr.pg.connect import session
+from pgdr.pg.conninfo import with_params
 from pgdr.pg.sql import load
 from pgdr.repo.manifest import Relation
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -28,7 +28,7 @@ def backup(
     with output.console.status("backing up…") if (sys.stdout.isatty() and not json_out) else _quiet():
         result = take(obj.config, obj.programs, obj.repo)
     m = result.manifest
-    summary = {"id": m.id, "kind": m.kind, "start_lsn": m.start_lsn, "stop_lsn": m.stop_lsn,
+    summary: dict[str, Any] = {"id": m.id, "kind": m.kind, "start_lsn": m.start_lsn, "stop_lsn": m.stop_lsn,
                "timeline": m.timeline, "duration_s": m.duration_s, "bytes_on_disk": m.bytes_on_disk,
                "bytes_logical": m.bytes_logical, "path": str(result.path),
                "relations": len(m.relations), "removed_partials": result.removed_partials}
@@ -50,7 +50,7 @@ def list_cmd(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json"
 
     obj: AppContext = ctx.obj
     backups = list_backups(obj.repo)
-    rows = [{"id": b.id, "kind": b.kind, "stop_time": b.stop_time.isoformat(timespec="seconds"),
+    rows: list[dict[str, Any]] = [{"id": b.id, "kind": b.kind, "stop_time": b.stop_time.isoformat(timespec="seconds"),
              "start_lsn": b.start_lsn, "stop_lsn": b.stop_lsn, "timeline": b.timeline,
              "bytes_on_disk": b.bytes_on_disk, "bytes_logical": b.bytes_logical,
              "duration_s": b.duration_s, "verified": verification_status(obj.repo, b.id)}

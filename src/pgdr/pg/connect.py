@@ -54,4 +54,4 @@ def query_one(conninfo: str, sql: str, params: Any = None, *, timeout: float = 5
     with session(conninfo, timeout=timeout) as conn:
         row = conn.execute(sql, params).fetchone()
         assert row is not None
-        return row
+        return dict(row)

@@ -21,6 +21,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pgdr.errors import ConfigError, ProgramFailed
 from pgdr.pg.conninfo import mask_text
@@ -121,7 +122,7 @@ class Programs:
             env.update(extra)
         return env
 
-    def _user_kwargs(self, as_server_user: bool) -> dict[str, object]:
+    def _user_kwargs(self, as_server_user: bool) -> dict[str, Any]:
         if as_server_user and self.run_as.active:
             uid, gid = self.run_as.ids()
             return {"user": uid, "group": gid, "extra_groups": []}
@@ -154,7 +155,7 @@ class Programs:
                 cwd="/",
                 timeout=timeout,
                 preexec_fn=_die_with_parent,
-                **self._user_kwargs(as_server_user),  # type: ignore[arg-type]
+                **self._user_kwargs(as_server_user),
             )
         except subprocess.TimeoutExpired:
             raise ProgramFailed(f"{program} did not finish within {timeout:.0f}s") from None
@@ -194,7 +195,7 @@ class Programs:
                 cwd="/",
                 start_new_session=new_session,
                 preexec_fn=_die_with_parent if die_with_parent else None,
-                **self._user_kwargs(as_server_user),  # type: ignore[arg-type]
+                **self._user_kwargs(as_server_user),
             )
         finally:
             if log_path and not isinstance(out, int):

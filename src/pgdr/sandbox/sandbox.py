@@ -210,7 +210,7 @@ def _create(sandbox: Sandbox, programs: Programs) -> None:
 
     schema = resources.files("pgdr.sandbox").joinpath("sample_schema.sql").read_text()
     with session(sandbox.conninfo(sandbox.primary)) as conn:
-        conn.execute(schema)  # type: ignore[arg-type]
+        conn.execute(schema)
     for node in sandbox.nodes:
         if node.role != "standby":
             continue

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The main job on the built-in sandbox: sandbox up, writes, backups, status, summary.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+PGDR=.venv/bin/pgdr
+DIR=${PGDR_SANDBOX:-.pgdr-sandbox}
+export PGDR_CONFIG="$DIR/pgdr.toml"
+
+echo "== sandbox up ($DIR)"
+$PGDR sandbox up --dir "$DIR"
+echo "== application writes (3 s, one commit per order)"
+$PGDR sandbox write --dir "$DIR" --seconds 3
+echo "== physical backup"
+$PGDR backup
+echo "== logical backup"
+$PGDR backup --logical
+echo "== status"
+$PGDR status
+echo "== backups"
+$PGDR list
+echo
+echo "The sandbox is still running: PGDR_CONFIG=$PGDR_CONFIG $PGDR status | stop it with: $PGDR sandbox down --dir $DIR"
