@@ -5,6 +5,11 @@ cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 PGDR=.venv/bin/pgdr
 DIR=${PGDR_SANDBOX:-.pgdr-sandbox}
+# As root, servers run as `postgres`, which must be able to enter the folder; a checkout
+# under /root is not enterable, so fall back to /tmp there.
+if [ -z "${PGDR_SANDBOX:-}" ] && [ "$(id -u)" -eq 0 ] && ! su postgres -s /bin/sh -c "test -x '$PWD'" 2>/dev/null; then
+  DIR=/tmp/pgdr-sandbox
+fi
 export PGDR_CONFIG="$DIR/pgdr.toml"
 
 echo "== sandbox up ($DIR)"
