@@ -139,3 +139,25 @@ def test_bad_schedule_config_is_one_line(shared_sandbox: Sandbox) -> None:
     path.write_text(shared_sandbox.config_path.read_text() + '\n[[schedule]]\njob = "backup"\nevery = "often"\n')
     out = run_cli("serve", config=path)
     assert out.returncode == 2 and "schedule.0.every" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_schedule_runs_backup_in_service(make_sandbox, programs) -> None:  # type: ignore[no-untyped-def]
+    sandbox = make_sandbox("sched", standbys=0)
+    path = sandbox.root / "sched.toml"
+    path.write_text(sandbox.config_path.read_text() + '\n[[schedule]]\njob = "backup"\nevery = "1h"\n')
+    config = load_config(path)
+    repo = Repository(config.repository.path, programs.run_as)
+    with TestClient(create_app(config, programs, repo, schedule=True)) as client:
+        deadline = time.monotonic() + 60
+        while True:
+            job = client.get("/ready").json()["schedule"][0]
+            if job["last_success"] is not None or job["last_error"]:
+                break
+            assert time.monotonic() < deadline, "scheduled backup did not run"
+            time.sleep(0.3)
+        assert job["last_error"] is None and job["runs"] == 1
+        assert job["next_due"] > time.time() + 3000
+        families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+        assert families["pgdr_schedule_last_success_timestamp_seconds"].samples
+    from pgdr.repo.manifest import list_backups
+    assert [b.id for b in list_backups(repo)] == [job["last_result"]]
