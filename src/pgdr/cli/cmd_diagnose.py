@@ -11,6 +11,7 @@ from pgdr.cli import output
 from pgdr.cli.context import AppContext
 from pgdr.config import parse_duration
 from pgdr.errors import UsageError
+from pgdr.pg.conninfo import mask_text
 
 SEVERITY_STYLE = {"ok": "green", "info": "cyan", "warning": "yellow", "critical": "bold red"}
 
@@ -47,7 +48,7 @@ def diagnose(
                            f" {s.get('state_s', 0):.0f}s: {s.get('query')}")
             if f.action and f.severity not in ("ok", "info"):
                 detail += f"\n[dim]→ {f.action}[/dim]"
-            t.add_row(f.concern, f.node or "", f"[{style}]{f.severity}[/{style}]", output.mask_text(detail))
+            t.add_row(f.concern, f.node or "", f"[{style}]{f.severity}[/{style}]", mask_text(detail))
         ok = sum(f.severity == "ok" for f in report.findings)
         output.console.print(t)
         if ok and not show_ok:
@@ -130,7 +131,7 @@ def _show(node: str, criteria: str, sessions: list[dict[str, Any]], to_stderr: b
     for s in sessions:
         t.add_row(str(s["pid"]), s.get("usename") or "", s.get("datname") or "",
                   s.get("application_name") or "", s.get("client_addr") or "local", s.get("state") or "",
-                  f"{s.get('state_s') or 0:.0f}s", output.mask_text(s.get("query") or ""))
+                  f"{s.get('state_s') or 0:.0f}s", mask_text(s.get("query") or ""))
     (output.err_console if to_stderr else output.console).print(t)
 
 

@@ -9,29 +9,29 @@ from typing import Any
 from pgdr.backup.archiver import archiver_state_dict
 from pgdr.config import Config, DiagnoseConfig
 from pgdr.diagnose import gather as g
-from pgdr.diagnose.findings import DiagnoseReport, Finding
+from pgdr.diagnose.findings import DiagnoseReport, Finding, Severity
 from pgdr.errors import PgdrError
 from pgdr.repo.layout import Repository
 
 # The runbooks' common-errors table: cause -> what to do.
 CAUSE_ACTIONS: dict[str, tuple[str, str]] = {
-    g.REFUSED: ("connection refused", "start the server (`pg_ctl start`) or fail over "
-                "(`pgdr failover`); check host/port and that it listens there"),
-    g.AUTH_FAILED: ("authentication failed", "check the user/password in the conninfo, "
-                    ".pgpass and pg_hba.conf; rotate the secret if it changed"),
+    g.REFUSED: ("connection refused", ("start the server (`pg_ctl start`) or fail over "
+                "(`pgdr failover`); check host/port and that it listens there")),
+    g.AUTH_FAILED: ("authentication failed", ("check the user/password in the conninfo, "
+                    ".pgpass and pg_hba.conf; rotate the secret if it changed")),
     g.STARTING_UP: ("the server is starting up, in recovery or shutting down",
                     "wait and retry; if it stays so, read the server log for crash recovery progress"),
     g.TOO_MANY_CLIENTS: ("too many clients already",
-                         "find idle and idle-in-transaction sessions (`pgdr diagnose`) and "
-                         "terminate them (`pgdr terminate --idle 10m`); put a pooler in front"),
+                         ("find idle and idle-in-transaction sessions (`pgdr diagnose`) and "
+                          "terminate them (`pgdr terminate --idle 10m`); put a pooler in front")),
     g.NO_DATABASE: ("the database does not exist", "fix dbname in the conninfo"),
-    g.TIMEOUT: ("connection timed out", "the server hangs or the network drops packets: "
-                "check the host, its load and firewall"),
-    g.READ_ONLY: ("the server is read-only", "writes go to the primary: repoint clients "
-                  "or promote a standby (`pgdr failover`)"),
+    g.TIMEOUT: ("connection timed out", ("the server hangs or the network drops packets: "
+                "check the host, its load and firewall")),
+    g.READ_ONLY: ("the server is read-only", ("writes go to the primary: repoint clients "
+                  "or promote a standby (`pgdr failover`)")),
     g.WRAPAROUND: ("not accepting commands to avoid wraparound data loss",
-                   "run VACUUM (FREEZE) in single-user mode on the oldest database; "
-                   "end old transactions and drop stale slots/prepared transactions first"),
+                   ("run VACUUM (FREEZE) in single-user mode on the oldest database; "
+                    "end old transactions and drop stale slots/prepared transactions first")),
     g.OTHER: ("connection failed", "read the error and the server log"),
 }
 
@@ -162,7 +162,7 @@ def blocking_chains(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
     def node(pid: int, seen: frozenset[int]) -> dict[str, Any]:
         row = by_pid.get(pid, {"pid": pid})
-        item = {k: _r(row.get(k)) for k in ("pid", "usename", "datname", "application_name", "state",
+        item: dict[str, Any] = {k: _r(row.get(k)) for k in ("pid", "usename", "datname", "application_name", "state",
                                             "wait_event_type", "wait_event", "waiting_for", "query_s",
                                             "xact_s", "state_s", "query") if k in row}
         item["blocks"] = [node(c, seen | {pid}) for c in sorted(children.get(pid, [])) if c not in seen]
@@ -176,8 +176,9 @@ def _depth(tree: dict[str, Any]) -> int:
 
 
 def _flatten(tree: dict[str, Any], depth: int = 0) -> list[str]:
-    lines = [f"{'  ' * depth}{'└ ' if depth else ''}pid {tree['pid']} ({tree.get('state')}"
-             f"{', waits ' + tree['waiting_for'] if tree.get('waiting_for') else ''}): {tree.get('query')}"]
+    waits = f", waits {tree['waiting_for']}" if tree.get("waiting_for") else ""
+    head = f"{'  ' * depth}{'└ ' if depth else ''}pid {tree['pid']} ({tree.get('state')}{waits})"
+    lines = [f"{head}: {tree.get('query')}"]
     for child in tree["blocks"]:
         lines.extend(_flatten(child, depth + 1))
     return lines
@@ -191,7 +192,7 @@ def locks(facts: g.NodeFacts, cfg: DiagnoseConfig) -> Finding:
     chains = blocking_chains(facts.locks)
     longest_wait = max((r.get("state_s") or 0) for r in waiting)
     depth = max((_depth(c) for c in chains), default=0)
-    severity = "critical" if longest_wait >= cfg.lock_wait * 6 else (
+    severity: Severity = "critical" if longest_wait >= cfg.lock_wait * 6 else (
         "warning" if longest_wait >= cfg.lock_wait else "info")
     roots = ", ".join(str(c["pid"]) for c in chains)
     return Finding(

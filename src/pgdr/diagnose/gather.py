@@ -87,7 +87,7 @@ class NodeFacts:
 
 def open_connection(node: NodeConfig, timeout: float, application_name: str = "pgdr_diagnose"
                     ) -> psycopg.Connection[Any]:
-    target = with_params(node.conninfo, connect_timeout=max(1, int(round(timeout))),
+    target = with_params(node.conninfo, connect_timeout=max(1, round(timeout)),
                          application_name=application_name)
     return psycopg.connect(target, autocommit=True, row_factory=dict_row)
 
@@ -96,7 +96,7 @@ def _run(facts: NodeFacts, conn: psycopg.Connection[Any], name: str,
          params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """One concern's query; a failure (permissions, a version without a view) is recorded, not fatal."""
     try:
-        return [dict(r) for r in conn.execute(sql.load(name), params)]  # type: ignore[arg-type]
+        return [dict(r) for r in conn.execute(sql.load(name), params)]
     except psycopg.Error as exc:
         sqlstate = getattr(exc, "sqlstate", None)
         facts.query_errors[name] = f"{sqlstate or ''} {mask_text(str(exc).strip().splitlines()[0])}".strip()

@@ -128,7 +128,7 @@ class PgdrCollector(Collector):
         try:
             backups = list_backups(self.repo)
             state = archiver_state_dict(self.repo)
-        except Exception as exc:  # an unreadable repository must not break the scrape
+        except Exception as exc:  # noqa: BLE001 - an unreadable repository must not break the scrape
             log.warning("repository unreadable for metrics: %s", exc)
             err = GaugeMetricFamily("pgdr_repository_up", "1 when the repository is readable")
             err.add_metric([], 0.0)
