@@ -45,6 +45,9 @@ class NodeConfig(_Strict):
     data_dir: Path | None = None
     role: Literal["primary", "standby"] = "standby"
     drillable: bool = False
+    # The server log, for corruption signatures; when unset diagnose asks the server
+    # (pg_current_logfile) and then looks in data_dir/log.
+    log_file: Path | None = None
 
     @field_validator("conninfo")
     @classmethod
@@ -116,6 +119,61 @@ class StatusConfig(_Strict):
         return parse_duration(value)  # type: ignore[arg-type]
 
 
+class DiagnoseConfig(_Strict):
+    """Thresholds for `pgdr diagnose` (runbook numbers: idle in transaction over 5 minutes...)."""
+
+    long_query: Duration = 300.0
+    long_transaction: Duration = 600.0
+    idle_in_transaction: Duration = 300.0
+    lock_wait: Duration = 10.0
+    connections_warn_pct: Annotated[float, Field(gt=0, le=100)] = 80.0
+    connections_critical_pct: Annotated[float, Field(gt=0, le=100)] = 95.0
+    replication_lag: Duration = 30.0
+    replication_lag_bytes: Annotated[int, Field(ge=0)] = 256 * 1024 * 1024
+    slot_retained_bytes: Annotated[int, Field(ge=0)] = 1024 * 1024 * 1024
+    # age(datfrozenxid): autovacuum forces freezing at 200M; at ~2.1 billion the server
+    # stops accepting commands. Warn well before, call it critical at 1.5 billion.
+    wraparound_warn_age: Annotated[int, Field(ge=0)] = 500_000_000
+    wraparound_critical_age: Annotated[int, Field(ge=0)] = 1_500_000_000
+    archive_ready_warn: Annotated[int, Field(ge=0)] = 10
+    query_chars: Annotated[int, Field(ge=20, le=10000)] = 200
+    max_sessions_listed: Annotated[int, Field(ge=1, le=10000)] = 50
+    log_tail_bytes: Annotated[int, Field(ge=0)] = 4 * 1024 * 1024
+    connect_timeout: Duration = 3.0
+
+    @field_validator("long_query", "long_transaction", "idle_in_transaction", "lock_wait",
+                     "replication_lag", "connect_timeout", mode="before")
+    @classmethod
+    def _dur(cls, value: object) -> float:
+        return parse_duration(value)  # type: ignore[arg-type]
+
+
+class ServeConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8008
+    health_timeout: Annotated[float, Field(gt=0, le=60)] = 2.0
+    # Load balancers poll health many times a second; answers are reused this long
+    # (and only one check runs at a time) so a poll storm cannot flood the database.
+    health_cache: Duration = 0.5
+
+    @field_validator("health_timeout", "health_cache", mode="before")
+    @classmethod
+    def _dur(cls, value: object) -> float:
+        return parse_duration(value)  # type: ignore[arg-type]
+
+
+class ScheduleConfig(_Strict):
+    """A job `pgdr serve --schedule` runs: [[schedule]] job = "backup", every = "24h"."""
+
+    job: Literal["backup", "logical-backup"]
+    every: Annotated[float, Field(gt=0)]
+
+    @field_validator("every", mode="before")
+    @classmethod
+    def _dur(cls, value: object) -> float:
+        return parse_duration(value)  # type: ignore[arg-type]
+
+
 class ClusterConfig(_Strict):
     name: str = "main"
 
@@ -129,6 +187,9 @@ class Config(_Strict):
     retention: RetentionConfig = RetentionConfig()
     pg: PgConfig = PgConfig()
     status: StatusConfig = StatusConfig()
+    diagnose: DiagnoseConfig = DiagnoseConfig()
+    serve: ServeConfig = ServeConfig()
+    schedule: list[ScheduleConfig] = []
     source: Path | None = Field(default=None, exclude=True)
 
     @model_validator(mode="after")
@@ -184,6 +245,7 @@ def _resolve_paths(raw: dict[str, object], base: Path) -> None:
     if isinstance(nodes, list):
         for node in nodes:
             fix(node, "data_dir")
+            fix(node, "log_file")
 
 
 def load_config(explicit: Path | None = None) -> Config:

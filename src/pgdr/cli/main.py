@@ -29,12 +29,14 @@ def main(
 
 
 def _register() -> None:
-    from pgdr.cli import cmd_archiver, cmd_backup, cmd_sandbox, cmd_status
+    from pgdr.cli import cmd_archiver, cmd_backup, cmd_diagnose, cmd_sandbox, cmd_serve, cmd_status
 
     app.add_typer(cmd_sandbox.app, name="sandbox")
     app.add_typer(cmd_archiver.app, name="archiver")
     cmd_backup.register(app)
     cmd_status.register(app)
+    cmd_diagnose.register(app)
+    cmd_serve.register(app)
 
 
 _register()

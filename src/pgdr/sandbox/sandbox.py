@@ -148,6 +148,7 @@ def render_config(sandbox: Sandbox) -> str:
         lines += ["[[nodes]]", f'name = "{node.name}"', f'role = "{node.role}"',
                   f"conninfo = \"{sandbox.conninfo(node, 'postgres')}\"",
                   f'data_dir = "{node.data_dir.relative_to(sandbox.root)}"',
+                  f'log_file = "nodes/{node.name}.log"',
                   "drillable = true", ""]
     return "\n".join(lines)
 

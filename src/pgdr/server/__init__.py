@@ -1,0 +1,1 @@
+"""`pgdr serve`: health, readiness, Prometheus metrics and scheduled jobs."""
