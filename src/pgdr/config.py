@@ -174,6 +174,68 @@ class ScheduleConfig(_Strict):
         return parse_duration(value)  # type: ignore[arg-type]
 
 
+class RepointTarget(_Strict):
+    """Where clients learn the new primary after a failover or switchover.
+
+    kind = "pgbouncer": rewrite the `database` entry in `ini_file`, RELOAD, and PAUSE
+      before / RESUME after the promotion through `admin_conninfo`, so clients wait
+      instead of failing (use pool_mode = transaction so PAUSE can drain).
+    kind = "env_file": rewrite DATABASE_URL and/or PGHOST/PGPORT in `path` atomically.
+    kind = "command": run `command` with PGDR_PRIMARY_HOST/PORT/NAME/CONNINFO set.
+    """
+
+    kind: Literal["pgbouncer", "env_file", "command"]
+    name: str = ""
+    ini_file: Path | None = None
+    admin_conninfo: str | None = None
+    database: str | None = None
+    path: Path | None = None
+    command: list[str] | None = None
+    pause_timeout: Duration = 5.0
+
+    @model_validator(mode="after")
+    def _fields_for_kind(self) -> RepointTarget:
+        need = {"pgbouncer": ("ini_file", "admin_conninfo", "database"),
+                "env_file": ("path",), "command": ("command",)}[self.kind]
+        missing = [f for f in need if getattr(self, f) in (None, "", [])]
+        if missing:
+            raise ValueError(f"repoint target of kind {self.kind} needs {', '.join(missing)}")
+        return self
+
+
+class EtcdConfig(_Strict):
+    endpoints: list[str]
+    prefix: str = "/pgdr"
+
+
+class FailoverConfig(_Strict):
+    max_lag_bytes: Annotated[int, Field(ge=0)] = 16 * 1024 * 1024
+    max_lag_seconds: Duration = 30.0
+    fence_command: list[str] | None = None
+    replay_timeout: Duration = 30.0
+    repoint: list[RepointTarget] = []
+
+    @field_validator("max_lag_seconds", "replay_timeout", mode="before")
+    @classmethod
+    def _dur(cls, value: object) -> float:
+        return parse_duration(value)  # type: ignore[arg-type]
+
+
+class WatchConfig(_Strict):
+    interval: Duration = 1.0
+    failures: Annotated[int, Field(ge=1)] = 3
+    probe_timeout: Duration = 1.0
+    # A standby that heard from the primary this recently proves the primary alive.
+    receiver_fresh: Duration = 3.0
+    etcd: EtcdConfig | None = None
+    lease_ttl: Annotated[int, Field(ge=2)] = 5
+
+    @field_validator("interval", "probe_timeout", "receiver_fresh", mode="before")
+    @classmethod
+    def _dur(cls, value: object) -> float:
+        return parse_duration(value)  # type: ignore[arg-type]
+
+
 class ClusterConfig(_Strict):
     name: str = "main"
 
@@ -190,6 +252,8 @@ class Config(_Strict):
     diagnose: DiagnoseConfig = DiagnoseConfig()
     serve: ServeConfig = ServeConfig()
     schedule: list[ScheduleConfig] = []
+    failover: FailoverConfig = FailoverConfig()
+    watch: WatchConfig = WatchConfig()
     source: Path | None = Field(default=None, exclude=True)
 
     @model_validator(mode="after")
@@ -241,6 +305,11 @@ def _resolve_paths(raw: dict[str, object], base: Path) -> None:
             section[key] = str(p if p.is_absolute() else (base / p))
     fix(raw.get("repository"), "path")
     fix(raw.get("pg"), "bindir")
+    failover = raw.get("failover")
+    if isinstance(failover, dict) and isinstance(failover.get("repoint"), list):
+        for target in failover["repoint"]:
+            fix(target, "ini_file")
+            fix(target, "path")
     nodes = raw.get("nodes")
     if isinstance(nodes, list):
         for node in nodes:

@@ -29,7 +29,7 @@ def main(
 
 
 def _register() -> None:
-    from pgdr.cli import cmd_archiver, cmd_backup, cmd_diagnose, cmd_sandbox, cmd_serve, cmd_status
+    from pgdr.cli import cmd_archiver, cmd_backup, cmd_diagnose, cmd_failover, cmd_sandbox, cmd_serve, cmd_status
 
     app.add_typer(cmd_sandbox.app, name="sandbox")
     app.add_typer(cmd_archiver.app, name="archiver")
@@ -37,6 +37,7 @@ def _register() -> None:
     cmd_status.register(app)
     cmd_diagnose.register(app)
     cmd_serve.register(app)
+    cmd_failover.register(app)
 
 
 _register()

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
+from pgdr.fsutil import write_json_durable
 from pgdr.repo.layout import Repository
 
 VERIFY_RECORD = "verify.json"
@@ -17,3 +21,47 @@ def verification_status(repo: Repository, backup_id: str) -> str:
     except (OSError, ValueError):
         return "never"
     return "verified" if record.get("passed") else "failed"
+
+
+def records_dir(repo: Repository) -> Path:
+    path = repo.root / "records"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def save_record(repo: Repository, kind: str, data: dict[str, Any]) -> Path:
+    """Store an operation's record (failover, restore, drill…) durably; returns its path."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    record_id = f"{stamp}-{kind}"
+    path = records_dir(repo) / f"{record_id}.json"
+    write_json_durable(path, {"id": record_id, "kind": kind, **data})
+    return path
+
+
+def list_records(repo: Repository, kind: str | None = None) -> list[dict[str, Any]]:
+    out = []
+    for path in sorted(records_dir(repo).glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if kind is None or record.get("kind") == kind:
+            out.append(record)
+    return out
+
+
+def topology_path(repo: Repository) -> Path:
+    return repo.root / "topology.json"
+
+
+def read_topology(repo: Repository) -> dict[str, Any]:
+    try:
+        return dict(json.loads(topology_path(repo).read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
+def write_topology(repo: Repository, primary: str, timeline: int, fenced: list[str]) -> None:
+    """Who pgdr last made primary: the old primary to fence when the current one dies."""
+    write_json_durable(topology_path(repo), {"primary": primary, "timeline": timeline, "fenced": fenced,
+                                             "updated_at": datetime.now(UTC).isoformat()})

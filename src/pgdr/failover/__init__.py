@@ -1,0 +1,1 @@
+"""Failover that cannot make things worse: preflight, fence, promote, repoint, rejoin, watch."""

@@ -1,0 +1,72 @@
+"""`pgdr rejoin NAME`: a fenced former primary becomes a standby of the current primary.
+
+pg_rewind when possible (it runs crash recovery itself since PostgreSQL 13, so a
+SIGKILLed primary is fine); otherwise, saying why, a fresh base backup, with the
+old data directory kept aside as the safety copy.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from typing import Any
+
+from pgdr.config import Config
+from pgdr.errors import PgdrError
+from pgdr.failover import promote
+from pgdr.failover.failover import FailoverRefused
+from pgdr.failover.fence import local_instance
+from pgdr.failover.standby_setup import configure_as_standby, restore_own_config, save_own_config
+from pgdr.pg.conninfo import split_password
+from pgdr.pg.probe import find_primary
+from pgdr.pg.programs import Programs
+from pgdr.repo.layout import Repository
+from pgdr.repo.records import save_record
+from pgdr.runbook.timeline import Timeline
+
+
+def run_rejoin(config: Config, programs: Programs, repo: Repository, name: str) -> dict[str, Any]:
+    node = config.node(name)
+    primary = find_primary(config).node
+    if primary.name == name:
+        raise FailoverRefused(f"{name} is the current primary; nothing to rejoin")
+    inst = local_instance(node, programs)
+    if inst is None:
+        raise FailoverRefused(f"{name}'s data directory is not on this machine",
+                              hint="run pgdr rejoin on that node's host")
+    timeline = Timeline()
+    record: dict[str, Any] = {"operation": "rejoin", "node": name, "primary": primary.name}
+    with timeline.step("stop", name):
+        if inst.is_running():
+            inst.stop(mode="fast")
+    saved = save_own_config(inst.data_dir)
+    (inst.data_dir / "standby.signal").unlink(missing_ok=True)  # single-user crash recovery refuses standby mode
+    method = "pg_rewind"
+    plain, password = split_password(primary.conninfo)
+    try:
+        with timeline.step("pg_rewind", name) as step:
+            result = programs.run("pg_rewind", ["-D", str(inst.data_dir), "--source-server", plain],
+                                  password=password, timeout=1800)
+            step.detail = (result.stdout + result.stderr).strip().splitlines()[-1:][0] if (result.stdout + result.stderr).strip() else "done"
+    except PgdrError as exc:
+        method = "base backup"
+        record["rewind_failed"] = exc.message
+        with timeline.step("fresh base backup", f"pg_rewind impossible: {exc.message}") as step:
+            aside = inst.data_dir.with_name(f"{inst.data_dir.name}.pgdr-old-{time.strftime('%Y%m%dT%H%M%S')}")
+            inst.data_dir.rename(aside)
+            step.evidence["safety_copy"] = str(aside)
+            inst.data_dir.mkdir(mode=0o700)
+            programs.run_as.chown(inst.data_dir)
+            promote.ensure_slot(primary, name)
+            programs.run("pg_basebackup", ["-d", plain, "-D", str(inst.data_dir), "-X", "stream",
+                                           "--checkpoint=fast"], password=password, timeout=3600)
+    restore_own_config(inst.data_dir, saved, programs)
+    with timeline.step("start as standby", name):
+        configure_as_standby(inst.data_dir, node, primary, programs)
+        inst.start()
+    with timeline.step("streaming", name) as step:
+        step.evidence.update(promote.wait_streaming(primary, name))
+    record.update(outcome="rejoined", method=method, timeline=timeline.as_list())
+    record["record_path"] = str(save_record(repo, "rejoin", record))
+    shutil.rmtree(inst.data_dir / "pg_wal" / "archive_status" / "nonexistent", ignore_errors=True)
+    return record

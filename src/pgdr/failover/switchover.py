@@ -1,0 +1,117 @@
+"""`pgdr switchover`: the planned, lossless change of primary.
+
+pause clients → shut the primary down cleanly (its walsenders send everything,
+including the shutdown checkpoint, to connected standbys) → wait until the
+candidate has replayed that checkpoint → promote → prove a write → restart the
+old primary as a standby of the new one → repoint → resume.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pgdr.config import Config
+from pgdr.errors import PgdrError
+from pgdr.failover import preflight, promote
+from pgdr.failover.failover import FailoverRefused, controldata
+from pgdr.failover.fence import local_instance
+from pgdr.failover.repoint import Repointer
+from pgdr.failover.standby_setup import configure_as_standby
+from pgdr.fsutil import exclusive_lock
+from pgdr.pg.connect import session
+from pgdr.pg.lsn import parse_lsn
+from pgdr.pg.programs import Programs
+from pgdr.repo.layout import Repository
+from pgdr.repo.records import save_record, write_topology
+from pgdr.runbook.timeline import Timeline
+
+
+def run_switchover(config: Config, programs: Programs, repo: Repository, *, to: str | None = None,
+                   dry_run: bool = False) -> dict[str, Any]:
+    with exclusive_lock(repo.lock_path("failover"), "failover or switchover"):
+        return _switchover(config, programs, repo, to, dry_run)
+
+
+def _wait_replayed_past(node_conninfo: str, lsn: int, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    with session(node_conninfo) as conn:
+        while True:
+            row = conn.execute("select pg_last_wal_replay_lsn()::text as l").fetchone()
+            assert row is not None
+            if row["l"] and parse_lsn(row["l"]) > lsn:
+                return str(row["l"])
+            if time.monotonic() > deadline:
+                raise PgdrError(f"standby did not replay the old primary's shutdown checkpoint within {timeout:.0f}s")
+            time.sleep(0.02)
+
+
+def _switchover(config: Config, programs: Programs, repo: Repository, to: str | None,
+                dry_run: bool) -> dict[str, Any]:
+    timeline = Timeline()
+    with timeline.step("preflight"):
+        nodes = preflight.gather(config)
+    record: dict[str, Any] = {"operation": "switchover", "preflight": [n.row() for n in nodes], "dry_run": dry_run}
+    primaries = [n for n in nodes if n.role == "primary"]
+    if len(primaries) != 1:
+        raise FailoverRefused("switchover needs exactly one healthy primary; found "
+                              f"{len(primaries)}", hint="use `pgdr failover` when the primary has failed")
+    old = primaries[0].node
+    old_inst = local_instance(old, programs)
+    if old_inst is None:
+        raise FailoverRefused(f"switchover must shut {old.name} down cleanly, but its data directory "
+                              "is not on this machine", hint="run pgdr on the primary's host")
+    streaming = [n for n in nodes if n.role == "standby" and n.facts.get("receiver_status") == "streaming"]
+    choice = preflight.choose_candidate(config, streaming or nodes, to, force=False)
+    if choice.refused or choice.candidate is None:
+        raise FailoverRefused(f"not switching over: {choice.reason}")
+    candidate = choice.candidate.node
+    record.update(old_primary=old.name, candidate=candidate.name)
+    if dry_run:
+        record.update(outcome="planned", plan=[
+            "pause clients", f"shut down {old.name} cleanly", f"wait for {candidate.name} to replay its shutdown checkpoint",
+            f"promote {candidate.name}", "prove a write", f"restart {old.name} as a standby of {candidate.name}",
+            "repoint clients and resume"])
+        return record
+    repointer = Repointer(config.failover.repoint)
+    try:
+        with timeline.step("pause clients") as step:
+            step.evidence["targets"] = [r.__dict__ for r in repointer.pause()]
+        with timeline.step("clean shutdown", old.name) as step:
+            old_inst.stop(mode="fast")
+            checkpoint = controldata(programs, old_inst.data_dir)["Latest checkpoint location"]
+            step.evidence["shutdown_checkpoint"] = checkpoint
+        with timeline.step("replay shutdown checkpoint", candidate.name) as step:
+            step.evidence["replayed_to"] = _wait_replayed_past(candidate.conninfo, parse_lsn(checkpoint),
+                                                               config.failover.replay_timeout)
+        with timeline.step("promote", candidate.name) as step:
+            new_timeline = promote.promote(candidate)
+            step.evidence["timeline"] = new_timeline
+        with timeline.step("prove write", candidate.name) as step:
+            step.detail = promote.prove_writable(candidate)
+        with timeline.step("repoint clients") as step:
+            step.evidence["targets"] = [r.__dict__ for r in repointer.apply(candidate)]
+    except PgdrError as exc:
+        record.update(outcome="failed", reason=exc.message, timeline=timeline.as_list())
+        save_record(repo, "switchover", record)
+        raise
+    finally:
+        if repointer.paused:
+            with timeline.step("resume clients"):
+                repointer.resume()
+    rto = timeline.elapsed
+    write_topology(repo, candidate.name, new_timeline, [])
+    with timeline.step("old primary becomes standby", old.name):
+        configure_as_standby(old_inst.data_dir, old, candidate, programs)
+        old_inst.start()
+        promote.wait_streaming(candidate, old.name)
+    for other in nodes:
+        if other.role == "standby" and other.node.name not in (candidate.name, old.name):
+            with timeline.step("standby follows", other.node.name):
+                promote.follow(other.node, candidate)
+    record.update(outcome="switched", new_primary=candidate.name, new_timeline=new_timeline,
+                  rto_seconds=round(rto, 3), rpo={"known": True, "bytes": 0, "commits": 0,
+                                                  "detail": "clean shutdown replayed before promotion"},
+                  timeline=timeline.as_list())
+    record["record_path"] = str(save_record(repo, "switchover", record))
+    return record

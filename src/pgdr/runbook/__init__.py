@@ -1,0 +1,1 @@
+"""Runbook execution: timed steps whose timeline is the incident record."""
