@@ -116,6 +116,32 @@ class StatusConfig(_Strict):
         return parse_duration(value)  # type: ignore[arg-type]
 
 
+class VerifyCheckConfig(_Strict):
+    """A user's smoke query: the first column of the first row, as text, must equal expect."""
+
+    name: Annotated[str, Field(min_length=1)]
+    database: str = "postgres"
+    sql: Annotated[str, Field(min_length=1)]
+    expect: str | bool | int | float = True
+
+
+class VerifyConfig(_Strict):
+    # A table that shrank by more than this fraction since the previous verified
+    # physical backup fails verification (a mass DELETE that nobody meant).
+    tolerance: Annotated[float, Field(ge=0, le=1)] = 0.01
+    # Where scratch instances live; default <repository>/../scratch. Every folder on
+    # the path must be traversable by the server user.
+    scratch_dir: Path | None = None
+    checks: list[VerifyCheckConfig] = []
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> VerifyConfig:
+        names = [c.name for c in self.checks]
+        if len(set(names)) != len(names):
+            raise ValueError("verify.checks names must be unique")
+        return self
+
+
 class ClusterConfig(_Strict):
     name: str = "main"
 
@@ -129,6 +155,7 @@ class Config(_Strict):
     retention: RetentionConfig = RetentionConfig()
     pg: PgConfig = PgConfig()
     status: StatusConfig = StatusConfig()
+    verify: VerifyConfig = VerifyConfig()
     source: Path | None = Field(default=None, exclude=True)
 
     @model_validator(mode="after")
@@ -180,6 +207,7 @@ def _resolve_paths(raw: dict[str, object], base: Path) -> None:
             section[key] = str(p if p.is_absolute() else (base / p))
     fix(raw.get("repository"), "path")
     fix(raw.get("pg"), "bindir")
+    fix(raw.get("verify"), "scratch_dir")
     nodes = raw.get("nodes")
     if isinstance(nodes, list):
         for node in nodes:

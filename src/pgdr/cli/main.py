@@ -29,12 +29,13 @@ def main(
 
 
 def _register() -> None:
-    from pgdr.cli import cmd_archiver, cmd_backup, cmd_sandbox, cmd_status
+    from pgdr.cli import cmd_archiver, cmd_backup, cmd_sandbox, cmd_status, cmd_verify
 
     app.add_typer(cmd_sandbox.app, name="sandbox")
     app.add_typer(cmd_archiver.app, name="archiver")
     cmd_backup.register(app)
     cmd_status.register(app)
+    cmd_verify.register(app)
 
 
 _register()
