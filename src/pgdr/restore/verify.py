@@ -298,7 +298,9 @@ def _verify_logical(run: _Run, config: Config, programs: Programs, manifest: Bac
             programs.run("pg_restore", [
                 "-h", str(inst.socket_dir), "-p", str(inst.port), "-U", "postgres", "-d", dbname,
                 "-j", str(config.backup.logical_jobs), "--no-owner", "--no-privileges",
-                "--exit-on-error", str(folder / dump.directory)], timeout=24 * 3600)
+                "--exit-on-error", str(folder / dump.directory)], timeout=24 * 3600,
+                # pg_dump ran as pgdr's user, so its 0700 folder is readable by that user only
+                as_server_user=False)
             per_db[dbname] = round(time.monotonic() - t1, 3)
         seconds = time.monotonic() - t0
         run.result.restore_s = seconds
