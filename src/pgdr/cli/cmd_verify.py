@@ -46,8 +46,9 @@ def verify(
                                  f"(data {result.kept['data_dir']}); stop it with "
                                  f"pg_ctl -D {result.kept['data_dir']} stop, then remove "
                                  f"{result.kept['folder']}")
-        for check in result.failed:
-            output.error_line(f"verify failed: {check.name}: {check.summary}")
+    # Failures go to stderr in both modes, so scripts reading --json still see why.
+    for check in result.failed:
+        output.error_line(f"verify failed: {check.name}: {check.summary}")
     if not result.passed:
         raise typer.Exit(1)
 
