@@ -170,3 +170,29 @@ def test_wal_fetch_exits_1_for_absent_file(shared_sandbox: sb.Sandbox, base_dir:
                      "0000000100000000000000FF", str(base_dir / "nothing"))
     assert result.returncode == 1
     assert not (base_dir / "nothing").exists()
+
+
+def test_ctrl_c_during_verify_leaves_no_server_or_folder(shared_sandbox: sb.Sandbox) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    backup_id = _backup(shared_sandbox)
+    env = {k: v for k, v in os.environ.items() if k != "PGDR_CONFIG"}
+    env["PGDR_CONFIG"] = str(shared_sandbox.config_path)
+    proc = subprocess.Popen([sys.executable, "-m", "pgdr", "verify", backup_id], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    scratch = shared_sandbox.root / "scratch"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any((d / "data" / "postmaster.pid").exists() for d in scratch.glob("verify-*")):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "verify finished before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    _scratch_is_clean(shared_sandbox)

@@ -59,13 +59,18 @@ def run() -> None:
         output.error_line("interrupted")
         sys.exit(130)
     except Exception as exc:  # click usage errors and the truly unexpected
-        import click
+        try:
+            from click.exceptions import ClickException
+        except ImportError:  # typer >= 0.2x vendors click as typer._click
+            from typer._click.exceptions import ClickException  # type: ignore[no-redef]
 
-        if isinstance(exc, click.exceptions.ClickException):
+        if isinstance(exc, ClickException):
             exc.show()
             sys.exit(exc.exit_code)
         if debug:
             raise
         output.error_line(f"unexpected error: {type(exc).__name__}: {exc}", "rerun with --debug for a traceback")
         sys.exit(1)
+    if code == 130:  # Typer turns Ctrl-C (and verify's SIGTERM handler) into exit code 130
+        output.error_line("interrupted")
     sys.exit(code if isinstance(code, int) else 0)
