@@ -249,7 +249,7 @@ _BAD_BLOCK = re.compile(r'file "([^"]+)", block (\d+)')
 
 def _checksums_check(run: _Run, manifest: BackupManifest, code: int, output: str,
                      seconds: float) -> Check:
-    stats = dict(re.findall(r"^(Blocks scanned|Bad checksums|Files scanned):\s+(\d+)", output, re.M))
+    stats = dict(re.findall(r"^(Blocks scanned|Bad checksums|Files scanned):\s+(\d+)", output, re.MULTILINE))
     if code == 0:
         return run.add("pg_checksums", "ok", f"{stats.get('Blocks scanned', '?')} blocks, no bad checksum",
                        seconds, stats)
