@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pgdr.backup.archiver import archiver_state_dict
-from pgdr.checks import Check, worst
+from pgdr.checks import Check, Status, worst
 from pgdr.config import Config
 from pgdr.errors import PgdrError
 from pgdr.pg.connect import session
@@ -197,7 +197,7 @@ def _verified_check(config: Config, repo: Repository, backups: list[BackupManife
                 return Check("verified backup", "warn", f"newest backup {newest.id} FAILED verification; "
                              + summary, evidence=info["newest_verified"],
                              hint=f"see {repo.backups_dir / newest.id / 'verify.json'}")
-            status = "warn" if backup.age_seconds > config.status.max_backup_age else "ok"
+            status: Status = "warn" if backup.age_seconds > config.status.max_backup_age else "ok"
             return Check("verified backup", status, summary, evidence=info["newest_verified"],
                          hint="run `pgdr verify` after each backup" if status != "ok" else None)
     failed = newest_record is not None

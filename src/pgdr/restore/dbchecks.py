@@ -193,7 +193,7 @@ def user_check(instance: Instance, check: VerifyCheckConfig) -> tuple[bool, str,
     try:
         with session(instance.conninfo(check.database)) as conn, conn.transaction():
             conn.execute("set transaction read only")
-            cur = conn.execute(check.sql)  # noqa: the operator's own SQL, from pgdr.toml
+            cur = conn.execute(check.sql)  # the operator's own SQL, from pgdr.toml
             row = cur.fetchone() if cur.description else None
     except PgdrError as exc:
         return False, exc.message, {"database": check.database, "expected": want}
