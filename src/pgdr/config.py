@@ -236,6 +236,32 @@ class WatchConfig(_Strict):
         return parse_duration(value)  # type: ignore[arg-type]
 
 
+class VerifyCheckConfig(_Strict):
+    """A user's smoke query: the first column of the first row, as text, must equal expect."""
+
+    name: Annotated[str, Field(min_length=1)]
+    database: str = "postgres"
+    sql: Annotated[str, Field(min_length=1)]
+    expect: str | bool | int | float = True
+
+
+class VerifyConfig(_Strict):
+    # A table that shrank by more than this fraction since the previous verified
+    # physical backup fails verification (a mass DELETE that nobody meant).
+    tolerance: Annotated[float, Field(ge=0, le=1)] = 0.01
+    # Where scratch instances live; default <repository>/../scratch. Every folder on
+    # the path must be traversable by the server user.
+    scratch_dir: Path | None = None
+    checks: list[VerifyCheckConfig] = []
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> VerifyConfig:
+        names = [c.name for c in self.checks]
+        if len(set(names)) != len(names):
+            raise ValueError("verify.checks names must be unique")
+        return self
+
+
 class ClusterConfig(_Strict):
     name: str = "main"
 
@@ -254,6 +280,7 @@ class Config(_Strict):
     schedule: list[ScheduleConfig] = []
     failover: FailoverConfig = FailoverConfig()
     watch: WatchConfig = WatchConfig()
+    verify: VerifyConfig = VerifyConfig()
     source: Path | None = Field(default=None, exclude=True)
 
     @model_validator(mode="after")
@@ -310,6 +337,7 @@ def _resolve_paths(raw: dict[str, object], base: Path) -> None:
         for target in failover["repoint"]:
             fix(target, "ini_file")
             fix(target, "path")
+    fix(raw.get("verify"), "scratch_dir")
     nodes = raw.get("nodes")
     if isinstance(nodes, list):
         for node in nodes:

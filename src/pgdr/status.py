@@ -20,6 +20,7 @@ from pgdr.pg.lsn import Segment, parse_lsn
 from pgdr.pg.probe import NodeState, probe_all
 from pgdr.repo.layout import Repository
 from pgdr.repo.manifest import BackupManifest, list_backups
+from pgdr.repo.records import read_verification
 from pgdr.repo.wal import WalArchive, find_gaps
 
 REPLICATION_SQL = """
@@ -174,7 +175,35 @@ def _backup_status(config: Config, repo: Repository
         status: Status = "warn" if newest.age_seconds > config.status.max_backup_age else "ok"
         checks.append(Check("backup", status, f"newest {newest.id}, {_fmt_age(newest.age_seconds)} old",
                             evidence=info["newest_physical"]))
+    if backups:
+        checks.append(_verified_check(config, repo, backups, info))
     return info, checks, physical
+
+
+def _verified_check(config: Config, repo: Repository, backups: list[BackupManifest],
+                    info: dict[str, Any]) -> Check:
+    """The newest backup that `pgdr verify` proved restorable, and how old it is."""
+    newest = backups[-1]
+    newest_record = read_verification(repo, newest.id)
+    for backup in reversed(backups):
+        record = read_verification(repo, backup.id)
+        if record and record.get("passed"):
+            info["newest_verified"] = {"id": backup.id, "kind": backup.kind,
+                                       "age_s": round(backup.age_seconds, 1),
+                                       "verified_at": record.get("finished_at")}
+            summary = (f"newest verified backup {backup.id} ({backup.kind}), "
+                       f"{_fmt_age(backup.age_seconds)} old")
+            if newest_record is not None and not newest_record.get("passed"):
+                return Check("verified backup", "warn", f"newest backup {newest.id} FAILED verification; "
+                             + summary, evidence=info["newest_verified"],
+                             hint=f"see {repo.backups_dir / newest.id / 'verify.json'}")
+            status: Status = "warn" if backup.age_seconds > config.status.max_backup_age else "ok"
+            return Check("verified backup", status, summary, evidence=info["newest_verified"],
+                         hint="run `pgdr verify` after each backup" if status != "ok" else None)
+    failed = newest_record is not None
+    return Check("verified backup", "warn",
+                 f"newest backup {newest.id} FAILED verification, none verified" if failed
+                 else "no backup has been verified", hint="run `pgdr verify latest`")
 
 
 def _archive_status(config: Config, repo: Repository, primary: NodeState | None,

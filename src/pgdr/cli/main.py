@@ -29,7 +29,16 @@ def main(
 
 
 def _register() -> None:
-    from pgdr.cli import cmd_archiver, cmd_backup, cmd_diagnose, cmd_failover, cmd_sandbox, cmd_serve, cmd_status
+    from pgdr.cli import (
+        cmd_archiver,
+        cmd_backup,
+        cmd_diagnose,
+        cmd_failover,
+        cmd_sandbox,
+        cmd_serve,
+        cmd_status,
+        cmd_verify,
+    )
 
     app.add_typer(cmd_sandbox.app, name="sandbox")
     app.add_typer(cmd_archiver.app, name="archiver")
@@ -38,9 +47,24 @@ def _register() -> None:
     cmd_diagnose.register(app)
     cmd_serve.register(app)
     cmd_failover.register(app)
+    cmd_verify.register(app)
 
 
 _register()
+
+
+def _click_exception_classes() -> tuple[type[Exception], ...]:
+    """click's usage-error classes: plain click and the copy newer Typer releases vendor
+    (both can be installed at once; Typer raises its own)."""
+    import importlib
+
+    found = []
+    for module in ("click.exceptions", "typer._click.exceptions"):
+        try:
+            found.append(importlib.import_module(module).ClickException)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
 
 
 def run() -> None:
@@ -61,13 +85,13 @@ def run() -> None:
         output.error_line("interrupted")
         sys.exit(130)
     except Exception as exc:  # click usage errors and the truly unexpected
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+        if isinstance(exc, _click_exception_classes()):
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(exc.exit_code)  # type: ignore[attr-defined]
         if debug:
             raise
         output.error_line(f"unexpected error: {type(exc).__name__}: {exc}", "rerun with --debug for a traceback")
         sys.exit(1)
+    if code == 130:  # Typer turns Ctrl-C (and verify's SIGTERM handler) into exit code 130
+        output.error_line("interrupted")
     sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,209 @@
+"""Logical checks on a restored instance: row counts, orphaned foreign-key rows,
+duplicate keys, pg_amcheck, user smoke queries.
+
+Every SQL check reads the heap with index scans disabled: a corrupt index must not
+hide an orphan or a duplicate. Each query is one task; the tasks run in a thread
+pool, each with its own connection, so a large table does not hold up the rest.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from pgdr.config import VerifyCheckConfig
+from pgdr.errors import PgdrError
+from pgdr.pg.connect import session
+from pgdr.pg.instance import Instance
+from pgdr.pg.programs import Programs
+from pgdr.pg.sql import load
+
+HEAP_ONLY = ("set enable_indexscan = off; set enable_indexonlyscan = off; "
+             "set enable_bitmapscan = off; set work_mem = '128MB'; set statement_timeout = 0")
+
+
+@dataclass
+class ScanResults:
+    """What the SQL tasks found, per database."""
+
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    foreign_keys: list[dict[str, Any]] = field(default_factory=list)
+    unique: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    durations: dict[str, float] = field(default_factory=lambda: {"counts": 0.0, "foreign keys": 0.0,
+                                                                 "unique constraints": 0.0})
+
+
+def databases(instance: Instance) -> list[str]:
+    with session(instance.conninfo()) as conn:
+        rows = conn.execute("select datname from pg_database where datallowconn "
+                            "and not datistemplate order by 1").fetchall()
+    return [r["datname"] for r in rows]
+
+
+def _cols(columns: list[str], alias: str) -> sql.Composable:
+    return sql.SQL(", ").join(sql.Identifier(alias, c) for c in columns)
+
+
+def _fk_queries(fk: dict[str, Any]) -> tuple[sql.Composable, sql.Composable]:
+    child = sql.Identifier(fk["schema_name"], fk["table_name"])
+    parent = sql.Identifier(fk["ref_schema"], fk["ref_table"])
+    joins = sql.SQL(" and ").join(
+        sql.SQL("{} = {}").format(sql.Identifier("p", pc), sql.Identifier("c", cc))
+        for cc, pc in zip(fk["columns"], fk["ref_columns"], strict=True))
+    all_set = sql.SQL(" and ").join(sql.SQL("{} is not null").format(sql.Identifier("c", c))
+                                    for c in fk["columns"])
+    # MATCH SIMPLE (the default) exempts a row when any key column is null; MATCH FULL
+    # only when all are, so a partly-null key is itself a violation.
+    if fk["match_type"] == "f":
+        any_set = sql.SQL(" or ").join(sql.SQL("{} is not null").format(sql.Identifier("c", c))
+                                       for c in fk["columns"])
+        where = sql.SQL("({any}) and not (({all}) and exists (select 1 from only {parent} p where {joins}))"
+                        ).format(any=any_set, all=all_set, parent=parent, joins=joins)
+    else:
+        where = sql.SQL("{all} and not exists (select 1 from only {parent} p where {joins})").format(
+            all=all_set, parent=parent, joins=joins)
+    count = sql.SQL("select count(*) as n from only {child} c where {where}").format(child=child, where=where)
+    sample = sql.SQL("select row({cols})::text as k from only {child} c where {where} limit 3").format(
+        cols=_cols(fk["columns"], "c"), child=child, where=where)
+    return count, sample
+
+
+def _unique_queries(uq: dict[str, Any]) -> tuple[sql.Composable, sql.Composable]:
+    table = sql.Identifier(uq["schema_name"], uq["table_name"])
+    cols = sql.SQL(", ").join(sql.Identifier(c) for c in uq["columns"])
+    if uq["nulls_not_distinct"] or uq["kind"] == "p":
+        where: sql.Composable = sql.SQL("true")
+    else:
+        where = sql.SQL(" and ").join(sql.SQL("{} is not null").format(sql.Identifier(c))
+                                      for c in uq["columns"])
+    dups = sql.SQL("select {cols}, count(*) as n from only {t} where {w} group by {cols} "
+                   "having count(*) > 1").format(cols=cols, t=table, w=where)
+    count = sql.SQL("select count(*) as groups, coalesce(sum(n), 0)::bigint as rows from ({d}) d"
+                    ).format(d=dups)
+    sample = sql.SQL("select row({cols})::text as k from ({d}) d limit 3").format(
+        cols=sql.SQL(", ").join(sql.Identifier("d", c) for c in uq["columns"]), d=dups)
+    return count, sample
+
+
+def scan(instance: Instance, dbnames: list[str], jobs: int = 2) -> ScanResults:
+    """Row counts, foreign keys and unique constraints of every database, in parallel."""
+    results = ScanResults()
+    tasks: list[tuple[str, str, Callable[[Any], None]]] = []
+
+    for dbname in dbnames:
+        results.counts[dbname] = {}
+        with session(instance.conninfo(dbname)) as conn:
+            tables = conn.execute(load("verify_tables")).fetchall()
+            fks = conn.execute(load("verify_foreign_keys")).fetchall()
+            uniques = conn.execute(load("verify_unique")).fetchall()
+        for t in tables:
+            def count(conn: Any, t: dict[str, Any] = t, db: str = dbname) -> None:
+                q = sql.SQL("select count(*) as n from only {}").format(
+                    sql.Identifier(t["schema_name"], t["name"]))
+                results.counts[db][f"{t['schema_name']}.{t['name']}"] = int(conn.execute(q).fetchone()["n"])
+            tasks.append((dbname, "counts", count))
+        for fk in fks:
+            def fk_check(conn: Any, fk: dict[str, Any] = fk, db: str = dbname) -> None:
+                count_q, sample_q = _fk_queries(fk)
+                n = int(conn.execute(count_q).fetchone()["n"])
+                sample = [r["k"] for r in conn.execute(sample_q)] if n else []
+                results.foreign_keys.append({
+                    "database": db, "constraint": fk["name"],
+                    "table": f"{fk['schema_name']}.{fk['table_name']}",
+                    "references": f"{fk['ref_schema']}.{fk['ref_table']}",
+                    "validated": fk["validated"], "orphans": n, "sample": sample})
+            tasks.append((dbname, "foreign keys", fk_check))
+        for uq in uniques:
+            def uq_check(conn: Any, uq: dict[str, Any] = uq, db: str = dbname) -> None:
+                count_q, sample_q = _unique_queries(uq)
+                row = conn.execute(count_q).fetchone()
+                sample = [r["k"] for r in conn.execute(sample_q)] if row["groups"] else []
+                results.unique.append({
+                    "database": db, "constraint": uq["name"],
+                    "table": f"{uq['schema_name']}.{uq['table_name']}",
+                    "columns": uq["columns"], "duplicate_keys": int(row["groups"]),
+                    "duplicate_rows": int(row["rows"]), "sample": sample})
+            tasks.append((dbname, "unique constraints", uq_check))
+
+    def run(task: tuple[str, str, Callable[[Any], None]]) -> None:
+        dbname, kind, fn = task
+        t0 = time.monotonic()
+        try:
+            with session(instance.conninfo(dbname)) as conn:
+                conn.execute(HEAP_ONLY)
+                fn(conn)
+        except PgdrError as exc:
+            results.errors.append(f"{dbname} ({kind}): {exc.message}")
+        except psycopg.Error as exc:  # a query error on a damaged restore is a finding
+            results.errors.append(f"{dbname} ({kind}): {type(exc).__name__}: {str(exc).strip()}")
+        finally:
+            results.durations[kind] += time.monotonic() - t0
+
+    # Largest work first would be better still; counts go first as every table has one.
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        list(pool.map(run, tasks))
+    results.foreign_keys.sort(key=lambda r: (r["database"], r["table"], r["constraint"]))
+    results.unique.sort(key=lambda r: (r["database"], r["table"], r["constraint"]))
+    return results
+
+
+_AMCHECK_OBJECT = re.compile(r'^(heap table|btree index|toast table)\s+"([^"]+)"(.*):\s*$')
+
+
+def amcheck(instance: Instance, programs: Programs, jobs: int = 2) -> tuple[bool, dict[str, Any]]:
+    """pg_amcheck --all --heapallindexed (installing amcheck in the scratch copy)."""
+    result = programs.run("pg_amcheck", [
+        "-h", str(instance.socket_dir), "-p", str(instance.port), "-U", "postgres",
+        "--all", "--install-missing", "--heapallindexed", "-j", str(max(1, jobs))],
+        ok_codes=(0, 1, 2), timeout=7200)
+    objects: list[str] = []
+    for line in result.stdout.splitlines():
+        m = _AMCHECK_OBJECT.match(line.strip())
+        if m and m.group(2) not in objects:
+            objects.append(m.group(2))
+    lines = [ln for ln in (result.stdout + result.stderr).splitlines() if ln.strip()]
+    evidence = {"exit_code": result.returncode, "corrupt_objects": objects, "output": lines[:20]}
+    return result.returncode == 0, evidence
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    return "" if value is None else str(value)
+
+
+def expected_text(expect: str | bool | float) -> str:
+    if isinstance(expect, bool):
+        return "t" if expect else "f"
+    text = str(expect)
+    return {"true": "t", "false": "f"}.get(text.lower(), text)
+
+
+def user_check(instance: Instance, check: VerifyCheckConfig) -> tuple[bool, str, dict[str, Any]]:
+    """Run a smoke query read-only; compare the first column of the first row as text."""
+    want = expected_text(check.expect)
+    try:
+        with session(instance.conninfo(check.database)) as conn, conn.transaction():
+            conn.execute("set transaction read only")
+            cur = conn.execute(check.sql)  # the operator's own SQL, from pgdr.toml
+            row = cur.fetchone() if cur.description else None
+    except PgdrError as exc:
+        return False, exc.message, {"database": check.database, "expected": want}
+    except psycopg.Error as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return False, f"query failed: {msg}", {"database": check.database, "expected": want}
+    got = None if row is None else _as_text(next(iter(row.values())))
+    evidence = {"database": check.database, "expected": want, "got": got}
+    if got is None:
+        return False, f"returned no row, expected {want!r}", evidence
+    if got != want:
+        return False, f"returned {got!r}, expected {want!r}", evidence
+    return True, f"returned {got!r}", evidence

@@ -1,0 +1,98 @@
+"""Scratch instances: a fresh folder, a free port, a private socket, always cleaned up.
+
+<scratch root>/            default <repository>/../scratch, mode 0755 (the server
+                           user must traverse it)
+  <label>-<random>/        one per restore, owned by the server user, 0700
+    data/                  the restored data directory
+    run/                   the unix socket (0700), unless the path is too long
+    server.log
+
+Nothing is ever restored over an existing folder: every scratch folder is created
+new (mkdtemp), and removed again unless the caller keeps it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from pgdr.config import Config
+from pgdr.errors import PgdrError
+from pgdr.pg.instance import Instance, free_port
+from pgdr.pg.programs import Programs
+from pgdr.sandbox.sandbox import SOCKET_PATH_MAX, check_traversable
+
+
+def scratch_root(config: Config) -> Path:
+    if config.verify.scratch_dir is not None:
+        return config.verify.scratch_dir
+    return config.repository.path.resolve().parent / "scratch"
+
+
+@dataclass
+class Scratch:
+    """One scratch folder and the instance that will run from it."""
+
+    folder: Path
+    instance: Instance
+    programs: Programs
+
+    @classmethod
+    def create(cls, root: Path, label: str, programs: Programs) -> Scratch:
+        root.mkdir(parents=True, exist_ok=True)
+        os.chmod(root, 0o755)
+        check_traversable(root, programs)
+        folder = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=root))
+        os.chmod(folder, 0o700)
+        programs.run_as.chown(folder)
+        socket_dir = folder / "run"
+        if len(str(socket_dir)) > SOCKET_PATH_MAX:
+            digest = hashlib.sha1(str(folder).encode()).hexdigest()[:12]
+            socket_dir = Path(tempfile.gettempdir()) / f"pgdr-scratch-{digest}"
+        socket_dir.mkdir(mode=0o700)
+        programs.run_as.chown(socket_dir)
+        instance = Instance(label, folder / "data", free_port(), socket_dir, programs,
+                            log_file=folder / "server.log")
+        return cls(folder, instance, programs)
+
+    def settings(self) -> dict[str, str | int]:
+        """A scratch server: local only, no archiving, no replication, no fsync (thrown away)."""
+        settings = self.instance.local_settings()
+        settings.update({
+            "archive_mode": "off",
+            "archive_command": "",
+            "primary_conninfo": "",
+            "primary_slot_name": "",
+            "synchronous_standby_names": "",
+            "hot_standby": "on",
+            "ssl": "off",
+            "logging_collector": "off",
+            "fsync": "off",
+            "synchronous_commit": "off",
+            "full_page_writes": "on",
+            "cluster_name": self.instance.name,
+        })
+        return settings
+
+    def destroy(self) -> list[str]:
+        """Stop the server (fast, then immediate) and remove every file; returns problems."""
+        problems: list[str] = []
+        for mode in ("fast", "immediate"):
+            try:
+                self.instance.stop(mode=mode, timeout=30)
+            except PgdrError as exc:
+                problems.append(exc.message)
+            if not self.instance.is_running():
+                break
+        if self.instance.is_running():
+            self.instance.kill9()
+        shutil.rmtree(self.folder, ignore_errors=True)
+        if not str(self.instance.socket_dir).startswith(str(self.folder)):
+            shutil.rmtree(self.instance.socket_dir, ignore_errors=True)
+        if self.folder.exists():
+            problems.append(f"could not remove {self.folder}")
+        return problems

@@ -1,0 +1,440 @@
+"""`pgdr verify`: restore a backup into a scratch instance and prove it.
+
+Physical: sha256 of every file, extraction, pg_verifybackup, recovery to the
+backup's consistent point (promoted), pg_amcheck --heapallindexed, orphaned
+foreign-key rows, duplicate keys, exact row counts compared with the previous
+verified physical backup, user smoke queries, then pg_checksums offline after a
+clean shutdown (a base backup's pages may be torn until WAL replay fixes them, so
+checking them before recovery would cry wolf).
+
+Logical: sha256 of every file, a fresh initdb, pg_restore -j of each database,
+the same checks, and row counts that must equal the dump's exactly.
+
+The verdict is written durably to <backup>/verify.json. The scratch instance is
+stopped and its folder removed afterwards, also on failure and on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pgdr.checks import Check, Status
+from pgdr.config import Config
+from pgdr.errors import ConfigError, PgdrError
+from pgdr.fsutil import exclusive_lock, write_json_durable
+from pgdr.pg.connect import session
+from pgdr.pg.lsn import parse_lsn
+from pgdr.pg.programs import Programs
+from pgdr.repo.layout import Repository
+from pgdr.repo.manifest import BackupManifest, backup_dir, find_backup, list_backups
+from pgdr.repo.records import VERIFY_RECORD, read_verification
+from pgdr.restore import dbchecks
+from pgdr.restore.extract import ExtractMethod, check_files
+from pgdr.restore.recovery import RecoveryTarget, restore_physical, wait_until_promoted
+from pgdr.restore.scratch import Scratch, scratch_root
+
+
+@dataclass
+class TimedCheck:
+    check: Check
+    duration_s: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.check.as_dict(), "duration_s": round(self.duration_s, 3)}
+
+
+@dataclass
+class VerifyResult:
+    backup_id: str
+    kind: str
+    started_at: datetime
+    checks: list[TimedCheck] = field(default_factory=list)
+    phases: dict[str, float] = field(default_factory=dict)
+    restore_s: float = 0.0
+    total_s: float = 0.0
+    backup_bytes: int = 0
+    row_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    baseline: str | None = None
+    kept: dict[str, Any] | None = None
+    record_path: Path | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.checks) and all(c.check.status != "fail" for c in self.checks)
+
+    @property
+    def failed(self) -> list[Check]:
+        return [c.check for c in self.checks if c.check.status == "fail"]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "backup_id": self.backup_id, "kind": self.kind, "passed": self.passed,
+            "started_at": self.started_at.isoformat(),
+            "finished_at": (self.finished_at or datetime.now(UTC)).isoformat(),
+            "restore_s": round(self.restore_s, 3), "total_s": round(self.total_s, 3),
+            "backup_bytes": self.backup_bytes,
+            "phases": {k: round(v, 3) for k, v in self.phases.items()},
+            "checks": [c.as_dict() for c in self.checks],
+            "row_counts": self.row_counts, "baseline": self.baseline, "kept": self.kept,
+        }
+
+
+class _Run:
+    """Collects checks and phase timings while a verification runs."""
+
+    def __init__(self, result: VerifyResult) -> None:
+        self.result = result
+
+    def add(self, name: str, status: Status, summary: str, duration: float,
+            evidence: dict[str, Any] | None = None, hint: str | None = None) -> Check:
+        check = Check(name, status, summary, evidence or {}, hint)
+        self.result.checks.append(TimedCheck(check, duration))
+        return check
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        t0 = time.monotonic()
+        try:
+            yield
+        finally:
+            self.result.phases[name] = self.result.phases.get(name, 0.0) + time.monotonic() - t0
+
+    def step(self, name: str, fn: Callable[[], Check | None]) -> bool:
+        """Run fn (which adds its own check); a PgdrError becomes a failing check."""
+        t0 = time.monotonic()
+        try:
+            with self.phase(name):
+                check = fn()
+        except PgdrError as exc:
+            self.add(name, "fail", exc.message, time.monotonic() - t0, hint=exc.hint)
+            return False
+        return check is None or check.status != "fail"
+
+
+def verify_backup(config: Config, programs: Programs, repo: Repository, backup_id: str = "latest",
+                  *, keep: bool = False, jobs: int | None = None,
+                  method: ExtractMethod | None = None) -> VerifyResult:
+    if config.source is None:
+        raise ConfigError("verify needs the config file's path (for restore_command)")
+    manifest = find_backup(repo, backup_id)
+    folder = backup_dir(repo, manifest.id)
+    jobs = jobs or max(2, os.cpu_count() or 2)
+    result = VerifyResult(manifest.id, manifest.kind, datetime.now(UTC),
+                          backup_bytes=manifest.bytes_on_disk)
+    run = _Run(result)
+    t_start = time.monotonic()
+    with exclusive_lock(repo.lock_path(f"verify-{manifest.id}"), f"verify of {manifest.id}"):
+        if not run.step("files", lambda: _files_check(run, folder, manifest)):
+            return _finish(run, repo, folder, t_start)
+        scratch = Scratch.create(scratch_root(config), f"verify-{manifest.id}", programs)
+        try:
+            if manifest.kind == "physical":
+                _verify_physical(run, config, programs, repo, manifest, folder, scratch, jobs, method)
+            else:
+                _verify_logical(run, config, programs, manifest, folder, scratch, jobs)
+            if keep and run.result.checks:
+                scratch.instance.start()
+                result.kept = {"folder": str(scratch.folder), "data_dir": str(scratch.instance.data_dir),
+                               "port": scratch.instance.port,
+                               "socket_dir": str(scratch.instance.socket_dir),
+                               "conninfo": scratch.instance.conninfo()}
+        finally:
+            if not keep:
+                with run.phase("cleanup"):
+                    problems = scratch.destroy()
+                if problems:
+                    run.add("cleanup", "warn", "; ".join(problems), 0.0)
+        return _finish(run, repo, folder, t_start)
+
+
+def _finish(run: _Run, repo: Repository, folder: Path, t_start: float) -> VerifyResult:
+    run.result.total_s = time.monotonic() - t_start
+    run.result.finished_at = datetime.now(UTC)
+    path = folder / VERIFY_RECORD
+    write_json_durable(path, run.result.as_dict())
+    run.result.record_path = path
+    return run.result
+
+
+# ---- steps ---------------------------------------------------------------------------
+
+def _files_check(run: _Run, folder: Path, manifest: BackupManifest) -> Check:
+    t0 = time.monotonic()
+    problems = check_files(folder, manifest)
+    if problems:
+        first = problems[0]
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        return run.add("files", "fail", f"{first.file}: {first.problem}{more}", time.monotonic() - t0,
+                       {"problems": [{"file": p.file, "problem": p.problem} for p in problems]},
+                       hint="the backup is damaged: take a new one (`pgdr backup`)")
+    return run.add("files", "ok", f"{len(manifest.files)} files match their sha256",
+                   time.monotonic() - t0, {"files": len(manifest.files)})
+
+
+def _verify_physical(run: _Run, config: Config, programs: Programs, repo: Repository,
+                     manifest: BackupManifest, folder: Path, scratch: Scratch, jobs: int,
+                     method: ExtractMethod | None) -> None:
+    inst = scratch.instance
+    assert config.source is not None
+
+    def extract() -> None:
+        restore_physical(folder, inst, programs, config_path=config.source,  # type: ignore[arg-type]
+                         target=RecoveryTarget("immediate"), extra_settings=scratch.settings(),
+                         method=method)
+
+    if not run.step("extract", extract):
+        return
+
+    def verifybackup() -> Check:
+        t0 = time.monotonic()
+        res = programs.run("pg_verifybackup", [
+            "-m", str(folder / "backup_manifest"), "-w", str(inst.data_dir / "pg_wal"),
+            str(inst.data_dir)], ok_codes=(0, 1), timeout=3600)
+        lines = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip()]
+        if res.returncode != 0:
+            bad = [ln for ln in lines if "error" in ln.lower()] or lines
+            return run.add("pg_verifybackup", "fail", bad[0] if bad else "failed", time.monotonic() - t0,
+                           {"output": lines[:20]})
+        return run.add("pg_verifybackup", "ok", lines[-1] if lines else "backup successfully verified",
+                       time.monotonic() - t0)
+
+    if not run.step("pg_verifybackup", verifybackup):
+        return
+
+    def start() -> Check:
+        t0 = time.monotonic()
+        inst.start(timeout=600)
+        info = wait_until_promoted(inst)
+        seconds = time.monotonic() - t0
+        run.result.restore_s = run.result.phases.get("extract", 0.0) + seconds
+        evidence = {**info, "recovery_s": round(seconds, 3), "stop_lsn": manifest.stop_lsn}
+        if parse_lsn(str(info["lsn"])) < parse_lsn(manifest.stop_lsn):
+            return run.add("restore", "fail", f"recovery ended at {info['lsn']}, before the backup's "
+                           f"end {manifest.stop_lsn}", seconds, evidence)
+        return run.add("restore", "ok", f"recovered to consistency and promoted in {seconds:.1f}s "
+                       f"(LSN {info['lsn']})", seconds, evidence)
+
+    if not run.step("restore", start):
+        return
+    dbnames = dbchecks.databases(inst)
+    _common_checks(run, config, programs, scratch, dbnames, jobs)
+    _compare_physical_counts(run, config, repo, manifest)
+
+    def checksums() -> Check | None:
+        inst.stop(timeout=120)
+        if not manifest.data_checksums:
+            return run.add("pg_checksums", "warn", "the source cluster has no data checksums", 0.0,
+                           hint="initdb --data-checksums (or pg_checksums --enable) on the source")
+        t0 = time.monotonic()
+        res = programs.run("pg_checksums", ["--check", "-D", str(inst.data_dir)], ok_codes=(0, 1),
+                           timeout=7200)
+        return _checksums_check(run, manifest, res.returncode, res.stdout + res.stderr,
+                                time.monotonic() - t0)
+
+    run.step("pg_checksums", checksums)
+
+
+_BAD_BLOCK = re.compile(r'file "([^"]+)", block (\d+)')
+
+
+def _checksums_check(run: _Run, manifest: BackupManifest, code: int, output: str,
+                     seconds: float) -> Check:
+    stats = dict(re.findall(r"^(Blocks scanned|Bad checksums|Files scanned):\s+(\d+)", output, re.MULTILINE))
+    if code == 0:
+        return run.add("pg_checksums", "ok", f"{stats.get('Blocks scanned', '?')} blocks, no bad checksum",
+                       seconds, stats)
+    bad = []
+    for path, block in _BAD_BLOCK.findall(output):
+        bad.append({"file": path, "block": int(block), "relation": _relation_of(manifest, path)})
+    first = bad[0] if bad else None
+    where = (f"{first['relation'] or first['file']} block {first['block']}" if first else
+             (output.strip().splitlines() or ["pg_checksums failed"])[-1])
+    return run.add("pg_checksums", "fail", f"{stats.get('Bad checksums', len(bad))} bad checksum(s), "
+                   f"first in {where}", seconds, {**stats, "bad_blocks": bad[:50]})
+
+
+def _relation_of(manifest: BackupManifest, path: str) -> str | None:
+    """base/16384/16390(.1, _fsm…) → app.public.orders via the backup's relation map."""
+    parts = path.split("/")
+    filenode = parts[-1].split(".")[0].split("_")[0]
+    if parts[0] == "base" and len(parts) >= 3:
+        key = f"1663/{parts[1]}/{filenode}"
+    elif parts[0] == "global":
+        key = f"1664/0/{filenode}"
+    else:
+        return None
+    rel = manifest.relations.get(key)
+    return f"{rel.database}.{rel.qualified}" if rel else None
+
+
+def _verify_logical(run: _Run, config: Config, programs: Programs, manifest: BackupManifest,
+                    folder: Path, scratch: Scratch, jobs: int) -> None:
+    inst = scratch.instance
+
+    def restore() -> Check:
+        t0 = time.monotonic()
+        inst.initdb(checksums=True)
+        inst.configure(scratch.settings())
+        inst.start(timeout=120)
+        per_db: dict[str, float] = {}
+        for dbname, dump in manifest.databases.items():
+            t1 = time.monotonic()
+            with session(inst.conninfo()) as conn:
+                exists = conn.execute("select 1 from pg_database where datname = %s", (dbname,)).fetchone()
+                if not exists:
+                    from psycopg import sql
+                    conn.execute(sql.SQL("create database {} template template0").format(
+                        sql.Identifier(dbname)))
+            programs.run("pg_restore", [
+                "-h", str(inst.socket_dir), "-p", str(inst.port), "-U", "postgres", "-d", dbname,
+                "-j", str(config.backup.logical_jobs), "--no-owner", "--no-privileges",
+                "--exit-on-error", str(folder / dump.directory)], timeout=24 * 3600,
+                # pg_dump ran as pgdr's user, so its 0700 folder is readable by that user only
+                as_server_user=False)
+            per_db[dbname] = round(time.monotonic() - t1, 3)
+        seconds = time.monotonic() - t0
+        run.result.restore_s = seconds
+        return run.add("restore", "ok", f"pg_restore of {len(per_db)} database(s) in {seconds:.1f}s",
+                       seconds, {"databases": per_db})
+
+    if not run.step("restore", restore):
+        return
+    _common_checks(run, config, programs, scratch, list(manifest.databases), jobs)
+
+    t0 = time.monotonic()
+    problems = []
+    for dbname, dump in manifest.databases.items():
+        now = run.result.row_counts.get(dbname, {})
+        for table, expected in sorted(dump.tables.items()):
+            got = now.get(table)
+            if got != expected:
+                problems.append({"database": dbname, "table": table, "dump": expected, "restored": got})
+        for table in sorted(set(now) - set(dump.tables)):
+            problems.append({"database": dbname, "table": table, "dump": None, "restored": now[table]})
+    total = sum(len(d.tables) for d in manifest.databases.values())
+    if problems:
+        p = problems[0]
+        run.add("row counts", "fail", f"{p['database']}.{p['table']}: {p['restored']} rows restored, "
+                f"the dump counted {p['dump']}" + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""),
+                time.monotonic() - t0, {"mismatches": problems})
+    else:
+        run.add("row counts", "ok", f"{total} tables match the dump's counts exactly",
+                time.monotonic() - t0, {"tables": total})
+
+
+def _common_checks(run: _Run, config: Config, programs: Programs, scratch: Scratch,
+                   dbnames: list[str], jobs: int) -> None:
+    """amcheck beside the SQL scans (both parallel), then the user's smoke queries."""
+    inst = scratch.instance
+    with run.phase("checks"), ThreadPoolExecutor(max_workers=2) as pool:
+        t_am = time.monotonic()
+
+        def am() -> tuple[bool, dict[str, Any], float]:
+            ok, evidence = dbchecks.amcheck(inst, programs, jobs=max(1, jobs // 2))
+            return ok, evidence, time.monotonic() - t_am
+
+        am_future = pool.submit(am)
+        scan_future = pool.submit(dbchecks.scan, inst, dbnames, max(1, jobs - jobs // 2))
+        try:
+            ok, evidence, am_s = am_future.result()
+            run.result.phases["amcheck"] = am_s
+            objects = evidence["corrupt_objects"]
+            if ok:
+                run.add("amcheck", "ok", f"pg_amcheck --heapallindexed: no corruption in "
+                        f"{len(dbnames)} database(s)", am_s, evidence)
+            else:
+                first = objects[0] if objects else (evidence["output"] or ["failed"])[0]
+                run.add("amcheck", "fail", f"pg_amcheck found corruption: {first}"
+                        + (f" (+{len(objects) - 1} more)" if len(objects) > 1 else ""), am_s, evidence,
+                        hint="restore from another backup; see the evidence for blocks")
+        except PgdrError as exc:
+            run.add("amcheck", "fail", exc.message, time.monotonic() - t_am)
+        scan = scan_future.result()
+    run.result.row_counts = scan.counts
+
+    orphans = [f for f in scan.foreign_keys if f["orphans"]]
+    if orphans:
+        f = orphans[0]
+        run.add("foreign keys", "fail",
+                f"{f['database']}.{f['table']}: {f['orphans']} orphaned row(s) for {f['constraint']} → "
+                f"{f['references']}{'' if f['validated'] else ' (NOT VALID)'}"
+                + (f" (+{len(orphans) - 1} more)" if len(orphans) > 1 else ""),
+                scan.durations["foreign keys"], {"violations": orphans, "checked": len(scan.foreign_keys)})
+    else:
+        run.add("foreign keys", "ok", f"{len(scan.foreign_keys)} foreign keys, no orphaned row",
+                scan.durations["foreign keys"], {"checked": len(scan.foreign_keys)})
+    dups = [u for u in scan.unique if u["duplicate_keys"]]
+    if dups:
+        u = dups[0]
+        run.add("unique constraints", "fail",
+                f"{u['database']}.{u['table']}: {u['duplicate_keys']} duplicated key(s) in {u['constraint']}"
+                + (f" (+{len(dups) - 1} more)" if len(dups) > 1 else ""),
+                scan.durations["unique constraints"], {"violations": dups, "checked": len(scan.unique)})
+    else:
+        run.add("unique constraints", "ok", f"{len(scan.unique)} primary keys and unique constraints, "
+                "no duplicate", scan.durations["unique constraints"], {"checked": len(scan.unique)})
+    if scan.errors:
+        run.add("queries", "fail", scan.errors[0] + (f" (+{len(scan.errors) - 1} more)"
+                                                     if len(scan.errors) > 1 else ""),
+                0.0, {"errors": scan.errors})
+    run.result.phases["row counts"] = scan.durations["counts"]
+
+    for user in config.verify.checks:
+        t0 = time.monotonic()
+        with run.phase("user checks"):
+            ok, summary, evidence = dbchecks.user_check(inst, user)
+        run.add(f"check {user.name}", "ok" if ok else "fail", summary, time.monotonic() - t0, evidence)
+
+
+def _compare_physical_counts(run: _Run, config: Config, repo: Repository,
+                             manifest: BackupManifest) -> None:
+    t0 = time.monotonic()
+    now = run.result.row_counts
+    tables = sum(len(t) for t in now.values())
+    baseline_id, before = None, None
+    for older in reversed(list_backups(repo, "physical")):
+        if older.stop_time >= manifest.stop_time:
+            continue
+        record = read_verification(repo, older.id)
+        if record and record.get("passed") and record.get("row_counts"):
+            baseline_id, before = older.id, record["row_counts"]
+            break
+    if before is None:
+        run.add("row counts", "ok", f"{tables} tables counted; no earlier verified physical backup "
+                "to compare with", time.monotonic() - t0, {"tables": tables})
+        return
+    run.result.baseline = baseline_id
+    tol = config.verify.tolerance
+    problems = []
+    for dbname, counts in sorted(before.items()):
+        for table, old in sorted(counts.items()):
+            new = now.get(dbname, {}).get(table)
+            if new is None:
+                problems.append({"database": dbname, "table": table, "before": old, "now": None,
+                                 "problem": "vanished"})
+            elif old > 0 and new < old * (1 - tol):
+                problems.append({"database": dbname, "table": table, "before": old, "now": new,
+                                 "problem": f"shrank {100 * (old - new) / old:.1f}%"})
+    if problems:
+        p = problems[0]
+        what = ("vanished" if p["now"] is None else
+                f"{p['problem']} ({p['before']} → {p['now']} rows)")
+        run.add("row counts", "fail", f"{p['database']}.{p['table']} {what} since verified backup "
+                f"{baseline_id}" + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""),
+                time.monotonic() - t0,
+                {"baseline": baseline_id, "tolerance": tol, "problems": problems},
+                hint="a mass DELETE/DROP/TRUNCATE? `pgdr find-disaster`; raise verify.tolerance if intended")
+    else:
+        run.add("row counts", "ok", f"{tables} tables; none vanished or shrank more than "
+                f"{tol:.0%} since verified backup {baseline_id}", time.monotonic() - t0,
+                {"baseline": baseline_id, "tolerance": tol, "tables": tables})
