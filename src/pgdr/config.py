@@ -214,6 +214,9 @@ class FailoverConfig(_Strict):
     fence_command: list[str] | None = None
     replay_timeout: Duration = 30.0
     repoint: list[RepointTarget] = []
+    # The primary's synchronous_standby_names, for when it is dead and cannot be asked:
+    # failover then promotes only a synchronous standby.
+    synchronous_standby_names: str | None = None
 
     @field_validator("max_lag_seconds", "replay_timeout", mode="before")
     @classmethod

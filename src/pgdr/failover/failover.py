@@ -145,6 +145,9 @@ def _failover(config: Config, programs: Programs, repo: Repository, to: str | No
                 followers.append(other.node.name)
             except PgdrError:
                 pass  # recorded as a failed step; redundancy is restored by `pgdr rejoin`
+    if choice.synchronous:
+        with timeline.step("synchronous replication", candidate.name) as step:
+            step.detail = promote.keep_synchronous(candidate, followers)
     with timeline.step("measure data loss") as step:
         lost = rpo.lost_after(programs, old.data_dir, switch_lsn, old_timeline) if switch_lsn else \
             rpo.LostWal(False, detail="no promotion point")

@@ -37,7 +37,7 @@ def local_instance(node: NodeConfig, programs: Programs) -> Instance | None:
 
     params = parse(node.conninfo)
     return Instance(node.name, node.data_dir, int(params.get("port", 5432)),
-                    Path(params.get("host", "/var/run/postgresql")), programs)
+                    Path(params.get("host", "/var/run/postgresql")), programs, log_file=node.log_file)
 
 
 def mark_standby(data_dir: Path, programs: Programs) -> None:

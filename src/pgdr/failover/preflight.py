@@ -126,8 +126,10 @@ def choose_candidate(config: Config, nodes: list[NodeFacts], to: str | None, for
     standbys = [n for n in nodes if n.role == "standby"]
     if not standbys:
         return Choice(None, "no reachable standby to promote", refused=True)
-    ssn = next((n.facts.get("synchronous_standby_names") for n in nodes if n.reachable
-                and n.facts.get("synchronous_standby_names")), "")
+    live = [n.facts.get("synchronous_standby_names") for n in nodes if n.role == "primary"]
+    ssn = live[0] if live else (config.failover.synchronous_standby_names or next(
+        (n.facts.get("synchronous_standby_names") for n in nodes if n.reachable
+         and n.facts.get("synchronous_standby_names")), ""))
     sync_names = synchronous_names(ssn or "")
     eligible = standbys
     if sync_names is not None and "*" not in sync_names:

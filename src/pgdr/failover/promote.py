@@ -108,3 +108,15 @@ def wait_streaming(primary: NodeConfig, standby_name: str, timeout: float = 30) 
             if time.monotonic() > deadline:
                 raise PgdrError(f"{standby_name} is not streaming from {primary.name} after {timeout:.0f}s")
             time.sleep(0.1)
+
+
+def keep_synchronous(primary: NodeConfig, standbys: list[str]) -> str:
+    """After a synchronous failover, the new primary waits for the standbys that remain.
+
+    With none left, synchronous replication is suspended rather than blocking every write.
+    """
+    value = f"ANY 1 ({', '.join(standbys)})" if standbys else ""
+    with session(primary.conninfo) as conn:
+        conn.execute(sql.SQL("alter system set synchronous_standby_names = {}").format(sql.Literal(value)))
+        conn.execute("select pg_reload_conf()")
+    return value or "suspended: no standby left to wait for"

@@ -7,7 +7,6 @@ old data directory kept aside as the safety copy.
 
 from __future__ import annotations
 
-import shutil
 import time
 from typing import Any
 
@@ -17,6 +16,7 @@ from pgdr.failover import promote
 from pgdr.failover.failover import FailoverRefused
 from pgdr.failover.fence import local_instance
 from pgdr.failover.standby_setup import configure_as_standby, restore_own_config, save_own_config
+from pgdr.pg.connect import session
 from pgdr.pg.conninfo import split_password
 from pgdr.pg.probe import find_primary
 from pgdr.pg.programs import Programs
@@ -43,11 +43,16 @@ def run_rejoin(config: Config, programs: Programs, repo: Repository, name: str) 
     (inst.data_dir / "standby.signal").unlink(missing_ok=True)  # single-user crash recovery refuses standby mode
     method = "pg_rewind"
     plain, password = split_password(primary.conninfo)
+    # A just-promoted primary's pg_control still names the old timeline until its first
+    # checkpoint; pg_rewind would then see "same timeline" and rewind nothing.
+    with timeline.step("checkpoint on the primary", primary.name), session(primary.conninfo) as conn:
+        conn.execute("checkpoint")
     try:
         with timeline.step("pg_rewind", name) as step:
             result = programs.run("pg_rewind", ["-D", str(inst.data_dir), "--source-server", plain],
                                   password=password, timeout=1800)
-            step.detail = (result.stdout + result.stderr).strip().splitlines()[-1:][0] if (result.stdout + result.stderr).strip() else "done"
+            said = (result.stdout + result.stderr).strip().splitlines()
+            step.detail = said[-1] if said else "done"
     except PgdrError as exc:
         method = "base backup"
         record["rewind_failed"] = exc.message
@@ -68,5 +73,4 @@ def run_rejoin(config: Config, programs: Programs, repo: Repository, name: str) 
         step.evidence.update(promote.wait_streaming(primary, name))
     record.update(outcome="rejoined", method=method, timeline=timeline.as_list())
     record["record_path"] = str(save_record(repo, "rejoin", record))
-    shutil.rmtree(inst.data_dir / "pg_wal" / "archive_status" / "nonexistent", ignore_errors=True)
     return record

@@ -24,12 +24,13 @@ def describe_failure(exc: Exception) -> str:
         return "the server is starting up or shutting down"
     if isinstance(exc, pgerrors.InvalidCatalogName):
         return "database does not exist"
-    text = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-    if "Connection refused" in text or "No such file or directory" in text:
+    full = str(exc).strip()
+    if "Connection refused" in full or "No such file or directory" in full:
         return "connection refused (server not running or wrong host/port)"
-    if "timeout expired" in text:
+    if "timeout expired" in full:
         return "connection timed out"
-    return mask_text(text)
+    lines = [ln.strip() for ln in full.splitlines() if ln.strip()]
+    return mask_text(lines[0] if lines else type(exc).__name__)
 
 
 def connect(conninfo: str, *, timeout: float = 5, autocommit: bool = True, **kw: Any) -> psycopg.Connection[Any]:

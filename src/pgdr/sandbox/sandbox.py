@@ -150,6 +150,9 @@ def render_config(sandbox: Sandbox) -> str:
                   f'data_dir = "{node.data_dir.relative_to(sandbox.root)}"',
                   f'log_file = "nodes/{node.name}.log"',
                   "drillable = true", ""]
+    if sandbox.sync:
+        names = ", ".join(n.name for n in sandbox.nodes if n.role == "standby")
+        lines += ["[failover]", f'synchronous_standby_names = "ANY 1 ({names})"', ""]
     return "\n".join(lines)
 
 
@@ -195,9 +198,6 @@ def _create(sandbox: Sandbox, programs: Programs) -> None:
     primary.initdb(checksums=True)
     settings = dict(SERVER_SETTINGS)
     settings.update(primary.local_settings())
-    standby_names = [n.name for n in sandbox.nodes if n.role == "standby"]
-    if sandbox.sync:
-        settings["synchronous_standby_names"] = f"ANY 1 ({', '.join(standby_names)})"
     primary.configure(settings)
     _save(sandbox)
     sandbox.config_path.write_text(render_config(sandbox))
@@ -219,6 +219,12 @@ def _create(sandbox: Sandbox, programs: Programs) -> None:
         standby.init_standby_from(primary, slot=node.name)
         standby.configure({"port": node.port})
         standby.start()
+    if sandbox.sync:
+        # Only once the standbys stream: before that every commit would wait forever.
+        names = ", ".join(n.name for n in sandbox.nodes if n.role == "standby")
+        with session(sandbox.conninfo(sandbox.primary, "postgres")) as conn:
+            conn.execute(f"alter system set synchronous_standby_names = 'ANY 1 ({names})'")
+            conn.execute("select pg_reload_conf()")
 
 
 def _start_existing(sandbox: Sandbox, programs: Programs) -> None:
