@@ -11,6 +11,19 @@ if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 && ! command -v pg_ctl 
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql-15 postgresql-client-15 >/dev/null \
     || DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
 fi
+# pgbouncer and etcd: real peers for the failover tests (repointing, leader lease).
+missing=""
+command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || missing="$missing pgbouncer"
+command -v etcd >/dev/null 2>&1 || missing="$missing etcd-server"
+if [ -n "$missing" ]; then
+  echo "bootstrap: installing$missing" >&2
+  if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
+  # Debian starts them as services; the tests start their own.
+  $SUDO systemctl disable --now pgbouncer etcd >/dev/null 2>&1 || true
+  $SUDO pkill -x etcd >/dev/null 2>&1 || true
+fi
 if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
   useradd --system --home-dir /var/lib/postgresql --create-home --shell /bin/bash postgres
 fi

@@ -16,11 +16,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
+
 from pgdr.config import Config, NodeConfig
 from pgdr.errors import PgdrError
 from pgdr.failover.failover import run_failover
 from pgdr.failover.lease import EtcdLease, Lease, LocalLease
-from pgdr.pg.connect import session
+from pgdr.pg.connect import describe_failure, session
 from pgdr.pg.probe import find_primary
 from pgdr.pg.programs import Programs
 from pgdr.repo.layout import Repository
@@ -64,13 +66,16 @@ class Watcher:
         """None when the primary answers as a writable primary, else why not."""
         try:
             with session(node.conninfo, timeout=self.config.watch.probe_timeout) as conn:
-                conn.execute("set statement_timeout = %s", (int(self.config.watch.probe_timeout * 1000),))
+                conn.execute("select set_config('statement_timeout', %s, false)",
+                             (str(int(self.config.watch.probe_timeout * 1000)),))
                 row = conn.execute("select pg_is_in_recovery() as r").fetchone()
                 if row and row["r"]:
                     return "it is in recovery (no longer primary)"
                 return None
         except PgdrError as exc:
             return exc.message
+        except psycopg.Error as exc:  # the server went away mid-probe, or the probe timed out
+            return describe_failure(exc)
 
     def standbys_hearing_primary(self, primary: NodeConfig) -> list[str]:
         hearing = []
@@ -80,7 +85,7 @@ class Watcher:
             try:
                 with session(node.conninfo, timeout=self.config.watch.probe_timeout) as conn:
                     row = conn.execute(RECEIVER_SQL).fetchone()
-            except PgdrError:
+            except (PgdrError, psycopg.Error):
                 continue
             if row and row["status"] == "streaming" and row["silence_s"] is not None \
                     and row["silence_s"] <= self.config.watch.receiver_fresh:
@@ -90,7 +95,7 @@ class Watcher:
     def run(self) -> None:
         cfg = self.config.watch
         failures = 0
-        leader = False
+        leader: bool | None = None  # unknown: the first answer is logged either way
         primary: NodeConfig | None = None
         self.log("start", f"watching every {cfg.interval}s; failover after {cfg.failures} consecutive failures")
         try:
@@ -116,7 +121,7 @@ class Watcher:
                     failures += 1
                     self.log("probe-failed", f"{primary.name}: {why} ({failures}/{cfg.failures})")
                     if failures >= cfg.failures:
-                        self._decide(primary, leader)
+                        self._decide(primary, bool(leader))
                         if self.failovers and self.failovers[-1].get("new_primary"):
                             primary = None
                             failures = 0
