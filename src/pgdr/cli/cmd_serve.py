@@ -13,7 +13,7 @@ def serve(
     ctx: typer.Context,
     host: Annotated[str | None, typer.Option("--host", help="bind address (default 127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option("--port", help="TCP port (default 8008)")] = None,
-    schedule: Annotated[bool, typer.Option("--schedule", help="run the [[schedule]] jobs from the config")] = False,
+    schedule: Annotated[bool, typer.Option("--schedule", help="run the schedule jobs from the config (\\[\\[schedule]])")] = False,
 ) -> None:
     """Serve /healthz/database, /ready, /metrics (and /docs) — read-only; --schedule runs backups."""
     import uvicorn
