@@ -265,6 +265,25 @@ class VerifyConfig(_Strict):
         return self
 
 
+class DrillConfig(_Strict):
+    """Targets from the runbooks: failover RTO 5 min / RPO 0 (sync), PITR 30 min / 5 min,
+    full restore 2 h / 1 h. RPO is counted in commits for failover, seconds otherwise."""
+
+    failover_rto: Duration = 300.0
+    failover_rpo_commits: Annotated[int, Field(ge=0)] = 0
+    pitr_rto: Duration = 1800.0
+    pitr_rpo: Duration = 300.0
+    full_restore_rto: Duration = 7200.0
+    full_restore_rpo: Duration = 3600.0
+    synchronous: bool = True
+    dir: Path | None = None
+
+    @field_validator("failover_rto", "pitr_rto", "pitr_rpo", "full_restore_rto", "full_restore_rpo", mode="before")
+    @classmethod
+    def _dur(cls, value: object) -> float:
+        return parse_duration(value)  # type: ignore[arg-type]
+
+
 class ClusterConfig(_Strict):
     name: str = "main"
 
@@ -283,6 +302,7 @@ class Config(_Strict):
     schedule: list[ScheduleConfig] = []
     failover: FailoverConfig = FailoverConfig()
     watch: WatchConfig = WatchConfig()
+    drill: DrillConfig = DrillConfig()
     verify: VerifyConfig = VerifyConfig()
     source: Path | None = Field(default=None, exclude=True)
 
@@ -335,6 +355,7 @@ def _resolve_paths(raw: dict[str, object], base: Path) -> None:
             section[key] = str(p if p.is_absolute() else (base / p))
     fix(raw.get("repository"), "path")
     fix(raw.get("pg"), "bindir")
+    fix(raw.get("drill"), "dir")
     failover = raw.get("failover")
     if isinstance(failover, dict) and isinstance(failover.get("repoint"), list):
         for target in failover["repoint"]:

@@ -33,6 +33,7 @@ def _register() -> None:
         cmd_archiver,
         cmd_backup,
         cmd_diagnose,
+        cmd_drill,
         cmd_failover,
         cmd_sandbox,
         cmd_serve,
@@ -47,6 +48,7 @@ def _register() -> None:
     cmd_diagnose.register(app)
     cmd_serve.register(app)
     cmd_failover.register(app)
+    cmd_drill.register(app)
     cmd_verify.register(app)
 
 

@@ -7,6 +7,7 @@ changed state in between (or a pid reused by a new backend) is left alone.
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -95,6 +96,32 @@ def plan(config: Config, criteria: Criteria, node_name: str | None = None) -> Te
     return TerminatePlan(node.name, criteria, rows)
 
 
+def _signal_all(conn: psycopg.Connection[Any], pids: list[int], outcomes: dict[int, Outcome]) -> list[int]:
+    """pg_terminate_backend for every pid in one statement; per pid when one is refused."""
+    if not pids:
+        return []
+    try:
+        rows = conn.execute("select pid, pg_terminate_backend(pid) as ok from unnest(%s::int[]) as pid", (pids,))
+        return [r["pid"] for r in rows if r["ok"]]
+    except psycopg.errors.InsufficientPrivilege:
+        pass
+    sent = []
+    for pid in pids:
+        try:
+            row = conn.execute("select pg_terminate_backend(%s) as ok", (pid,)).fetchone()
+        except psycopg.errors.InsufficientPrivilege as exc:
+            outcomes[pid] = Outcome(pid, "failed", f"permission denied ({exc.sqlstate})")
+            continue
+        except psycopg.Error as exc:
+            outcomes[pid] = Outcome(pid, "failed", f"{exc.sqlstate or type(exc).__name__}")
+            continue
+        if row and row["ok"]:
+            sent.append(pid)
+        else:
+            outcomes[pid] = Outcome(pid, "failed", "no such session any more")
+    return sent
+
+
 def execute(config: Config, the_plan: TerminatePlan, wait_ms: int = 5000) -> TerminatePlan:
     """Terminate the planned sessions that still match; wait for each to exit."""
     node = config.node(the_plan.node)
@@ -108,18 +135,20 @@ def execute(config: Config, the_plan: TerminatePlan, wait_ms: int = 5000) -> Ter
         for pid in pids:
             if pid not in still:
                 outcomes[pid] = Outcome(pid, "no longer matches", "ended or changed state since it was listed")
-                continue
-            try:
-                row = conn.execute("select pg_terminate_backend(%s, %s) as ok", (pid, wait_ms)).fetchone()
-            except psycopg.errors.InsufficientPrivilege as exc:
-                outcomes[pid] = Outcome(pid, "failed", f"permission denied ({exc.sqlstate})")
-                continue
-            except psycopg.Error as exc:
-                outcomes[pid] = Outcome(pid, "failed", f"{exc.sqlstate or type(exc).__name__}")
-                continue
-            ok = bool(row and row["ok"])
-            outcomes[pid] = Outcome(pid, "terminated" if ok else "still running",
-                                    None if ok else f"did not exit within {wait_ms} ms")
+        targets = [p for p in pids if p in still]
+        sent = _signal_all(conn, targets, outcomes)
+        # Signal everyone first, then wait for all together: a pool of hundreds of stuck
+        # sessions is freed in about one backend exit time, not hundreds of them.
+        deadline = time.monotonic() + wait_ms / 1000
+        alive = set(sent)
+        while alive and time.monotonic() < deadline:
+            rows = conn.execute("select pid from pg_stat_activity where pid = any(%s)", (list(alive),))
+            alive = {r["pid"] for r in rows}
+            if alive:
+                time.sleep(0.02)
+        for pid in sent:
+            outcomes[pid] = Outcome(pid, "still running", f"did not exit within {wait_ms} ms") if pid in alive \
+                else Outcome(pid, "terminated")
     the_plan.outcomes = [outcomes[p] for p in pids]
     return the_plan
 

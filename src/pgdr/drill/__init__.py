@@ -1,0 +1,2 @@
+"""Drills: inject real faults into throwaway sandboxes, recover with pgdr's own commands,
+and measure RTO and RPO against the runbooks' targets."""
