@@ -20,7 +20,7 @@ from pgdr.pg.lsn import Segment, parse_lsn
 from pgdr.pg.probe import NodeState, probe_all
 from pgdr.repo.layout import Repository
 from pgdr.repo.manifest import BackupManifest, list_backups
-from pgdr.repo.records import read_verification
+from pgdr.repo.records import list_records, read_verification
 from pgdr.repo.wal import WalArchive, find_gaps
 
 REPLICATION_SQL = """
@@ -107,6 +107,9 @@ def gather_status(config: Config, repo: Repository) -> StatusReport:
     checks.extend(backup_checks)
     archive_info, archive_checks = _archive_status(config, repo, primary, replication, slots, backups)
     checks.extend(archive_checks)
+    drill = _drill_status(repo)
+    if drill is not None:
+        checks.append(drill)
     return StatusReport(config.cluster.name, nodes, backups_info, archive_info, checks)
 
 
@@ -261,3 +264,15 @@ def _archive_status(config: Config, repo: Repository, primary: NodeState | None,
                             f"{state['last_failure']}", evidence={"failures": state["failures"]}))
     info["checked_at"] = datetime.now(UTC).isoformat()
     return info, checks
+
+
+def _drill_status(repo: Repository) -> Check | None:
+    drills = list_records(repo, "drill")
+    if not drills:
+        return None
+    last = drills[-1]
+    failed = [s["name"] for s in last.get("scenarios", []) if not s.get("passed")]
+    summary = (f"last drill {last['id'][:15]}: " + ("all passed" if not failed else f"FAILED: {', '.join(failed)}")
+               + "; " + ", ".join(f"{s['name']} RTO {s.get('rto_s')}s" for s in last.get("scenarios", [])))
+    return Check("last drill", "ok" if not failed else "warn", summary,
+                 evidence={"id": last["id"], "failed": failed}, hint="`pgdr report latest`" if failed else None)

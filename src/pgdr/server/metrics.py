@@ -18,7 +18,7 @@ from pgdr.config import Config
 from pgdr.diagnose import gather as g
 from pgdr.repo.layout import Repository
 from pgdr.repo.manifest import list_backups
-from pgdr.repo.records import verification_status
+from pgdr.repo.records import list_records, verification_status
 
 log = logging.getLogger(__name__)
 
@@ -156,3 +156,20 @@ class PgdrCollector(Collector):
         fails = GaugeMetricFamily("pgdr_archiver_failures", "failures pgdr's WAL archiver recorded")
         fails.add_metric([], float(state.get("failures") or 0))
         yield from (running, fails)
+        yield from self._last_drill()
+
+    def _last_drill(self) -> Iterator[Metric]:
+        """The last drill's measured RTO/RPO per scenario, and whether each passed."""
+        drills = list_records(self.repo, "drill")
+        rto = GaugeMetricFamily("pgdr_drill_rto_seconds", "measured RTO in the last drill", labels=["scenario"])
+        rpo = GaugeMetricFamily("pgdr_drill_rpo", "measured RPO in the last drill", labels=["scenario", "unit"])
+        passed = GaugeMetricFamily("pgdr_drill_passed", "1 when the scenario passed in the last drill",
+                                   labels=["scenario"])
+        if drills:
+            for sc in drills[-1].get("scenarios", []):
+                if sc.get("rto_s") is not None:
+                    rto.add_metric([sc["name"]], float(sc["rto_s"]))
+                if sc.get("rpo") is not None:
+                    rpo.add_metric([sc["name"], str(sc.get("rpo_unit"))], float(sc["rpo"]))
+                passed.add_metric([sc["name"]], 1.0 if sc.get("passed") else 0.0)
+        yield from (rto, rpo, passed)

@@ -1,0 +1,104 @@
+"""`pgdr drill` and `pgdr report`: real faults, measured numbers, honest failures, no secrets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pgdr.config import DrillConfig
+from pgdr.drill.runner import run_drill
+from pgdr.pg.programs import Programs
+from pgdr.repo.layout import Repository
+from pgdr.repo.records import save_record
+from tests.conftest import run_cli
+
+CONFIG = """
+[cluster]
+name = "prod"
+[repository]
+path = "{repo}"
+[[nodes]]
+name = "db1"
+role = "primary"
+conninfo = "host=/nonexistent port=1 user=postgres dbname=postgres password=hunter2-secret"
+[drill]
+dir = "{drills}"
+"""
+
+
+def test_drill_scenarios_pass_with_consistent_numbers_and_reports(base_dir: Path) -> None:
+    folder = base_dir / "drill-cli"
+    folder.mkdir()
+    folder.chmod(0o755)
+    config = folder / "pgdr.toml"
+    config.write_text(CONFIG.format(repo=folder / "repo", drills=folder / "drills"))
+    result = run_cli("drill", "--json", config=config, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    run = json.loads(result.stdout)
+    scenarios = {s["name"]: s for s in run["scenarios"]}
+    assert set(scenarios) >= {"backup-validation", "primary-crash", "switchover", "connection-exhaustion"}
+    assert all(s["passed"] for s in scenarios.values()), {n: s["reason"] for n, s in scenarios.items()}
+
+    crash = scenarios["primary-crash"]
+    assert crash["evidence"]["synchronous"] is True and crash["rpo"] == 0  # sync: nothing acknowledged is lost
+    assert crash["rto_s"] > 0 and crash["rto_s"] <= crash["target"]["rto_s"]
+    assert crash["evidence"]["wal_commits_after_promotion"] >= crash["rpo"]
+    assert scenarios["switchover"]["rpo"] == 0
+    assert scenarios["backup-validation"]["evidence"]["checklist"] == {
+        "size": True, "restorable": True, "schema present": True, "counts": True}
+    assert scenarios["connection-exhaustion"]["evidence"]["terminated"] > 50
+
+    # the history lives in the configured repository, and status/report read it
+    md = run_cli("report", "latest", "--format", "md", config=config)
+    assert md.returncode == 0, md.stderr
+    assert "| primary-crash | pass |" in md.stdout and f"{crash['rto_s']:.3f}" in md.stdout
+    html = run_cli("report", "latest", "--format", "html", config=config)
+    assert html.returncode == 0 and "<svg" in html.stdout and "primary-crash" in html.stdout
+    as_json = json.loads(run_cli("report", "latest", "--format", "json", config=config).stdout)
+    assert as_json["report"]["rows"][1]["rpo"] == crash["rpo"]
+    for text in (result.stdout, md.stdout, html.stdout):
+        assert "hunter2-secret" not in text
+
+    # status shows the last drill; /metrics exports its RTO and RPO per scenario
+    status = json.loads(run_cli("status", "--json", config=config).stdout)
+    drill_check = next(c for c in status["checks"] if c["name"] == "last drill")
+    assert drill_check["status"] == "ok" and "all passed" in drill_check["summary"]
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from pgdr.config import load_config
+    from pgdr.server.metrics import PgdrCollector
+
+    cfg = load_config(config)
+    registry = CollectorRegistry()
+    registry.register(PgdrCollector(cfg, Repository(cfg.repository.path)))
+    families = {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
+    rto = {s.labels["scenario"]: s.value for s in families["pgdr_drill_rto_seconds"].samples}
+    assert rto["primary-crash"] == crash["rto_s"]
+    rpo = {s.labels["scenario"]: s.value for s in families["pgdr_drill_rpo"].samples}
+    assert rpo["switchover"] == 0
+
+
+def test_sabotaged_recovery_fails_with_the_reason(base_dir: Path) -> None:
+    history = Repository(base_dir / "sabotage-history")
+    run = run_drill(base_dir / "sabotage", Programs(), history, DrillConfig(), ["primary-crash"],
+                    sabotage=frozenset({"stop-standby"}))
+    (result,) = run.scenarios
+    assert not run.passed and not result.passed
+    assert "no reachable standby" in result.reason
+
+
+def test_report_masks_passwords_that_reached_a_record(base_dir: Path) -> None:
+    repo = Repository(base_dir / "mask-history")
+    repo.ensure()
+    save_record(repo, "failover", {"operation": "failover", "outcome": "failed", "reason":
+                                   "cannot connect to host=db user=app password=hunter2-secret",
+                                   "timeline": [{"name": "preflight", "started_at": "x", "seconds": 0.1,
+                                                 "result": "failed", "detail": "postgresql://app:hunter2-secret@db/app",
+                                                 "evidence": {}}]})
+    from pgdr.runbook.report import RENDERERS, find_record
+
+    record = find_record(repo, "latest")
+    for render in RENDERERS.values():
+        text = render(record)
+        assert "hunter2-secret" not in text and "********" in text
