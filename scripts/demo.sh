@@ -20,9 +20,15 @@ echo "== physical backup"
 $PGDR backup
 echo "== logical backup"
 $PGDR backup --logical
+echo "== verify the backup (restore into a scratch instance and prove it)"
+$PGDR verify latest
 echo "== status"
-$PGDR status
+$PGDR status || true
 echo "== backups"
 $PGDR list
+echo "== drill: real faults on throwaway sandboxes, recovered by pgdr, RTO/RPO measured"
+$PGDR drill --dir "$DIR/drills"
+echo "== incident record of the drill"
+$PGDR report latest | head -20
 echo
 echo "The sandbox is still running: PGDR_CONFIG=$PGDR_CONFIG $PGDR status | stop it with: $PGDR sandbox down --dir $DIR"
