@@ -9,31 +9,26 @@ beside the dump instead of after it.
 
 from __future__ import annotations
 
-import shutil
 import threading
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 from psycopg import sql
 
 from pgdr.backup.physical import SOURCE_FACTS_SQL, BackupResult, sha256_file
+from pgdr.backup.publish import pending_backup
 from pgdr.backup.relmap import connectable_databases
 from pgdr.config import Config
-from pgdr.errors import BackupFailed, PgdrError
-from pgdr.fsutil import durable_rename, exclusive_lock, fsync_path, fsync_tree, tree_size, write_json_durable
+from pgdr.fsutil import fsync_tree, tree_size
 from pgdr.pg.connect import connect, query_one
 from pgdr.pg.conninfo import split_password, with_params
 from pgdr.pg.probe import find_primary
 from pgdr.pg.programs import Programs
-from pgdr.repo.layout import PARTIAL_SUFFIX, Repository
+from pgdr.repo.layout import Repository
 from pgdr.repo.manifest import (
-    MANIFEST_NAME,
     BackupManifest,
     FileEntry,
     LogicalDatabase,
-    new_backup_id,
-    remove_stale_partials,
 )
 
 TABLES_SQL = """
@@ -53,60 +48,38 @@ def take_logical_backup(config: Config, programs: Programs, repo: Repository) ->
     repo.claim(facts["system_identifier"], facts["server_version_num"], facts["wal_segment_size"])
     databases = config.backup.logical_databases or connectable_databases(conninfo)
 
-    with exclusive_lock(repo.lock_path("backup"), "backup"):
-        removed = remove_stale_partials(repo)
-        started = datetime.now(UTC)
-        backup_id = new_backup_id("logical", started)
-        final = repo.backups_dir / backup_id
-        while final.exists():
-            time.sleep(1)
-            started = datetime.now(UTC)
-            backup_id = new_backup_id("logical", started)
-            final = repo.backups_dir / backup_id
-        partial = final.with_name(final.name + PARTIAL_SUFFIX)
-        partial.mkdir()
-        repo.run_as.chown(partial)
-        t0 = time.monotonic()
-        try:
-            dumped: dict[str, LogicalDatabase] = {}
-            lsns = []
-            for dbname in databases:
-                dumped[dbname] = _dump_database(config, programs, with_params(conninfo, dbname=dbname),
-                                                dbname, partial)
-                lsns.append(dumped[dbname].snapshot_lsn)
-            plain, password = split_password(conninfo)
-            programs.run("pg_dumpall", ["-d", plain, "--globals-only", "--no-role-passwords"],
-                         password=password, stdout_path=partial / "globals.sql",
-                         as_server_user=False)
-            fsync_tree(partial)
-            files = {str(p.relative_to(partial)): FileEntry(size=p.stat().st_size, sha256=sha256_file(p))
-                     for p in sorted(partial.rglob("*")) if p.is_file()}
-            duration = time.monotonic() - t0
-            manifest = BackupManifest(
-                id=backup_id, kind="logical", cluster=config.cluster.name,
-                source_node=primary.node.name, start_time=started, stop_time=datetime.now(UTC),
-                duration_s=round(duration, 3), start_lsn=lsns[0] if lsns else "0/0",
-                stop_lsn=lsns[-1] if lsns else "0/0", timeline=0,
-                pg_version=str(facts["server_version"]),
-                pg_version_num=int(facts["server_version_num"]),
-                system_identifier=str(facts["system_identifier"]),
-                wal_segment_size=int(facts["wal_segment_size"]),
-                data_checksums=bool(facts["data_checksums"]),
-                compression=f"gzip:{config.backup.logical_compression}",
-                bytes_on_disk=tree_size(partial),
-                bytes_logical=sum(d.bytes for d in dumped.values()),
-                files=files, databases=dumped,
-            )
-            write_json_durable(partial / MANIFEST_NAME, manifest.model_dump(mode="json"))
-            fsync_path(partial)
-            durable_rename(partial, final)
-        except PgdrError as exc:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise BackupFailed(f"backup {backup_id} failed: {exc.message}", hint=exc.hint) from None
-        except BaseException:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise
-    return BackupResult(manifest, final, removed)
+    with pending_backup(repo, "logical") as pending:
+        dumped: dict[str, LogicalDatabase] = {}
+        lsns = []
+        for dbname in databases:
+            dumped[dbname] = _dump_database(config, programs, with_params(conninfo, dbname=dbname),
+                                            dbname, pending.partial)
+            lsns.append(dumped[dbname].snapshot_lsn)
+        plain, password = split_password(conninfo)
+        programs.run("pg_dumpall", ["-d", plain, "--globals-only", "--no-role-passwords"],
+                     password=password, stdout_path=pending.partial / "globals.sql",
+                     as_server_user=False)
+        fsync_tree(pending.partial)
+        files = {str(p.relative_to(pending.partial)): FileEntry(size=p.stat().st_size, sha256=sha256_file(p))
+                 for p in sorted(pending.partial.rglob("*")) if p.is_file()}
+        duration = pending.elapsed
+        manifest = BackupManifest(
+            id=pending.id, kind="logical", cluster=config.cluster.name,
+            source_node=primary.node.name, start_time=pending.started, stop_time=datetime.now(UTC),
+            duration_s=round(duration, 3), start_lsn=lsns[0] if lsns else "0/0",
+            stop_lsn=lsns[-1] if lsns else "0/0", timeline=0,
+            pg_version=str(facts["server_version"]),
+            pg_version_num=int(facts["server_version_num"]),
+            system_identifier=str(facts["system_identifier"]),
+            wal_segment_size=int(facts["wal_segment_size"]),
+            data_checksums=bool(facts["data_checksums"]),
+            compression=f"gzip:{config.backup.logical_compression}",
+            bytes_on_disk=tree_size(pending.partial),
+            bytes_logical=sum(d.bytes for d in dumped.values()),
+            files=files, databases=dumped,
+        )
+        pending.publish(manifest)
+    return BackupResult(manifest, pending.final, pending.removed_partials)
 
 
 def _dump_database(config: Config, programs: Programs, conninfo: str, dbname: str,

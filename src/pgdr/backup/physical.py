@@ -11,29 +11,24 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pgdr.backup.publish import pending_backup
 from pgdr.backup.relmap import connectable_databases, relation_map
 from pgdr.config import Config
-from pgdr.errors import BackupFailed, PgdrError
-from pgdr.fsutil import durable_rename, exclusive_lock, fsync_path, write_json_durable
 from pgdr.pg.connect import query_one
 from pgdr.pg.conninfo import split_password, with_params
 from pgdr.pg.lsn import parse_lsn, segment_of
 from pgdr.pg.probe import find_primary
 from pgdr.pg.programs import Programs
-from pgdr.repo.layout import PARTIAL_SUFFIX, Repository
+from pgdr.repo.layout import Repository
 from pgdr.repo.manifest import (
     MANIFEST_NAME,
     BackupManifest,
     FileEntry,
     Relation,
-    new_backup_id,
-    remove_stale_partials,
 )
 
 SOURCE_FACTS_SQL = """
@@ -79,41 +74,17 @@ def take_physical_backup(config: Config, programs: Programs, repo: Repository) -
     facts = query_one(conninfo, SOURCE_FACTS_SQL)
     repo.claim(facts["system_identifier"], facts["server_version_num"], facts["wal_segment_size"])
 
-    with exclusive_lock(repo.lock_path("backup"), "backup"):
-        removed = remove_stale_partials(repo)
-        started = datetime.now(UTC)
-        backup_id = new_backup_id("physical", started)
-        final = repo.backups_dir / backup_id
-        while final.exists():  # two backups within one second
-            time.sleep(1)
-            started = datetime.now(UTC)
-            backup_id = new_backup_id("physical", started)
-            final = repo.backups_dir / backup_id
-        partial = final.with_name(final.name + PARTIAL_SUFFIX)
-        partial.mkdir()
-        repo.run_as.chown(partial)
-        t0 = time.monotonic()
-        try:
-            databases = connectable_databases(conninfo)
-            relations = relation_map(conninfo, databases)
-            plain_conninfo, password = split_password(conninfo)
-            programs.run("pg_basebackup",
-                         pg_basebackup_args(plain_conninfo, partial, config, f"pgdr {backup_id}"),
-                         password=password)
-            duration = time.monotonic() - t0
-            stopped = datetime.now(UTC)
-            manifest = _describe(backup_id, partial, config, primary.node.name, facts,
-                                 started, stopped, duration, relations)
-            write_json_durable(partial / MANIFEST_NAME, manifest.model_dump(mode="json"))
-            fsync_path(partial)
-            durable_rename(partial, final)
-        except PgdrError as exc:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise BackupFailed(f"backup {backup_id} failed: {exc.message}", hint=exc.hint) from None
-        except BaseException:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise
-    return BackupResult(manifest, final, removed)
+    with pending_backup(repo, "physical") as pending:
+        databases = connectable_databases(conninfo)
+        relations = relation_map(conninfo, databases)
+        plain_conninfo, password = split_password(conninfo)
+        programs.run("pg_basebackup",
+                     pg_basebackup_args(plain_conninfo, pending.partial, config, f"pgdr {pending.id}"),
+                     password=password)
+        manifest = _describe(pending.id, pending.partial, config, primary.node.name, facts,
+                             pending.started, datetime.now(UTC), pending.elapsed, relations)
+        pending.publish(manifest)
+    return BackupResult(manifest, pending.final, pending.removed_partials)
 
 
 def _describe(backup_id: str, folder: Path, config: Config, node_name: str,

@@ -17,6 +17,7 @@ from pgdr.errors import PgdrError
 from pgdr.failover import fence as fencing
 from pgdr.failover import preflight, promote, rpo
 from pgdr.failover.repoint import Repointer
+from pgdr.failover.steps import clients_paused, promote_prove_repoint
 from pgdr.fsutil import exclusive_lock
 from pgdr.pg.programs import Programs
 from pgdr.repo.layout import Repository
@@ -109,9 +110,7 @@ def _failover(config: Config, programs: Programs, repo: Repository, to: str | No
 
     old_timeline = int(choice.candidate.facts.get("checkpoint_timeline") or 1)
     switch_lsn = None
-    try:
-        with timeline.step("pause clients") as step:
-            step.evidence["targets"] = [r.__dict__ for r in repointer.pause()]
+    with clients_paused(timeline, repointer, record, repo, "failover"):
         with timeline.step("fence old primary", old.name) as step:
             fenced = fencing.fence(config, old, programs, no_fence=no_fence)
             step.detail = fenced.detail
@@ -119,21 +118,7 @@ def _failover(config: Config, programs: Programs, repo: Repository, to: str | No
         with timeline.step("replay received WAL", candidate.name) as step:
             switch_lsn = promote.wait_replayed(candidate, config.failover.replay_timeout)
             step.evidence["replayed_to"] = switch_lsn
-        with timeline.step("promote", candidate.name) as step:
-            new_timeline = promote.promote(candidate)
-            step.evidence["timeline"] = new_timeline
-        with timeline.step("prove write", candidate.name) as step:
-            step.detail = promote.prove_writable(candidate)
-        with timeline.step("repoint clients") as step:
-            step.evidence["targets"] = [r.__dict__ for r in repointer.apply(candidate)]
-    except PgdrError as exc:
-        record.update(outcome="failed", reason=exc.message, timeline=timeline.as_list())
-        save_record(repo, "failover", record)
-        raise
-    finally:
-        if repointer.paused:
-            with timeline.step("resume clients") as step:
-                step.evidence["targets"] = [r.__dict__ for r in repointer.resume()]
+        new_timeline = promote_prove_repoint(timeline, candidate, repointer)
     rto = timeline.elapsed
     write_topology(repo, candidate.name, new_timeline, [old.name])
     followers = []

@@ -17,23 +17,7 @@ from pgdr.config import Config, NodeConfig
 from pgdr.errors import PgdrError
 from pgdr.pg.connect import session
 from pgdr.pg.lsn import format_lsn, parse_lsn
-
-NODE_SQL = """
-select pg_is_in_recovery() as in_recovery,
-       (select timeline_id from pg_control_checkpoint()) as checkpoint_timeline,
-       case when pg_is_in_recovery() then null else pg_current_wal_lsn()::text end as current_lsn,
-       pg_last_wal_receive_lsn()::text as receive_lsn,
-       pg_last_wal_replay_lsn()::text as replay_lsn,
-       pg_last_xact_replay_timestamp() as last_replay_time,
-       case when pg_is_in_recovery() then pg_is_wal_replay_paused() else false end as replay_paused,
-       current_setting('synchronous_standby_names') as synchronous_standby_names,
-       current_setting('wal_log_hints') = 'on' as wal_log_hints,
-       current_setting('data_checksums') = 'on' as data_checksums,
-       (select status from pg_stat_wal_receiver) as receiver_status,
-       (select received_tli from pg_stat_wal_receiver) as receiver_tli,
-       (select extract(epoch from now() - last_msg_receipt_time)::float8 from pg_stat_wal_receiver) as receiver_silence_s,
-       now() as now
-"""
+from pgdr.pg.sql import load
 
 
 @dataclass
@@ -78,7 +62,7 @@ def gather(config: Config, timeout: float = 3) -> list[NodeFacts]:
     def one(node: NodeConfig) -> NodeFacts:
         try:
             with session(node.conninfo, timeout=timeout) as conn:
-                row = conn.execute(NODE_SQL).fetchone()
+                row = conn.execute(load("node_state")).fetchone()
                 assert row is not None
                 return NodeFacts(node, True, facts=dict(row))
         except PgdrError as exc:

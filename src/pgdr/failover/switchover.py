@@ -18,6 +18,7 @@ from pgdr.failover.failover import FailoverRefused, controldata
 from pgdr.failover.fence import local_instance
 from pgdr.failover.repoint import Repointer
 from pgdr.failover.standby_setup import configure_as_standby
+from pgdr.failover.steps import clients_paused, promote_prove_repoint
 from pgdr.fsutil import exclusive_lock
 from pgdr.pg.connect import session
 from pgdr.pg.lsn import parse_lsn
@@ -74,9 +75,7 @@ def _switchover(config: Config, programs: Programs, repo: Repository, to: str | 
             "repoint clients and resume"])
         return record
     repointer = Repointer(config.failover.repoint)
-    try:
-        with timeline.step("pause clients") as step:
-            step.evidence["targets"] = [r.__dict__ for r in repointer.pause()]
+    with clients_paused(timeline, repointer, record, repo, "switchover"):
         with timeline.step("clean shutdown", old.name) as step:
             old_inst.stop(mode="fast")
             checkpoint = controldata(programs, old_inst.data_dir)["Latest checkpoint location"]
@@ -84,21 +83,7 @@ def _switchover(config: Config, programs: Programs, repo: Repository, to: str | 
         with timeline.step("replay shutdown checkpoint", candidate.name) as step:
             step.evidence["replayed_to"] = _wait_replayed_past(candidate.conninfo, parse_lsn(checkpoint),
                                                                config.failover.replay_timeout)
-        with timeline.step("promote", candidate.name) as step:
-            new_timeline = promote.promote(candidate)
-            step.evidence["timeline"] = new_timeline
-        with timeline.step("prove write", candidate.name) as step:
-            step.detail = promote.prove_writable(candidate)
-        with timeline.step("repoint clients") as step:
-            step.evidence["targets"] = [r.__dict__ for r in repointer.apply(candidate)]
-    except PgdrError as exc:
-        record.update(outcome="failed", reason=exc.message, timeline=timeline.as_list())
-        save_record(repo, "switchover", record)
-        raise
-    finally:
-        if repointer.paused:
-            with timeline.step("resume clients"):
-                repointer.resume()
+        new_timeline = promote_prove_repoint(timeline, candidate, repointer)
     rto = timeline.elapsed
     write_topology(repo, candidate.name, new_timeline, [])
     with timeline.step("old primary becomes standby", old.name):

@@ -12,21 +12,7 @@ from typing import Any
 from pgdr.config import Config, NodeConfig
 from pgdr.errors import ConnectionFailed, PgdrError
 from pgdr.pg.connect import session
-
-NODE_STATE_SQL = """
-select pg_is_in_recovery() as in_recovery,
-       (select timeline_id from pg_control_checkpoint()) as checkpoint_timeline,
-       case when pg_is_in_recovery() then null else pg_current_wal_lsn()::text end as current_lsn,
-       pg_last_wal_receive_lsn()::text as receive_lsn,
-       pg_last_wal_replay_lsn()::text as replay_lsn,
-       pg_last_xact_replay_timestamp() as last_replay_time,
-       (select system_identifier::text from pg_control_system()) as system_identifier,
-       current_setting('server_version') as server_version,
-       current_setting('server_version_num')::int as server_version_num,
-       current_setting('wal_segment_size') as wal_segment_size_text,
-       current_setting('data_checksums') = 'on' as data_checksums,
-       now() as now
-"""
+from pgdr.pg.sql import load
 
 
 @dataclass
@@ -46,7 +32,7 @@ class NodeState:
 def probe(node: NodeConfig, timeout: float = 3) -> NodeState:
     try:
         with session(node.conninfo, timeout=timeout) as conn:
-            row = conn.execute(NODE_STATE_SQL).fetchone()
+            row = conn.execute(load("node_state")).fetchone()
             assert row is not None
             return NodeState(node, True, facts=dict(row))
     except PgdrError as exc:

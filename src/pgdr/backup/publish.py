@@ -1,0 +1,64 @@
+"""Publishing a backup: the one place that makes a backup visible, and only when complete.
+
+`pending_backup` takes the repository's backup lock, clears debris of killed backups,
+reserves `<id>.partial`, and on any failure removes it. `publish` writes pgdr.json
+durably and renames the folder to `<id>`: the rename is the moment the backup exists.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pgdr.errors import BackupFailed, PgdrError
+from pgdr.fsutil import durable_rename, exclusive_lock, fsync_path, write_json_durable
+from pgdr.repo.layout import PARTIAL_SUFFIX, Repository
+from pgdr.repo.manifest import MANIFEST_NAME, BackupManifest, new_backup_id, remove_stale_partials
+
+
+@dataclass
+class PendingBackup:
+    id: str
+    started: datetime
+    partial: Path
+    final: Path
+    removed_partials: list[str]
+    t0: float
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    def publish(self, manifest: BackupManifest) -> None:
+        write_json_durable(self.partial / MANIFEST_NAME, manifest.model_dump(mode="json"))
+        fsync_path(self.partial)
+        durable_rename(self.partial, self.final)
+
+
+@contextmanager
+def pending_backup(repo: Repository, kind: str) -> Iterator[PendingBackup]:
+    with exclusive_lock(repo.lock_path("backup"), "backup"):
+        removed = remove_stale_partials(repo)
+        started = datetime.now(UTC)
+        final = repo.backups_dir / new_backup_id(kind, started)
+        while final.exists():  # two backups within one second
+            time.sleep(1)
+            started = datetime.now(UTC)
+            final = repo.backups_dir / new_backup_id(kind, started)
+        partial = final.with_name(final.name + PARTIAL_SUFFIX)
+        partial.mkdir()
+        repo.run_as.chown(partial)
+        pending = PendingBackup(final.name, started, partial, final, removed, time.monotonic())
+        try:
+            yield pending
+        except PgdrError as exc:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise BackupFailed(f"backup {pending.id} failed: {exc.message}", hint=exc.hint) from None
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
