@@ -334,15 +334,16 @@ def _verify_logical(run: _Run, config: Config, programs: Programs, manifest: Bac
 
 def _common_checks(run: _Run, config: Config, programs: Programs, scratch: Scratch,
                    dbnames: list[str], jobs: int) -> None:
-    """amcheck beside the heap scans (counts, foreign keys), then the duplicate-key check
-    through the indexes amcheck has just proven, then the user's smoke queries."""
+    """amcheck beside the SQL scans (counts, foreign keys, in-order walks of the unique
+    indexes), then the duplicate-key verdict, trusting those walks only if amcheck
+    passed, then the user's smoke queries."""
     inst = scratch.instance
     amcheck_ok = False
     with run.phase("checks"), ThreadPoolExecutor(max_workers=2) as pool:
         t_am = time.monotonic()
 
         def am() -> tuple[bool, dict[str, Any], float]:
-            ok, evidence = dbchecks.amcheck(inst, programs, jobs=max(1, jobs // 2))
+            ok, evidence = dbchecks.amcheck(inst, programs, jobs=jobs)
             return ok, evidence, time.monotonic() - t_am
 
         am_future = pool.submit(am)
@@ -364,7 +365,7 @@ def _common_checks(run: _Run, config: Config, programs: Programs, scratch: Scrat
             run.add("amcheck", "fail", exc.message, time.monotonic() - t_am)
         scan = scan_future.result()
         # Only after amcheck: its verdict decides whether the indexes may be trusted.
-        dbchecks.unique_scan(inst, dbnames, scan, indexes_verified=amcheck_ok, jobs=jobs)
+        dbchecks.unique_scan(inst, scan, indexes_verified=amcheck_ok, jobs=jobs)
     run.result.row_counts = scan.counts
 
     orphans = [f for f in scan.foreign_keys if f["orphans"]]
