@@ -334,13 +334,16 @@ def _verify_logical(run: _Run, config: Config, programs: Programs, manifest: Bac
 
 def _common_checks(run: _Run, config: Config, programs: Programs, scratch: Scratch,
                    dbnames: list[str], jobs: int) -> None:
-    """amcheck beside the SQL scans (both parallel), then the user's smoke queries."""
+    """amcheck beside the SQL scans (counts, foreign keys, in-order walks of the unique
+    indexes), then the duplicate-key verdict, trusting those walks only if amcheck
+    passed, then the user's smoke queries."""
     inst = scratch.instance
+    amcheck_ok = False
     with run.phase("checks"), ThreadPoolExecutor(max_workers=2) as pool:
         t_am = time.monotonic()
 
         def am() -> tuple[bool, dict[str, Any], float]:
-            ok, evidence = dbchecks.amcheck(inst, programs, jobs=max(1, jobs // 2))
+            ok, evidence = dbchecks.amcheck(inst, programs, jobs=jobs)
             return ok, evidence, time.monotonic() - t_am
 
         am_future = pool.submit(am)
@@ -350,6 +353,7 @@ def _common_checks(run: _Run, config: Config, programs: Programs, scratch: Scrat
             run.result.phases["amcheck"] = am_s
             objects = evidence["corrupt_objects"]
             if ok:
+                amcheck_ok = True
                 run.add("amcheck", "ok", f"pg_amcheck --heapallindexed: no corruption in "
                         f"{len(dbnames)} database(s)", am_s, evidence)
             else:
@@ -360,6 +364,8 @@ def _common_checks(run: _Run, config: Config, programs: Programs, scratch: Scrat
         except PgdrError as exc:
             run.add("amcheck", "fail", exc.message, time.monotonic() - t_am)
         scan = scan_future.result()
+        # Only after amcheck: its verdict decides whether the indexes may be trusted.
+        dbchecks.unique_scan(inst, scan, indexes_verified=amcheck_ok, jobs=jobs)
     run.result.row_counts = scan.counts
 
     orphans = [f for f in scan.foreign_keys if f["orphans"]]
@@ -374,7 +380,16 @@ def _common_checks(run: _Run, config: Config, programs: Programs, scratch: Scrat
         run.add("foreign keys", "ok", f"{len(scan.foreign_keys)} foreign keys, no orphaned row",
                 scan.durations["foreign keys"], {"checked": len(scan.foreign_keys)})
     dups = [u for u in scan.unique if u["duplicate_keys"]]
-    if dups:
+    lost = [u for u in scan.unique if "index_rows" in u]
+    if lost:
+        u = lost[0]
+        run.add("unique constraints", "fail",
+                f"{u['database']}.{u['table']}: the index of {u['constraint']} holds {u['index_rows']} "
+                f"row(s), the table {u['heap_rows']}" + (f" (+{len(lost) - 1} more)" if len(lost) > 1 else ""),
+                scan.durations["unique constraints"],
+                {"index_mismatches": lost, "duplicates": dups, "checked": len(scan.unique)},
+                hint="an index that amcheck passed disagrees with its table: restore from another backup")
+    elif dups:
         u = dups[0]
         run.add("unique constraints", "fail",
                 f"{u['database']}.{u['table']}: {u['duplicate_keys']} duplicated key(s) in {u['constraint']}"
