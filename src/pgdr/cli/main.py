@@ -34,6 +34,7 @@ def _register() -> None:
         cmd_backup,
         cmd_diagnose,
         cmd_failover,
+        cmd_restore,
         cmd_sandbox,
         cmd_serve,
         cmd_status,
@@ -48,6 +49,7 @@ def _register() -> None:
     cmd_serve.register(app)
     cmd_failover.register(app)
     cmd_verify.register(app)
+    cmd_restore.register(app)
 
 
 _register()
