@@ -206,12 +206,11 @@ def plan(programs: Programs, repo: Repository, target: RecoveryTarget,
 
     if target.kind == "immediate":
         return _Plan(backup, target, None, wal)
-    start = _segno(backup.start_wal, size)
+    # The backup carries its own WAL up to its stop point (pg_wal.tar); from the stop
+    # segment on, every segment must come from the archive.
+    start = _segno(backup.stop_wal, size)
     gap = wal.first_gap_after(start)
     gap_name = wal.missing_name(gap) if gap is not None else None
-    if gap is not None and gap <= _segno(backup.stop_wal, size):
-        raise RestoreFailed(f"WAL segment {gap_name}, needed to make backup {backup.id} consistent, "
-                            "is missing from the archive", hint="restore another backup with --backup")
     end = reachable_end(programs, wal, start)
     if target.kind == "latest":
         if gap_name is not None:
