@@ -19,6 +19,7 @@ import pytest
 from pgdr.pg.connect import session
 from pgdr.pg.programs import Programs
 from pgdr.repo.manifest import list_backups
+from pgdr.repo.wal import WalArchive
 from pgdr.restore.pitr import stop_restored
 from pgdr.sandbox import sandbox as sb
 from pgdr.sandbox.workload import Writer
@@ -178,7 +179,8 @@ def test_undo_drop_table(story: Story) -> None:
 
 
 def test_to_time_lands_between_the_expected_commits(story: Story) -> None:
-    with restored(story, "to-time", "--to-time", story.between) as info:
+    with restored(story, "to-time", "--to-time", story.between, "--pause") as info:
+        assert info["state"] == "paused"  # still in recovery, at the target, for a look first
         source = _app(info)
         with session(source) as conn:
             names = [r["name"] for r in conn.execute("select name from markers order by 1")]
@@ -222,3 +224,15 @@ def test_missing_segment_is_named_with_the_reachable_point(story: Story) -> None
     assert f"WAL segment {victim.name.removesuffix('.zst')} is missing" in res.stderr
     assert "reaches" in res.stderr and "Traceback" not in res.stderr
     assert not target.exists()
+
+
+def test_wal_fetch_serves_the_open_partial_segment_padded(story: Story, tmp_path: Path) -> None:
+    archive = WalArchive(story.sandbox.repo)
+    partial = archive.partial()
+    assert partial is not None
+    name = partial[0].name()
+    dest = tmp_path / name
+    assert archive.fetch(name, dest)
+    assert dest.stat().st_size == 16 * 1024 * 1024
+    older = archive.segments()[0].name()
+    assert archive.partial_path(older) is None
