@@ -35,6 +35,7 @@ def _register() -> None:
         cmd_diagnose,
         cmd_drill,
         cmd_failover,
+        cmd_restore,
         cmd_sandbox,
         cmd_serve,
         cmd_status,
@@ -50,6 +51,7 @@ def _register() -> None:
     cmd_failover.register(app)
     cmd_drill.register(app)
     cmd_verify.register(app)
+    cmd_restore.register(app)
 
 
 _register()

@@ -106,10 +106,26 @@ class WalArchive:
             raise RepositoryError(f"WAL file {name} in the archive is damaged: {exc}") from None
 
     def fetch(self, name: str, dest: Path) -> bool:
-        """restore_command's job: False (exit 1 for PostgreSQL) when the file is absent."""
+        """restore_command's job: False (exit 1 for PostgreSQL) when the file is absent.
+
+        The newest WAL is still in incoming/<name>.partial (pg_receivewal's open
+        segment): when the requested segment is not archived and its .partial is the
+        newest one, that is served, padded to a whole segment (Barman's --partial).
+        Recovery then reads up to the last streamed record and sees zeros as the end
+        of WAL, so targets seconds old are reachable.
+        """
         if not (self.repo.wal_dir / (name + ZST)).exists():
-            return False
-        data = self.read(name)
+            partial = self.partial_path(name)
+            if partial is None:
+                return False
+            try:
+                data = partial.read_bytes()
+            except FileNotFoundError:  # completed and archived meanwhile
+                return self.fetch(name, dest) if (self.repo.wal_dir / (name + ZST)).exists() else False
+            if len(data) < self.repo.wal_segment_size:
+                data += bytes(self.repo.wal_segment_size - len(data))
+        else:
+            data = self.read(name)
         tmp = dest.with_name(f".{dest.name}.pgdr-tmp")
         tmp.write_bytes(data)
         os.replace(tmp, dest)
@@ -128,6 +144,14 @@ class WalArchive:
         size = self.repo.wal_segment_size
         segs = (parse_segment_name(f.name, size) for f in self.files())
         return sorted(s for s in segs if s is not None)
+
+    def partial_path(self, name: str) -> Path | None:
+        """incoming/<name>.partial when it exists and is the newest open segment."""
+        newest = self.partial()
+        if newest is None or newest[0].name(self.repo.wal_segment_size) != name:
+            return None
+        path = self.repo.incoming_dir / f"{name}.partial"
+        return path if path.exists() else None
 
     def partial(self) -> tuple[Segment, int] | None:
         """The segment pg_receivewal is writing now and how many bytes it holds."""

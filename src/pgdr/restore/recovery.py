@@ -35,12 +35,13 @@ from pgdr.pg.programs import Programs, RunAs
 from pgdr.repo.layout import Repository
 from pgdr.restore.extract import ExtractMethod, extract_physical
 
-TargetKind = Literal["immediate", "time", "lsn", "xid", "name"]
+TargetKind = Literal["immediate", "latest", "time", "lsn", "xid", "name"]
 
 
 @dataclass(frozen=True)
 class RecoveryTarget:
-    """Where recovery stops. 'immediate' = as soon as the backup is consistent."""
+    """Where recovery stops. 'immediate' = as soon as the backup is consistent; 'latest' =
+    at the end of the available WAL."""
 
     kind: TargetKind = "immediate"
     value: str | None = None
@@ -53,6 +54,8 @@ class RecoveryTarget:
                                      "recovery_target_timeline": self.timeline}
         if self.kind == "immediate":
             out["recovery_target"] = "immediate"
+        elif self.kind == "latest":
+            pass  # replay all the WAL there is, then act
         else:
             if self.value is None:
                 raise ConfigError(f"recovery target {self.kind} needs a value")
@@ -137,15 +140,16 @@ def write_recovery(data_dir: Path, settings: dict[str, str | int], run_as: RunAs
 def restore_physical(backup_dir: Path, instance: Instance,
                      programs: Programs, *, config_path: Path, target: RecoveryTarget,
                      extra_settings: dict[str, str | int] | None = None,
-                     method: ExtractMethod | None = None) -> float:
+                     method: ExtractMethod | None = None, restore_command: str | None = None) -> float:
     """Extract a physical backup into instance.data_dir (new) and set it up to recover
     to target, fetching further WAL from the archive. Does not start the server."""
     seconds = extract_physical(backup_dir, instance.data_dir, programs,
                                **({"method": method} if method else {}))
     settings: dict[str, str | int] = dict(extra_settings or {})
-    wal_dir = Repository(load_config(config_path).repository.path).wal_dir
-    settings["restore_command"] = (zstd_fetch_command(wal_dir, programs.run_as)
-                                   or wal_fetch_command(config_path, programs.run_as))
+    if restore_command is None:
+        wal_dir = Repository(load_config(config_path).repository.path).wal_dir
+        restore_command = zstd_fetch_command(wal_dir, programs.run_as) or wal_fetch_command(config_path, programs.run_as)
+    settings["restore_command"] = restore_command
     settings.update(target.settings())
     write_recovery(instance.data_dir, settings, programs.run_as)
     return seconds

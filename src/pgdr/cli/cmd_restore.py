@@ -1,0 +1,151 @@
+"""`pgdr restore` (point in time, to a new instance), `pgdr find-disaster`, `pgdr salvage`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from pgdr.cli import output
+from pgdr.cli.context import AppContext
+from pgdr.errors import UsageError
+
+
+def restore(
+    ctx: typer.Context,
+    target_dir: Annotated[Path, typer.Option("--target-dir", help="new, empty data directory")],
+    to_time: Annotated[str | None, typer.Option("--to-time", help="ISO time (no zone = local time)")] = None,
+    to_lsn: Annotated[str | None, typer.Option("--to-lsn")] = None,
+    to_xid: Annotated[str | None, typer.Option("--to-xid", help="up to and including this transaction")] = None,
+    exclusive: Annotated[bool, typer.Option("--exclusive", help="stop just before the target")] = False,
+    before_xid: Annotated[str | None, typer.Option("--before-xid", "--undo-xid",
+                                                   help="just before this transaction committed")] = None,
+    to_name: Annotated[str | None, typer.Option("--to-name", help="a restore point")] = None,
+    latest: Annotated[bool, typer.Option("--latest", help="all the WAL the archive holds")] = False,
+    immediate: Annotated[bool, typer.Option("--immediate", help="the backup's own consistent point")] = False,
+    backup_id: Annotated[str | None, typer.Option("--backup", help="backup id (default: chosen)")] = None,
+    port: Annotated[int | None, typer.Option("--port")] = None,
+    pause: Annotated[bool, typer.Option("--pause", help="stay in recovery, paused, at the target")] = False,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Restore to a point in time into a NEW instance that keeps running (local only)."""
+    from pgdr.restore.pitr import restore_to_point
+    from pgdr.restore.recovery import RecoveryTarget
+
+    given = [(k, v) for k, v in (("time", to_time), ("lsn", to_lsn), ("xid", to_xid), ("before", before_xid),
+                                 ("name", to_name), ("latest", latest or None), ("immediate", immediate or None))
+             if v is not None]
+    if len(given) != 1:
+        raise UsageError("give exactly one target: --to-time, --to-lsn, --to-xid, --before-xid, "
+                         "--to-name, --latest or --immediate")
+    kind, value = given[0]
+    action: Literal["pause", "promote"] = "pause" if pause else "promote"
+    if kind == "before":
+        target = RecoveryTarget("xid", str(value), inclusive=False, action=action)
+    elif kind in ("latest", "immediate"):
+        target = RecoveryTarget(kind, None, action=action)  # type: ignore[arg-type]
+    else:
+        target = RecoveryTarget(kind, str(value), inclusive=not exclusive, action=action)  # type: ignore[arg-type]
+    obj: AppContext = ctx.obj
+    with output.console.status("restoring…") if (sys.stdout.isatty() and not json_out) else _quiet():
+        result = restore_to_point(obj.config, obj.programs, obj.repo, target, target_dir,
+                                  backup_id=backup_id, port=port)
+    data = result.as_dict()
+    if json_out:
+        output.print_json(data)
+        return
+    reached = result.reached
+    output.console.print(
+        f"restored backup {result.backup_id} to {target.kind} {target.value or ''} → {result.state}: "
+        f"last transaction {reached.get('xact_time')}, LSN {reached.get('lsn')}, timeline {reached.get('timeline')}")
+    if reached.get("stopped"):
+        output.console.print(f"  {reached['stopped']}")
+    output.console.print("  " + ", ".join(f"{k} {v:.1f}s" for k, v in result.phases.items())
+                         + f", total {sum(result.phases.values()):.1f}s")
+    output.console.print(f"connect: psql \"{result.conninfo}\"  (listens on 127.0.0.1:{result.port} and "
+                         f"{result.socket_dir})")
+    output.console.print(f"stop it: pg_ctl -D {result.data_dir} stop    record: {result.record_path}")
+
+
+def find_disaster(
+    ctx: typer.Context,
+    table: Annotated[str | None, typer.Option("--table", help="name or schema.name")] = None,
+    since: Annotated[str | None, typer.Option("--since", help="only transactions committed after (ISO time)")] = None,
+    kinds: Annotated[str, typer.Option("--kinds", help="comma list of drop,truncate,delete,update")]
+    = "drop,truncate,delete,update",
+    min_rows: Annotated[int, typer.Option("--min-rows", help="DELETE/UPDATE: at least this many rows")] = 100,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List the transactions in the archived WAL that dropped, truncated, or deleted/updated many rows."""
+    from pgdr.restore.pitr import parse_time
+    from pgdr.restore.walscan import KINDS, find_disasters
+
+    wanted = tuple(k.strip() for k in kinds.split(",") if k.strip())
+    bad = [k for k in wanted if k not in KINDS]
+    if bad:
+        raise UsageError(f"unknown kind {bad[0]!r}; use {','.join(KINDS)}")
+    obj: AppContext = ctx.obj
+    result = find_disasters(obj.programs, obj.repo, table=table, since=parse_time(since) if since else None,
+                            kinds=wanted, min_rows=min_rows)
+    if json_out:
+        output.print_json(result.as_dict())
+    else:
+        output.table(f"{len(result.disasters)} suspicious transactions in {result.segments} WAL segments "
+                     f"({result.seconds:.1f}s)",
+                     ["xid", "commit time", "LSN", "kind", "table", "rows"],
+                     [(d.xid, d.commit_time.isoformat(sep=" ", timespec="seconds"), d.lsn, d.kind,
+                       (f"{d.database}:" if d.database else "") + d.table,
+                       "all" if d.rows is None else d.rows) for d in result.disasters])
+        if result.disasters:
+            last = result.disasters[-1]
+            output.console.print(f"undo one: pgdr restore --before-xid {last.xid} --target-dir DIR")
+    for err in result.errors:
+        output.error_line(f"warning: {err}")
+
+
+def salvage_cmd(
+    ctx: typer.Context,
+    from_dsn: Annotated[str, typer.Option("--from", help="the restored instance (conninfo)")],
+    into_dsn: Annotated[str, typer.Option("--into", help="the live primary (conninfo)")],
+    table: Annotated[str, typer.Option("--table")],
+    where: Annotated[str | None, typer.Option("--where", help="SQL condition on the source rows")] = None,
+    as_table: Annotated[str | None, typer.Option("--as", help="new table name")] = None,
+    merge: Annotated[bool, typer.Option("--merge", help="insert rows whose primary key is missing")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="do not ask before writing into the live table")] = False,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Copy rows from a restored instance into the primary (new table by default; --merge into T)."""
+    from pgdr.pg.conninfo import mask
+    from pgdr.restore.salvage import salvage
+
+    if merge and not yes:
+        if not sys.stdin.isatty():
+            raise UsageError("--merge writes into the live table: confirm with --yes")
+        typer.confirm(f"insert missing rows into {table} on {mask(into_dsn)}?", abort=True)
+    result = salvage(from_dsn, into_dsn, table, where=where, as_table=as_table, merge=merge)
+    if json_out:
+        output.print_json(result.as_dict())
+        return
+    if merge:
+        output.console.print(f"merged {result.source_table} into {result.target_table}: "
+                             f"{result.inserted} rows inserted, {result.skipped} already present "
+                             f"({result.seconds:.1f}s)")
+    else:
+        output.console.print(f"copied {result.copied} rows of {result.source_table} into new table "
+                             f"{result.target_table} ({result.seconds:.1f}s); {result.source_table} untouched")
+
+
+class _quiet:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def register(app: typer.Typer) -> None:
+    app.command("restore")(restore)
+    app.command("find-disaster")(find_disaster)
+    app.command("salvage")(salvage_cmd)

@@ -1,0 +1,52 @@
+"""Parsing pg_waldump's lines and classifying transactions (no server needed)."""
+
+from __future__ import annotations
+
+from pgdr.pg.waldump import ChunkResult, ScanResult, parse_lines, path_to_key
+from pgdr.repo.manifest import Relation
+from pgdr.restore.walscan import _classify
+
+LINES = [
+    "rmgr: Heap        len (rec/tot):     54/    54, tx:        728, lsn: 0/050368A8, prev 0/05034870, "
+    "desc: DELETE off 2 flags 0x00 KEYS_UPDATED , blkref #0: rel 1663/16384/16423 blk 0",
+    "rmgr: Heap        len (rec/tot):     54/    54, tx:        728, lsn: 0/050368E0, prev 0/050368A8, "
+    "desc: DELETE off 3 flags 0x00 KEYS_UPDATED , blkref #0: rel 1663/16384/16423 blk 0",
+    "rmgr: Transaction len (rec/tot):     34/    34, tx:        728, lsn: 0/055F6418, prev 0/055F63E0, "
+    "desc: COMMIT 2026-11-22 04:12:14.964120 UTC",
+    "rmgr: Storage     len (rec/tot):     42/    42, tx:        729, lsn: 0/055F6F00, prev 0/055F6470, "
+    "desc: CREATE base/16384/16468",
+    "rmgr: Transaction len (rec/tot):    361/   361, tx:        729, lsn: 0/055FB308, prev 0/055FB278, "
+    "desc: COMMIT 2026-11-22 04:12:15.079279 UTC; rels: base/16384/16441; inval msgs: catcache 55",
+    "rmgr: Transaction len (rec/tot):   1245/  1245, tx:        730, lsn: 0/055FBD50, prev 0/055FBD18, "
+    "desc: COMMIT 2026-11-22 04:12:15.190106 UTC; rels: base/16384/16461; dropped stats: 2/16384/16461; "
+    "inval msgs: catcache 32",
+    "rmgr: Transaction len (rec/tot):     34/    34, tx:        731, lsn: 0/055FC000, prev 0/055FBD50, "
+    "desc: ABORT 2026-11-22 04:12:16 UTC; rels: base/16384/16500",
+]
+
+NAMES = {
+    "1663/16384/16423": Relation(database="app", schema_name="public", name="order_items", kind="r"),
+    "1663/16384/16441": Relation(database="app", schema_name="public", name="documents", kind="r"),
+    "1663/16384/16461": Relation(database="app", schema_name="public", name="audit_log", kind="r"),
+}
+
+
+def test_path_to_key_covers_every_tablespace_form() -> None:
+    assert path_to_key("base/16384/16441") == "1663/16384/16441"
+    assert path_to_key("global/1262") == "1664/0/1262"
+    assert path_to_key("pg_tblspc/16500/PG_15_202209061/16384/16501") == "16500/16384/16501"
+
+
+def test_parse_and_classify_delete_truncate_drop() -> None:
+    chunk = ChunkResult("000000010000000000000005")
+    parse_lines(LINES, chunk)
+    assert chunk.deletes == {728: {"1663/16384/16423": 2}}
+    assert chunk.commits[731].aborted
+    found = _classify(ScanResult([chunk]), NAMES, None, None, ("drop", "truncate", "delete", "update"), 2)
+    assert [(d.xid, d.kind, d.table, d.rows) for d in found] == [
+        (728, "delete", "public.order_items", 2),
+        (729, "truncate", "public.documents", None),
+        (730, "drop", "public.audit_log", None),
+    ]
+    assert _classify(ScanResult([chunk]), NAMES, "audit_log", None, ("drop",), 2)[0].xid == 730
+    assert _classify(ScanResult([chunk]), NAMES, None, None, ("delete",), 3) == []
