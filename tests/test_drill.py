@@ -36,7 +36,8 @@ def test_drill_scenarios_pass_with_consistent_numbers_and_reports(base_dir: Path
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     run = json.loads(result.stdout)
     scenarios = {s["name"]: s for s in run["scenarios"]}
-    assert set(scenarios) >= {"backup-validation", "primary-crash", "switchover", "connection-exhaustion"}
+    assert set(scenarios) == {"backup-validation", "primary-crash", "switchover", "connection-exhaustion",
+                              "accidental-delete", "corruption", "missing-wal"}
     assert all(s["passed"] for s in scenarios.values()), {n: s["reason"] for n, s in scenarios.items()}
 
     crash = scenarios["primary-crash"]
@@ -47,6 +48,12 @@ def test_drill_scenarios_pass_with_consistent_numbers_and_reports(base_dir: Path
     assert scenarios["backup-validation"]["evidence"]["checklist"] == {
         "size": True, "restorable": True, "schema present": True, "counts": True}
     assert scenarios["connection-exhaustion"]["evidence"]["terminated"] > 50
+    accident = scenarios["accidental-delete"]["evidence"]
+    assert accident["order_items"][0] == accident["order_items"][1] > 0  # every deleted row is back
+    assert accident["documents"][0] == accident["documents"][1] > 0  # and the dropped table
+    assert accident["writes_after_lost"] == 0  # nothing written after the accident was lost
+    assert scenarios["corruption"]["evidence"]["detected"] is True and scenarios["corruption"]["rpo"] == 0
+    assert scenarios["missing-wal"]["evidence"]["gap_status"] == "fail"
 
     # the history lives in the configured repository, and status/report read it
     md = run_cli("report", "latest", "--format", "md", config=config)
@@ -86,6 +93,15 @@ def test_sabotaged_recovery_fails_with_the_reason(base_dir: Path) -> None:
     (result,) = run.scenarios
     assert not run.passed and not result.passed
     assert "no reachable standby" in result.reason
+
+
+def test_emptied_archive_makes_accidental_delete_fail(base_dir: Path) -> None:
+    history = Repository(base_dir / "sabotage-archive-history")
+    run = run_drill(base_dir / "sabotage-archive", Programs(), history, DrillConfig(), ["accidental-delete"],
+                    sabotage=frozenset({"empty-archive"}))
+    (result,) = run.scenarios
+    assert not result.passed
+    assert "find-disaster did not name" in result.reason or "recovery failed" in result.reason
 
 
 def test_report_masks_passwords_that_reached_a_record(base_dir: Path) -> None:

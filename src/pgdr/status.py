@@ -232,11 +232,18 @@ def _archive_status(config: Config, repo: Repository, primary: NodeState | None,
          "to": Segment(segments[-1].timeline if segments else 1, b).name(seg_size),
          "segments": b - a + 1} for a, b in gaps]
     if gaps:
-        checks.append(Check("archive gaps", "fail",
+        # A gap after the newest backup means no recovery to now: fail. A gap only before
+        # it means PITR into that older window is impossible, but the newest backup plus
+        # the WAL after it still recovers to any later point: warn.
+        newest_start = max((parse_lsn(b.start_lsn) // seg_size for b in physical), default=None)
+        blocking = newest_start is None or any(b >= newest_start for _a, b in gaps)
+        checks.append(Check("archive gaps", "fail" if blocking else "warn",
                             f"{sum(g['segments'] for g in info['gaps'])} WAL segment(s) missing from "
-                            f"the archive, first {info['gaps'][0]['from']}",
+                            f"the archive, first {info['gaps'][0]['from']}"
+                            + ("" if blocking else "; the newest backup is past it, so PITR to later points works"),
                             evidence={"gaps": info["gaps"]},
-                            hint="PITR cannot cross a gap: take a new base backup now (`pgdr backup`)"))
+                            hint="PITR cannot cross a gap: take a new base backup now (`pgdr backup`)"
+                            if blocking else "PITR to times inside the gap's window is impossible"))
     else:
         checks.append(Check("archive gaps", "ok", f"{len(segments)} segments, no gap"))
 

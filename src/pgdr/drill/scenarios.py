@@ -234,6 +234,15 @@ SCENARIOS: dict[str, Scenario] = {
 }
 
 
+def _recovery_scenarios() -> dict[str, Scenario]:
+    from pgdr.drill import recovery_scenarios as rs
+
+    return {"accidental-delete": rs.accidental_delete, "corruption": rs.corruption, "missing-wal": rs.missing_wal}
+
+
+SCENARIOS.update(_recovery_scenarios())
+
+
 def run_scenario(env: DrillEnv, name: str) -> ScenarioResult:
     result = ScenarioResult(name)
     started = time.monotonic()
