@@ -12,26 +12,16 @@ from pgdr.repo.layout import Repository
 from pgdr.repo.records import save_record
 from tests.conftest import run_cli
 
-CONFIG = """
-[cluster]
-name = "prod"
-[repository]
-path = "{repo}"
-[[nodes]]
-name = "db1"
-role = "primary"
-conninfo = "host=/nonexistent port=1 user=postgres dbname=postgres password=hunter2-secret"
-[drill]
-dir = "{drills}"
-"""
 
-
-def test_drill_scenarios_pass_with_consistent_numbers_and_reports(base_dir: Path) -> None:
-    folder = base_dir / "drill-cli"
-    folder.mkdir()
-    folder.chmod(0o755)
-    config = folder / "pgdr.toml"
-    config.write_text(CONFIG.format(repo=folder / "repo", drills=folder / "drills"))
+def test_drill_scenarios_pass_with_consistent_numbers_and_reports(make_sandbox, base_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    # The "configured cluster" is a sandbox whose conninfo carries a password (trust auth
+    # ignores it): backup-validation proves its backup on a restored copy, and the password
+    # must never reach any output or report.
+    cluster = make_sandbox("drill-cluster", standbys=0)
+    assert run_cli("backup", config=cluster.config_path).returncode == 0
+    config = cluster.config_path
+    text = config.read_text().replace("user=postgres", "user=postgres password=hunter2-secret")
+    config.write_text(text + f'\n[drill]\ndir = "{base_dir / "drill-cli"}"\n')
     result = run_cli("drill", "--json", config=config, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     run = json.loads(result.stdout)
@@ -45,6 +35,7 @@ def test_drill_scenarios_pass_with_consistent_numbers_and_reports(base_dir: Path
     assert crash["rto_s"] > 0 and crash["rto_s"] <= crash["target"]["rto_s"]
     assert crash["evidence"]["wal_commits_after_promotion"] >= crash["rpo"]
     assert scenarios["switchover"]["rpo"] == 0
+    assert "its newest backup" in scenarios["backup-validation"]["evidence"]["on"]
     assert scenarios["backup-validation"]["evidence"]["checklist"] == {
         "size": True, "restorable": True, "schema present": True, "counts": True}
     assert scenarios["connection-exhaustion"]["evidence"]["terminated"] > 50
@@ -68,6 +59,7 @@ def test_drill_scenarios_pass_with_consistent_numbers_and_reports(base_dir: Path
 
     # status shows the last drill; /metrics exports its RTO and RPO per scenario
     status = json.loads(run_cli("status", "--json", config=config).stdout)
+    assert "hunter2-secret" not in json.dumps(status)
     drill_check = next(c for c in status["checks"] if c["name"] == "last drill")
     assert drill_check["status"] == "ok" and "all passed" in drill_check["summary"]
     from prometheus_client import CollectorRegistry, generate_latest

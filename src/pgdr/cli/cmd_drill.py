@@ -16,9 +16,13 @@ from pgdr.repo.layout import Repository
 DEFAULT_DRILL_DIR = Path(".pgdr-drills")
 
 
+def _has_config(obj: AppContext) -> bool:
+    return obj.config_path is not None or find_config_path(None).exists()
+
+
 def _history_and_config(obj: AppContext, drill_dir: Path) -> tuple[Repository, DrillConfig]:
     """The configured repository keeps the history when there is a config; else the drill folder."""
-    if obj.config_path is not None or find_config_path(None).exists():
+    if _has_config(obj):
         return obj.repo, obj.config.drill
     return Repository(drill_dir.resolve() / "history"), DrillConfig()
 
@@ -35,10 +39,13 @@ def drill(
     obj: AppContext = ctx.obj
     history, cfg = _history_and_config(obj, dir or DEFAULT_DRILL_DIR)
     base = (dir or cfg.dir or DEFAULT_DRILL_DIR).resolve()
+    cluster = (obj.config, obj.repo) if _has_config(obj) else None
     if not json_out:
-        output.console.print(f"drilling on throwaway sandboxes in {base} (no configured server is touched); "
+        where = (f"cluster {obj.config.cluster.name}: backup-validation restores its newest backup into a "
+                 "scratch copy; fault scenarios run on throwaway sandboxes" if cluster else "throwaway sandboxes")
+        output.console.print(f"drilling on {where} in {base}; no configured server is changed; "
                              f"history in {history.root}")
-    run = run_drill(base, obj.programs, history, cfg, scenario)
+    run = run_drill(base, obj.programs, history, cfg, scenario, cluster=cluster)
     if json_out:
         output.print_json({**run.as_dict(), "record_path": run.record_path})
     else:

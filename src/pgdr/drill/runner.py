@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pgdr.config import DrillConfig
+from pgdr.config import Config, DrillConfig
 from pgdr.drill.model import ScenarioResult, Target
 from pgdr.drill.scenarios import SCENARIOS, DrillEnv, DrillTargets, run_scenario
 from pgdr.errors import UsageError
@@ -44,14 +44,16 @@ def targets_from(cfg: DrillConfig) -> DrillTargets:
 
 
 def run_drill(base: Path, programs: Programs, history: Repository, cfg: DrillConfig,
-              names: list[str] | None = None, sabotage: frozenset[str] = frozenset()) -> DrillRun:
+              names: list[str] | None = None, sabotage: frozenset[str] = frozenset(),
+              cluster: tuple[Config, Repository] | None = None) -> DrillRun:
     chosen = names or list(SCENARIOS)
     unknown = [n for n in chosen if n not in SCENARIOS]
     if unknown:
         raise UsageError(f"unknown scenario {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
     base.mkdir(parents=True, exist_ok=True)
     os.chmod(base, 0o755)
-    env = DrillEnv(base, programs, targets_from(cfg), synchronous=cfg.synchronous, sabotage=sabotage)
+    env = DrillEnv(base, programs, targets_from(cfg), synchronous=cfg.synchronous, sabotage=sabotage,
+                   cluster=cluster)
     run = DrillRun(datetime.now(UTC).isoformat())
     started = time.monotonic()
     for name in chosen:
