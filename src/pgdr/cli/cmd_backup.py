@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from contextlib import nullcontext
 from typing import Annotated, Any
 
 import typer
@@ -25,7 +26,7 @@ def backup(
         from pgdr.backup.logical import take_logical_backup as take
     else:
         from pgdr.backup.physical import take_physical_backup as take
-    with output.console.status("backing up…") if (sys.stdout.isatty() and not json_out) else _quiet():
+    with output.console.status("backing up…") if (sys.stdout.isatty() and not json_out) else nullcontext():
         result = take(obj.config, obj.programs, obj.repo)
     m = result.manifest
     summary: dict[str, Any] = {"id": m.id, "kind": m.kind, "start_lsn": m.start_lsn, "stop_lsn": m.stop_lsn,
@@ -98,10 +99,3 @@ def register(app: typer.Typer) -> None:
     app.command("list")(list_cmd)
     app.command("expire")(expire)
 
-
-class _quiet:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -49,7 +50,7 @@ def restore(
     else:
         target = RecoveryTarget(kind, str(value), inclusive=not exclusive, action=action)  # type: ignore[arg-type]
     obj: AppContext = ctx.obj
-    with output.console.status("restoring…") if (sys.stdout.isatty() and not json_out) else _quiet():
+    with output.console.status("restoring…") if (sys.stdout.isatty() and not json_out) else nullcontext():
         result = restore_to_point(obj.config, obj.programs, obj.repo, target, target_dir,
                                   backup_id=backup_id, port=port)
     data = result.as_dict()
@@ -136,13 +137,6 @@ def salvage_cmd(
         output.console.print(f"copied {result.copied} rows of {result.source_table} into new table "
                              f"{result.target_table} ({result.seconds:.1f}s); {result.source_table} untouched")
 
-
-class _quiet:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def register(app: typer.Typer) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
@@ -28,7 +29,7 @@ def up_cmd(
 ) -> None:
     """Create the sandbox (or start an existing one again)."""
     obj: AppContext = ctx.obj
-    with output.console.status("starting the sandbox…") if not json_out else _null():
+    with output.console.status("starting the sandbox…") if not json_out else nullcontext():
         sandbox = sb.up(dir, obj.programs, standbys=standbys, sync=sync)
     rows = sb.status(sandbox.root, obj.programs)
     if json_out:
@@ -90,10 +91,3 @@ def write_cmd(
         output.console.print(f"wrote {data['acknowledged_commits']} acknowledged commits "
                              f"({data['commits_per_second']}/s), {stats.errors} errors")
 
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None

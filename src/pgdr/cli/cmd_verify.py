@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
@@ -28,7 +29,7 @@ def verify(
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         with output.console.status(f"verifying {backup_id}…") if (sys.stdout.isatty() and not json_out) \
-                else _quiet():
+                else nullcontext():
             result = verify_backup(obj.config, obj.programs, obj.repo, backup_id, keep=keep)
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -71,13 +72,6 @@ def wal_fetch(
 def _raise_interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
-
-class _quiet:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def register(app: typer.Typer) -> None:

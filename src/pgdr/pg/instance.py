@@ -20,6 +20,18 @@ from psycopg.conninfo import make_conninfo
 from pgdr.errors import SandboxError
 from pgdr.pg.programs import Programs
 
+# A restored or scratch copy must never act as part of the cluster it came from: no
+# archiving into its repository, no replication to or from its nodes.
+DETACHED_SETTINGS: dict[str, str | int] = {
+    "archive_mode": "off",
+    "archive_command": "",
+    "primary_conninfo": "",
+    "primary_slot_name": "",
+    "synchronous_standby_names": "",
+    "hot_standby": "on",
+    "logging_collector": "off",
+}
+
 
 def free_port() -> int:
     """A TCP port nobody listens on now (127.0.0.1); the race window is accepted."""

@@ -26,7 +26,7 @@ import zstandard
 from pgdr.config import Config
 from pgdr.errors import ConfigError, PgdrError, RepositoryError, UsageError
 from pgdr.pg.connect import session
-from pgdr.pg.instance import Instance, free_port
+from pgdr.pg.instance import DETACHED_SETTINGS, Instance, free_port
 from pgdr.pg.lsn import parse_lsn, parse_segment_name
 from pgdr.pg.programs import Programs
 from pgdr.pg.waldump import Chunk
@@ -283,13 +283,7 @@ def _server_settings(instance: Instance) -> dict[str, str | int]:
         "listen_addresses": "127.0.0.1",
         "unix_socket_directories": str(instance.socket_dir),
         "unix_socket_permissions": "0700",
-        "archive_mode": "off",
-        "archive_command": "",
-        "primary_conninfo": "",
-        "primary_slot_name": "",
-        "synchronous_standby_names": "",
-        "hot_standby": "on",
-        "logging_collector": "off",
+        **DETACHED_SETTINGS,
         "cluster_name": instance.name,
     }
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pgdr.config import Config
 from pgdr.errors import PgdrError
-from pgdr.pg.instance import Instance, free_port
+from pgdr.pg.instance import DETACHED_SETTINGS, Instance, free_port
 from pgdr.pg.programs import Programs
 from pgdr.sandbox.sandbox import SOCKET_PATH_MAX, check_traversable
 
@@ -62,15 +62,9 @@ class Scratch:
     def settings(self) -> dict[str, str | int]:
         """A scratch server: local only, no archiving, no replication, no fsync (thrown away)."""
         settings = self.instance.local_settings()
+        settings.update(DETACHED_SETTINGS)
         settings.update({
-            "archive_mode": "off",
-            "archive_command": "",
-            "primary_conninfo": "",
-            "primary_slot_name": "",
-            "synchronous_standby_names": "",
-            "hot_standby": "on",
             "ssl": "off",
-            "logging_collector": "off",
             "fsync": "off",
             "synchronous_commit": "off",
             "full_page_writes": "on",
