@@ -24,21 +24,13 @@ from pgdr.pg.connect import connect, query_one
 from pgdr.pg.conninfo import split_password, with_params
 from pgdr.pg.probe import find_primary
 from pgdr.pg.programs import Programs
+from pgdr.pg.sql import load
 from pgdr.repo.layout import Repository
 from pgdr.repo.manifest import (
     BackupManifest,
     FileEntry,
     LogicalDatabase,
 )
-
-TABLES_SQL = """
-select n.nspname as schema_name, c.relname as name
-from pg_class c join pg_namespace n on n.oid = c.relnamespace
-where c.relkind in ('r', 'm')
-  and n.nspname not in ('pg_catalog', 'information_schema')
-  and n.nspname not like 'pg_toast%' and n.nspname not like 'pg_temp%'
-order by 1, 2
-"""
 
 
 def take_logical_backup(config: Config, programs: Programs, repo: Repository) -> BackupResult:
@@ -107,7 +99,7 @@ def _dump_database(config: Config, programs: Programs, conninfo: str, dbname: st
         worker = threading.Thread(target=dump, name=f"pg_dump {dbname}")
         worker.start()
         counts: dict[str, int] = {}
-        for table in holder.execute(TABLES_SQL).fetchall():
+        for table in holder.execute(load("user_tables")).fetchall():
             ident = sql.Identifier(table["schema_name"], table["name"])
             got = holder.execute(sql.SQL("select count(*) as n from only {}").format(ident)).fetchone()
             assert got is not None

@@ -9,15 +9,12 @@ standby that has not replayed what it received will replay it before promotion
 from __future__ import annotations
 
 import re
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from pgdr.config import Config, NodeConfig
-from pgdr.errors import PgdrError
-from pgdr.pg.connect import session
 from pgdr.pg.lsn import format_lsn, parse_lsn
-from pgdr.pg.sql import load
+from pgdr.pg.probe import probe_all
 
 
 @dataclass
@@ -59,17 +56,7 @@ class NodeFacts:
 
 
 def gather(config: Config, timeout: float = 3) -> list[NodeFacts]:
-    def one(node: NodeConfig) -> NodeFacts:
-        try:
-            with session(node.conninfo, timeout=timeout) as conn:
-                row = conn.execute(load("node_state")).fetchone()
-                assert row is not None
-                return NodeFacts(node, True, facts=dict(row))
-        except PgdrError as exc:
-            return NodeFacts(node, False, error=exc.message)
-
-    with ThreadPoolExecutor(max_workers=max(1, len(config.nodes))) as pool:
-        nodes = list(pool.map(one, config.nodes))
+    nodes = [NodeFacts(st.node, st.reachable, st.error, dict(st.facts or {})) for st in probe_all(config, timeout)]
     reference = max((n.position for n in nodes), default=-1)
     for n in nodes:
         if n.role != "standby":

@@ -198,7 +198,7 @@ def scan(instance: Instance, dbnames: list[str], jobs: int = 2) -> ScanResults:
     for dbname in dbnames:
         results.counts[dbname] = {}
         with session(instance.conninfo(dbname)) as conn:
-            tables = conn.execute(load("verify_tables")).fetchall()
+            tables = conn.execute(load("user_tables")).fetchall()
             fks = conn.execute(load("verify_foreign_keys")).fetchall()
             uniques = conn.execute(load("verify_unique")).fetchall()
         for t in tables:

@@ -1,4 +1,4 @@
--- Tables whose rows verification counts: the same set logical backups count at dump time.
+-- User tables whose rows are counted: by logical backups at dump time and by verify after a restore.
 select n.nspname as schema_name, c.relname as name
 from pg_class c join pg_namespace n on n.oid = c.relnamespace
 where c.relkind in ('r', 'm')
