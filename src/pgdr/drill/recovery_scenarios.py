@@ -62,11 +62,15 @@ def accidental_delete(env: DrillEnv, result: ScenarioResult) -> None:
             conn.execute("delete from order_items")
             conn.execute("drop table documents")
         time.sleep(0.5)  # the application keeps writing after the accident
-        if "empty-archive" in env.sabotage:  # the archive, including the open segment, is lost
+        if "empty-archive" in env.sabotage:
+            # The archive, including the open segment, is lost and stays lost. The archiver
+            # is not restarted: pg_receivewal would resume from its slot's restart_lsn, at
+            # the start of the open segment, and refill the archive with exactly the WAL
+            # that holds the accident (the primary keeps it for the slot) -- which is the
+            # archive healing itself, not a lost archive.
             archiver.stop_background(repo)
             for f in [*repo.wal_dir.glob("*.zst"), *repo.incoming_dir.iterdir()]:
                 f.unlink()
-            archiver.start_background(sandbox.config_path, repo)
         started = time.monotonic()
         with timeline.step("pgdr find-disaster") as step:
             scan = find_disasters(env.programs, repo, since=since, kinds=("drop", "delete"), min_rows=100)
