@@ -48,11 +48,16 @@ class NodeConfig(_Strict):
     # The server log, for corruption signatures; when unset diagnose asks the server
     # (pg_current_logfile) and then looks in data_dir/log.
     log_file: Path | None = None
+    # What this node's primary_conninfo should say when it follows a new primary. Unset:
+    # keep what it already has (user, passfile, sslmode, application_name) and change
+    # only host and port — pgdr's own (superuser) conninfo is never written there.
+    replication_conninfo: str | None = None
 
-    @field_validator("conninfo")
+    @field_validator("conninfo", "replication_conninfo")
     @classmethod
-    def _valid_conninfo(cls, value: str) -> str:
-        parse_conninfo(value)
+    def _valid_conninfo(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_conninfo(value)
         return value
 
 
@@ -217,8 +222,11 @@ class FailoverConfig(_Strict):
     # The primary's synchronous_standby_names, for when it is dead and cannot be asked:
     # failover then promotes only a synchronous standby.
     synchronous_standby_names: str | None = None
+    # After a synchronous failover, how long to wait for standbys to stream from the new
+    # primary before it names them synchronous; none by then → asynchronous, recorded.
+    sync_wait: Duration = 5.0
 
-    @field_validator("max_lag_seconds", "replay_timeout", mode="before")
+    @field_validator("max_lag_seconds", "replay_timeout", "sync_wait", mode="before")
     @classmethod
     def _dur(cls, value: object) -> float:
         return parse_duration(value)  # type: ignore[arg-type]
