@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import stat
 import time
+from pathlib import Path
 
+import pytest
+
+from pgdr.config import NodeConfig
+from pgdr.failover.quorum import SyncSpec, parse_sync, quorum
+from pgdr.failover.slots import slot_name
+from pgdr.failover.standby_setup import read_auto_conf, replication_conninfo, rewrite_auto_conf
 from pgdr.pg.connect import session
+from pgdr.pg.conninfo import parse
 from pgdr.repo.records import list_records
 from pgdr.sandbox import sandbox as sb
 from pgdr.sandbox.workload import Writer
 from tests.conftest import run_cli
-from tests.fo_helpers import Pgbouncer
+from tests.fo_helpers import CommitLog, Pgbouncer, multi_host, writable_nodes
 
 
 def _missing(conninfo: str, ids: list[int]) -> set[int]:
@@ -156,3 +167,158 @@ def test_synchronous_failover_loses_no_acknowledged_commit(make_sandbox, program
     assert record["synchronous"] is True
     assert _missing(sandbox.conninfo(_node(sandbox, "standby1")), stats.acknowledged) == set()
     assert record["rpo"]["commits"] <= 1  # only a commit the client never saw acknowledged
+
+
+# ---- units: no server needed ---------------------------------------------------------
+
+def test_synchronous_standby_names_parse_like_postgresql() -> None:
+    assert parse_sync("ANY 1 (s1, s2)") == SyncSpec("any", 1, ("s1", "s2"))
+    assert parse_sync("first 2 (a, \"db-1\", c)") == SyncSpec("first", 2, ("a", "db-1", "c"))
+    assert parse_sync("2 (a, b)") == SyncSpec("first", 2, ("a", "b"))
+    assert parse_sync("a, b") == SyncSpec("first", 1, ("a", "b"))
+    assert not parse_sync("").synchronous and not parse_sync(None).synchronous
+    assert parse_sync("ANY 1 (s1, \"db-1\")").render() == 'ANY 1 (s1, "db-1")'
+    # ANY 1 of 2: both must be reached; ANY 2 of 3: two; FIRST 1 of 3: three (any of them may have been first)
+    assert quorum(parse_sync("ANY 1 (s1, s2)"), ["s1", "s2"], ["s2"]).proven is False
+    assert quorum(parse_sync("ANY 1 (s1, s2)"), ["s1", "s2"], ["s1", "s2"]).proven is True
+    assert quorum(parse_sync("ANY 2 (a, b, c)"), ["a", "b", "c"], ["a", "c"]).proven is True
+    assert quorum(parse_sync("FIRST 1 (a, b, c)"), ["a", "b", "c"], ["a", "b"]).need == 3
+    assert quorum(parse_sync("*"), ["a", "b"], ["a"]).need == 2
+
+
+def test_slot_names_are_valid_and_unique() -> None:
+    names = ["standby1", "db-1", "db_1", "DB-1", "node.with.dots", "x" * 80]
+    slots = [slot_name(n) for n in names]
+    assert slot_name("standby1") == "standby1"
+    assert all(re.fullmatch(r"[a-z0-9_]{1,63}", s) for s in slots), slots
+    assert len(set(slots)) == len(slots)
+
+
+def test_primary_conninfo_keeps_the_standbys_credentials(tmp_path: Path) -> None:
+    node = NodeConfig(name="db-1", conninfo="host=/run/pg port=5433 user=postgres password=pgdrsecret dbname=postgres")
+    primary = NodeConfig(name="db-2", conninfo="host=10.0.0.2 port=5434 user=postgres password=pgdrsecret")
+    kept = parse(replication_conninfo(node, primary, "host=10.0.0.1 port=5432 user=replicator "
+                                      "passfile=/etc/pgpass sslmode=verify-full application_name=db1"))
+    assert kept == {"host": "10.0.0.2", "port": "5434", "user": "replicator", "passfile": "/etc/pgpass",
+                    "sslmode": "verify-full", "application_name": "db1"}
+    fresh = parse(replication_conninfo(node, primary, ""))
+    assert "password" not in fresh and fresh["application_name"] == "db-1" and "dbname" not in fresh
+    # the one line is replaced (duplicates dropped), owner and mode kept
+    auto = tmp_path / "postgresql.auto.conf"
+    auto.write_text("# Do not edit\nprimary_conninfo = 'host=a'\nwork_mem = '8MB'\nprimary_conninfo = 'host=b'\n")
+    os.chmod(auto, 0o600)
+    rewrite_auto_conf(tmp_path, {"primary_conninfo": "host=c user=o'neil", "primary_slot_name": "db_1"})
+    text = auto.read_text()
+    assert text.count("primary_conninfo") == 1 and "host=c user=o''neil" in text and "work_mem = '8MB'" in text
+    assert read_auto_conf(tmp_path)["primary_conninfo"] == "host=c user=o'neil"
+    assert stat.S_IMODE(auto.stat().st_mode) == 0o600
+
+
+# ---- repeated failovers under a Jepsen-style checker --------------------------------------
+
+def _current_sync(sandbox: sb.Sandbox, primary: str) -> str:
+    with session(sandbox.conninfo(_node(sandbox, primary), "postgres")) as conn:
+        row = conn.execute("show synchronous_standby_names").fetchone()
+    assert row is not None
+    return str(row["synchronous_standby_names"])
+
+
+@pytest.mark.parametrize("sync", [True, False], ids=["sync-any1-of-2", "async"])
+def test_kill9_failover_rejoin_switchover_cycles_lose_no_acknowledged_commit(  # type: ignore[no-untyped-def]
+        make_sandbox, programs, sync: bool) -> None:
+    sandbox = make_sandbox("cycles", standbys=2, sync=sync)
+    bouncer = Pgbouncer(sandbox, programs)  # pgbouncer's default server_login_retry (15 s)
+    ini_mode = stat.S_IMODE(bouncer.ini.stat().st_mode)
+    ini_owner = (bouncer.ini.stat().st_uid, bouncer.ini.stat().st_gid)
+    with open(sandbox.config_path, "a") as conf:
+        conf.write(bouncer.repoint_toml())
+    CommitLog.create_table(sandbox.conninfo(sandbox.primary))
+    writers = [CommitLog(bouncer.conninfo("app"), 1).start(), CommitLog(multi_host(sandbox), 2).start()]
+    lost: set[tuple[int, int]] = set()
+
+    def missing_on(primary: str) -> set[tuple[int, int]]:
+        for w in writers:
+            w.wait_progress()
+        assert writable_nodes(sandbox) == [primary]  # exactly one writable primary
+        conninfo = sandbox.conninfo(_node(sandbox, primary))
+        return {(w.writer, n) for w in writers for n in w.missing(conninfo)}
+
+    try:
+        primary = "primary"
+        for cycle in range(3):
+            for w in writers:
+                w.wait_progress()
+            sandbox.instance(_node(sandbox, primary), programs).kill9()
+            result = run_cli("failover", "--yes", "--json", config=sandbox.config_path)
+            assert result.returncode == 0, (cycle, result.stderr)
+            record = json.loads(result.stdout)
+            old, primary = primary, record["new_primary"]
+            assert record["synchronous"] is sync and record["rpo"]["known"] is True
+            missing = missing_on(primary)
+            if sync:
+                assert missing == set(), (cycle, sorted(missing)[:10])
+                assert record["synchronous_after"]["degraded"] is False
+                assert _current_sync(sandbox, primary) != ""  # the follower streams and is synchronous
+            else:  # what pgdr reports lost is what the clients lost (+ the attempts in flight at the kill)
+                new_lost = missing - lost
+                assert len(new_lost) <= record["rpo"]["commits"] <= len(new_lost) + len(writers) + 1, \
+                    (cycle, len(new_lost), record["rpo"])
+                lost |= missing
+            assert record["old_timeline"] == cycle * 2 + 1  # read from the old primary's own WAL
+
+            rejoined = run_cli("rejoin", old, "--yes", "--json", config=sandbox.config_path)
+            assert rejoined.returncode == 0, (cycle, rejoined.stderr)
+            if sync:
+                assert old in _current_sync(sandbox, primary)  # back in the synchronous set once streaming
+            assert missing_on(primary) - lost == set()
+
+            switched = run_cli("switchover", "--yes", "--json", config=sandbox.config_path)
+            assert switched.returncode == 0, (cycle, switched.stderr)
+            primary = json.loads(switched.stdout)["new_primary"]
+            assert missing_on(primary) - lost == set(), cycle
+        for w in writers:
+            w.stop()
+        # no write waited long: pgbouncer did not sit out server_login_retry, sync rep never hung
+        assert max(w.longest_block for w in writers) < 8, [w.longest_block for w in writers]
+        st = bouncer.ini.stat()
+        assert (stat.S_IMODE(st.st_mode), (st.st_uid, st.st_gid)) == (ini_mode, ini_owner)
+        topo = json.loads((sandbox.repo.root / "topology.json").read_text())
+        assert topo["primary"] == primary and topo["timeline"] == 7
+    finally:
+        for w in writers:
+            w.stop()
+        bouncer.stop()
+
+
+def test_cut_off_standby_is_never_promoted_without_quorum(make_sandbox, programs) -> None:  # type: ignore[no-untyped-def]
+    sandbox = make_sandbox("cutoff", standbys=2, sync=True)
+    CommitLog.create_table(sandbox.conninfo(sandbox.primary))
+    writer = CommitLog(multi_host(sandbox), 1).start()
+    try:
+        writer.wait_progress()
+        # standby2 is cut off from the primary; ANY 1 (standby1, standby2) goes on with standby1 alone
+        with session(sandbox.conninfo(_node(sandbox, "standby2"), "postgres")) as conn:
+            conn.execute("alter system set primary_conninfo = ''")
+            conn.execute("select pg_reload_conf()")
+        writer.wait_progress(200)
+        sandbox.instance(sandbox.primary, programs).kill9()
+        sandbox.instance(_node(sandbox, "standby1"), programs).kill9()  # the one that has everything is down
+    finally:
+        writer.stop()
+    refused = run_cli("failover", "--yes", config=sandbox.config_path)
+    assert refused.returncode == 1 and "could lose acknowledged commits" in refused.stderr, refused.stderr
+    at_risk = int(re.search(r"\((\d+) commits / \d+ bytes in primary's WAL", refused.stderr).group(1))  # type: ignore[union-attr]
+    assert at_risk >= 200 - 5
+    chosen = run_cli("failover", "--yes", "--to", "standby2", config=sandbox.config_path)
+    assert chosen.returncode == 1
+    forced = run_cli("failover", "--dry-run", "--force", "--json", config=sandbox.config_path)
+    assert forced.returncode == 0 and json.loads(forced.stdout)["forced"] is True
+    with session(sandbox.conninfo(_node(sandbox, "standby2"))) as conn:
+        assert conn.execute("select pg_is_in_recovery() as r").fetchone() == {"r": True}
+
+    sandbox.instance(_node(sandbox, "standby1"), programs).start()
+    result = run_cli("failover", "--yes", "--json", config=sandbox.config_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["new_primary"] == "standby1", json.loads(result.stdout)["preflight"]
+    assert writer.missing(sandbox.conninfo(_node(sandbox, "standby1"))) == set()
+    assert writable_nodes(sandbox) == ["standby1"]
