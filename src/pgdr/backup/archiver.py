@@ -22,7 +22,6 @@ import logging
 import os
 import re
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -38,6 +37,7 @@ from pgdr.fsutil import exclusive_lock, lock_is_held, write_json_durable
 from pgdr.pg.connect import session
 from pgdr.pg.conninfo import split_password, with_params
 from pgdr.pg.probe import find_primary
+from pgdr.pg.process import Child, start_detached
 from pgdr.pg.programs import Programs
 from pgdr.repo.layout import Repository
 from pgdr.repo.wal import WalArchive
@@ -94,7 +94,7 @@ class Archiver:
         self.archive = WalArchive(repo, config.archive.compression_level)
         self.state = read_state(repo)
         self.stop_event = threading.Event()
-        self.child: subprocess.Popen[bytes] | None = None
+        self.child: Child | None = None
 
     # ---- state -------------------------------------------------------------------
     def _save(self) -> None:
@@ -204,13 +204,8 @@ class Archiver:
                 self._save()
 
     def _stop_receiver(self) -> None:
-        if self.child and self.child.poll() is None:
-            self.child.terminate()
-            try:
-                self.child.wait(10)
-            except subprocess.TimeoutExpired:
-                self.child.kill()
-                self.child.wait()
+        if self.child is not None:
+            self.child.stop(grace=10)
         self.child = None
 
     def stop(self) -> None:
@@ -223,14 +218,8 @@ def start_background(config_path: Path, repo: Repository, timeout: float = 15) -
     if is_running(repo):
         return read_state(repo).pid or 0
     repo.ensure()
-    logfile = open(repo.archiver_dir / "archiver.log", "ab")  # noqa: SIM115
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pgdr", "--config", str(config_path), "archiver", "run"],
-            stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, cwd="/")
-    finally:
-        logfile.close()
+    proc = start_detached([sys.executable, "-m", "pgdr", "--config", str(config_path), "archiver", "run"],
+                          log_path=repo.archiver_dir / "archiver.log")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         state = read_state(repo)

@@ -358,7 +358,7 @@ def restore_to_point(config: Config, programs: Programs, repo: Repository, targe
         record["reachable_end"] = chosen.end.as_dict() if chosen.end else None
         socket_dir = _socket_dir_for(target_dir)
         instance = Instance("restore", target_dir, port or free_port(), socket_dir, programs,
-                            log_file=target_dir / "pgdr-restore.log")
+                            log_file=target_dir / "pgdr-restore.log", supervised=True)
         with timeline.step("extract"):
             created = True
             restore_physical(backup_dir(repo, chosen.backup.id), instance, programs,
@@ -387,6 +387,7 @@ def restore_to_point(config: Config, programs: Programs, repo: Repository, targe
         record["steps"] = timeline.as_list()
         record["passed"] = True
         result.record_path = save_record(repo, "restore", record)
+        instance.release()  # recovered: the server is the user's now
         return result
     except BaseException as exc:
         if instance is not None and created:

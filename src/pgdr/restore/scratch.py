@@ -56,7 +56,7 @@ class Scratch:
         socket_dir.mkdir(mode=0o700)
         programs.run_as.chown(socket_dir)
         instance = Instance(label, folder / "data", free_port(), socket_dir, programs,
-                            log_file=folder / "server.log")
+                            log_file=folder / "server.log", supervised=True)
         return cls(folder, instance, programs)
 
     def settings(self) -> dict[str, str | int]:
@@ -84,6 +84,7 @@ class Scratch:
                 break
         if self.instance.is_running():
             self.instance.kill9()
+        self.instance.release()
         shutil.rmtree(self.folder, ignore_errors=True)
         if not str(self.instance.socket_dir).startswith(str(self.folder)):
             shutil.rmtree(self.instance.socket_dir, ignore_errors=True)

@@ -33,6 +33,7 @@ from pgdr.errors import ConfigError, PgdrError
 from pgdr.fsutil import exclusive_lock, write_json_durable
 from pgdr.pg.connect import session
 from pgdr.pg.lsn import parse_lsn
+from pgdr.pg.process import dir_progress
 from pgdr.pg.programs import Programs
 from pgdr.repo.layout import Repository
 from pgdr.repo.manifest import BackupManifest, backup_dir, find_backup, list_backups
@@ -144,6 +145,7 @@ def verify_backup(config: Config, programs: Programs, repo: Repository, backup_i
                 _verify_logical(run, config, programs, manifest, folder, scratch, jobs)
             if keep and run.result.checks:
                 scratch.instance.start()
+                scratch.instance.release()  # the user asked to keep it running
                 result.kept = {"folder": str(scratch.folder), "data_dir": str(scratch.instance.data_dir),
                                "port": scratch.instance.port,
                                "socket_dir": str(scratch.instance.socket_dir),
@@ -300,7 +302,8 @@ def _verify_logical(run: _Run, config: Config, programs: Programs, manifest: Bac
                 "-j", str(config.backup.logical_jobs), "--no-owner", "--no-privileges",
                 "--exit-on-error", str(folder / dump.directory)], timeout=24 * 3600,
                 # pg_dump ran as pgdr's user, so its 0700 folder is readable by that user only
-                as_server_user=False)
+                as_server_user=False, stall_timeout=config.pg.stall_timeout,
+                progress=dir_progress(inst.data_dir), stalled_what=f"restoring {dbname} into {inst.data_dir}")
             per_db[dbname] = round(time.monotonic() - t1, 3)
         seconds = time.monotonic() - t0
         run.result.restore_s = seconds
