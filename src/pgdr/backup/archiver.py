@@ -34,11 +34,11 @@ from typing import Any
 from pgdr.config import Config
 from pgdr.errors import PgdrError
 from pgdr.fsutil import exclusive_lock, lock_is_held, write_json_durable
-from pgdr.pg.connect import session
 from pgdr.pg.conninfo import split_password, with_params
 from pgdr.pg.probe import find_primary
 from pgdr.pg.process import Child, start_detached
 from pgdr.pg.programs import Programs
+from pgdr.pg.slots import ensure_physical_slot
 from pgdr.repo.layout import Repository
 from pgdr.repo.wal import WalArchive
 
@@ -75,15 +75,6 @@ def read_state(repo: Repository) -> ArchiverState:
 
 def is_running(repo: Repository) -> bool:
     return lock_is_held(repo.lock_path("archiver"))
-
-
-def ensure_slot(conninfo: str, slot: str) -> None:
-    """A physical slot that reserves WAL from now on, so nothing is recycled unarchived."""
-    with session(conninfo) as conn:
-        conn.execute(
-            "select pg_create_physical_replication_slot(%s, true) "
-            "where not exists (select 1 from pg_replication_slots where slot_name = %s)",
-            (slot, slot))
 
 
 class Archiver:
@@ -146,7 +137,7 @@ class Archiver:
 
         seg = query_one(conninfo, "select pg_size_bytes(current_setting('wal_segment_size')) as s")["s"]
         self.repo.claim(str(facts["system_identifier"]), int(facts["server_version_num"]), int(seg))
-        ensure_slot(conninfo, self.config.archive.slot)
+        ensure_physical_slot(conninfo, self.config.archive.slot)
         plain, password = split_password(conninfo)
         self.child = self.programs.spawn(
             "pg_receivewal",

@@ -79,7 +79,7 @@ def take_logical_backup(config: Config, programs: Programs, repo: Repository) ->
 def _dump_database(config: Config, programs: Programs, conninfo: str, dbname: str,
                    partial: Path) -> LogicalDatabase:
     target = partial / f"db-{dbname}"
-    holder = connect(conninfo, autocommit=False)
+    holder = connect(conninfo, autocommit=False, statement_timeout=0)  # counts every table
     try:
         holder.execute("set transaction isolation level repeatable read, read only")
         row = holder.execute(
