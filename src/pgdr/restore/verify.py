@@ -16,6 +16,7 @@ stopped and its folder removed afterwards, also on failure and on Ctrl-C.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -41,7 +42,9 @@ from pgdr.repo.records import VERIFY_RECORD, read_verification
 from pgdr.restore import dbchecks
 from pgdr.restore.extract import ExtractMethod, check_files
 from pgdr.restore.recovery import RecoveryTarget, restore_physical, wait_until_promoted
-from pgdr.restore.scratch import Scratch, scratch_root
+from pgdr.restore.scratch import Scratch, reap_stale, scratch_root
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -137,6 +140,8 @@ def verify_backup(config: Config, programs: Programs, repo: Repository, backup_i
     with exclusive_lock(repo.lock_path(f"verify-{manifest.id}"), f"verify of {manifest.id}"):
         if not run.step("files", lambda: _files_check(run, folder, manifest)):
             return _finish(run, repo, folder, t_start)
+        for stale in reap_stale(scratch_root(config)):
+            log.warning("removed %s, left by a verify that was killed", stale)
         scratch = Scratch.create(scratch_root(config), f"verify-{manifest.id}", programs)
         try:
             if manifest.kind == "physical":
@@ -145,7 +150,7 @@ def verify_backup(config: Config, programs: Programs, repo: Repository, backup_i
                 _verify_logical(run, config, programs, manifest, folder, scratch, jobs)
             if keep and run.result.checks:
                 scratch.instance.start()
-                scratch.instance.release()  # the user asked to keep it running
+                scratch.keep()  # the user asked to keep it running
                 result.kept = {"folder": str(scratch.folder), "data_dir": str(scratch.instance.data_dir),
                                "port": scratch.instance.port,
                                "socket_dir": str(scratch.instance.socket_dir),
