@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import re
 
+from pgdr.pg.slots import ensure_physical_slot
+
 MAX_SLOT = 63
 
 
@@ -23,10 +25,7 @@ def slot_name(node_name: str) -> str:
     return f"{base[:MAX_SLOT - 9]}_{digest}"
 
 
+
 def ensure_slot(primary_conninfo: str, slot: str) -> None:
     """A physical slot on the primary, so it keeps the WAL a (re)joining standby needs."""
-    from pgdr.pg.connect import session
-
-    with session(primary_conninfo) as conn:
-        conn.execute("select pg_create_physical_replication_slot(%s, true) where not exists "
-                     "(select 1 from pg_replication_slots where slot_name = %s)", (slot, slot))
+    ensure_physical_slot(primary_conninfo, slot)
