@@ -302,7 +302,8 @@ def test_cut_off_standby_is_never_promoted_without_quorum(make_sandbox, programs
             conn.execute("select pg_reload_conf()")
         writer.wait_progress(200)
         sandbox.instance(sandbox.primary, programs).kill9()
-        sandbox.instance(_node(sandbox, "standby1"), programs).kill9()  # the one that has everything is down
+        # the one that has everything is down too (stopped, so that it can be started again at once)
+        sandbox.instance(_node(sandbox, "standby1"), programs).stop(mode="immediate")
     finally:
         writer.stop()
     refused = run_cli("failover", "--yes", config=sandbox.config_path)

@@ -34,11 +34,15 @@ class NodeFacts:
 
     @property
     def position(self) -> int:
-        """The furthest WAL this node holds: current LSN for a primary, received for a standby."""
+        """The furthest WAL this node holds: current LSN for a primary, received or replayed for a standby."""
         if not self.reachable:
             return -1
-        lsn = self.facts.get("current_lsn") or self.facts.get("receive_lsn") or self.facts.get("replay_lsn")
-        return parse_lsn(lsn) if lsn else -1
+        if self.facts.get("current_lsn"):
+            return parse_lsn(self.facts["current_lsn"])
+        # After a restart the receive position is reset to the start of the segment the WAL
+        # receiver asks for, behind what was already replayed from pg_wal: take the further.
+        held = [parse_lsn(lsn) for lsn in (self.facts.get("receive_lsn"), self.facts.get("replay_lsn")) if lsn]
+        return max(held, default=-1)
 
     @property
     def replayed(self) -> int:
