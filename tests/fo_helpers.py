@@ -95,7 +95,10 @@ class Etcd:
                 time.sleep(0.1)
 
     def stop(self) -> None:
-        self.proc.stop()
+        """Idempotent: tests stop etcd mid-test (a lease store that is down) and again at the end."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
 
 
 class UnixProxy:
