@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import stat
+import threading
 import time
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from pgdr.failover.slots import slot_name
 from pgdr.failover.standby_setup import read_auto_conf, replication_conninfo, rewrite_auto_conf
 from pgdr.pg.connect import session
 from pgdr.pg.conninfo import parse
+from pgdr.pg.lsn import format_lsn, parse_lsn
 from pgdr.repo.records import list_records
 from pgdr.sandbox import sandbox as sb
 from pgdr.sandbox.workload import Writer
@@ -323,3 +326,87 @@ def test_cut_off_standby_is_never_promoted_without_quorum(make_sandbox, programs
     assert json.loads(result.stdout)["new_primary"] == "standby1", json.loads(result.stdout)["preflight"]
     assert writer.missing(sandbox.conninfo(_node(sandbox, "standby1"))) == set()
     assert writable_nodes(sandbox) == ["standby1"]
+
+
+def test_failover_ends_replay_at_the_last_complete_record_of_a_torn_tail(make_sandbox, programs) -> None:  # type: ignore[no-untyped-def]
+    sandbox = make_sandbox("torn", standbys=1)
+    with open(sandbox.config_path, "a") as conf:  # a torn tail must not cost the whole replay timeout
+        conf.write('\n[failover]\nreplay_timeout = "20s"\nmax_lag_bytes = 1073741824\n')
+    standby = sandbox.conninfo(_node(sandbox, "standby1"), "postgres")
+
+    def received() -> tuple[int, int]:
+        with session(standby) as conn:
+            row = conn.execute("select pg_last_wal_receive_lsn()::text as r, pg_last_wal_replay_lsn()::text as p"
+                               ).fetchone()
+        assert row is not None
+        return parse_lsn(row["r"]), parse_lsn(row["p"])
+
+    def one_huge_record() -> None:  # a single 150 MB WAL record, streamed while it is being written
+        try:
+            with session(sandbox.conninfo(sandbox.primary, "postgres"), statement_timeout=300) as conn:
+                conn.execute("select pg_logical_emit_message(false, 'pgdr', repeat('x', 150 * 1024 * 1024))")
+        except Exception:
+            pass  # the primary is killed under it
+
+    start = received()[0]
+    threading.Thread(target=one_huge_record, daemon=True).start()
+    deadline = time.monotonic() + 60
+    while received()[0] - start < 20 * 1024 * 1024:  # the standby holds the first 20 MB of it
+        assert time.monotonic() < deadline, "the standby received nothing"
+        time.sleep(0.01)
+    sandbox.instance(sandbox.primary, programs).kill9()  # mid-record
+    rcv, replayed = received()
+    assert rcv - replayed > 16 * 1024 * 1024  # replay cannot reach what was received: a torn tail
+
+    result = run_cli("failover", "--yes", "--json", config=sandbox.config_path)
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    step = next(s for s in record["timeline"] if s["name"] == "replay to the last complete record")
+    assert "torn tail" in step["detail"] and step["seconds"] < 20, step
+    assert record["promoted_at_lsn"] == format_lsn(replayed)
+    assert writable_nodes(sandbox) == ["standby1"]
+
+
+def test_fence_kills_a_hung_primary_and_db_1_rejoins(make_sandbox, programs) -> None:  # type: ignore[no-untyped-def]
+    """A SIGSTOPped postmaster ignores pg_ctl stop (exit 1) while its backends keep serving:
+    pgdr must prove it gone before promoting. The node is called db-1 (not a valid slot name)."""
+    sandbox = make_sandbox("hung", standbys=1)
+    text = sandbox.config_path.read_text().replace('name = "primary"', 'name = "db-1"', 1)
+    sandbox.config_path.write_text(text)
+    CommitLog.create_table(sandbox.conninfo(sandbox.primary))
+    writer = CommitLog(sandbox.conninfo(sandbox.primary), 1).start()  # a session on the old primary itself
+    old = sandbox.instance(sandbox.primary, programs)
+    pid = old.pid()
+    assert pid is not None
+    try:
+        writer.wait_progress()
+        os.kill(pid, signal.SIGSTOP)  # the postmaster hangs; its backend keeps committing for the writer
+        writer.wait_progress()
+        result = run_cli("failover", "--yes", "--json", config=sandbox.config_path)
+        assert result.returncode == 0, result.stderr
+        record = json.loads(result.stdout)
+        fence_step = next(s for s in record["timeline"] if s["name"] == "fence old primary")
+        assert "SIGKILLed" in fence_step["detail"], fence_step
+        assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+        # nothing of the old primary still acknowledges writes: every acknowledged commit is on the new one
+        # (asynchronous: up to what the record says was lost)
+        writer.stop()
+        missing = writer.missing(sandbox.conninfo(_node(sandbox, "standby1")))
+        assert len(missing) <= record["rpo"]["commits"]
+        assert writable_nodes(sandbox) == ["standby1"]
+    finally:
+        writer.stop()
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    rejoined = run_cli("rejoin", "db-1", "--yes", "--json", config=sandbox.config_path)
+    assert rejoined.returncode == 0, rejoined.stderr
+    with session(sandbox.conninfo(_node(sandbox, "standby1"), "postgres")) as conn:
+        slots = conn.execute("select slot_name, active from pg_replication_slots where slot_name like 'db_1%'"
+                             ).fetchall()
+    assert len(slots) == 1 and slots[0]["active"] is True
+    auto = read_auto_conf(sandbox.primary.data_dir)
+    assert auto["primary_slot_name"] == slots[0]["slot_name"]
+    assert "password" not in auto["primary_conninfo"] and "dbname" not in auto["primary_conninfo"]
+    assert (sandbox.primary.data_dir / "postgresql.auto.conf").read_text().count("primary_conninfo") == 1

@@ -115,7 +115,7 @@ def _failover(config: Config, programs: Programs, repo: Repository, to: str | No
             at_risk = rpo.lost_after(programs, old.data_dir, format_lsn(choice.candidate.position),
                                      int(old_timeline))
             record["at_risk"] = at_risk.as_dict()
-            if at_risk.known:
+            if at_risk.known and at_risk.bytes:
                 reason += (f" ({at_risk.commits} commits / {at_risk.bytes} bytes in {old.name}'s WAL "
                            f"are not on {choice.candidate.node.name})")
         raise refuse(reason)
