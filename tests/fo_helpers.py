@@ -172,6 +172,8 @@ class CommitLog:
         self.conninfo = make_conninfo(conninfo, connect_timeout=2, application_name=f"jepsen{writer}")
         self.writer = writer
         self.acked: list[int] = []
+        self.acked_at: list[float] = []  # time.monotonic() of each acknowledgement
+        self.failed_at: list[float] = []  # time.monotonic() of each failed attempt
         self.errors = 0
         self.longest_block = 0.0
         self._inflight_since: float | None = None
@@ -196,9 +198,11 @@ class CommitLog:
                     conn = psycopg.connect(self.conninfo, autocommit=True, prepare_threshold=None)
                 n += 1  # an attempt that fails may or may not have committed: its n is never reused
                 conn.execute(f"insert into {self.TABLE} values (%s, %s)", (self.writer, n))
+                self.acked_at.append(time.monotonic())
                 self.acked.append(n)
             except psycopg.Error:
                 self.errors += 1
+                self.failed_at.append(time.monotonic())
                 if conn is not None:
                     conn.close()
                 conn = None
@@ -208,6 +212,15 @@ class CommitLog:
                 self._inflight_since = None
         if conn is not None:
             conn.close()
+
+    def first_ack_after(self, t0: float) -> float | None:
+        """Seconds from a fault at t0 (time.monotonic()) until this client writes again: the first
+        acknowledgement after its first failure since t0. A SIGKILLed postmaster's backends can
+        still acknowledge for a moment; those are not the recovery."""
+        failed = next((t for t in list(self.failed_at) if t > t0), None)
+        if failed is None:
+            return None
+        return next((t - t0 for t in list(self.acked_at) if t > failed), None)
 
     def blocked_now(self) -> float:
         since = self._inflight_since
