@@ -74,6 +74,7 @@ class Watcher:
         self.log_path = records_dir(repo) / "watch.jsonl"
         self.failovers: list[dict[str, Any]] = []
         self._log_lock = threading.Lock()
+        self._waiting_on: list[str] = []
 
     def log(self, event: str, reason: str, **details: Any) -> None:
         entry = {"at": datetime.now(UTC).isoformat(timespec="milliseconds"), "watcher": self.lease.holder,
@@ -196,8 +197,12 @@ class Watcher:
                      + " still receive WAL from it: this watcher is cut off, not the primary")
             return
         if maybe:
-            self.log("waiting", f"{primary.name} fails our probes; not failing over yet: " + ", ".join(maybe))
+            who = [m.split(" ", 1)[0] for m in maybe]
+            if who != self._waiting_on:  # once per change, not once per probe
+                self.log("waiting", f"{primary.name} fails our probes; not failing over yet: " + ", ".join(maybe))
+            self._waiting_on = who
             return
+        self._waiting_on = []
         if not self.keeper.held:
             why = self.lease.error
             self.log("no-failover", f"{primary.name} is down but this watcher does not hold the lease"
