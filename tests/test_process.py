@@ -89,9 +89,14 @@ def _fill(sandbox: sb.Sandbox, rows: int, table: str = "fill") -> None:
 def test_sigkilled_backup_leaves_no_pg_basebackup_and_no_walsender(make_sandbox) -> None:  # type: ignore[no-untyped-def]
     sandbox = make_sandbox("killbackup", standbys=0)
     _fill(sandbox, 600_000)
-    repo = str(sandbox.repo.backups_dir)
+    # zstd level 19 on the server: a backup that takes long enough to be killed mid-way
+    with open(sandbox.config_path, "a") as fh:
+        fh.write('\n[backup]\ncompression = "server-zstd:19"\n')
+    backups = sandbox.repo.backups_dir
+    repo = str(backups)
     killed_while_running = 0
-    for delay in (0.0, 0.15, 0.4, 0.8):
+    for delay in (0.0, 0.3, 1.0, 2.0):
+        before = set(backups.glob("*.partial"))
         proc = _pgdr(sandbox.config_path, "backup")
         _wait_for("pg_basebackup to start", lambda p=proc: bool(_processes("pg_basebackup", repo))  # type: ignore[misc]
                   or p.poll() is not None)
@@ -102,15 +107,16 @@ def test_sigkilled_backup_leaves_no_pg_basebackup_and_no_walsender(make_sandbox)
         if not running or proc.returncode != -signal.SIGKILL:
             continue
         killed_while_running += 1
-        # pg_basebackup and its -X stream child die with pgdr (the guard), not only at the next start
-        _wait_for("pg_basebackup to die with pgdr", lambda: not _processes("pg_basebackup", repo), 10)
+        # pg_basebackup and its -X stream child die with pgdr (the guard), before any other pgdr runs
+        _wait_for("pg_basebackup to end", lambda: not _processes("pg_basebackup", repo), 30)
+        partial = set(backups.glob("*.partial")) - before
+        assert len(partial) == 1
+        assert not (partial.pop() / "backup_manifest").exists(), "pg_basebackup finished instead of dying with pgdr"
         _wait_for("its walsenders to go", lambda: _walsenders(sandbox, "pgdr_backup") == 0, 10)
         listed = run_cli("list", "--json", config=sandbox.config_path)
         assert listed.returncode == 0, listed.stderr
         assert not _processes("pg_basebackup", repo)
-    assert killed_while_running >= 2, f"only {killed_while_running} kills hit a running pg_basebackup"
-    result = run_cli("backup", "--json", config=sandbox.config_path)
-    assert result.returncode == 0, result.stderr
+    assert killed_while_running >= 3, f"only {killed_while_running} kills hit a running pg_basebackup"
 
 
 def test_sigkilled_restore_leaves_no_server_and_says_incomplete(make_sandbox, base_dir: Path) -> None:  # type: ignore[no-untyped-def]
@@ -234,3 +240,75 @@ def test_archiver_survives_a_full_repository_disk(make_sandbox) -> None:  # type
     finally:
         sb.down(root, sandbox_programs())
         subprocess.run(["umount", "-l", str(repo_dir)], check=False)
+
+
+_DRIVER = """
+import sys
+from pgdr.pg import process
+if sys.argv[1] == "unguarded":
+    process.guard_prefix = lambda: []   # as on a machine without setpriv
+process.run(["/bin/sh", "-c", "sleep 300 & sleep 301; wait", sys.argv[2]])
+"""
+
+
+def _driver(mode: str, marker: str, env: dict[str, str] | None = None
+            ) -> tuple[subprocess.Popen[bytes], list[int]]:
+    """A pgdr-like process running a program whose own child lives on; returns the
+    driver and the program's processes (all in one group, not the driver's)."""
+    proc = subprocess.Popen([sys.executable, "-c", _DRIVER, mode, marker], env=env)
+    try:
+        program: list[int] = []
+
+        def started() -> bool:
+            program[:] = [p for p in _processes("sleep 301; wait", marker) if p != proc.pid]
+            return bool(program) and len(_group(os.getpgid(program[-1]))) >= 3
+        _wait_for("the program and its children", started, 20)
+        members = _group(os.getpgid(program[-1]))
+        assert os.getpgid(proc.pid) not in {os.getpgid(p) for p in members}
+    except BaseException:
+        proc.kill()
+        raise
+    return proc, members
+
+
+def _group(pgid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[2]) == pgid:
+                    found.append(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                continue
+    return found
+
+
+def _alive(pids: list[int]) -> list[int]:
+    return [p for p in pids if Path(f"/proc/{p}").exists()
+            and Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
+
+
+def test_grandchildren_die_with_a_sigkilled_pgdr(tmp_path: Path) -> None:
+    """Like pg_basebackup's -X stream child: a grandchild that writes nothing, waits forever."""
+    marker = f"pgdr-test-marker-{os.getpid()}-guarded"
+    # a run dir of its own, so that only the guard (no other pgdr's reaping) can end them
+    proc, members = _driver("guarded", marker, {**os.environ, "PGDR_RUN_DIR": str(tmp_path / "run")})
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    _wait_for("the program's group to die with its parent", lambda: not _alive(members), 10)
+
+
+def test_the_next_pgdr_ends_what_an_unguarded_killed_pgdr_left(tmp_path: Path) -> None:
+    marker = f"pgdr-test-marker-{os.getpid()}-unguarded"
+    # a run dir of its own: any pgdr starting elsewhere on this machine would reap them first
+    env = {**os.environ, "PGDR_RUN_DIR": str(tmp_path / "run")}
+    proc, members = _driver("unguarded", marker, env)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(0.5)
+    assert _alive(members) == members, "nothing should have ended them yet"
+    # the next start of any pgdr command (here one that then fails on its config) reaps them
+    result = subprocess.run([sys.executable, "-m", "pgdr", "--config", str(tmp_path / "missing.toml"), "list"],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    _wait_for("the orphans to be ended", lambda: not _alive(members), 10)
