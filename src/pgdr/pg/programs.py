@@ -180,6 +180,7 @@ class Programs:
         as_server_user: bool = True,
         new_session: bool = False,
         die_with_parent: bool = True,
+        stdin: int = subprocess.DEVNULL,
     ) -> subprocess.Popen[bytes]:
         """Start a long-running program (pg_receivewal, pgbench) and return its handle."""
         argv = [self.path(program), *args]
@@ -190,7 +191,7 @@ class Programs:
                 argv,
                 stdout=out,
                 stderr=subprocess.STDOUT if log_path else subprocess.PIPE,
-                stdin=subprocess.DEVNULL,
+                stdin=stdin,  # subprocess.PIPE: the caller streams into it (restore's tar)
                 env=self._env(password, None),
                 cwd="/",
                 start_new_session=new_session,
