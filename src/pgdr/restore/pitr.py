@@ -32,7 +32,7 @@ from pgdr.pg.programs import Programs
 from pgdr.pg.waldump import Chunk
 from pgdr.repo.layout import Repository
 from pgdr.repo.locks import reading
-from pgdr.repo.manifest import BackupManifest, backup_dir, find_backup, list_backups
+from pgdr.repo.manifest import BackupManifest, backup_dir, find_backup, scan_backups
 from pgdr.repo.records import known_bad, save_record
 from pgdr.repo.timelines import histories, latest_descendant
 from pgdr.repo.wal import SegmentDamaged, WalArchive
@@ -126,8 +126,12 @@ def plan(programs: Programs, repo: Repository, target: RecoveryTarget,
     Without --backup: the newest backup that ends before the target and is not known to
     be bad (its verification failed). A backup whose verification failed is used only
     with force."""
-    backups = list_backups(repo, "physical")
+    readable, damaged = scan_backups(repo)
+    backups = [b for b in readable if b.kind == "physical"]
     if not backups:
+        if damaged:
+            raise RestoreFailed(f"no usable physical backup in {repo.root}: {damaged[-1].problem}",
+                                hint="restore pgdr.json from a copy, or take a new backup")
         raise RestoreFailed(f"no physical backup in {repo.root}", hint="run `pgdr backup`")
     failed = {b.id for b in backups if known_bad(repo, b.id)}
     size = repo.wal_segment_size
@@ -207,8 +211,10 @@ def plan(programs: Programs, repo: Repository, target: RecoveryTarget,
                                 hint="restore one anyway with --force --backup ID")
         backup = (good or eligible)[-1]
         skipped = [b.id for b in eligible if b.id in failed and b.stop_time > backup.stop_time]
+        unreadable = [d.id for d in damaged if d.id > backup.id]
         reason = ("the newest backup ending before the target"
                   + (f"; skipped {', '.join(skipped)} (verification failed)" if skipped else "")
+                  + (f"; skipped {', '.join(unreadable)} (pgdr.json damaged)" if unreadable else "")
                   + ("; its verification FAILED (--force)" if backup.id in failed else ""))
 
     if target_tli is not None and target_tli != backup.timeline:

@@ -117,7 +117,7 @@ def _pg_escape(text: str) -> str:
     return text.replace("%", "%%")
 
 
-def zstd_fetch_command(wal_dir: Path, run_as: RunAs) -> str | None:
+def zstd_fetch_command(wal_dir: Path, run_as: RunAs, *, damaged_exit: int = WAL_DAMAGED_EXIT) -> str | None:
     """`zstd -d` of <wal_dir>/%f.zst into %p; None when zstd is missing or unusable.
 
     Exit status 1 when the file is absent (PostgreSQL's "not in the archive"); a
@@ -129,7 +129,7 @@ def zstd_fetch_command(wal_dir: Path, run_as: RunAs) -> str | None:
         return None
     src = _pg_escape(shlex.quote(str(wal_dir.resolve()))) + '/"%f".zst'
     return (f"if [ -f {src} ]; then {_pg_escape(shlex.quote(zstd))} -q -d -f {src} -o \"%p\" "
-            f"|| exit {WAL_DAMAGED_EXIT}; else exit 1; fi")
+            f"|| exit {damaged_exit}; else exit 1; fi")
 
 
 def write_recovery(data_dir: Path, settings: dict[str, str | int], run_as: RunAs) -> None:
