@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -25,14 +24,10 @@ def verify(
     from pgdr.restore.verify import verify_backup
 
     obj: AppContext = ctx.obj
-    # SIGTERM (systemd, a CI timeout) must clean up like Ctrl-C: unwind through finally.
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        with output.console.status(f"verifying {backup_id}…") if (sys.stdout.isatty() and not json_out) \
-                else nullcontext():
-            result = verify_backup(obj.config, obj.programs, obj.repo, backup_id, keep=keep)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    # SIGTERM (systemd, a CI timeout) cleans up like Ctrl-C: cli/signals.py unwinds through finally.
+    with output.console.status(f"verifying {backup_id}…") if (sys.stdout.isatty() and not json_out) \
+            else nullcontext():
+        result = verify_backup(obj.config, obj.programs, obj.repo, backup_id, keep=keep)
     if json_out:
         output.print_json(result.as_dict())
     else:
@@ -73,10 +68,6 @@ def wal_fetch(
         raise typer.Exit(WAL_DAMAGED_EXIT) from None
     if not found:
         raise typer.Exit(1)
-
-
-def _raise_interrupt(*_: object) -> None:
-    raise KeyboardInterrupt
 
 
 

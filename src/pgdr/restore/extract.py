@@ -18,7 +18,6 @@ import hashlib
 import os
 import re
 import shutil
-import subprocess
 import tarfile
 import time
 from collections.abc import Callable
@@ -30,7 +29,7 @@ from typing import IO, Literal
 import zstandard
 
 from pgdr.backup.physical import sha256_file
-from pgdr.errors import RepositoryError, UsageError
+from pgdr.errors import ProgramFailed, RepositoryError, UsageError
 from pgdr.pg.programs import Programs
 from pgdr.repo.manifest import BackupManifest
 
@@ -223,16 +222,16 @@ class _HashingReader:
 
 
 def _stream_tar(archive: Path, dest: Path, programs: Programs, hashing: bool) -> _Streamed:
-    """tar -x reading stdin, fed by this loop that hashes the same bytes; when tar dies
+    """tar -x reading stdin, fed by a loop that hashes the same bytes; when tar dies
     early (damaged data), the rest of the file is still hashed so the damage is named."""
     program = _COMPRESSORS.get(archive.suffix if archive.suffix != ".tar" else "")
     args = [f"--use-compress-program={program}"] if program else []
-    proc = programs.spawn("tar", [*args, "-xf", "-", "-C", str(dest)], stdin=subprocess.PIPE)
-    assert proc.stdin is not None and proc.stderr is not None
     sha = hashlib.sha256()
     size = 0
-    alive = True
-    try:
+
+    def feed(stdin: IO[bytes]) -> None:
+        nonlocal size
+        alive = True
         with open(archive, "rb") as fh:
             while block := fh.read(CHUNK):
                 if hashing:
@@ -240,23 +239,15 @@ def _stream_tar(archive: Path, dest: Path, programs: Programs, hashing: bool) ->
                 size += len(block)
                 if alive:
                     try:
-                        proc.stdin.write(block)
+                        stdin.write(block)
                     except BrokenPipeError:
                         alive = False
-        try:
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass
-        err = proc.stderr.read().decode(errors="replace")
-        code = proc.wait(timeout=3600)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
+
     error = None
-    if code != 0 or not alive:
-        lines = [ln for ln in err.splitlines() if ln.strip()]
-        error = lines[0] if lines else f"tar exit code {code}"
+    try:
+        programs.run("tar", [*args, "-xf", "-", "-C", str(dest)], feed=feed, timeout=3600)
+    except ProgramFailed as exc:
+        error = exc.message
     return _Streamed(archive.name, sha.hexdigest(), size, error)
 
 

@@ -16,6 +16,7 @@ stopped and its folder removed afterwards, also on failure and on Ctrl-C.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -33,6 +34,7 @@ from pgdr.errors import ConfigError, PgdrError
 from pgdr.fsutil import exclusive_lock, write_json_durable
 from pgdr.pg.connect import session
 from pgdr.pg.lsn import parse_lsn
+from pgdr.pg.process import dir_progress
 from pgdr.pg.programs import Programs
 from pgdr.repo.layout import Repository
 from pgdr.repo.locks import reading
@@ -49,10 +51,12 @@ from pgdr.restore.extract import (
 )
 from pgdr.restore.prove import cross_check, verify_backup_files
 from pgdr.restore.recovery import RecoveryTarget, configure_recovery, wait_until_promoted, zstd_fetch_command
-from pgdr.restore.scratch import Scratch, scratch_root
+from pgdr.restore.scratch import Scratch, reap_stale, scratch_root
 from pgdr.restore.walcheck import check_archive
 
 WAL_CHECKS = ("archived WAL",)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -153,6 +157,8 @@ def verify_backup(config: Config, programs: Programs, repo: Repository, backup_i
         # Logical dumps are hashed here; physical backups while they are extracted.
         if manifest.kind == "logical" and not run.step("files", lambda: _files_check(run, folder, manifest)):
             return _finish(run, repo, folder, t_start)
+        for stale in reap_stale(scratch_root(config)):
+            log.warning("removed %s, left by a verify that was killed", stale)
         scratch = Scratch.create(scratch_root(config), f"verify-{manifest.id}", programs)
         try:
             if manifest.kind == "physical":
@@ -161,6 +167,7 @@ def verify_backup(config: Config, programs: Programs, repo: Repository, backup_i
                 _verify_logical(run, config, programs, manifest, folder, scratch, jobs)
             if keep and run.result.checks:
                 scratch.instance.start()
+                scratch.keep()  # the user asked to keep it running
                 result.kept = {"folder": str(scratch.folder), "data_dir": str(scratch.instance.data_dir),
                                "port": scratch.instance.port,
                                "socket_dir": str(scratch.instance.socket_dir),
@@ -368,7 +375,8 @@ def _verify_logical(run: _Run, config: Config, programs: Programs, manifest: Bac
                 "--no-tablespaces",
                 "--exit-on-error", str(folder / dump.directory)], timeout=24 * 3600,
                 # pg_dump ran as pgdr's user, so its 0700 folder is readable by that user only
-                as_server_user=False)
+                as_server_user=False, stall_timeout=config.pg.stall_timeout,
+                progress=dir_progress(inst.data_dir), stalled_what=f"restoring {dbname} into {inst.data_dir}")
             per_db[dbname] = round(time.monotonic() - t1, 3)
         seconds = time.monotonic() - t0
         run.result.restore_s = seconds
