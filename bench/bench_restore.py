@@ -91,12 +91,16 @@ def main() -> None:
         programs.run("pgbench", ["-c", "2", "-j", "2", "-T", str(args.seconds), "-n", *pg, "app"],
                      timeout=args.seconds + 600)
         _wait_archived(sandbox, repo)
-        runs = {}
-        for label, checks in (("unchecked", False), ("checked", True)):
-            runs[label] = one_restore(base, label, backup.path, repo, programs, sandbox.config_path, checks)
-            print(f"{label}: " + ", ".join(f"{k} {v:.1f}s" for k, v in runs[label].items()))
+        runs: dict[str, dict[str, float]] = {}
+        # alternated, best of two each, so neither side gets only a cold or warm page cache
+        for rnd in range(2):
+            for label, checks in (("unchecked", False), ("checked", True)):
+                got = one_restore(base, f"{label}{rnd}", backup.path, repo, programs, sandbox.config_path, checks)
+                print(f"{label} #{rnd + 1}: " + ", ".join(f"{k} {v:.1f}s" for k, v in got.items()))
+                if label not in runs or got["total"] < runs[label]["total"]:
+                    runs[label] = got
         ratio = runs["checked"]["total"] / runs["unchecked"]["total"]
-        print(f"checked / unchecked restore time: {ratio:.2f}x (goal <= 1.3x)")
+        print(f"checked / unchecked restore time (best of 2): {ratio:.2f}x (goal <= 1.3x)")
         bk = pgbackrest(base, sandbox, programs)
         if isinstance(bk, str):
             print(f"pgBackRest: {bk}")
