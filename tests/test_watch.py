@@ -11,6 +11,7 @@ import threading
 import time
 
 from pgdr.config import load_config
+from pgdr.failover.lease import EtcdClient
 from pgdr.failover.watch import Watcher
 from pgdr.pg.connect import session
 from pgdr.pg.conninfo import with_params
@@ -104,6 +105,9 @@ def test_leader_sigstopped_mid_failover_promotes_exactly_once(make_sandbox, prog
                                                                                        "failover-refused")]
         # the resumed leader either finished (it had promoted before it was stopped) or saw its lease gone
         assert mine and (mine[0]["event"] == "failover-done" or "lease" in str(mine[0]["reason"])), mine
+        # watchers on other hosts read the same topology from etcd
+        shared = json.loads(EtcdClient([etcd.url]).get("/pgdr/sandbox/topology") or "{}")
+        assert shared["primary"] == "standby1" and shared["timeline"] == 2
     finally:
         writer.stop()
         _stop_watchers(watchers)
