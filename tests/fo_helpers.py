@@ -213,14 +213,27 @@ class CommitLog:
         if conn is not None:
             conn.close()
 
+    STALL = 0.25  # seconds without an acknowledgement that count as an outage (commits take ms)
+
     def first_ack_after(self, t0: float) -> float | None:
-        """Seconds from a fault at t0 (time.monotonic()) until this client writes again: the first
-        acknowledgement after its first failure since t0. A SIGKILLed postmaster's backends can
-        still acknowledge for a moment; those are not the recovery."""
+        """Seconds from a fault at t0 (time.monotonic()) until this client writes again.
+
+        After a failure since t0: its first acknowledgement after that failure. Without one
+        (pgbouncer holds the query while the server is away, so the client only waits): the
+        first acknowledgement that ends a stall of STALL seconds or more. Acknowledgements
+        right after t0 from a SIGKILLed postmaster's surviving backends are not the recovery.
+        """
+        acks = list(self.acked_at)
         failed = next((t for t in list(self.failed_at) if t > t0), None)
-        if failed is None:
-            return None
-        return next((t - t0 for t in list(self.acked_at) if t > failed), None)
+        if failed is not None:
+            return next((t - t0 for t in acks if t > failed), None)
+        prev = max((t for t in acks if t <= t0), default=t0)
+        for t in acks:
+            if t > t0:
+                if t - prev >= self.STALL:
+                    return t - t0
+                prev = t
+        return None
 
     def blocked_now(self) -> float:
         since = self._inflight_since

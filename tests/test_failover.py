@@ -410,3 +410,26 @@ def test_fence_kills_a_hung_primary_and_db_1_rejoins(make_sandbox, programs) -> 
     assert auto["primary_slot_name"] == slots[0]["slot_name"]
     assert "password" not in auto["primary_conninfo"] and "dbname" not in auto["primary_conninfo"]
     assert (sandbox.primary.data_dir / "postgresql.auto.conf").read_text().count("primary_conninfo") == 1
+
+
+def test_fence_kills_backends_that_outlive_their_postmaster(make_sandbox, programs) -> None:  # type: ignore[no-untyped-def]
+    """kill -9 of a postmaster leaves its backends running until they notice: one that is
+    descheduled (here SIGSTOPped) at that moment must not commit for a client after promotion."""
+    sandbox = make_sandbox("orphans", standbys=1)
+    with session(sandbox.conninfo(sandbox.primary)) as client:
+        backend = client.execute("select pg_backend_pid() as p").fetchone()["p"]  # type: ignore[index]
+        os.kill(backend, signal.SIGSTOP)
+        try:
+            sandbox.instance(sandbox.primary, programs).kill9()
+            result = run_cli("failover", "--yes", "--json", config=sandbox.config_path)
+            assert result.returncode == 0, result.stderr
+            step = next(s for s in json.loads(result.stdout)["timeline"] if s["name"] == "fence old primary")
+            assert "leftover server process" in step["detail"], step
+            stat_file = Path(f"/proc/{backend}/stat")
+            assert not stat_file.exists() or stat_file.read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+        finally:
+            try:
+                os.kill(backend, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+    assert writable_nodes(sandbox) == ["standby1"]

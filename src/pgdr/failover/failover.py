@@ -134,6 +134,8 @@ def _failover(config: Config, programs: Programs, repo: Repository, to: str | No
         return record
 
     switch_lsn = None
+    # the policy to restore after promotion: the crash-time setting, or the recorded one if degraded
+    intended = topology.intended_sync(topo, parse_sync(choice.sync_setting))
     followers = [n.node for n in nodes if n.role == "standby" and n.node.name != candidate.name]
     with clients_paused(timeline, repointer, record, repo, "failover"):
         with timeline.step("fence old primary", old.name) as step:
@@ -145,7 +147,7 @@ def _failover(config: Config, programs: Programs, repo: Repository, to: str | No
             step.evidence["replayed_to"] = switch_lsn
         new_timeline = promote_prove_repoint(
             timeline, config, repo, candidate, repointer, followers=followers,
-            spec=parse_sync(choice.sync_setting), fenced=[old.name], record=record,
+            spec=intended, fenced=[old.name], record=record,
             still_allowed=still_allowed)
     promoted_rto = time.time() - clock_start
     with timeline.step("clients reach the new primary") as step:
@@ -161,8 +163,7 @@ def _failover(config: Config, programs: Programs, repo: Repository, to: str | No
         step.evidence["old_timeline"] = old_timeline
     try:
         topo_after = topology.record_live(config, repo, candidate, fenced=[old.name],
-                                          sync_method=parse_sync(choice.sync_setting).method,
-                                          sync_num=parse_sync(choice.sync_setting).num)
+                                          sync_method=intended.method, sync_num=intended.num)
     except PgdrError as exc:
         topo_after = {"error": exc.message}
     record.update(outcome="promoted", new_primary=candidate.name, new_timeline=new_timeline,

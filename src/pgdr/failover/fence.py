@@ -98,13 +98,37 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _orphans(data_dir: Path) -> list[int]:
+    """Server processes left behind by a dead postmaster: every backend, walsender and
+    background worker runs with the data directory as its working directory. Until they
+    notice their postmaster is gone they still serve the sessions they have — and can
+    acknowledge commits the new primary will never see."""
+    target = data_dir.resolve()
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if Path(os.readlink(entry / "cwd")) == target:
+                    out.append(int(entry.name))
+            except OSError:
+                continue
+    return out
+
+
+def _kill_orphans(data_dir: Path) -> str:
+    orphans = _orphans(data_dir)
+    for pid in orphans:
+        _kill(pid)
+    return f"; SIGKILLed {len(orphans)} leftover server process(es)" if orphans else ""
+
+
 def stop_verified(inst: Instance, timeout: float = 10) -> str:
     """Stop a failed primary for good and prove it: the postmaster is gone, or pg_control
     says it shut down. pg_ctl's word is not enough (exit 1 means "did not shut down");
     a postmaster that does not stop (SIGSTOPped, hung) is SIGKILLed with its children."""
     alive, why = postmaster_alive(inst.data_dir)
     if not alive:
-        return f"already down ({why})"
+        return f"already down ({why})" + _kill_orphans(inst.data_dir)
     if "(stopped)" not in why:  # a SIGSTOPped postmaster cannot act on pg_ctl's SIGQUIT
         try:
             inst.programs.run("pg_ctl", ["-D", str(inst.data_dir), "-m", "immediate", "-w",
@@ -113,7 +137,7 @@ def stop_verified(inst: Instance, timeout: float = 10) -> str:
             pass  # re-checked below, never trusted either way
         alive, why = postmaster_alive(inst.data_dir)
         if not alive:
-            return f"stopped (immediate; {why})"
+            return f"stopped (immediate; {why})" + _kill_orphans(inst.data_dir)
     pid = int((inst.data_dir / "postmaster.pid").read_text().splitlines()[0])
     for child in _children(pid):
         _kill(child)
@@ -122,7 +146,8 @@ def stop_verified(inst: Instance, timeout: float = 10) -> str:
     while time.monotonic() < deadline:
         alive, why = postmaster_alive(inst.data_dir)
         if not alive:
-            return f"pg_ctl stop did not stop it; SIGKILLed postmaster and children ({why})"
+            return f"pg_ctl stop did not stop it; SIGKILLed postmaster and children ({why})" \
+                + _kill_orphans(inst.data_dir)
         time.sleep(0.05)
     raise FenceRefused(f"cannot stop {inst.name}: {why} survives SIGKILL",
                        hint="stop the machine or cut it off the network, then run failover with --no-fence")

@@ -33,13 +33,11 @@ from pgdr.runbook.timeline import Timeline
 
 
 def intended_sync(config: Config, repo: Repository) -> SyncSpec:
-    """The synchronous policy to restore: method and number as the topology last recorded
-    them (a failover may have degraded the live setting), else the config's."""
+    """The synchronous policy to restore (a failover may have degraded the live setting)."""
     topo = topology.read(config, repo)
-    if topo.get("sync_method") in ("any", "first"):
-        return SyncSpec(str(topo["sync_method"]), int(topo.get("sync_num") or 1), ("*",))
     live = parse_sync(str(topo.get("synchronous_standby_names") or "")) if topo else SyncSpec("off", 0, ())
-    return live if live.synchronous else parse_sync(config.failover.synchronous_standby_names)
+    spec = topology.intended_sync(topo, live)
+    return spec if spec.synchronous else parse_sync(config.failover.synchronous_standby_names)
 
 
 def _standby_app_names(config: Config, primary: NodeConfig) -> list[str]:

@@ -76,7 +76,8 @@ def _switchover(config: Config, programs: Programs, repo: Repository, to: str | 
             "repoint clients and resume"])
         return record
     repointer = Repointer(config.failover.repoint)
-    spec = parse_sync(preflight.sync_setting(config, nodes, topology.read(config, repo)))
+    topo = topology.read(config, repo)
+    spec = topology.intended_sync(topo, parse_sync(preflight.sync_setting(config, nodes, topo)))
     with clients_paused(timeline, repointer, record, repo, "switchover"):
         with timeline.step("clean shutdown", old.name) as step:
             old_inst.stop(mode="fast")

@@ -21,6 +21,7 @@ import psycopg
 from pgdr.config import Config, NodeConfig
 from pgdr.errors import PgdrError
 from pgdr.failover.lease import EtcdClient
+from pgdr.failover.quorum import SyncSpec
 from pgdr.fsutil import write_json_durable
 from pgdr.pg.connect import session
 from pgdr.repo.layout import Repository
@@ -103,3 +104,14 @@ def refresh_if_changed(config: Config, repo: Repository, primary: NodeConfig) ->
         return False
     write(config, repo, {**{k: v for k, v in known.items() if k == "fenced"}, **live})
     return True
+
+
+def intended_sync(topo: dict[str, Any], live: SyncSpec) -> SyncSpec:
+    """The synchronous policy to restore: the live one when it is synchronous, else the
+    method and number the topology last recorded (a failover may have degraded the live
+    setting to asynchronous while no standby could follow). Names: '*' — whoever streams."""
+    if live.synchronous:
+        return live
+    if topo.get("sync_method") in ("any", "first"):
+        return SyncSpec(str(topo["sync_method"]), int(topo.get("sync_num") or 1), ("*",))
+    return live
