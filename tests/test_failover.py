@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from pgdr.config import NodeConfig
+from pgdr.config import NodeConfig, RepointTarget
 from pgdr.failover.quorum import SyncSpec, parse_sync, quorum
+from pgdr.failover.repoint import Repointer
 from pgdr.failover.slots import slot_name
 from pgdr.failover.standby_setup import read_auto_conf, replication_conninfo, rewrite_auto_conf
 from pgdr.pg.connect import session
@@ -433,3 +434,19 @@ def test_fence_kills_backends_that_outlive_their_postmaster(make_sandbox, progra
             except ProcessLookupError:
                 pass
     assert writable_nodes(sandbox) == ["standby1"]
+
+
+def test_repoint_rewrites_an_env_file_keeping_owner_mode_and_secrets(tmp_path: Path) -> None:
+    env = tmp_path / "database.env"
+    env.write_text("export DATABASE_URL='postgresql://app:s3cret@10.0.0.1:5432/app?sslmode=require'\n"
+                   "PGHOST=10.0.0.1\nPGPORT=5432\nOTHER=kept\n")
+    os.chmod(env, 0o640)
+    os.chown(env, 1234, 4321)
+    target = RepointTarget(kind="env_file", path=env)
+    Repointer([target]).apply(NodeConfig(name="db-2", conninfo="host=10.0.0.2 port=5434 user=postgres"))
+    text = env.read_text()
+    assert "postgresql://app:s3cret@10.0.0.2:5434/app?sslmode=require" in text
+    assert "PGHOST=10.0.0.2\nPGPORT=5434\nOTHER=kept\n" in text
+    st = env.stat()
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o640, 1234, 4321)
+    assert [p.name for p in tmp_path.iterdir()] == ["database.env"]  # no temporary file left

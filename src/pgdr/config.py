@@ -222,7 +222,9 @@ class WatchConfig(_Strict):
     interval: Duration = 1.0
     failures: Annotated[int, Field(ge=1)] = 3
     probe_timeout: Duration = 1.0
-    # A standby that heard from the primary this recently proves the primary alive.
+    # How long a streaming standby's silence can still mean an idle primary when its
+    # wal_receiver_timeout is 0 (otherwise watch uses wal_receiver_timeout/2, when the
+    # receiver asks the primary for a reply).
     receiver_fresh: Duration = 3.0
     etcd: EtcdConfig | None = None
     lease_ttl: Annotated[int, Field(ge=2)] = 5
