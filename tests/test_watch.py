@@ -17,6 +17,7 @@ from pgdr.pg.connect import session
 from pgdr.pg.conninfo import with_params
 from pgdr.repo.layout import Repository
 from pgdr.repo.records import list_records
+from tests.conftest import run_cli
 from tests.fo_helpers import CommitLog, Etcd, UnixProxy, multi_host, writable_nodes
 
 
@@ -175,3 +176,24 @@ def test_watcher_cut_off_from_primary_does_not_fail_over(make_sandbox, programs)
     with session(sandbox.conninfo(sandbox.primary)) as conn:
         assert conn.execute("select pg_is_in_recovery() as r").fetchone() == {"r": False}
     assert list_records(repo, "failover") == []
+
+
+def test_watcher_follows_a_switchover_and_never_fails_over(make_sandbox, programs) -> None:  # type: ignore[no-untyped-def]
+    sandbox = make_sandbox("watch-switch", standbys=1)
+    config = load_config(sandbox.config_path)
+    config = config.model_copy(update={"watch": config.watch.model_copy(update={"interval": 0.3, "failures": 3})})
+    repo = Repository(config.repository.path)
+    watcher = Watcher(config, programs, repo)
+    thread = threading.Thread(target=watcher.run, daemon=True)
+    thread.start()
+    try:
+        _wait_for(lambda: any(e["event"] == "primary" for e in _watch_events(repo)), "the watcher finds the primary")
+        switched = run_cli("switchover", "--yes", config=sandbox.config_path)
+        assert switched.returncode == 0, switched.stderr
+        _wait_for(lambda: any(e["event"] == "primary" and "standby1 is the primary now" in str(e["reason"])
+                              for e in _watch_events(repo)), "the watcher follows standby1")
+    finally:
+        watcher.stop()
+        thread.join(10)
+    assert [r for r in list_records(repo, "failover") if r.get("outcome") == "promoted"] == []
+    assert writable_nodes(sandbox) == ["standby1"]

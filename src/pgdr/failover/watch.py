@@ -43,6 +43,7 @@ select (select status from pg_stat_wal_receiver) as status,
        (select extract(epoch from now() - last_msg_receipt_time)::float8 from pg_stat_wal_receiver) as silence_s,
        current_setting('wal_receiver_timeout') as receiver_timeout
 """
+IN_RECOVERY = "is in recovery (no longer primary)"
 REFRESH_TICKS = 10  # record the live topology every this many healthy probes (only when it changed)
 
 
@@ -92,7 +93,7 @@ class Watcher:
                              (str(int(self.config.watch.probe_timeout * 1000)),))
                 row = conn.execute("select pg_is_in_recovery() as r").fetchone()
                 if row and row["r"]:
-                    return "it is in recovery (no longer primary)"
+                    return IN_RECOVERY
                 return None
         except PgdrError as exc:
             return exc.message
@@ -169,11 +170,9 @@ class Watcher:
                     if primary is not None and healthy_ticks % REFRESH_TICKS == 1:
                         topology.refresh_if_changed(self.config, self.repo, primary)
                 elif primary is not None:
-                    recorded = self.current_primary()
-                    if recorded is not None and recorded.name != primary.name:
-                        self.log("primary", f"{recorded.name} is the primary now (recorded topology); "
-                                 f"counters reset")
-                        primary, failures = recorded, 0
+                    moved = self._moved(primary, why)
+                    if moved is not None:
+                        primary, failures = moved, 0
                         continue
                     if failures == 0:
                         first_failure = time.time()
@@ -189,6 +188,29 @@ class Watcher:
         finally:
             self.keeper.stop()
             self.log("stop", "watcher stopped")
+
+    def _moved(self, primary: NodeConfig, why: str) -> NodeConfig | None:
+        """The new primary when it is no longer `primary`, logged; else None.
+
+        A primary in recovery was changed behind pgdr's back (a switchover by hand): ask the
+        servers. One that does not answer: read the recorded topology, which another
+        watcher's or an operator's pgdr failover has updated.
+        """
+        if why == IN_RECOVERY:
+            try:
+                live = find_primary(self.config).node
+            except PgdrError:
+                return None
+            if live.name != primary.name:
+                topology.refresh_if_changed(self.config, self.repo, live)
+                self.log("primary", f"{live.name} is the primary now ({primary.name} {why}); counters reset")
+                return live
+            return None
+        recorded = self.current_primary()
+        if recorded is not None and recorded.name != primary.name:
+            self.log("primary", f"{recorded.name} is the primary now (recorded topology); counters reset")
+            return recorded
+        return None
 
     def _decide(self, primary: NodeConfig, first_failure: float) -> None:
         heard, maybe = self.hearing(primary, time.time() - first_failure)
