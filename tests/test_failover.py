@@ -247,6 +247,13 @@ def test_kill9_failover_rejoin_switchover_cycles_lose_no_acknowledged_commit(  #
         conninfo = sandbox.conninfo(_node(sandbox, primary))
         return {(w.writer, n) for w in writers for n in w.missing(conninfo)}
 
+    def replication_settings(name: str) -> dict[str, str]:
+        with session(sandbox.conninfo(_node(sandbox, name), "postgres")) as conn:
+            row = conn.execute("show primary_conninfo").fetchone()
+        assert row is not None
+        return {k: v for k, v in parse(row["primary_conninfo"]).items() if k not in ("host", "port")}
+
+    before = {name: replication_settings(name) for name in ("standby1", "standby2")}
     try:
         primary = "primary"
         for cycle in range(3):
@@ -269,6 +276,9 @@ def test_kill9_failover_rejoin_switchover_cycles_lose_no_acknowledged_commit(  #
                     (cycle, len(new_lost), record["rpo"])
                 lost |= missing
             assert record["old_timeline"] == cycle * 2 + 1  # read from the old primary's own WAL
+            if cycle == 0:  # the follower kept its own replication settings; only host and port changed
+                follower = next(n for n in ("standby1", "standby2") if n != primary)
+                assert replication_settings(follower) == before[follower]
 
             rejoined = run_cli("rejoin", old, "--yes", "--json", config=sandbox.config_path)
             assert rejoined.returncode == 0, (cycle, rejoined.stderr)
