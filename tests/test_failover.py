@@ -460,3 +460,8 @@ def test_repoint_rewrites_an_env_file_keeping_owner_mode_and_secrets(tmp_path: P
     st = env.stat()
     assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o640, 1234, 4321)
     assert [p.name for p in tmp_path.iterdir()] == ["database.env"]  # no temporary file left
+    link = tmp_path / "link.env"
+    link.symlink_to(env)
+    Repointer([RepointTarget(kind="env_file", path=link)]).apply(
+        NodeConfig(name="db-3", conninfo="host=10.0.0.3 port=5435"))
+    assert link.is_symlink() and "PGHOST=10.0.0.3" in env.read_text()

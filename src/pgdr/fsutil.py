@@ -44,7 +44,9 @@ def write_bytes_durable(path: Path, data: bytes) -> None:
 def replace_file_keeping_owner(path: Path, data: bytes) -> None:
     """Rewrite an operator's file (pgbouncer.ini, an env file, postgresql.auto.conf)
     atomically, keeping its owner, group and mode: a 0640 ini that holds passwords must
-    not become world-readable, nor a 0600 one unreadable to the program that reads it."""
+    not become world-readable, nor a 0600 one unreadable to the program that reads it.
+    A symlink (/etc/pgbouncer/pgbouncer.ini → elsewhere) stays a symlink: its target is rewritten."""
+    path = path.resolve()
     st = path.stat()
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

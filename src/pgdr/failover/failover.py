@@ -161,11 +161,8 @@ def _failover(config: Config, programs: Programs, repo: Repository, to: str | No
             lost = rpo.lost_after(programs, old.data_dir, switch_lsn, int(old_timeline))
         step.detail = lost.detail
         step.evidence["old_timeline"] = old_timeline
-    try:
-        topo_after = topology.record_live(config, repo, candidate, fenced=[old.name],
-                                          sync_method=intended.method, sync_num=intended.num)
-    except PgdrError as exc:
-        topo_after = {"error": exc.message}
+    topo_after = topology.record_live(config, repo, candidate, fenced=[old.name],
+                                      sync_method=intended.method, sync_num=intended.num)
     record.update(outcome="promoted", new_primary=candidate.name, new_timeline=new_timeline,
                   promoted_at_lsn=switch_lsn, rto_seconds=round(client_rto, 3),
                   promotion_rto_seconds=round(promoted_rto, 3),

@@ -85,9 +85,15 @@ def observe(config: Config, primary: NodeConfig) -> dict[str, Any]:
 
 
 def record_live(config: Config, repo: Repository, primary: NodeConfig, **extra: Any) -> dict[str, Any]:
-    """Observe the primary and record it; extra keys (e.g. fenced, degraded) are kept beside."""
+    """Observe the primary and record it; extra keys (e.g. fenced, sync_method) are kept beside.
+    The operation it follows has succeeded: a primary that cannot be observed now is said in
+    the result ('error'), not raised."""
     previous = read(config, repo)
-    state = {**{k: v for k, v in previous.items() if k in ("fenced",)}, **observe(config, primary), **extra}
+    try:
+        live = observe(config, primary)
+    except (PgdrError, psycopg.Error) as exc:
+        return {"error": f"topology not recorded: {getattr(exc, 'message', exc)}"}
+    state = {**{k: v for k, v in previous.items() if k in ("fenced",)}, **live, **extra}
     if state.get("primary") != previous.get("primary") or "fenced" in extra:
         state.setdefault("fenced", [])
     return write(config, repo, state)
