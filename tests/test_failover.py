@@ -332,11 +332,23 @@ def test_cut_off_standby_is_never_promoted_without_quorum(make_sandbox, programs
         assert conn.execute("select pg_is_in_recovery() as r").fetchone() == {"r": True}
 
     sandbox.instance(_node(sandbox, "standby1"), programs).start()
-    result = run_cli("failover", "--yes", "--json", config=sandbox.config_path)
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["new_primary"] == "standby1", json.loads(result.stdout)["preflight"]
+    plan = run_cli("failover", "--dry-run", "--json", config=sandbox.config_path)
+    assert plan.returncode == 0 and json.loads(plan.stdout)["candidate"] == "standby1"  # quorum met: the one with everything
     assert writer.missing(sandbox.conninfo(_node(sandbox, "standby1"))) == set()
-    assert writable_nodes(sandbox) == ["standby1"]
+
+    # Forced onto the cut-off standby: standby1, ahead of it, cannot follow ("forked off");
+    # it must not be named synchronous, or every write would wait for it forever.
+    result = run_cli("failover", "--yes", "--to", "standby2", "--force", "--json", config=sandbox.config_path)
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["forced"] is True and record["new_primary"] == "standby2"
+    assert record["synchronous_after"]["degraded"] is True, (record["synchronous_after"], record["followers"])
+    missing = writer.missing(sandbox.conninfo(_node(sandbox, "standby2")))
+    assert len(missing) <= record["rpo"]["commits"] <= len(missing) + 2, (len(missing), record["rpo"])
+    with session(sandbox.conninfo(_node(sandbox, "standby2")), statement_timeout=10) as conn:
+        assert conn.execute("show synchronous_standby_names").fetchone() == {"synchronous_standby_names": ""}
+        conn.execute(f"insert into {CommitLog.TABLE} values (99, 1)")  # returns: nobody to wait for
+    assert writable_nodes(sandbox) == ["standby2"]
 
 
 def test_failover_ends_replay_at_the_last_complete_record_of_a_torn_tail(make_sandbox, programs) -> None:  # type: ignore[no-untyped-def]

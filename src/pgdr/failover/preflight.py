@@ -133,10 +133,13 @@ def choose_candidate(config: Config, nodes: list[NodeFacts], to: str | None, for
             chosen = next((n for n in standbys if n.node.name == to), None)
             if chosen is None:
                 return Choice(None, f"{to} is not a reachable standby", refused=True, synchronous=True, sync_setting=ssn)
-            if chosen.position < safe.position and not force:
-                return Choice(chosen, f"{to} has received {safe.position - chosen.position} bytes less than "
-                              f"{safe.node.name}: it may lack acknowledged commits — pass --force to accept",
-                              refused=True, synchronous=True, sync_setting=ssn, best_position=safe.position)
+            if chosen.position < safe.position:
+                behind = (f"{to} has received {safe.position - chosen.position} bytes less than "
+                          f"{safe.node.name}: it may lack acknowledged commits")
+                if not force:
+                    return Choice(chosen, behind + " — pass --force to accept", refused=True, synchronous=True,
+                                  sync_setting=ssn, best_position=safe.position)
+                note += f"; FORCED although {behind}"
         else:
             chosen = safe
     else:

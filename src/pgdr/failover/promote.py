@@ -119,10 +119,23 @@ def prove_writable(node: NodeConfig) -> str:
                               f"{getattr(exc, 'message', exc)}") from None
 
 
-def streaming_names(primary: NodeConfig, names: list[str]) -> list[str]:
+def current_lsn(node: NodeConfig) -> str:
+    with session(node.conninfo) as conn:
+        row = conn.execute("select pg_current_wal_lsn()::text as lsn").fetchone()
+    assert row is not None
+    return str(row["lsn"])
+
+
+def streaming_names(primary: NodeConfig, names: list[str], since: str | None = None) -> list[str]:
+    """Which of `names` stream from `primary` — and, with `since` (an LSN written after the
+    promotion), have flushed WAL past it. A standby that forked off the old timeline after the
+    promotion point shows 'streaming' for a moment while it receives the old timeline's last
+    segment, then can never follow; only WAL flushed past the promotion proves it follows."""
     with session(primary.conninfo) as conn:
         rows = conn.execute("select application_name from pg_stat_replication "
-                            "where state = 'streaming' and application_name = any(%s)", (names,)).fetchall()
+                            "where state = 'streaming' and application_name = any(%s) "
+                            "and (%s::pg_lsn is null or flush_lsn > %s::pg_lsn)",
+                            (names, since, since)).fetchall()
     return sorted({r["application_name"] for r in rows})
 
 
@@ -139,8 +152,10 @@ def wait_streaming(primary: NodeConfig, standby_name: str, timeout: float = 30) 
             time.sleep(0.1)
 
 
-def set_synchronous(primary: NodeConfig, spec: SyncSpec, candidates: list[str], timeout: float) -> dict[str, object]:
-    """Name as synchronous only standbys that stream from `primary`, waiting up to `timeout`.
+def set_synchronous(primary: NodeConfig, spec: SyncSpec, candidates: list[str], timeout: float,
+                    since: str | None = None) -> dict[str, object]:
+    """Name as synchronous only standbys that stream from `primary` (past `since`, see
+    streaming_names), waiting up to `timeout`.
 
     Keeps the method and number of the spec (capped by how many stream). None streaming:
     synchronous replication is degraded to asynchronous, explicitly — the result says so.
@@ -148,7 +163,7 @@ def set_synchronous(primary: NodeConfig, spec: SyncSpec, candidates: list[str], 
     deadline = time.monotonic() + timeout
     streaming: list[str] = []
     while candidates:
-        streaming = streaming_names(primary, candidates)
+        streaming = streaming_names(primary, candidates, since)
         if len(streaming) >= min(spec.num, len(candidates)) or time.monotonic() > deadline:
             break
         time.sleep(0.05)
