@@ -9,15 +9,19 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from pgdr.fsutil import lock_is_held
 from pgdr.pg.connect import session
 from pgdr.pg.programs import Programs
-from pgdr.repo.locks import reading
+from pgdr.repo.locks import backup_lock, reading
 from pgdr.repo.manifest import BackupManifest
 from pgdr.restore.pitr import stop_restored
 from pgdr.sandbox import sandbox as sb
@@ -256,6 +260,32 @@ def test_damaged_archived_segment_is_named_by_status_verify_and_restore(site: Si
     assert run_cli("status", config=sandbox.config_path).returncode == 0
 
 
+def test_backup_that_failed_verification_is_skipped_unless_forced(site: Site) -> None:
+    sandbox = site.sandbox
+    res = run_cli("backup", "--json", config=sandbox.config_path)
+    assert res.returncode == 0, res.stderr
+    newer = json.loads(res.stdout)["id"]
+    folder = sandbox.repo.backups_dir / newer
+    at = _flip(folder / "base.tar.zst")
+    ver = run_cli("verify", newer, "--json", config=sandbox.config_path)
+    _flip(folder / "base.tar.zst", at)  # the record stays: verification FAILED
+    assert ver.returncode == 1 and json.loads((folder / "verify.json").read_text())["backup_ok"] is False
+    code, out, target = _restore(site, "skip_failed", "--immediate")
+    assert code == 0, out
+    info = json.loads(out[: out.rindex("}") + 1])
+    assert info["backup_id"] == site.backup_id and newer in info["chosen_because"]
+    stop_restored(target, Programs())
+    shutil.rmtree(target)
+    code, out, target = _restore(site, "given_failed", "--immediate", "--backup", newer)
+    assert code == 1 and "--force" in out and not target.exists(), out
+    code, out, target = _restore(site, "forced", "--immediate", "--backup", newer, "--force")
+    assert code == 0, out
+    stop_restored(target, Programs())
+    shutil.rmtree(target)
+    code, out, _t = _restore(site, "nosuch", "--immediate", "--backup", "20990101T000000F")
+    assert code == 1 and len(out.strip().splitlines()) == 1, out
+
+
 def test_expire_skips_what_a_reader_holds(site: Site) -> None:
     sandbox = site.sandbox
     with open(sandbox.config_path, "a") as conf:
@@ -271,3 +301,28 @@ def test_expire_skips_what_a_reader_holds(site: Site) -> None:
         assert "skipped" in res.stderr and site.backup_id in res.stderr
         assert (sandbox.repo.backups_dir / site.backup_id / "pgdr.json").exists()
         assert set(wal_before) <= {p.name for p in sandbox.repo.wal_dir.glob("*.zst")}  # no WAL removed
+
+
+def test_expire_racing_a_running_verify_deletes_nothing_it_reads(site: Site) -> None:
+    """A real `pgdr verify` runs while `pgdr expire --yes` is called repeatedly."""
+    sandbox = site.sandbox
+    env = {k: v for k, v in os.environ.items() if k != "PGDR_CONFIG"}
+    verify = subprocess.Popen([sys.executable, "-m", "pgdr", "--config", str(sandbox.config_path), "verify",
+                               site.backup_id, "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env=env, text=True)
+    lock = backup_lock(sandbox.repo, site.backup_id)
+    try:
+        deadline = time.monotonic() + 60
+        while not lock_is_held(lock) and verify.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert lock_is_held(lock), "verify never took its shared lock"
+        res = run_cli("expire", "--yes", "--json", config=sandbox.config_path)
+        assert res.returncode == 0, res.stderr
+        assert site.backup_id in json.loads(res.stdout)["keep"] or "skipped" in res.stderr
+        out, err = verify.communicate(timeout=600)
+    finally:
+        if verify.poll() is None:
+            verify.kill()
+            verify.wait()
+    assert verify.returncode == 0, out[-2000:] + err
+    assert (sandbox.repo.backups_dir / site.backup_id / "pgdr.json").exists()
