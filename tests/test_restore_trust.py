@@ -326,3 +326,19 @@ def test_expire_racing_a_running_verify_deletes_nothing_it_reads(site: Site) -> 
             verify.wait()
     assert verify.returncode == 0, out[-2000:] + err
     assert (sandbox.repo.backups_dir / site.backup_id / "pgdr.json").exists()
+
+
+def test_retention_keeps_the_newest_verified_backup(site: Site) -> None:
+    """keep_last = 1 (set above): the newest backup is unverified, so the older verified one
+    (verified by the racing test) must survive, and expire says why."""
+    sandbox = site.sandbox
+    assert json.loads((sandbox.repo.backups_dir / site.backup_id / "verify.json").read_text())["passed"]
+    res = run_cli("expire", "--yes", "--json", config=sandbox.config_path)
+    assert res.returncode == 0, res.stderr
+    plan = json.loads(res.stdout)
+    assert site.backup_id in plan["keep"] and site.backup_id not in plan["remove"]
+    assert any(site.backup_id in n and "newest verified" in n for n in plan["notes"])
+    assert (sandbox.repo.backups_dir / site.backup_id / "pgdr.json").exists()
+    rows = json.loads(run_cli("list", "--json", config=sandbox.config_path).stdout)
+    physical = {r["id"] for r in rows if r["kind"] == "physical"}
+    assert site.backup_id in physical and len(physical) == 2  # it and the newest; the rest removed
