@@ -132,6 +132,23 @@ def test_tablespace_restore_never_touches_the_primarys_files(site: Site, program
     assert _count(sandbox.conninfo(sandbox.primary), "select count(*) from hot where v = 'changed'") == 0
 
 
+def test_tablespace_goes_where_the_map_says(site: Site, programs: Programs) -> None:
+    manifest = json.loads((site.sandbox.repo.backups_dir / site.backup_id / "pgdr.json").read_text())
+    oid = next(iter(manifest["tablespaces"]))
+    place = site.work / "mapped" / "ts"
+    code, out, target = _restore(site, "ts_mapped", "--immediate", "--tablespace-map", f"{oid}={place}")
+    assert code == 0, out
+    try:
+        assert (target / "pg_tblspc" / oid).resolve() == place.resolve()
+        assert any(p.name.startswith("PG_") for p in place.iterdir())
+        info = json.loads(out[: out.rindex("}") + 1])
+        assert _count(info["conninfo"].replace("dbname=postgres", "dbname=app"), "select count(*) from hot") == 5000
+    finally:
+        stop_restored(target, programs)
+        shutil.rmtree(target)
+        shutil.rmtree(place)
+
+
 def test_tablespace_landing_on_a_used_directory_is_refused(site: Site) -> None:
     manifest = json.loads((site.sandbox.repo.backups_dir / site.backup_id / "pgdr.json").read_text())
     oid = next(iter(manifest["tablespaces"]))
