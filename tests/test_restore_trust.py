@@ -23,6 +23,7 @@ from pgdr.pg.connect import session
 from pgdr.pg.programs import Programs
 from pgdr.repo.locks import backup_lock, reading
 from pgdr.repo.manifest import BackupManifest
+from pgdr.repo.wal import WalArchive
 from pgdr.restore.pitr import stop_restored
 from pgdr.sandbox import sandbox as sb
 from tests.conftest import run_cli
@@ -275,6 +276,32 @@ def test_damaged_archived_segment_is_named_by_status_verify_and_restore(site: Si
         _flip(path, at)
         (sandbox.repo.backups_dir / site.backup_id / "verify.json").unlink(missing_ok=True)
     assert run_cli("status", config=sandbox.config_path).returncode == 0
+
+
+def test_finished_segments_waiting_in_incoming_count_as_archived(site: Site, programs: Programs) -> None:
+    """A finished segment the archiver has not stored yet is no gap, and recovery reads it."""
+    sandbox = site.sandbox
+    _switch_wal(sandbox, 2)
+    names = _wait_archived(sandbox)
+    assert run_cli("archiver", "stop", config=sandbox.config_path).returncode == 0
+    try:
+        waiting = names[-2]
+        archive = WalArchive(sandbox.repo)
+        (sandbox.repo.incoming_dir / waiting).write_bytes(archive.read(waiting))
+        (sandbox.repo.wal_dir / f"{waiting}.zst").unlink()  # as if pg_receivewal just finished it
+        status = run_cli("status", "--json", config=sandbox.config_path)
+        gaps = next(c for c in json.loads(status.stdout)["checks"] if c["name"] == "archive gaps")
+        assert gaps["status"] == "ok", gaps
+        code, out, target = _restore(site, "from_incoming", "--latest")
+        assert code == 0, out
+        stop_restored(target, programs)
+        shutil.rmtree(target)
+    finally:
+        assert run_cli("archiver", "start", config=sandbox.config_path).returncode == 0
+    deadline = time.monotonic() + 30
+    while not (sandbox.repo.wal_dir / f"{waiting}.zst").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert (sandbox.repo.wal_dir / f"{waiting}.zst").exists()  # stored once the archiver runs
 
 
 def test_backup_that_failed_verification_is_skipped_unless_forced(site: Site) -> None:
