@@ -162,6 +162,9 @@ def test_tablespace_landing_on_a_used_directory_is_refused(site: Site) -> None:
         assert not target.exists()
     code, out, _t = _restore(site, "ts_refused", "--immediate", "--tablespace-map", "notanoid")
     assert code == 2 and "OID=PATH" in out
+    inside = site.work / "ts_refused" / "base"
+    code, out, target = _restore(site, "ts_refused", "--immediate", "--tablespace-map", f"{oid}={inside}")
+    assert code == 2 and "inside the data directory" in out and not target.exists(), out
 
 
 def test_both_verifies_pass_with_a_tablespace(site: Site) -> None:
@@ -195,6 +198,16 @@ def test_flipped_byte_in_a_backup_file_stops_restore_and_verify(site: Site, vict
     finally:
         _flip(folder / name, at)
         (folder / "verify.json").unlink(missing_ok=True)
+
+
+def test_missing_backup_file_is_named(site: Site) -> None:
+    folder = site.sandbox.repo.backups_dir / site.backup_id
+    (folder / "pg_wal.tar").rename(folder / "pg_wal.tar.away")
+    try:
+        code, out, target = _restore(site, "missing_file", "--immediate")
+        assert code == 1 and "pg_wal.tar" in out and not target.exists(), out
+    finally:
+        (folder / "pg_wal.tar.away").rename(folder / "pg_wal.tar")
 
 
 def _rewrite(folder: Path, reseal: bool, **changes: object) -> bytes:
