@@ -312,3 +312,21 @@ def test_the_next_pgdr_ends_what_an_unguarded_killed_pgdr_left(tmp_path: Path) -
                             env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2, result.stderr
     _wait_for("the orphans to be ended", lambda: not _alive(members), 10)
+
+
+def test_programs_of_another_major_version_are_refused(shared_sandbox: sb.Sandbox) -> None:
+    """[pg] bindir pointing at version-18 programs against the PostgreSQL 15 sandbox: one line, exit 2."""
+    fake = shared_sandbox.root / "fake-bin-18"
+    fake.mkdir(exist_ok=True)
+    for tool in ("pg_ctl", "pg_basebackup"):
+        (fake / tool).write_text(f"#!/bin/sh\necho '{tool} (PostgreSQL) 18.1'\n")
+        (fake / tool).chmod(0o755)
+    config = shared_sandbox.root / "pgdr-bindir18.toml"
+    config.write_text(shared_sandbox.config_path.read_text() + f'\n[pg]\nbindir = "{fake}"\n')
+    before = set(shared_sandbox.repo.backups_dir.iterdir())
+    result = run_cli("backup", config=config)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert "runs PostgreSQL 15" in lines[0] and "version 18" in lines[0] and str(fake) in lines[0]
+    assert "Traceback" not in result.stderr
+    assert set(shared_sandbox.repo.backups_dir.iterdir()) == before

@@ -213,7 +213,8 @@ class Archiver:
         plain, password = split_password(conninfo)
         self.upstream_conninfo = conninfo
         self.progress_value, self.progress_at = None, time.monotonic()
-        self.child = self.programs.spawn(
+        programs = self.programs.for_server(version_num=facts["server_version_num"], what=primary.node.name)
+        self.child = programs.spawn(
             "pg_receivewal",
             ["-D", str(self.repo.incoming_dir), "-S", self.config.archive.slot, "--synchronous",
              "--no-loop", "-d", plain],

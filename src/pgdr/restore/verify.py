@@ -146,6 +146,7 @@ def verify_backup(config: Config, programs: Programs, repo: Repository, backup_i
     if config.source is None:
         raise ConfigError("verify needs the config file's path (for restore_command)")
     manifest = find_backup(repo, backup_id)
+    programs = programs.for_server(version_num=manifest.pg_version_num, what=f"backup {manifest.id}")
     folder = backup_dir(repo, manifest.id)
     jobs = jobs or max(2, os.cpu_count() or 2)
     result = VerifyResult(manifest.id, manifest.kind, datetime.now(UTC),
