@@ -330,3 +330,38 @@ def test_programs_of_another_major_version_are_refused(shared_sandbox: sb.Sandbo
     assert "runs PostgreSQL 15" in lines[0] and "version 18" in lines[0] and str(fake) in lines[0]
     assert "Traceback" not in result.stderr
     assert set(shared_sandbox.repo.backups_dir.iterdir()) == before
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_verify_on_a_full_scratch_disk_could_not_run_and_the_backup_keeps_its_status(make_sandbox) -> None:  # type: ignore[no-untyped-def]
+    sandbox = make_sandbox("scratchfull", standbys=0)
+    taken = run_cli("backup", "--json", config=sandbox.config_path)
+    assert taken.returncode == 0, taken.stderr
+    backup = json.loads(taken.stdout)["id"]
+    record = sandbox.repo.backups_dir / backup / "verify.json"
+    logical = json.loads((sandbox.repo.backups_dir / backup / "pgdr.json").read_text())["bytes_logical"]
+    scratch = sandbox.root / "small-scratch"
+    scratch.mkdir()
+    config = sandbox.root / "pgdr-small-scratch.toml"
+    config.write_text(sandbox.config_path.read_text() + f'\n[verify]\nscratch_dir = "{scratch}"\n')
+    try:
+        # too small from the start: refused before anything is written
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0755", "tmpfs", str(scratch)], check=True)
+        result = run_cli("verify", config=config)
+        assert result.returncode == 3, result.stderr
+        assert "could not run" in result.stderr and "scratch disk" in result.stderr and "bytes free" in result.stderr
+        assert not record.exists()
+        # big enough to start, too small to finish (the WAL and the server's own files)
+        size_mb = logical // 1048576 + 2
+        subprocess.run(["mount", "-o", f"remount,size={size_mb}m", str(scratch)], check=True)
+        result = run_cli("verify", config=config)
+        assert result.returncode == 3, result.stderr
+        assert "scratch disk full" in result.stderr and "keeps its status" in result.stderr
+        assert not record.exists()
+        assert not [p for p in scratch.iterdir()], "the scratch folder was not cleaned up"
+        listed = json.loads(run_cli("list", "--json", config=sandbox.config_path).stdout)
+        assert [b for b in listed if b["id"] == backup][0]["verified"] == "never"
+    finally:
+        subprocess.run(["umount", "-l", str(scratch)], check=False)
+    ok = run_cli("verify", config=sandbox.config_path)
+    assert ok.returncode == 0, ok.stderr
