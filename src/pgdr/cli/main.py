@@ -16,7 +16,8 @@ from pgdr.pg.children import REGISTRY, reap_orphans
 from pgdr.pg.process import SHUTTING_DOWN
 
 app = typer.Typer(help="PostgreSQL disaster recovery, rehearsed: backup, verify, restore, fail over.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  rich_markup_mode=None)  # plain click help: Rich's help renderer costs ~70 ms to import
 
 
 @app.callback()
