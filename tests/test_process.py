@@ -150,6 +150,21 @@ def test_sigkilled_restore_leaves_no_server_and_says_incomplete(make_sandbox, ba
         assert again.returncode == 2 and "interrupted restore" in again.stderr
     assert interrupted >= 2, f"only {interrupted} kills hit a restore in recovery"
 
+    # SIGTERM (systemd, a CI timeout) unwinds like Ctrl-C: server stopped, folder removed, record kept
+    target = base_dir / "killrestore-target-term"
+    env = {**os.environ, "PGDR_CONFIG": str(sandbox.config_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "pgdr", "restore", "--latest", "--target-dir", str(target)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for("the recovering server", lambda: (target / "postmaster.pid").exists() or proc.poll() is not None, 180)
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=120)
+    if proc.returncode != 0:  # 0: it had finished recovery just before the signal
+        assert proc.returncode == 128 + signal.SIGTERM, err
+        assert "interrupted" in err and "Traceback" not in err
+        assert not target.exists() and not _running_from(target)
+        assert not [p for p in (sandbox.repo.root / "unfinished").glob("*.json")
+                    if str(target) in p.read_text()], "a cleanly undone restore is not 'interrupted'"
+
 
 def sandbox_programs():  # type: ignore[no-untyped-def]
     from pgdr.pg.programs import Programs
