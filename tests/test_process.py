@@ -216,6 +216,18 @@ def test_sigstopped_primary_fails_a_bounded_call_naming_the_peer(make_sandbox) -
     assert str(sandbox.socket_dir) in err.value.message and "the test query" in err.value.message
     assert waited < 30  # bounded: statement_timeout 1 s + the 2 s client margin, never minutes
 
+    # the same through the CLI: `status` against a stopped primary ends within its bounds
+    config = sandbox.root / "pgdr-short.toml"
+    config.write_text(sandbox.config_path.read_text() + '\n[pg]\nconnect_timeout = "2s"\nstatement_timeout = "2s"\n')
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        status = run_cli("status", "--json", config=config, timeout=60)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert status.returncode == 1
+    primary = [c for c in json.loads(status.stdout)["checks"] if c["name"] == "primary"][0]
+    assert primary["status"] == "fail" and "primary" in primary["summary"] and "timed out" in primary["summary"]
+
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
 def test_archiver_survives_a_full_repository_disk(make_sandbox) -> None:  # type: ignore[no-untyped-def]
