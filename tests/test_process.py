@@ -118,6 +118,36 @@ def test_sigkilled_backup_leaves_no_pg_basebackup_and_no_walsender(make_sandbox)
         assert not _processes("pg_basebackup", repo)
     assert killed_while_running >= 3, f"only {killed_while_running} kills hit a running pg_basebackup"
 
+    # A walsender that stops answering (SIGSTOP): pg_basebackup would wait forever; the stall
+    # timeout ends it and the error names what stalled.
+    with open(sandbox.config_path, "a") as fh:
+        fh.write('\n[pg]\nstall_timeout = "3s"\n')
+    before = {b.name for b in backups.iterdir()}
+    proc = subprocess.Popen([sys.executable, "-m", "pgdr", "backup"], env={**os.environ, "PGDR_CONFIG": str(
+        sandbox.config_path)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    stopped: list[int] = []
+    try:
+        def walsenders_stopped() -> bool:
+            with session(sandbox.conninfo(sandbox.primary, "postgres")) as conn:
+                pids = [r["pid"] for r in conn.execute(
+                    "select pid from pg_stat_activity where backend_type = 'walsender' "
+                    "and application_name = 'pgdr_backup'")]
+            for pid in pids:
+                if pid not in stopped:
+                    os.kill(pid, signal.SIGSTOP)
+                    stopped.append(pid)
+            return len(stopped) >= 2 or proc.poll() is not None
+        _wait_for("the backup's walsenders", walsenders_stopped, 60)
+        _out, err = proc.communicate(timeout=120)
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+    assert proc.returncode == 1, err
+    assert "pg_basebackup made no progress for 3s" in err and "primary" in err
+    assert not _processes("pg_basebackup", repo)
+    assert {b.name for b in backups.iterdir() if not b.name.endswith(".partial")} == \
+        {n for n in before if not n.endswith(".partial")}
+
 
 def test_sigkilled_restore_leaves_no_server_and_says_incomplete(make_sandbox, base_dir: Path) -> None:  # type: ignore[no-untyped-def]
     sandbox = make_sandbox("killrestore", standbys=0)
