@@ -398,6 +398,9 @@ def restore_to_point(config: Config, programs: Programs, repo: Repository, targe
     try:
         with timeline.step("plan"):
             _prepare_dir(target_dir, programs)
+            # pg_waldump and the server must be the archive's own major version
+            programs = programs.for_server(version_num=(repo.identity() or {}).get("pg_version_num"),
+                                           what=f"the repository {repo.root}")
             chosen = plan(programs, repo, target, backup_id, force=force)
             locks.enter_context(reading(repo, chosen.backup.id))
             places = plan_tablespaces(chosen.backup, target_dir, tablespace_map)
