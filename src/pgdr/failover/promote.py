@@ -119,24 +119,25 @@ def prove_writable(node: NodeConfig) -> str:
                               f"{getattr(exc, 'message', exc)}") from None
 
 
-def current_lsn(node: NodeConfig) -> str:
-    with session(node.conninfo) as conn:
-        row = conn.execute("select pg_current_wal_lsn()::text as lsn").fetchone()
-    assert row is not None
-    return str(row["lsn"])
-
-
-def streaming_names(primary: NodeConfig, names: list[str], since: str | None = None) -> list[str]:
-    """Which of `names` stream from `primary` — and, with `since` (an LSN written after the
-    promotion), have flushed WAL past it. A standby that forked off the old timeline after the
-    promotion point shows 'streaming' for a moment while it receives the old timeline's last
-    segment, then can never follow; only WAL flushed past the promotion proves it follows."""
+def streaming_names(primary: NodeConfig, names: list[str]) -> list[str]:
+    """Which of `names` (application names) the primary shows as streaming."""
     with session(primary.conninfo) as conn:
         rows = conn.execute("select application_name from pg_stat_replication "
-                            "where state = 'streaming' and application_name = any(%s) "
-                            "and (%s::pg_lsn is null or flush_lsn > %s::pg_lsn)",
-                            (names, since, since)).fetchall()
+                            "where state = 'streaming' and application_name = any(%s)", (names,)).fetchall()
     return sorted({r["application_name"] for r in rows})
+
+
+def on_timeline(standby: NodeConfig, timeline: int) -> bool:
+    """Has the standby received WAL of `timeline`? A standby that forked off the old timeline
+    after the promotion point shows 'streaming' on the new primary for a moment (it is sent
+    the old timeline's last segment) and reports its own, further, flush position — but it
+    never receives the new timeline, so only this proves it follows."""
+    try:
+        with session(standby.conninfo, timeout=3) as conn:
+            row = conn.execute("select status, received_tli from pg_stat_wal_receiver").fetchone()
+    except PgdrError:
+        return False
+    return bool(row and row["status"] == "streaming" and (row["received_tli"] or 0) >= timeline)
 
 
 def wait_streaming(primary: NodeConfig, standby_name: str, timeout: float = 30) -> dict[str, object]:
@@ -152,26 +153,30 @@ def wait_streaming(primary: NodeConfig, standby_name: str, timeout: float = 30) 
             time.sleep(0.1)
 
 
-def set_synchronous(primary: NodeConfig, spec: SyncSpec, candidates: list[str], timeout: float,
-                    since: str | None = None) -> dict[str, object]:
-    """Name as synchronous only standbys that stream from `primary` (past `since`, see
-    streaming_names), waiting up to `timeout`.
+def set_synchronous(primary: NodeConfig, spec: SyncSpec, candidates: dict[str, NodeConfig | None],
+                    timeout: float, timeline: int | None = None) -> dict[str, object]:
+    """Name as synchronous only standbys that stream from `primary`, waiting up to `timeout`.
 
-    Keeps the method and number of the spec (capped by how many stream). None streaming:
-    synchronous replication is degraded to asynchronous, explicitly — the result says so.
+    candidates: application name → the standby's node (None: judged by the primary alone).
+    With `timeline` (right after a promotion) a standby counts only once it received WAL of
+    that timeline (see on_timeline). Keeps the method and number of the spec (capped by how
+    many stream). None streaming: synchronous replication is degraded to asynchronous,
+    explicitly — the result says so.
     """
     deadline = time.monotonic() + timeout
     streaming: list[str] = []
-    while candidates:
-        streaming = streaming_names(primary, candidates, since)
-        if len(streaming) >= min(spec.num, len(candidates)) or time.monotonic() > deadline:
+    names = sorted(candidates)
+    while names:
+        streaming = [n for n in streaming_names(primary, names)
+                     if timeline is None or (node := candidates[n]) is None or on_timeline(node, timeline)]
+        if len(streaming) >= min(spec.num, len(names)) or time.monotonic() > deadline:
             break
         time.sleep(0.05)
     value = SyncSpec(spec.method, min(spec.num, len(streaming)), tuple(streaming)).render() if streaming else ""
     with session(primary.conninfo) as conn:
         conn.execute(sql.SQL("alter system set synchronous_standby_names = {}").format(sql.Literal(value)))
         conn.execute("select pg_reload_conf()")
-    waiting = sorted(set(candidates) - set(streaming))
+    waiting = sorted(set(names) - set(streaming))
     return {"synchronous_standby_names": value, "streaming": streaming, "not_streaming": waiting,
             "degraded": not streaming,
             "detail": (f"synchronous: {value}" if streaming else

@@ -98,7 +98,8 @@ def run_rejoin(config: Config, programs: Programs, repo: Repository, name: str) 
         # Back into the synchronous set now that it streams (never before: every commit would wait).
         with timeline.step("synchronous standbys", primary.name) as step:
             streaming = promote.streaming_names(primary, _standby_app_names(config, primary))
-            sync = promote.set_synchronous(primary, spec, sorted({*streaming, app_name}), config.failover.sync_wait)
+            sync = promote.set_synchronous(primary, spec, {**dict.fromkeys(streaming), app_name: node},
+                                           config.failover.sync_wait)
             step.detail = str(sync["detail"])
         record["synchronous_after"] = sync
     record["topology_after"] = topology.record_live(config, repo, primary, sync_method=spec.method,

@@ -54,20 +54,20 @@ def promote_prove_repoint(timeline: Timeline, config: Config, repo: Repository, 
     topology.write(config, repo, {"primary": candidate.name, "timeline": new_timeline, "fenced": fenced,
                                   "synchronous_standby_names": "", "sync_method": spec.method,
                                   "sync_num": spec.num})
-    promoted_at = promote.current_lsn(candidate)  # followers must flush past it: the write below
     with timeline.step("prove write", candidate.name) as step:
         step.detail = promote.prove_writable(candidate)
-    names = []
+    names: dict[str, NodeConfig | None] = {}
     for other in followers:
         try:
             with timeline.step("standby follows", other.name):
-                names.append(follow(other, candidate))
+                names[follow(other, candidate)] = other
         except (PgdrError, psycopg.Error):
             pass  # recorded as a failed step; redundancy is restored by `pgdr rejoin`
-    record["followers"] = names
+    record["followers"] = sorted(names)
     if spec.synchronous:
         with timeline.step("synchronous standbys", candidate.name) as step:
-            result = promote.set_synchronous(candidate, spec, names, config.failover.sync_wait, since=promoted_at)
+            result = promote.set_synchronous(candidate, spec, names, config.failover.sync_wait,
+                                             timeline=new_timeline)
             step.detail = str(result["detail"])
             step.evidence.update(result)
         record["synchronous_after"] = result

@@ -104,7 +104,8 @@ def _switchover(config: Config, programs: Programs, repo: Repository, to: str | 
         promote.wait_streaming(candidate, app_name)
     if spec.synchronous:
         with timeline.step("synchronous standbys", candidate.name) as step:
-            result = promote.set_synchronous(candidate, spec, [*record.get("followers", []), app_name],
+            result = promote.set_synchronous(candidate, spec,
+                                             {**dict.fromkeys(record.get("followers", [])), app_name: old},
                                              config.failover.sync_wait)
             step.detail = str(result["detail"])
         record["synchronous_after"] = result
