@@ -369,6 +369,38 @@ def _resolve_paths(raw: dict[str, object], base: Path) -> None:
             fix(node, "log_file")
 
 
+_ENV_REF_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expand_env_refs(raw: object, where: str = "") -> None:
+    """Replace ${NAME} in every *conninfo value by the environment variable NAME.
+
+    Managed databases hand out a DATABASE_URL with the password in it; referring to
+    it keeps the secret out of pgdr.toml. A missing variable is a config error that
+    names the key and the variable, never a value.
+    """
+    items: list[tuple[str | int, object]]
+    if isinstance(raw, dict):
+        items = list(raw.items())
+    elif isinstance(raw, list):
+        items = list(enumerate(raw))
+    else:
+        return
+    for key, value in items:
+        here = f"{where}.{key}" if where else str(key)
+        if isinstance(value, str) and isinstance(key, str) and key.endswith("conninfo"):
+            def expand(match: re.Match[str], here: str = here) -> str:
+                name = match.group(1)
+                found = os.environ.get(name)
+                if found is None:
+                    raise ConfigError(f"{here}: environment variable {name} is not set",
+                                      hint=f"export {name}=... before running pgdr")
+                return found
+            raw[key] = _ENV_REF_RE.sub(expand, value)  # type: ignore[index]
+        else:
+            _expand_env_refs(value, here)
+
+
 def load_config(explicit: Path | None = None) -> Config:
     path = find_config_path(explicit)
     try:
@@ -383,6 +415,10 @@ def load_config(explicit: Path | None = None) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     _resolve_paths(raw, path.resolve().parent)
+    try:
+        _expand_env_refs(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc.message}", hint=exc.hint) from None
     try:
         config = Config.model_validate(raw)
     except ValidationError as exc:
