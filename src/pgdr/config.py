@@ -388,7 +388,7 @@ def _expand_env_refs(raw: object, where: str = "") -> None:
         return
     for key, value in items:
         here = f"{where}.{key}" if where else str(key)
-        if isinstance(value, str) and isinstance(key, str) and key.endswith("conninfo"):
+        if isinstance(raw, dict) and isinstance(value, str) and str(key).endswith("conninfo"):
             def expand(match: re.Match[str], here: str = here) -> str:
                 name = match.group(1)
                 found = os.environ.get(name)
@@ -396,7 +396,7 @@ def _expand_env_refs(raw: object, where: str = "") -> None:
                     raise ConfigError(f"{here}: environment variable {name} is not set",
                                       hint=f"export {name}=... before running pgdr")
                 return found
-            raw[key] = _ENV_REF_RE.sub(expand, value)  # type: ignore[index]
+            raw[key] = _ENV_REF_RE.sub(expand, value)
         else:
             _expand_env_refs(value, here)
 
