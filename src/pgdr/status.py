@@ -18,13 +18,14 @@ from pgdr.errors import PgdrError
 from pgdr.pg.connect import session
 from pgdr.pg.lsn import Segment, parse_lsn
 from pgdr.pg.probe import NodeState, probe_all
+from pgdr.pg.standbys import match_standbys
 from pgdr.repo.layout import Repository
 from pgdr.repo.manifest import BackupManifest, list_backups
 from pgdr.repo.records import list_records, read_verification
 from pgdr.repo.wal import WalArchive, find_gaps
 
 REPLICATION_SQL = """
-select application_name, state, sync_state,
+select pid, application_name, host(client_addr) as client_addr, state, sync_state,
        pg_wal_lsn_diff(pg_current_wal_lsn(), flush_lsn)::bigint as flush_lag_bytes,
        pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint as replay_lag_bytes,
        extract(epoch from flush_lag)::float8 as flush_lag_s,
@@ -34,7 +35,7 @@ from pg_stat_replication
 """
 
 SLOT_SQL = """
-select slot_name, active, restart_lsn::text as restart_lsn, wal_status,
+select slot_name, active, active_pid, restart_lsn::text as restart_lsn, wal_status,
        pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint as retained_bytes
 from pg_replication_slots where slot_type = 'physical'
 """
@@ -72,7 +73,8 @@ def gather_status(config: Config, repo: Repository) -> StatusReport:
     states = probe_all(config)
     primaries = [s for s in states if s.role == "primary"]
     checks: list[Check] = []
-    replication: dict[str, dict[str, Any]] = {}
+    replication: dict[str, dict[str, Any]] = {}   # configured standby -> its walsender
+    archiver_sender: dict[str, Any] | None = None
     slots: dict[str, dict[str, Any]] = {}
     primary: NodeState | None = primaries[0] if len(primaries) == 1 else None
 
@@ -80,7 +82,8 @@ def gather_status(config: Config, repo: Repository) -> StatusReport:
         configured = next(s for s in states if s.node.name == config.configured_primary.name)
         checks.append(Check("primary", "fail", f"no primary reachable ({configured.node.name}: "
                             f"{configured.error or configured.role})",
-                            hint="start the primary or fail over: `pgdr failover`"))
+                            hint=configured.hint if configured.auth_failed
+                            else "start the primary or fail over: `pgdr failover`"))
     elif len(primaries) > 1:
         checks.append(Check("primary", "fail", "more than one writable primary: "
                             + ", ".join(p.node.name for p in primaries),
@@ -93,8 +96,13 @@ def gather_status(config: Config, repo: Repository) -> StatusReport:
                                       "current_lsn": primary.facts["current_lsn"]}))
         try:
             with session(primary.node.conninfo) as conn:
-                replication = {r["application_name"]: dict(r) for r in conn.execute(REPLICATION_SQL)}
+                senders = [dict(r) for r in conn.execute(REPLICATION_SQL)]
                 slots = {r["slot_name"]: dict(r) for r in conn.execute(SLOT_SQL)}
+            archiver_sender = next((r for r in senders
+                                    if r["application_name"] == config.archive.application_name), None)
+            replication = match_standbys(
+                [r for r in senders if r is not archiver_sender], list(slots.values()),
+                [(s.node, s.facts) for s in states if s is not primary])
         except PgdrError as exc:
             checks.append(Check("replication", "fail", exc.message))
 
@@ -105,7 +113,7 @@ def gather_status(config: Config, repo: Repository) -> StatusReport:
 
     backups_info, backup_checks, backups = _backup_status(config, repo)
     checks.extend(backup_checks)
-    archive_info, archive_checks = _archive_status(config, repo, primary, replication, slots, backups)
+    archive_info, archive_checks = _archive_status(config, repo, primary, archiver_sender, slots, backups)
     checks.extend(archive_checks)
     drill = _drill_status(repo)
     if drill is not None:
@@ -124,12 +132,12 @@ def _node_row(state: NodeState, primary: NodeState | None,
     if state.role == "standby" and primary is not None and primary.facts:
         current = parse_lsn(primary.facts["current_lsn"])
         replay = facts.get("replay_lsn")
-        receive = facts.get("receive_lsn")
         row["replay_lag_bytes"] = max(0, current - parse_lsn(replay)) if replay else None
         rep = replication.get(state.node.name, {})
         row["streaming"] = rep.get("state") == "streaming"
         row["sync_state"] = rep.get("sync_state")
-        if receive and replay and parse_lsn(receive) <= parse_lsn(replay) and row["replay_lag_bytes"] == 0:
+        if row["replay_lag_bytes"] == 0:
+            # caught up: on an idle primary the last replayed commit is old, not late
             row["replay_lag_s"] = 0.0
         elif rep.get("replay_lag_s") is not None:
             row["replay_lag_s"] = round(float(rep["replay_lag_s"]), 3)
@@ -143,7 +151,8 @@ def _node_row(state: NodeState, primary: NodeState | None,
 def _standby_check(config: Config, state: NodeState, row: dict[str, Any]) -> Check:
     name = f"standby {state.node.name}"
     if not state.reachable:
-        return Check(name, "fail", f"unreachable: {state.error}", hint="start it, or rebuild it")
+        return Check(name, "fail", f"unreachable: {state.error}",
+                     hint=state.hint if state.auth_failed else "start it, or rebuild it")
     if state.role == "primary":
         return Check(name, "fail", "is writable too (split brain)")
     if not row.get("streaming"):
@@ -210,7 +219,7 @@ def _verified_check(config: Config, repo: Repository, backups: list[BackupManife
 
 
 def _archive_status(config: Config, repo: Repository, primary: NodeState | None,
-                    replication: dict[str, dict[str, Any]], slots: dict[str, dict[str, Any]],
+                    receiver: dict[str, Any] | None, slots: dict[str, dict[str, Any]],
                     physical: list[BackupManifest]) -> tuple[dict[str, Any], list[Check]]:
     archive = WalArchive(repo)
     segments = archive.segments()
@@ -247,7 +256,6 @@ def _archive_status(config: Config, repo: Repository, primary: NodeState | None,
     else:
         checks.append(Check("archive gaps", "ok", f"{len(segments)} segments, no gap"))
 
-    receiver = replication.get(config.archive.application_name)
     slot = slots.get(config.archive.slot)
     if primary is not None and primary.facts is not None:
         if receiver is not None:

@@ -12,6 +12,7 @@ from psycopg.rows import dict_row
 
 from pgdr.errors import ConnectionFailed
 from pgdr.pg.conninfo import mask, mask_text, with_params
+from pgdr.pg.credentials import connect_error
 
 
 def describe_failure(exc: Exception) -> str:
@@ -39,6 +40,9 @@ def connect(conninfo: str, *, timeout: float = 5, autocommit: bool = True, **kw:
     try:
         return psycopg.connect(target, autocommit=autocommit, row_factory=dict_row, **kw)
     except psycopg.Error as exc:
+        refused = connect_error(conninfo, exc)
+        if refused is not None:
+            raise refused from None
         raise ConnectionFailed(f"cannot connect to {mask(conninfo)}: {describe_failure(exc)}") from None
 
 

@@ -5,7 +5,8 @@ Every external program pgdr runs goes through here, so that all of them:
 - run as the data directory's owner when pgdr itself runs as root (PostgreSQL
   refuses root),
 - run with LANG=C so their output can be parsed,
-- get passwords through PGPASSWORD, never on the command line,
+- get the credentials pgdr was given, never on the command line, and never prompt
+  (pg/credentials.py),
 - fail with a PgdrError that carries the program's last stderr line.
 """
 
@@ -18,12 +19,14 @@ import pwd
 import shutil
 import signal
 import subprocess
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pgdr.errors import ConfigError, ProgramFailed
+from pgdr.pg import credentials
 from pgdr.pg.conninfo import mask_text
 
 log = logging.getLogger(__name__)
@@ -122,6 +125,12 @@ class Programs:
             env.update(extra)
         return env
 
+    def _credentials(self, program: str, args: Sequence[str], password: str | None,
+                     as_server_user: bool) -> credentials.ChildCredentials:
+        other_user = as_server_user and self.run_as.active
+        return credentials.prepare(program, args, password, child_user=self.run_as.user,
+                                   child_ids=self.run_as.ids() if other_user else None)
+
     def _user_kwargs(self, as_server_user: bool) -> dict[str, Any]:
         if as_server_user and self.run_as.active:
             uid, gid = self.run_as.ids()
@@ -142,8 +151,9 @@ class Programs:
         input_text: str | None = None,
     ) -> Result:
         """Run to completion; raise ProgramFailed (with stderr's gist) on a bad exit code."""
-        argv = [self.path(program), *args]
+        argv = [self.path(program), *credentials.no_prompt_args(program), *args]
         log.debug("run: %s", mask_text(" ".join(argv)))
+        creds = self._credentials(program, args, password, as_server_user)
         stdout_file = open(stdout_path, "wb") if stdout_path else None  # noqa: SIM115
         try:
             proc = subprocess.run(
@@ -151,7 +161,7 @@ class Programs:
                 stdout=stdout_file or subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 input=input_text.encode() if input_text is not None else None,
-                env=self._env(password, env),
+                env={**self._env(None, env), **creds.env},
                 cwd="/",
                 timeout=timeout,
                 preexec_fn=_die_with_parent,
@@ -160,6 +170,7 @@ class Programs:
         except subprocess.TimeoutExpired:
             raise ProgramFailed(f"{program} did not finish within {timeout:.0f}s") from None
         finally:
+            creds.close()
             if stdout_file:
                 stdout_file.close()
         stdout = proc.stdout.decode(errors="replace") if proc.stdout else ""
@@ -167,6 +178,9 @@ class Programs:
         for line in stderr.splitlines():
             log.debug("%s: %s", program, mask_text(line))
         if proc.returncode not in ok_codes:
+            refused = credentials.auth_error(stderr, credentials.target_of(args))
+            if refused is not None:
+                raise refused
             raise ProgramFailed(f"{program} failed: {summarize_stderr(stderr, proc.returncode)}")
         return Result(argv, proc.returncode, stdout, stderr)
 
@@ -181,22 +195,30 @@ class Programs:
         new_session: bool = False,
         die_with_parent: bool = True,
     ) -> subprocess.Popen[bytes]:
-        """Start a long-running program (pg_receivewal, pgbench) and return its handle."""
-        argv = [self.path(program), *args]
+        """Start a long-running program (pg_receivewal, pgbench) and return its handle.
+        A private passfile it was given is removed when the handle is dropped."""
+        argv = [self.path(program), *credentials.no_prompt_args(program), *args]
         log.debug("spawn: %s", mask_text(" ".join(argv)))
+        creds = self._credentials(program, args, password, as_server_user)
         out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
         try:
-            return subprocess.Popen(
+            child = subprocess.Popen(
                 argv,
                 stdout=out,
                 stderr=subprocess.STDOUT if log_path else subprocess.PIPE,
                 stdin=subprocess.DEVNULL,
-                env=self._env(password, None),
+                env={**self._env(None, None), **creds.env},
                 cwd="/",
                 start_new_session=new_session,
                 preexec_fn=_die_with_parent if die_with_parent else None,
                 **self._user_kwargs(as_server_user),
             )
+        except BaseException:
+            creds.close()
+            raise
+        else:
+            weakref.finalize(child, creds.close)
+            return child
         finally:
             if log_path and not isinstance(out, int):
                 out.close()

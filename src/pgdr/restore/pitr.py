@@ -24,7 +24,7 @@ from typing import Any
 import zstandard
 
 from pgdr.config import Config
-from pgdr.errors import ConfigError, PgdrError, RepositoryError, UsageError
+from pgdr.errors import AuthenticationFailed, ConfigError, PgdrError, RepositoryError, UsageError
 from pgdr.pg.connect import session
 from pgdr.pg.instance import DETACHED_SETTINGS, Instance, free_port
 from pgdr.pg.lsn import parse_lsn, parse_segment_name
@@ -301,6 +301,8 @@ def _wait_for_target(instance: Instance, pause: bool, timeout: float) -> None:
             assert row is not None
             if not row["r"] or (pause and row["pause"] == "paused"):
                 return
+        except AuthenticationFailed:
+            raise  # waiting cannot fix credentials
         except PgdrError:
             pass
         time.sleep(0.1)

@@ -28,11 +28,12 @@ from typing import Literal
 
 import pgdr
 from pgdr.config import load_config
-from pgdr.errors import ConfigError, PgdrError, SandboxError
+from pgdr.errors import AuthenticationFailed, ConfigError, PgdrError, SandboxError
 from pgdr.pg.connect import session
 from pgdr.pg.instance import Instance, _quote
 from pgdr.pg.programs import Programs, RunAs
 from pgdr.repo.layout import Repository
+from pgdr.restore.access import grant_pgdr_access
 from pgdr.restore.extract import ExtractMethod, extract_physical
 
 TargetKind = Literal["immediate", "latest", "time", "lsn", "xid", "name"]
@@ -151,6 +152,7 @@ def restore_physical(backup_dir: Path, instance: Instance,
         restore_command = zstd_fetch_command(wal_dir, programs.run_as) or wal_fetch_command(config_path, programs.run_as)
     settings["restore_command"] = restore_command
     settings.update(target.settings())
+    settings.update(grant_pgdr_access(instance.data_dir, instance.socket_dir, programs.run_as))
     write_recovery(instance.data_dir, settings, programs.run_as)
     return seconds
 
@@ -172,6 +174,8 @@ def wait_until_promoted(instance: Instance, timeout: float = 600) -> dict[str, o
                         "(select timeline_id from pg_control_checkpoint()) as checkpoint_timeline"
                     ).fetchone()
                     return dict(info or {})
+        except AuthenticationFailed:
+            raise  # waiting cannot fix credentials
         except PgdrError as exc:
             last_error = exc.message
         time.sleep(0.1)

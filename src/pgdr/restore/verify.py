@@ -38,6 +38,7 @@ from pgdr.repo.layout import Repository
 from pgdr.repo.manifest import BackupManifest, backup_dir, find_backup, list_backups
 from pgdr.repo.records import VERIFY_RECORD, read_verification
 from pgdr.restore import dbchecks
+from pgdr.restore.access import TOUCHED_FILES
 from pgdr.restore.extract import ExtractMethod, check_files
 from pgdr.restore.recovery import RecoveryTarget, restore_physical, wait_until_promoted
 from pgdr.restore.scratch import Scratch, scratch_root
@@ -199,6 +200,7 @@ def _verify_physical(run: _Run, config: Config, programs: Programs, repo: Reposi
         t0 = time.monotonic()
         res = programs.run("pg_verifybackup", [
             "-m", str(folder / "backup_manifest"), "-w", str(inst.data_dir / "pg_wal"),
+            *(arg for name in TOUCHED_FILES for arg in ("-i", name)),  # pgdr's access rule
             str(inst.data_dir)], ok_codes=(0, 1), timeout=3600)
         lines = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip()]
         if res.returncode != 0:

@@ -1,0 +1,101 @@
+"""pgdr on a hand-built cluster (peer + scram, replicator role, pg_basebackup -R standby),
+with passwords only in a root-only PGPASSFILE, and again only in PGPASSWORD.
+
+Outcomes are checked on the servers themselves (psql as postgres over peer), not by
+pgdr's own report; every run_cli has a timeout, so a password prompt cannot hang.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from pgdr.restore.pitr import stop_restored
+from tests.conftest import run_cli
+from tests.real_cluster import RealCluster
+
+
+def _no_secret(cluster: RealCluster, *texts: str) -> None:
+    for secret in cluster.secrets():
+        for text in texts:
+            assert secret not in text
+
+
+@pytest.mark.parametrize("variant", ["passfile", "password"])
+def test_everything_works_with_passwords_only_outside_pgdr_toml(real_cluster: RealCluster,
+                                                                variant: str) -> None:
+    config = real_cluster.write_config(f"creds-{variant}")
+    env = real_cluster.env_with_passfile() if variant == "passfile" else real_cluster.env_with_password()
+    seen: list[str] = []
+
+    def cli(*args: str, timeout: float = 180) -> str:
+        result = run_cli(*args, config=config, env=env, timeout=timeout)
+        seen.extend([result.stdout, result.stderr])
+        assert result.returncode == 0, (args, result.stdout[-2000:], result.stderr)
+        return result.stdout
+
+    try:
+        cli("archiver", "start", timeout=60)
+        app_name = json.loads(cli("archiver", "status", "--json")).get("application_name")
+        streaming = real_cluster.psql("select application_name from pg_stat_replication "
+                                      "where state = 'streaming' and application_name <> 'walreceiver'")
+        assert streaming, "no archiver walsender streams on the primary"
+        if app_name:
+            assert app_name in streaming.splitlines()
+        cli("backup")
+        cli("verify", "latest", timeout=300)
+        status = json.loads(cli("status", "--json"))
+        assert status["status"] == "ok", status["checks"]
+        standby = next(c for c in status["checks"] if c["name"] == "standby db2")
+        assert standby["status"] == "ok"
+        # a row written after the backup must come back through the archive
+        new_id = 100001 if variant == "passfile" else 100002
+        real_cluster.psql(f"insert into customers values ({new_id}, 'after{new_id}@example.com')", dbname="app")
+        real_cluster.psql("select pg_switch_wal()")
+        target = real_cluster.root / f"restored-{variant}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not _archived_past_switch(config):
+            time.sleep(0.3)
+        out = cli("restore", "--latest", "--target-dir", str(target), "--json", timeout=300)
+        restored = json.loads(out)
+        try:
+            got = real_cluster.programs.run("psql", [
+                "-X", "-A", "-t", "-h", restored["socket_dir"], "-p", str(restored["port"]), "-U", "postgres",
+                "-d", "app", "-c", f"select count(*) from customers where id = {new_id}"], timeout=30)
+            assert got.stdout.strip() == "1"
+        finally:
+            stop_restored(target, real_cluster.programs)
+    finally:
+        run_cli("archiver", "stop", config=config, env=env, timeout=60)
+    _no_secret(real_cluster, *seen)
+
+
+def _archived_past_switch(config: Path) -> bool:
+    state = json.loads((config.parent / "repo" / "archiver" / "state.json").read_text())
+    return bool(state.get("archived_count"))
+
+
+@pytest.mark.parametrize("env_of", [RealCluster.env_with_passfile, RealCluster.env_with_password],
+                         ids=["passfile", "password"])
+def test_wrong_password_is_one_line_naming_user_and_host(real_cluster: RealCluster,
+                                                         env_of: Callable[..., dict[str, str]]) -> None:
+    config = real_cluster.write_config("creds-wrong")
+    env = env_of(real_cluster, wrong=True)
+    where = f"dba at 127.0.0.1:{real_cluster.primary.port}"
+    for args in (["backup"], ["backup", "--logical"], ["archiver", "start"]):
+        result = run_cli(*args, config=config, env=env, timeout=60)
+        assert result.returncode != 0, args
+        assert f"password authentication failed for user {where}" in result.stderr, (args, result.stderr)
+        assert "PGPASSFILE" in result.stderr and "fail over" not in result.stderr
+        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    state = json.loads((config.parent / "repo" / "archiver" / "state.json").read_text())
+    assert state["failures"] >= 1 and "password authentication failed" in state["last_failure"]
+    assert not state["receiving"]
+    status = run_cli("status", "--json", config=config, env=env, timeout=60)
+    assert status.returncode == 1
+    primary = next(c for c in json.loads(status.stdout)["checks"] if c["name"] == "primary")
+    assert "PGPASSFILE" in primary["hint"] and "fail over" not in primary["hint"]
