@@ -99,3 +99,22 @@ def test_wrong_password_is_one_line_naming_user_and_host(real_cluster: RealClust
     assert status.returncode == 1
     primary = next(c for c in json.loads(status.stdout)["checks"] if c["name"] == "primary")
     assert "PGPASSFILE" in primary["hint"] and "fail over" not in primary["hint"]
+
+
+def test_hand_built_standby_is_healthy_in_status_and_diagnose(real_cluster: RealCluster) -> None:
+    """pg_basebackup -R: application_name `walreceiver`, a slot not named after the node."""
+    assert real_cluster.psql("select application_name from pg_stat_replication") == "walreceiver"
+    config = real_cluster.write_config("creds-standby")
+    env = real_cluster.env_with_passfile()
+    status = run_cli("status", "--json", config=config, env=env, timeout=60)
+    standby = next(c for c in json.loads(status.stdout)["checks"] if c["name"] == "standby db2")
+    assert standby["status"] == "ok", standby
+    node = next(n for n in json.loads(status.stdout)["nodes"] if n["name"] == "db2")
+    assert node["streaming"] is True and node["replay_lag_s"] is not None
+    diag = run_cli("diagnose", "--json", config=config, env=env, timeout=60)
+    findings = json.loads(diag.stdout)["findings"]
+    replication = [f for f in findings if f["concern"] == "replication"]
+    assert any(f["severity"] == "ok" and "db2" in f["summary"] for f in replication), replication
+    assert not any(f["severity"] == "critical" for f in replication), replication
+    for f in findings:
+        assert real_cluster.standby_slot not in (f.get("action") or "") or "drop" not in (f.get("action") or ""), f
