@@ -95,17 +95,17 @@ class RealCluster:
         return env
 
     # ---- pgdr.toml ------------------------------------------------------------------
-    def write_config(self, name: str, extra: str = "") -> Path:
-        """A physical-mode config: both nodes over TCP as dba, no password in it."""
+    def write_config(self, name: str, extra: str = "", user: str = "dba", repo: str = "repo") -> Path:
+        """A physical-mode config: both nodes over TCP as `user`, no password in it."""
         folder = self.root / name
         folder.mkdir(exist_ok=True)
         os.chmod(folder, 0o755)
         path = folder / "pgdr.toml"
         path.write_text(
-            f'[cluster]\nname = "{name}"\n\n[repository]\npath = "repo"\n\n'
-            f'[[nodes]]\nname = "db1"\nrole = "primary"\nconninfo = "{self.tcp(self.primary)}"\n'
+            f'[cluster]\nname = "{name}"\n\n[repository]\npath = "{repo}"\n\n'
+            f'[[nodes]]\nname = "db1"\nrole = "primary"\nconninfo = "{self.tcp(self.primary, user)}"\n'
             f'data_dir = "{self.primary.data_dir}"\n\n'
-            f'[[nodes]]\nname = "db2"\nrole = "standby"\nconninfo = "{self.tcp(self.standby)}"\n'
+            f'[[nodes]]\nname = "db2"\nrole = "standby"\nconninfo = "{self.tcp(self.standby, user)}"\n'
             f'data_dir = "{self.standby.data_dir}"\n\n' + extra)
         return path
 

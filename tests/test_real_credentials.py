@@ -118,3 +118,25 @@ def test_hand_built_standby_is_healthy_in_status_and_diagnose(real_cluster: Real
     assert not any(f["severity"] == "critical" for f in replication), replication
     for f in findings:
         assert real_cluster.standby_slot not in (f.get("action") or "") or "drop" not in (f.get("action") or ""), f
+
+
+def test_archive_lag_is_this_repositorys_and_unknown_is_not_green(real_cluster: RealCluster) -> None:
+    config = real_cluster.write_config("lag-own")
+    env = real_cluster.env_with_passfile()
+    assert run_cli("archiver", "start", config=config, env=env, timeout=60).returncode == 0
+    try:
+        own = json.loads(run_cli("status", "--json", config=config, env=env, timeout=60).stdout)
+        lag = next(c for c in own["checks"] if c["name"] == "archive lag")
+        assert lag["status"] == "ok", lag
+        # another repository on the same primary: that archiver is not ours
+        other = real_cluster.write_config("lag-other")
+        theirs = json.loads(run_cli("status", "--json", config=other, env=env, timeout=60).stdout)
+        lag = next(c for c in theirs["checks"] if c["name"] == "archive lag")
+        assert lag["status"] == "fail" and "not streaming" in lag["summary"], lag
+        # the same repository seen by a role without pg_monitor: positions are NULL
+        plain = real_cluster.write_config("lag-plain", user="app", repo=str(config.parent / "repo"))
+        hidden = json.loads(run_cli("status", "--json", config=plain, env=env, timeout=60).stdout)
+        lag = next(c for c in hidden["checks"] if c["name"] == "archive lag")
+        assert lag["status"] == "fail" and "unknown" in lag["summary"] and "pg_monitor" in lag["hint"], lag
+    finally:
+        run_cli("archiver", "stop", config=config, env=env, timeout=60)

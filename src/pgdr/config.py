@@ -7,6 +7,7 @@ A bad file gives one line naming the key and the problem (exit code 2).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tomllib
@@ -81,8 +82,11 @@ class BackupConfig(_Strict):
 
 
 class ArchiveConfig(_Strict):
-    slot: Annotated[str, Field(pattern=r"^[a-z0-9_]+$")] = "pgdr_archive"
-    application_name: str = "pgdr_archiver"
+    # Default: unique per repository (pgdr_<tag> / pgdr_archiver_<tag>, tag from the
+    # repository's path), so status counts this repository's own archiver, never one
+    # feeding another repository from the same primary.
+    slot: Annotated[str, Field(pattern=r"^[a-z0-9_]+$")] = ""
+    application_name: str = ""
     compression_level: Annotated[int, Field(ge=1, le=19)] = 1
     max_lag: Duration = 60.0
 
@@ -305,6 +309,23 @@ class Config(_Strict):
     drill: DrillConfig = DrillConfig()
     verify: VerifyConfig = VerifyConfig()
     source: Path | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _archive_names(cls, data: object) -> object:
+        """Fill archive.slot / application_name from the repository when not given."""
+        if not isinstance(data, dict):
+            return data
+        repo = data.get("repository")
+        path = repo.get("path") if isinstance(repo, dict) else getattr(repo, "path", None)
+        archive = data.get("archive", {})
+        if path is None or not isinstance(archive, dict):
+            return data
+        tag = hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:8]
+        archive = {**archive}
+        archive.setdefault("slot", f"pgdr_{tag}")
+        archive.setdefault("application_name", f"pgdr_archiver_{tag}")
+        return {**data, "archive": archive}
 
     @model_validator(mode="after")
     def _one_primary(self) -> Config:

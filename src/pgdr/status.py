@@ -258,13 +258,22 @@ def _archive_status(config: Config, repo: Repository, primary: NodeState | None,
 
     slot = slots.get(config.archive.slot)
     if primary is not None and primary.facts is not None:
-        if receiver is not None:
-            lag_bytes = int(receiver["flush_lag_bytes"] or 0)
+        if receiver is not None and receiver.get("flush_lag_bytes") is None:
+            # The row is there but its columns are NULL: this role may not see them.
+            info.update(lag_bytes=None, lag_s=None, streaming=None)
+            checks.append(Check("archive lag", "fail", "unknown: pg_stat_replication hides the archiver's "
+                                "positions from this role", evidence={"application_name": receiver["application_name"]},
+                                hint="GRANT pg_monitor TO the role in the primary's conninfo"))
+        elif receiver is not None:
+            lag_bytes = int(receiver["flush_lag_bytes"])
             lag_s = receiver["flush_lag_s"]
-            lag_s = float(lag_s) if lag_s is not None else 0.0
-            info.update(lag_bytes=lag_bytes, lag_s=round(lag_s, 3), streaming=True)
-            status: Status = "ok" if lag_s <= config.archive.max_lag else "warn"
-            checks.append(Check("archive lag", status, f"{lag_bytes} bytes, {lag_s:.2f}s behind the primary",
+            # flush_lag is NULL once an idle archiver has caught up: then it is 0, else unknown
+            lag_s = float(lag_s) if lag_s is not None else (0.0 if lag_bytes == 0 else None)
+            info.update(lag_bytes=lag_bytes, lag_s=round(lag_s, 3) if lag_s is not None else None,
+                        streaming=receiver.get("state") == "streaming")
+            status: Status = "ok" if lag_s is None or lag_s <= config.archive.max_lag else "warn"
+            checks.append(Check("archive lag", status, f"{lag_bytes} bytes, "
+                                + (f"{lag_s:.2f}s" if lag_s is not None else "? s") + " behind the primary",
                                 evidence={"lag_bytes": lag_bytes, "lag_s": lag_s}))
         else:
             retained = slot["retained_bytes"] if slot else None
