@@ -290,6 +290,9 @@ class DrillConfig(_Strict):
 
 class ClusterConfig(_Strict):
     name: str = "main"
+    # "logical": a managed database reached by a role without REPLICATION or superuser
+    # (pg_dump only); "auto" detects it from the role's privileges (pgdr/mode.py).
+    mode: Literal["auto", "physical", "logical"] = "auto"
 
 
 class Config(_Strict):

@@ -15,6 +15,7 @@ from pgdr.backup.archiver import archiver_state_dict
 from pgdr.checks import Check, Status, worst
 from pgdr.config import Config
 from pgdr.errors import PgdrError
+from pgdr.mode import is_logical_only
 from pgdr.pg.connect import session
 from pgdr.pg.lsn import Segment, parse_lsn
 from pgdr.pg.probe import NodeState, probe_all
@@ -111,10 +112,16 @@ def gather_status(config: Config, repo: Repository) -> StatusReport:
         if primary is not None and state is not primary:
             checks.append(_standby_check(config, state, row))
 
-    backups_info, backup_checks, backups = _backup_status(config, repo)
+    logical_only = is_logical_only(config)
+    backups_info, backup_checks, backups = _backup_status(config, repo, "logical" if logical_only else "physical")
     checks.extend(backup_checks)
-    archive_info, archive_checks = _archive_status(config, repo, primary, archiver_sender, slots, backups)
-    checks.extend(archive_checks)
+    if logical_only:
+        archive_info: dict[str, Any] = {"applicable": False}
+        checks.append(Check("archive", "ok", "not applicable (logical-only): no WAL archive, "
+                            "recovery is to the newest logical backup"))
+    else:
+        archive_info, archive_checks = _archive_status(config, repo, primary, archiver_sender, slots, backups)
+        checks.extend(archive_checks)
     drill = _drill_status(repo)
     if drill is not None:
         checks.append(drill)
@@ -166,8 +173,10 @@ def _standby_check(config: Config, state: NodeState, row: dict[str, Any]) -> Che
                  f" / {lag if lag is not None else '?'}s", evidence=row)
 
 
-def _backup_status(config: Config, repo: Repository
+def _backup_status(config: Config, repo: Repository, required: str = "physical"
                    ) -> tuple[dict[str, Any], list[Check], list[BackupManifest]]:
+    """The newest backup of the required kind (logical in logical-only mode) and its age;
+    returns the physical backups for the archive checks."""
     backups = list_backups(repo)
     physical = [b for b in backups if b.kind == "physical"]
     logical = [b for b in backups if b.kind == "logical"]
@@ -179,16 +188,18 @@ def _backup_status(config: Config, repo: Repository
             info[f"newest_{kind}"] = {"id": newest.id, "stop_time": newest.stop_time.isoformat(),
                                       "age_s": round(newest.age_seconds, 1),
                                       "bytes": newest.bytes_on_disk}
-    if not physical:
-        checks.append(Check("backup", "fail", "no physical backup in the repository",
-                            hint="run `pgdr backup`"))
+    wanted = physical if required == "physical" else logical
+    if not wanted:
+        checks.append(Check("backup", "fail", f"no {required} backup in the repository",
+                            hint="run `pgdr backup`" if required == "physical" else "run `pgdr backup --logical`"))
     else:
-        newest = physical[-1]
+        newest = wanted[-1]
         status: Status = "warn" if newest.age_seconds > config.status.max_backup_age else "ok"
-        checks.append(Check("backup", status, f"newest {newest.id}, {_fmt_age(newest.age_seconds)} old",
-                            evidence=info["newest_physical"]))
+        checks.append(Check("backup", status, f"newest {newest.id} ({required}), "
+                            f"{_fmt_age(newest.age_seconds)} old", evidence=info[f"newest_{required}"]))
     if backups:
-        checks.append(_verified_check(config, repo, backups, info))
+        checks.append(_verified_check(config, repo, wanted if required == "logical" and wanted else backups,
+                                      info))
     return info, checks, physical
 
 

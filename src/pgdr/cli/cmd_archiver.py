@@ -20,6 +20,7 @@ app = typer.Typer(help="Stream WAL into the repository (pg_receivewal on a repli
 def run_cmd(ctx: typer.Context) -> None:
     """Run in the foreground (for systemd or a container): until SIGTERM or Ctrl-C."""
     obj: AppContext = ctx.obj
+    obj.require_physical("the WAL archiver", "managed databases keep their own WAL; take `pgdr backup --logical` on a schedule instead")
     worker = archiver.Archiver(obj.config, obj.programs, obj.repo)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     signal.signal(signal.SIGINT, lambda *_: worker.stop())
@@ -30,6 +31,7 @@ def run_cmd(ctx: typer.Context) -> None:
 def start_cmd(ctx: typer.Context) -> None:
     """Start `archiver run` in the background and wait until it streams."""
     obj: AppContext = ctx.obj
+    obj.require_physical("the WAL archiver", "managed databases keep their own WAL; take `pgdr backup --logical` on a schedule instead")
     pid = archiver.start_background(find_config_path(obj.config_path).resolve(), obj.repo)
     output.console.print(f"archiver streaming (pid {pid})")
 

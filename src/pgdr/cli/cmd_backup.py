@@ -22,6 +22,8 @@ def backup(
 ) -> None:
     """Take a physical base backup (or a logical dump) of the primary into the repository."""
     obj: AppContext = ctx.obj
+    if not logical:
+        obj.require_physical("a physical base backup", "take a logical backup: `pgdr backup --logical`")
     if logical:
         from pgdr.backup.logical import take_logical_backup as take
     else:

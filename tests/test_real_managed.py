@@ -1,0 +1,64 @@
+"""A managed-style database: a role with neither REPLICATION nor superuser, reached only
+through ${DATABASE_URL}. Logical backups, verify, a green status, logical restores to a
+new instance and into an empty database, one-line refusals of physical commands, and
+the password nowhere in what pgdr prints. Restored rows are counted with psql."""
+
+from __future__ import annotations
+
+import json
+
+from pgdr.restore.pitr import stop_restored
+from tests.conftest import run_cli
+from tests.real_cluster import RealCluster
+
+
+def test_managed_role_logical_only(real_cluster: RealCluster) -> None:
+    config = real_cluster.write_managed_config("managed")
+    env = real_cluster.env_with_database_url()
+    seen: list[str] = []
+
+    def cli(*args: str, code: int = 0, timeout: float = 180, env_: dict[str, str] | None = None) -> str:
+        result = run_cli(*args, config=config, env=env_ or env, timeout=timeout)
+        seen.extend([result.stdout, result.stderr])
+        assert result.returncode == code, (args, result.stdout[-2000:], result.stderr)
+        return result.stdout + result.stderr
+
+    backup = json.loads(cli("backup", "--logical", "--json"))
+    assert backup["tables"]["app"]["public.orders"] == 3000
+    cli("verify", "latest", timeout=300)
+    status = json.loads(cli("status", "--json"))
+    assert status["status"] == "ok", status["checks"]
+    archive = next(c for c in status["checks"] if c["name"] == "archive")
+    assert "not applicable (logical-only)" in archive["summary"]
+
+    for args in (["backup"], ["archiver", "start"], ["failover", "--yes"]):
+        err = cli(*args, code=2, timeout=60)
+        assert "logical-only mode" in err and "Traceback" not in err, args
+        assert len(err.strip().splitlines()) == 1, err
+
+    target = real_cluster.root / "managed-restored"
+    restored = json.loads(cli("restore", "--backup", backup["id"], "--target-dir", str(target), "--json",
+                              timeout=300))
+    try:
+        got = real_cluster.programs.run("psql", [
+            "-X", "-A", "-t", "-h", restored["socket_dir"], "-p", str(restored["port"]), "-U", "postgres",
+            "-d", "app", "-c", "select (select count(*) from orders) || '/' || (select count(*) from customers)"],
+            timeout=30)
+        assert got.stdout.strip() == "3000/500"
+    finally:
+        stop_restored(target, real_cluster.programs)
+
+    real_cluster.psql("create database app_copy owner app")
+    into = f"postgresql://app@127.0.0.1:{real_cluster.primary.port}/app_copy"
+    with_pw = {**env, "PGPASSWORD": real_cluster.passwords["app"]}
+    cli("restore", "--backup", backup["id"], "--into", into, "--no-owner", env_=with_pw, timeout=300)
+    assert real_cluster.psql("select count(*) from orders", dbname="app_copy") == "3000"
+    err = cli("restore", "--backup", backup["id"], "--into", into, code=2, env_=with_pw, timeout=60)
+    assert "refusing to restore" in err and "user table" in err
+
+    for secret in real_cluster.secrets():
+        for text in seen:
+            assert secret not in text
+    records = (config.parent / "repo").rglob("*.json")
+    for path in records:
+        assert real_cluster.passwords["app"] not in path.read_text(), path
