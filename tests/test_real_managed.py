@@ -6,6 +6,7 @@ the password nowhere in what pgdr prints. Restored rows are counted with psql.""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from pgdr.restore.pitr import stop_restored
 from tests.conftest import run_cli
@@ -62,3 +63,33 @@ def test_managed_role_logical_only(real_cluster: RealCluster) -> None:
     records = (config.parent / "repo").rglob("*.json")
     for path in records:
         assert real_cluster.passwords["app"] not in path.read_text(), path
+
+
+def test_custom_format_dump_and_verify_keep_on_chosen_port(real_cluster: RealCluster) -> None:
+    from pgdr.pg.instance import free_port
+
+    config = real_cluster.write_managed_config("managed-custom")
+    env = real_cluster.env_with_database_url()
+    out = run_cli("backup", "--logical", "--format", "custom", "--json", config=config, env=env, timeout=180)
+    assert out.returncode == 0, out.stderr
+    backup = json.loads(out.stdout)
+    dump = config.parent / "repo" / "backups" / backup["id"] / "db-app.dump"
+    assert dump.read_bytes()[:5] == b"PGDMP"  # one pg_dump -Fc file people can take elsewhere
+    port = free_port()
+    kept = run_cli("verify", backup["id"], "--keep", "--port", str(port), "--json", config=config, env=env,
+                   timeout=300)
+    assert kept.returncode == 0, kept.stderr
+    info = json.loads(kept.stdout)["kept"]
+    try:
+        assert info["port"] == port
+        got = real_cluster.programs.run("psql", ["-X", "-A", "-t", "-h", "127.0.0.1", "-p", str(port),
+                                                 "-U", "postgres", "-d", "app", "-c", "select 1"],
+                                        ok_codes=(0, 2), timeout=30)
+        # TCP keeps the source's scram rule (no password for postgres): the port is the scratch's
+        assert "password" in got.stderr or got.stdout.strip() == "1"
+        count = real_cluster.programs.run("psql", ["-X", "-A", "-t", "-h", info["socket_dir"], "-p", str(port),
+                                                   "-U", "postgres", "-d", "app", "-c",
+                                                   "select count(*) from orders"], timeout=30)
+        assert count.stdout.strip() == "3000"
+    finally:
+        stop_restored(Path(info["data_dir"]), real_cluster.programs)

@@ -68,6 +68,8 @@ class BackupConfig(_Strict):
     checkpoint: Literal["fast", "spread"] = "fast"
     logical_jobs: Annotated[int, Field(ge=1, le=64)] = 2
     logical_compression: Annotated[int, Field(ge=0, le=9)] = 1
+    # directory: pg_dump -Fd -j (parallel); custom: one pg_dump -Fc file per database
+    logical_format: Literal["directory", "custom"] = "directory"
     logical_databases: list[str] = []
 
     @field_validator("compression")
@@ -259,6 +261,8 @@ class VerifyConfig(_Strict):
     # Where scratch instances live; default <repository>/../scratch. Every folder on
     # the path must be traversable by the server user.
     scratch_dir: Path | None = None
+    # Ports scratch instances may use, e.g. [54000, 54099]; default: any free port.
+    ports: tuple[Annotated[int, Field(ge=1024, le=65535)], Annotated[int, Field(ge=1024, le=65535)]] | None = None
     checks: list[VerifyCheckConfig] = []
 
     @model_validator(mode="after")

@@ -123,7 +123,7 @@ class _Run:
 
 
 def verify_backup(config: Config, programs: Programs, repo: Repository, backup_id: str = "latest",
-                  *, keep: bool = False, jobs: int | None = None,
+                  *, keep: bool = False, port: int | None = None, jobs: int | None = None,
                   method: ExtractMethod | None = None) -> VerifyResult:
     if config.source is None:
         raise ConfigError("verify needs the config file's path (for restore_command)")
@@ -137,7 +137,8 @@ def verify_backup(config: Config, programs: Programs, repo: Repository, backup_i
     with exclusive_lock(repo.lock_path(f"verify-{manifest.id}"), f"verify of {manifest.id}"):
         if not run.step("files", lambda: _files_check(run, folder, manifest)):
             return _finish(run, repo, folder, t_start)
-        scratch = Scratch.create(scratch_root(config), f"verify-{manifest.id}", programs)
+        scratch = Scratch.create(scratch_root(config), f"verify-{manifest.id}", programs, port=port,
+                                 port_range=config.verify.ports)
         try:
             if manifest.kind == "physical":
                 _verify_physical(run, config, programs, repo, manifest, folder, scratch, jobs, method)
