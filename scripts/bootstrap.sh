@@ -19,10 +19,17 @@ if [ -n "$missing" ]; then
   echo "bootstrap: installing$missing" >&2
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
+  # Debian would start them as services on install; the tests start their own on free
+  # ports. Keep services from starting during this install only (policy-rc.d exit 101),
+  # and never stop, disable or kill anything that is already running on this machine.
+  policy=/usr/sbin/policy-rc.d
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+    $SUDO chmod 755 "$policy"
+    trap '$SUDO rm -f "$policy"' EXIT
+  fi
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
-  # Debian starts them as services; the tests start their own.
-  $SUDO systemctl disable --now pgbouncer etcd >/dev/null 2>&1 || true
-  $SUDO pkill -x etcd >/dev/null 2>&1 || true
+  if [ -n "$(trap -p EXIT)" ]; then $SUDO rm -f "$policy"; trap - EXIT; fi
 fi
 if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
   useradd --system --home-dir /var/lib/postgresql --create-home --shell /bin/bash postgres

@@ -64,9 +64,7 @@ pidfile = {self.dir / 'pgbouncer.pid'}
                 f'admin_conninfo = "{self.conninfo("pgbouncer")}"\ndatabase = "app"\n')
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
+        self.proc.stop()
 
 
 class Etcd:
@@ -94,9 +92,7 @@ class Etcd:
                 time.sleep(0.1)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
+        self.proc.stop()
 
 
 class UnixProxy:

@@ -14,7 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pgdr.errors import ConfigError
 from pgdr.pg.conninfo import parse as parse_conninfo
@@ -33,7 +33,13 @@ def parse_duration(text: str | int | float) -> float:
     return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
-Duration = Annotated[float, Field(ge=0)]
+def _duration(value: object) -> object:
+    return parse_duration(value) if isinstance(value, str | int | float) and not isinstance(value, bool) else value
+
+
+# The one duration type of the config: "90s", "5m", "12h", "7d", "2w" or seconds.
+Duration = Annotated[float, BeforeValidator(_duration), Field(ge=0)]
+PositiveDuration = Annotated[float, BeforeValidator(_duration), Field(gt=0)]
 
 
 class _Strict(BaseModel):
@@ -92,10 +98,6 @@ class ArchiveConfig(_Strict):
     compression_level: Annotated[int, Field(ge=1, le=19)] = 1
     max_lag: Duration = 60.0
 
-    @field_validator("max_lag", mode="before")
-    @classmethod
-    def _dur(cls, value: object) -> float:
-        return parse_duration(value)  # type: ignore[arg-type]
 
 
 class RetentionConfig(_Strict):
@@ -104,25 +106,26 @@ class RetentionConfig(_Strict):
     keep_last: Annotated[int, Field(ge=1)] = 7
     keep_within: Duration = 7 * 86400.0
 
-    @field_validator("keep_within", mode="before")
-    @classmethod
-    def _dur(cls, value: object) -> float:
-        return parse_duration(value)  # type: ignore[arg-type]
 
 
 class PgConfig(_Strict):
+    """How pgdr runs PostgreSQL's programs and bounds its SQL sessions."""
+
+    # Unset: the server's own major version under /usr/lib/postgresql/<major>/bin, else PATH.
     bindir: Path | None = None
     os_user: str = "postgres"
+    # pg_basebackup, pg_dump, pg_restore, pg_receivewal: no progress for this long ends them.
+    stall_timeout: PositiveDuration = 120.0
+    # Every SQL session: a peer that stops answering costs at most these (per call overridable).
+    connect_timeout: PositiveDuration = 5.0
+    statement_timeout: Duration = 300.0
+    tcp_user_timeout: Duration = 10.0
 
 
 class StatusConfig(_Strict):
     max_backup_age: Duration = 26 * 3600.0
     max_standby_lag: Duration = 10.0
 
-    @field_validator("max_backup_age", "max_standby_lag", mode="before")
-    @classmethod
-    def _dur(cls, value: object) -> float:
-        return parse_duration(value)  # type: ignore[arg-type]
 
 
 class DiagnoseConfig(_Strict):
@@ -147,37 +150,24 @@ class DiagnoseConfig(_Strict):
     log_tail_bytes: Annotated[int, Field(ge=0)] = 4 * 1024 * 1024
     connect_timeout: Duration = 3.0
 
-    @field_validator("long_query", "long_transaction", "idle_in_transaction", "lock_wait",
-                     "replication_lag", "connect_timeout", mode="before")
-    @classmethod
-    def _dur(cls, value: object) -> float:
-        return parse_duration(value)  # type: ignore[arg-type]
 
 
 class ServeConfig(_Strict):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 8008
-    health_timeout: Annotated[float, Field(gt=0, le=60)] = 2.0
+    health_timeout: Annotated[float, BeforeValidator(_duration), Field(gt=0, le=60)] = 2.0
     # Load balancers poll health many times a second; answers are reused this long
     # (and only one check runs at a time) so a poll storm cannot flood the database.
     health_cache: Duration = 0.5
 
-    @field_validator("health_timeout", "health_cache", mode="before")
-    @classmethod
-    def _dur(cls, value: object) -> float:
-        return parse_duration(value)  # type: ignore[arg-type]
 
 
 class ScheduleConfig(_Strict):
     """A job `pgdr serve --schedule` runs: [[schedule]] job = "backup", every = "24h"."""
 
     job: Literal["backup", "logical-backup"]
-    every: Annotated[float, Field(gt=0)]
+    every: PositiveDuration
 
-    @field_validator("every", mode="before")
-    @classmethod
-    def _dur(cls, value: object) -> float:
-        return parse_duration(value)  # type: ignore[arg-type]
 
 
 class RepointTarget(_Strict):
@@ -224,10 +214,6 @@ class FailoverConfig(_Strict):
     # failover then promotes only a synchronous standby.
     synchronous_standby_names: str | None = None
 
-    @field_validator("max_lag_seconds", "replay_timeout", mode="before")
-    @classmethod
-    def _dur(cls, value: object) -> float:
-        return parse_duration(value)  # type: ignore[arg-type]
 
 
 class WatchConfig(_Strict):
@@ -239,10 +225,6 @@ class WatchConfig(_Strict):
     etcd: EtcdConfig | None = None
     lease_ttl: Annotated[int, Field(ge=2)] = 5
 
-    @field_validator("interval", "probe_timeout", "receiver_fresh", mode="before")
-    @classmethod
-    def _dur(cls, value: object) -> float:
-        return parse_duration(value)  # type: ignore[arg-type]
 
 
 class VerifyCheckConfig(_Strict):
@@ -286,10 +268,6 @@ class DrillConfig(_Strict):
     synchronous: bool = True
     dir: Path | None = None
 
-    @field_validator("failover_rto", "pitr_rto", "pitr_rpo", "full_restore_rto", "full_restore_rpo", mode="before")
-    @classmethod
-    def _dur(cls, value: object) -> float:
-        return parse_duration(value)  # type: ignore[arg-type]
 
 
 class ClusterConfig(_Strict):

@@ -20,6 +20,7 @@ from pgdr.pg.connect import session
 from pgdr.pg.lsn import Segment, parse_lsn
 from pgdr.pg.probe import NodeState, probe_all
 from pgdr.pg.standbys import match_standbys
+from pgdr.repo import unfinished
 from pgdr.repo.layout import Repository
 from pgdr.repo.manifest import BackupManifest, list_backups
 from pgdr.repo.records import list_records, read_verification
@@ -125,6 +126,7 @@ def gather_status(config: Config, repo: Repository) -> StatusReport:
     drill = _drill_status(repo)
     if drill is not None:
         checks.append(drill)
+    checks.extend(_interrupted_restores(repo))
     return StatusReport(config.cluster.name, nodes, backups_info, archive_info, checks)
 
 
@@ -299,6 +301,15 @@ def _archive_status(config: Config, repo: Repository, primary: NodeState | None,
                             f"{state['last_failure']}", evidence={"failures": state["failures"]}))
     info["checked_at"] = datetime.now(UTC).isoformat()
     return info, checks
+
+
+def _interrupted_restores(repo: Repository) -> list[Check]:
+    """A restore whose pgdr was killed left an incomplete data directory behind."""
+    return [Check("restore", "warn", f"interrupted restore: {r['data_dir']} is incomplete "
+                  f"(pgdr pid {r['owner'].get('pid')} died at some point after {r['owner'].get('at')})",
+                  evidence={"data_dir": r["data_dir"], "backup_id": r.get("backup_id")},
+                  hint=f"remove {r['data_dir']} and restore again")
+            for r in unfinished.interrupted_restores(repo)]
 
 
 def _drill_status(repo: Repository) -> Check | None:

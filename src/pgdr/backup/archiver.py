@@ -39,7 +39,9 @@ from pgdr.pg.connect import session
 from pgdr.pg.conninfo import split_password, with_params
 from pgdr.pg.credentials import auth_error, target_of
 from pgdr.pg.probe import find_primary
+from pgdr.pg.process import Child, start_detached
 from pgdr.pg.programs import Programs
+from pgdr.pg.slots import ensure_physical_slot
 from pgdr.repo.layout import Repository
 from pgdr.repo.wal import WalArchive
 
@@ -79,15 +81,6 @@ def is_running(repo: Repository) -> bool:
     return lock_is_held(repo.lock_path("archiver"))
 
 
-def ensure_slot(conninfo: str, slot: str) -> None:
-    """A physical slot that reserves WAL from now on, so nothing is recycled unarchived."""
-    with session(conninfo) as conn:
-        conn.execute(
-            "select pg_create_physical_replication_slot(%s, true) "
-            "where not exists (select 1 from pg_replication_slots where slot_name = %s)",
-            (slot, slot))
-
-
 class Archiver:
     def __init__(self, config: Config, programs: Programs, repo: Repository) -> None:
         self.config = config
@@ -96,7 +89,7 @@ class Archiver:
         self.archive = WalArchive(repo, config.archive.compression_level)
         self.state = read_state(repo)
         self.stop_event = threading.Event()
-        self.child: subprocess.Popen[bytes] | None = None
+        self.child: Child | None = None
         self.upstream_conninfo: str | None = None
         self.next_stream_check = 0.0
 
@@ -151,7 +144,7 @@ class Archiver:
 
         seg = query_one(conninfo, "select pg_size_bytes(current_setting('wal_segment_size')) as s")["s"]
         self.repo.claim(str(facts["system_identifier"]), int(facts["server_version_num"]), int(seg))
-        ensure_slot(conninfo, self.config.archive.slot)
+        ensure_physical_slot(conninfo, self.config.archive.slot)
         plain, password = split_password(conninfo)
         self.child = self.programs.spawn(
             "pg_receivewal",
@@ -235,13 +228,8 @@ class Archiver:
                 self._save()
 
     def _stop_receiver(self) -> None:
-        if self.child and self.child.poll() is None:
-            self.child.terminate()
-            try:
-                self.child.wait(10)
-            except subprocess.TimeoutExpired:
-                self.child.kill()
-                self.child.wait()
+        if self.child is not None:
+            self.child.stop(grace=10)
         self.child = None
 
     def stop(self) -> None:
@@ -254,15 +242,9 @@ def start_background(config_path: Path, repo: Repository, timeout: float = 15) -
     if is_running(repo):
         return read_state(repo).pid or 0
     repo.ensure()
-    logfile = open(repo.archiver_dir / "archiver.log", "ab")  # noqa: SIM115
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pgdr", "--config", str(config_path), "archiver", "run"],
-            stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, cwd="/")
-    finally:
-        logfile.close()
     failures_before = read_state(repo).failures
+    proc = start_detached([sys.executable, "-m", "pgdr", "--config", str(config_path), "archiver", "run"],
+                          log_path=repo.archiver_dir / "archiver.log")
     deadline = time.monotonic() + timeout
     why = f"no walsender streaming to it within {timeout:.0f}s"
     while time.monotonic() < deadline:

@@ -23,6 +23,7 @@ from pgdr.fsutil import fsync_tree, tree_size
 from pgdr.pg.connect import connect, query_one
 from pgdr.pg.conninfo import split_password, with_params
 from pgdr.pg.probe import find_primary
+from pgdr.pg.process import dir_progress
 from pgdr.pg.programs import Programs
 from pgdr.pg.sql import load
 from pgdr.repo.layout import Repository
@@ -54,7 +55,8 @@ def take_logical_backup(config: Config, programs: Programs, repo: Repository,
         plain, password = split_password(conninfo)
         programs.run("pg_dumpall", ["-d", plain, "--globals-only", "--no-role-passwords"],
                      password=password, stdout_path=pending.partial / "globals.sql",
-                     as_server_user=False)
+                     as_server_user=False, stall_timeout=config.pg.stall_timeout,
+                     progress=dir_progress(pending.partial), stalled_what="pg_dumpall --globals-only")
         fsync_tree(pending.partial)
         files = {str(p.relative_to(pending.partial)): FileEntry(size=p.stat().st_size, sha256=sha256_file(p))
                  for p in sorted(pending.partial.rglob("*")) if p.is_file()}
@@ -82,7 +84,7 @@ def _dump_database(config: Config, programs: Programs, conninfo: str, dbname: st
                    partial: Path, fmt: str = "directory") -> LogicalDatabase:
     target = partial / (f"db-{dbname}.dump" if fmt == "custom" else f"db-{dbname}")
     layout = ["-Fc"] if fmt == "custom" else ["-Fd", "-j", str(config.backup.logical_jobs)]
-    holder = connect(conninfo, autocommit=False)
+    holder = connect(conninfo, autocommit=False, statement_timeout=0)  # counts every table
     try:
         holder.execute("set transaction isolation level repeatable read, read only")
         row = holder.execute(
@@ -97,7 +99,8 @@ def _dump_database(config: Config, programs: Programs, conninfo: str, dbname: st
                 programs.run("pg_dump", [
                     "-d", plain, *layout,
                     "-Z", str(config.backup.logical_compression), "--snapshot", row["snap"],
-                    "-f", str(target)], password=password)
+                    "-f", str(target)], password=password, stall_timeout=config.pg.stall_timeout,
+                    progress=dir_progress(target), stalled_what=f"nothing written to {target}")
             except BaseException as exc:  # re-raised in the caller's thread
                 failure.append(exc)
 

@@ -22,6 +22,7 @@ from pgdr.pg.connect import query_one
 from pgdr.pg.conninfo import split_password, with_params
 from pgdr.pg.lsn import parse_lsn, segment_of
 from pgdr.pg.probe import find_primary
+from pgdr.pg.process import dir_progress
 from pgdr.pg.programs import Programs
 from pgdr.repo.layout import Repository
 from pgdr.repo.manifest import (
@@ -80,7 +81,10 @@ def take_physical_backup(config: Config, programs: Programs, repo: Repository) -
         plain_conninfo, password = split_password(conninfo)
         programs.run("pg_basebackup",
                      pg_basebackup_args(plain_conninfo, pending.partial, config, f"pgdr {pending.id}"),
-                     password=password)
+                     password=password, stall_timeout=config.pg.stall_timeout,
+                     # a spread checkpoint writes nothing for minutes: count stalls from the first byte
+                     progress=dir_progress(pending.partial, idle_while_empty=config.backup.checkpoint == "spread"),
+                     stalled_what=f"nothing written to {pending.partial} by {primary.node.name}")
         manifest = _describe(pending.id, pending.partial, config, primary.node.name, facts,
                              pending.started, datetime.now(UTC), pending.elapsed, relations)
         pending.publish(manifest)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -27,14 +26,10 @@ def verify(
     from pgdr.restore.verify import verify_backup
 
     obj: AppContext = ctx.obj
-    # SIGTERM (systemd, a CI timeout) must clean up like Ctrl-C: unwind through finally.
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        with output.console.status(f"verifying {backup_id}…") if (sys.stdout.isatty() and not json_out) \
-                else nullcontext():
-            result = verify_backup(obj.config, obj.programs, obj.repo, backup_id, keep=keep, port=port)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    # SIGTERM (systemd, a CI timeout) cleans up like Ctrl-C: cli/signals.py unwinds through finally.
+    with output.console.status(f"verifying {backup_id}…") if (sys.stdout.isatty() and not json_out) \
+            else nullcontext():
+        result = verify_backup(obj.config, obj.programs, obj.repo, backup_id, keep=keep, port=port)
     if json_out:
         output.print_json(result.as_dict())
     else:
@@ -69,10 +64,6 @@ def wal_fetch(
         raise UsageError("wal-fetch needs --config (restore_command must name the config)")
     if not WalArchive(obj.repo).fetch(name, dest):
         raise typer.Exit(1)
-
-
-def _raise_interrupt(*_: object) -> None:
-    raise KeyboardInterrupt
 
 
 

@@ -20,6 +20,9 @@ class AppContext:
     def config(self) -> Config:
         if self._config is None:
             self._config = load_config(self.config_path)
+            from pgdr.pg.connect import apply_config
+
+            apply_config(self._config.pg)
         return self._config
 
     @property

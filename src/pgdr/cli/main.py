@@ -9,9 +9,11 @@ from typing import Annotated
 
 import typer
 
-from pgdr.cli import output
+from pgdr.cli import output, signals
 from pgdr.cli.context import AppContext
 from pgdr.errors import PgdrError
+from pgdr.pg.children import REGISTRY, reap_orphans
+from pgdr.pg.process import SHUTTING_DOWN
 
 app = typer.Typer(help="PostgreSQL disaster recovery, rehearsed: backup, verify, restore, fail over.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -26,6 +28,8 @@ def main(
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ctx.obj = AppContext(config_path=config, debug=debug)
+    # A SIGKILLed pgdr could not end what it started; the next pgdr does.
+    reap_orphans()
 
 
 def _register() -> None:
@@ -71,7 +75,22 @@ def _click_exception_classes() -> tuple[type[Exception], ...]:
     return tuple(found)
 
 
+def _interrupted(exc: BaseException) -> int:
+    """Exit code for an interruption: 130 for Ctrl-C, 128 + N for SIGTERM/SIGHUP."""
+    while exc is not None and not isinstance(exc, KeyboardInterrupt):
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return 128 + exc.signum if isinstance(exc, signals.Terminated) else 130
+
+
 def run() -> None:
+    signals.install()
+    try:
+        _run()
+    finally:
+        REGISTRY.end_all()
+
+
+def _run() -> None:
     debug = "--debug" in sys.argv
     try:
         code = app(standalone_mode=False)
@@ -82,12 +101,15 @@ def run() -> None:
         sys.exit(exc.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except typer.Abort:
+    except typer.Abort as exc:
+        if SHUTTING_DOWN.is_set():
+            output.error_line("interrupted")
+            sys.exit(_interrupted(exc))
         output.error_line("aborted")
         sys.exit(1)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         output.error_line("interrupted")
-        sys.exit(130)
+        sys.exit(_interrupted(exc))
     except Exception as exc:  # click usage errors and the truly unexpected
         if isinstance(exc, _click_exception_classes()):
             exc.show()  # type: ignore[attr-defined]
@@ -96,6 +118,8 @@ def run() -> None:
             raise
         output.error_line(f"unexpected error: {type(exc).__name__}: {exc}", "rerun with --debug for a traceback")
         sys.exit(1)
-    if code == 130:  # Typer turns Ctrl-C (and verify's SIGTERM handler) into exit code 130
+    if code == 130:  # Typer turns Ctrl-C (and SIGTERM, see cli/signals.py) into exit code 130
         output.error_line("interrupted")
+        if SHUTTING_DOWN.is_set():
+            code = _interrupted(KeyboardInterrupt())
     sys.exit(code if isinstance(code, int) else 0)

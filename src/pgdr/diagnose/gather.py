@@ -13,52 +13,35 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import errors as pgerrors
-from psycopg.rows import dict_row
 
 from pgdr.config import Config, DiagnoseConfig, NodeConfig
 from pgdr.pg import sql
+
+# Causes, mapped to the runbooks' common-errors table (see analyze.CAUSE_ACTIONS);
+# the classification itself is pg/connect.py's, the one place failures are named.
+from pgdr.pg.connect import (
+    AUTH_FAILED,
+    NO_DATABASE,
+    OTHER,
+    READ_ONLY,
+    REFUSED,
+    STARTING_UP,
+    TIMEOUT,
+    TOO_MANY_CLIENTS,
+    WRAPAROUND,
+    open_raw,
+)
+from pgdr.pg.connect import classify as classify_failure
 from pgdr.pg.conninfo import mask_text, with_params
 
 log = logging.getLogger(__name__)
 
-# Causes, mapped to the runbooks' common-errors table (see analyze.CAUSE_ACTIONS).
-REFUSED = "refused"
-AUTH_FAILED = "auth_failed"
-STARTING_UP = "starting_up"
-TOO_MANY_CLIENTS = "too_many_clients"
-NO_DATABASE = "no_database"
-TIMEOUT = "timeout"
-READ_ONLY = "read_only"
-WRAPAROUND = "wraparound_protection"
-OTHER = "other"
+__all__ = ["AUTH_FAILED", "NO_DATABASE", "OTHER", "READ_ONLY", "REFUSED", "STARTING_UP", "TIMEOUT",
+           "TOO_MANY_CLIENTS", "WRAPAROUND", "classify_failure"]
 
 # PostgreSQL stops assigning XIDs 3 million before wraparound (2^31).
 XID_WRAP_LIMIT = 2**31 - 1
 XID_STOP_MARGIN = 3_000_000
-
-
-def classify_failure(exc: BaseException) -> str:
-    """The cause of a failed connection, by SQLSTATE where the server sent one."""
-    if isinstance(exc, pgerrors.InvalidPassword | pgerrors.InvalidAuthorizationSpecification):
-        return AUTH_FAILED
-    if isinstance(exc, pgerrors.TooManyConnections):
-        return TOO_MANY_CLIENTS
-    if isinstance(exc, pgerrors.CannotConnectNow):
-        return STARTING_UP
-    if isinstance(exc, pgerrors.InvalidCatalogName):
-        return NO_DATABASE
-    if isinstance(exc, pgerrors.ProgramLimitExceeded):
-        return WRAPAROUND
-    if isinstance(exc, pgerrors.ReadOnlySqlTransaction):
-        return READ_ONLY
-    # No SQLSTATE: libpq's own failure before the server answered.
-    text = str(exc)
-    if "Connection refused" in text or "No such file or directory" in text:
-        return REFUSED
-    if "timeout expired" in text:
-        return TIMEOUT
-    return OTHER
 
 
 @dataclass
@@ -87,9 +70,7 @@ class NodeFacts:
 
 def open_connection(node: NodeConfig, timeout: float, application_name: str = "pgdr_diagnose"
                     ) -> psycopg.Connection[Any]:
-    target = with_params(node.conninfo, connect_timeout=max(1, round(timeout)),
-                         application_name=application_name)
-    return psycopg.connect(target, autocommit=True, row_factory=dict_row)
+    return open_raw(with_params(node.conninfo, application_name=application_name), timeout=timeout)
 
 
 def _run(facts: NodeFacts, conn: psycopg.Connection[Any], name: str,

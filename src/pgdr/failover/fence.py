@@ -9,12 +9,12 @@ flush that a standby could use) and leave a standby.signal, so that even a
 from __future__ import annotations
 
 import os
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from pgdr.config import Config, NodeConfig
 from pgdr.errors import PgdrError
+from pgdr.pg import process
 from pgdr.pg.conninfo import mask, split_password
 from pgdr.pg.instance import Instance
 from pgdr.pg.programs import Programs
@@ -63,7 +63,7 @@ def fence(config: Config, node: NodeConfig, programs: Programs, *, no_fence: boo
         plain, _password = split_password(node.conninfo)
         env = {**{k: v for k, v in os.environ.items() if k != "PGPASSWORD"},
                "PGDR_FENCE_NODE": node.name, "PGDR_FENCE_CONNINFO": plain}
-        proc = subprocess.run(config.failover.fence_command, env=env, capture_output=True, text=True, timeout=60)
+        proc = process.run(config.failover.fence_command, env=env, timeout=60, ok_codes=range(256))
         if proc.returncode != 0:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
             raise FenceRefused(f"fence command failed for {node.name}: {tail[0]}",

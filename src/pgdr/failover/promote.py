@@ -11,6 +11,7 @@ from pgdr.errors import PgdrError
 from pgdr.pg.connect import session
 from pgdr.pg.conninfo import with_params
 from pgdr.pg.lsn import parse_lsn
+from pgdr.pg.slots import ensure_physical_slot
 
 
 class PromotionFailed(PgdrError):
@@ -78,9 +79,7 @@ def prove_writable(node: NodeConfig) -> str:
 
 
 def ensure_slot(primary: NodeConfig, slot: str) -> None:
-    with session(primary.conninfo) as conn:
-        conn.execute("select pg_create_physical_replication_slot(%s, true) where not exists "
-                     "(select 1 from pg_replication_slots where slot_name = %s)", (slot, slot))
+    ensure_physical_slot(primary.conninfo, slot)
 
 
 def primary_conninfo_for(standby_name: str, primary: NodeConfig) -> str:

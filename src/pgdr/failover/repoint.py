@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +20,7 @@ from psycopg.conninfo import make_conninfo
 from pgdr.config import NodeConfig, RepointTarget
 from pgdr.errors import PgdrError
 from pgdr.fsutil import write_bytes_durable
+from pgdr.pg import process
 from pgdr.pg.conninfo import parse, split_password
 
 
@@ -148,7 +148,7 @@ class Repointer:
                 env: dict[str, Any] = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
                 env.update(PGDR_PRIMARY_NAME=new_primary.name, PGDR_PRIMARY_HOST=host,
                            PGDR_PRIMARY_PORT=port, PGDR_PRIMARY_CONNINFO=plain)
-                proc = subprocess.run(target.command, env=env, capture_output=True, text=True, timeout=120)
+                proc = process.run(target.command, env=env, timeout=120, ok_codes=range(256))
                 if proc.returncode != 0:
                     tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
                     raise RepointFailed(f"repoint command {label} failed: {tail[0]}")

@@ -18,6 +18,7 @@ from pathlib import Path
 from psycopg.conninfo import make_conninfo
 
 from pgdr.errors import SandboxError
+from pgdr.pg.children import REGISTRY
 from pgdr.pg.programs import Programs
 
 # A restored or scratch copy must never act as part of the cluster it came from: no
@@ -48,6 +49,11 @@ class Instance:
     socket_dir: Path
     programs: Programs = field(default_factory=Programs)
     log_file: Path | None = None
+    # A supervised server (a scratch instance, a recovering restore) is recorded as this
+    # pgdr's before it starts: pgdr stops it on every exit path, and the next pgdr stops
+    # it if this one was SIGKILLed (pg_ctl puts the postmaster in a session of its own,
+    # out of reach of the process-group guard). release() hands it over.
+    supervised: bool = False
 
     @property
     def logfile(self) -> Path:
@@ -106,6 +112,8 @@ class Instance:
         if not self.logfile.exists():
             self.logfile.touch()
         self.programs.run_as.chown(self.logfile)
+        if self.supervised:
+            REGISTRY.add_server(self.data_dir, self.name)
         try:
             self.programs.run(
                 "pg_ctl", ["-D", str(self.data_dir), "-l", str(self.logfile), "-w",
@@ -119,6 +127,12 @@ class Instance:
         self.programs.run("pg_ctl", ["-D", str(self.data_dir), "-m", mode, "-w",
                                      "-t", str(timeout), "stop"], ok_codes=(0, 1),
                           timeout=timeout + 10)
+        if self.supervised and not self.is_running():
+            REGISTRY.release_server(self.data_dir)
+
+    def release(self) -> None:
+        """Hand a supervised server over: it keeps running after pgdr exits."""
+        REGISTRY.release_server(self.data_dir)
 
     def kill9(self) -> None:
         """SIGKILL the postmaster: a real crash, as a failing machine would."""

@@ -5,29 +5,30 @@ Every external program pgdr runs goes through here, so that all of them:
 - run as the data directory's owner when pgdr itself runs as root (PostgreSQL
   refuses root),
 - run with LANG=C so their output can be parsed,
-- get the credentials pgdr was given, never on the command line, and never prompt
-  (pg/credentials.py),
-- fail with a PgdrError that carries the program's last stderr line.
+- get the credentials pgdr was given (pg/credentials.py), never on the command
+  line, and never prompt,
+- fail with a PgdrError that carries the program's last stderr line,
+- and run through pgdr.pg.process: own process group, tracked, ended with pgdr.
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import pwd
 import shutil
-import signal
-import subprocess
+import threading
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pgdr.errors import ConfigError, ProgramFailed
-from pgdr.pg import credentials
-from pgdr.pg.conninfo import mask_text
+from pgdr.pg import credentials, process
+from pgdr.pg.process import Completed, summarize_stderr
+
+__all__ = ["Completed", "Programs", "Result", "RunAs", "default_bindir", "summarize_stderr"]
 
 log = logging.getLogger(__name__)
 
@@ -80,25 +81,11 @@ class RunAs:
             os.chown(path, uid, gid)
 
 
-def _die_with_parent() -> None:
-    """Children (pg_receivewal, servers' pg_ctl) must not outlive a killed pgdr parent."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
-@dataclass
-class Result:
-    args: list[str]
-    returncode: int
-    stdout: str
-    stderr: str
+Result = Completed
 
 
 class Programs:
-    """Runs PostgreSQL programs from one bindir as one user."""
+    """Runs PostgreSQL programs from one bindir as one user, through pgdr.pg.process."""
 
     def __init__(self, bindir: Path | None = None, run_as: RunAs | None = None) -> None:
         self.bindir = bindir or default_bindir()
@@ -113,7 +100,8 @@ class Programs:
             return found
         raise ConfigError(f"program {program} not found in {self.bindir}")
 
-    def _env(self, password: str | None, extra: Mapping[str, str] | None) -> dict[str, str]:
+    def env(self, password: str | None = None, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The environment for a child: secrets removed, LANG=C, the server user's HOME."""
         env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
         env.update({"LANG": "C", "LC_ALL": "C", "LC_MESSAGES": "C"})
         if self.run_as.active:
@@ -125,13 +113,7 @@ class Programs:
             env.update(extra)
         return env
 
-    def _credentials(self, program: str, args: Sequence[str], password: str | None,
-                     as_server_user: bool) -> credentials.ChildCredentials:
-        other_user = as_server_user and self.run_as.active
-        return credentials.prepare(program, args, password, child_user=self.run_as.user,
-                                   child_ids=self.run_as.ids() if other_user else None)
-
-    def _user_kwargs(self, as_server_user: bool) -> dict[str, Any]:
+    def user_kwargs(self, as_server_user: bool) -> dict[str, Any]:
         if as_server_user and self.run_as.active:
             uid, gid = self.run_as.ids()
             return {"user": uid, "group": gid, "extra_groups": []}
@@ -149,40 +131,35 @@ class Programs:
         as_server_user: bool = True,
         stdout_path: Path | None = None,
         input_text: str | None = None,
-    ) -> Result:
-        """Run to completion; raise ProgramFailed (with stderr's gist) on a bad exit code."""
-        argv = [self.path(program), *credentials.no_prompt_args(program), *args]
-        log.debug("run: %s", mask_text(" ".join(argv)))
+        stall_timeout: float | None = None,
+        progress: Callable[[], object] | None = None,
+        stalled_what: str | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Completed:
+        """Run to completion; raise ProgramFailed (with stderr's gist) on a bad exit code,
+        Stalled when stall_timeout passes without progress, Cancelled on shutdown."""
         creds = self._credentials(program, args, password, as_server_user)
-        stdout_file = open(stdout_path, "wb") if stdout_path else None  # noqa: SIM115
         try:
-            proc = subprocess.run(
-                argv,
-                stdout=stdout_file or subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                input=input_text.encode() if input_text is not None else None,
-                env={**self._env(None, env), **creds.env},
-                cwd="/",
-                timeout=timeout,
-                preexec_fn=_die_with_parent,
-                **self._user_kwargs(as_server_user),
-            )
-        except subprocess.TimeoutExpired:
-            raise ProgramFailed(f"{program} did not finish within {timeout:.0f}s") from None
+            return process.run(
+                [self.path(program), *credentials.no_prompt_args(program), *args], name=program,
+                env={**self.env(None, env), **creds.env},
+                user_kwargs=self.user_kwargs(as_server_user), ok_codes=ok_codes, timeout=timeout,
+                stdout_path=stdout_path, input_bytes=input_text.encode() if input_text is not None else None,
+                stall_timeout=stall_timeout, progress=progress, stalled_what=stalled_what, cancel=cancel)
+        except ProgramFailed as exc:
+            refused = credentials.auth_error(exc.message, credentials.target_of(args))
+            if refused is not None:
+                raise refused from None
+            raise
         finally:
             creds.close()
-            if stdout_file:
-                stdout_file.close()
-        stdout = proc.stdout.decode(errors="replace") if proc.stdout else ""
-        stderr = proc.stderr.decode(errors="replace")
-        for line in stderr.splitlines():
-            log.debug("%s: %s", program, mask_text(line))
-        if proc.returncode not in ok_codes:
-            refused = credentials.auth_error(stderr, credentials.target_of(args))
-            if refused is not None:
-                raise refused
-            raise ProgramFailed(f"{program} failed: {summarize_stderr(stderr, proc.returncode)}")
-        return Result(argv, proc.returncode, stdout, stderr)
+
+    def _credentials(self, program: str, args: Sequence[str], password: str | None,
+                     as_server_user: bool) -> credentials.ChildCredentials:
+        """pg/credentials.py: what the child needs to log in without a prompt."""
+        other_user = as_server_user and self.run_as.active
+        return credentials.prepare(program, args, password, child_user=self.run_as.user,
+                                   child_ids=self.run_as.ids() if other_user else None)
 
     def spawn(
         self,
@@ -192,43 +169,15 @@ class Programs:
         password: str | None = None,
         log_path: Path | None = None,
         as_server_user: bool = True,
-        new_session: bool = False,
-        die_with_parent: bool = True,
-    ) -> subprocess.Popen[bytes]:
-        """Start a long-running program (pg_receivewal, pgbench) and return its handle.
-        A private passfile it was given is removed when the handle is dropped."""
-        argv = [self.path(program), *credentials.no_prompt_args(program), *args]
-        log.debug("spawn: %s", mask_text(" ".join(argv)))
+    ) -> process.Child:
+        """Start a long-running program (pg_receivewal) in its own registered group."""
         creds = self._credentials(program, args, password, as_server_user)
-        out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
         try:
-            child = subprocess.Popen(
-                argv,
-                stdout=out,
-                stderr=subprocess.STDOUT if log_path else subprocess.PIPE,
-                stdin=subprocess.DEVNULL,
-                env={**self._env(None, None), **creds.env},
-                cwd="/",
-                start_new_session=new_session,
-                preexec_fn=_die_with_parent if die_with_parent else None,
-                **self._user_kwargs(as_server_user),
-            )
+            child = process.spawn([self.path(program), *credentials.no_prompt_args(program), *args],
+                                  name=program, env={**self.env(None, None), **creds.env},
+                                  user_kwargs=self.user_kwargs(as_server_user), log_path=log_path)
         except BaseException:
             creds.close()
             raise
-        else:
-            weakref.finalize(child, creds.close)
-            return child
-        finally:
-            if log_path and not isinstance(out, int):
-                out.close()
-
-
-def summarize_stderr(stderr: str, returncode: int) -> str:
-    """The most telling line of a PostgreSQL program's stderr, passwords masked."""
-    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-    for prefix in ("error:", "FATAL:", "fatal:", "ERROR:"):
-        for line in lines:
-            if prefix in line:
-                return mask_text(line)
-    return mask_text(lines[-1]) if lines else f"exit code {returncode}"
+        weakref.finalize(child, creds.close)  # the private passfile goes with the child
+        return child

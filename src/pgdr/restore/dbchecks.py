@@ -57,7 +57,7 @@ class ScanResults:
 
 
 def databases(instance: Instance) -> list[str]:
-    with session(instance.conninfo()) as conn:
+    with session(instance.conninfo(), statement_timeout=0) as conn:
         rows = conn.execute("select datname from pg_database where datallowconn "
                             "and not datistemplate order by 1").fetchall()
     return [r["datname"] for r in rows]
@@ -136,7 +136,7 @@ def _run_tasks(instance: Instance, results: ScanResults, setup: str,
         dbname, kind, fn = task
         t0 = time.monotonic()
         try:
-            with session(instance.conninfo(dbname)) as conn:
+            with session(instance.conninfo(dbname), statement_timeout=0) as conn:
                 conn.execute(setup)
                 fn(conn)
         except PgdrError as exc:
@@ -197,7 +197,7 @@ def scan(instance: Instance, dbnames: list[str], jobs: int = 2) -> ScanResults:
 
     for dbname in dbnames:
         results.counts[dbname] = {}
-        with session(instance.conninfo(dbname)) as conn:
+        with session(instance.conninfo(dbname), statement_timeout=0) as conn:
             tables = conn.execute(load("user_tables")).fetchall()
             fks = conn.execute(load("verify_foreign_keys")).fetchall()
             uniques = conn.execute(load("verify_unique")).fetchall()
@@ -270,7 +270,7 @@ def user_check(instance: Instance, check: VerifyCheckConfig) -> tuple[bool, str,
     """Run a smoke query read-only; compare the first column of the first row as text."""
     want = expected_text(check.expect)
     try:
-        with session(instance.conninfo(check.database)) as conn, conn.transaction():
+        with session(instance.conninfo(check.database), statement_timeout=0) as conn, conn.transaction():
             conn.execute("set transaction read only")
             cur = conn.execute(check.sql)  # the operator's own SQL, from pgdr.toml
             row = cur.fetchone() if cur.description else None

@@ -30,9 +30,11 @@ from pgdr.pg.instance import DETACHED_SETTINGS, Instance, free_port
 from pgdr.pg.lsn import parse_lsn, parse_segment_name
 from pgdr.pg.programs import Programs
 from pgdr.pg.waldump import Chunk
+from pgdr.repo import unfinished
 from pgdr.repo.layout import Repository
 from pgdr.repo.manifest import BackupManifest, backup_dir, find_backup, list_backups
 from pgdr.repo.records import save_record
+from pgdr.repo.unfinished import INCOMPLETE_MARKER
 from pgdr.restore.recovery import RecoveryTarget, restore_physical, wal_fetch_command
 from pgdr.restore.walscan import ArchiveWal, WalPoint, archive_wal, find_restore_point, find_transaction, reachable_end
 from pgdr.runbook.timeline import Timeline
@@ -269,6 +271,10 @@ def _socket_dir_for(target_dir: Path) -> Path:
 
 def _prepare_dir(target_dir: Path, programs: Programs) -> None:
     if target_dir.exists():
+        if (target_dir / INCOMPLETE_MARKER).exists():
+            raise UsageError(f"refusing to restore into {target_dir}: it holds an interrupted restore "
+                             "(pgdr was killed before it finished)",
+                             hint=f"remove {target_dir} and restore again")
         if not target_dir.is_dir() or any(target_dir.iterdir()):
             raise UsageError(f"refusing to restore into {target_dir}: it is not empty",
                              hint="restores always go to a new, empty folder")
@@ -352,21 +358,26 @@ def restore_to_point(config: Config, programs: Programs, repo: Repository, targe
                               "started_at": datetime.now(UTC).isoformat()}
     instance: Instance | None = None
     created = False
+    marker: Path | None = None
     try:
         with timeline.step("plan"):
             _prepare_dir(target_dir, programs)
             chosen = plan(programs, repo, target, backup_id)
         record["backup_id"] = chosen.backup.id
         record["reachable_end"] = chosen.end.as_dict() if chosen.end else None
+        # Before anything is written: a SIGKILLed restore is then reported, not mistaken for one.
+        marker = unfinished.begin_restore(repo, target_dir, {"backup_id": chosen.backup.id,
+                                                             "target": record["target"]})
         socket_dir = _socket_dir_for(target_dir)
         instance = Instance("restore", target_dir, port or free_port(), socket_dir, programs,
-                            log_file=target_dir / "pgdr-restore.log")
+                            log_file=target_dir / "pgdr-restore.log", supervised=True)
         with timeline.step("extract"):
             created = True
             restore_physical(backup_dir(repo, chosen.backup.id), instance, programs,
                              config_path=config.source, target=chosen.target,
                              extra_settings=_server_settings(instance),
                              restore_command=_restore_command(config, repo, target_dir / SPOOL, programs))
+            unfinished.mark_incomplete(target_dir)
             if socket_dir != target_dir:
                 socket_dir.mkdir(mode=0o700, exist_ok=True)
                 programs.run_as.chown(socket_dir)
@@ -389,10 +400,14 @@ def restore_to_point(config: Config, programs: Programs, repo: Repository, targe
         record["steps"] = timeline.as_list()
         record["passed"] = True
         result.record_path = save_record(repo, "restore", record)
+        unfinished.finish(marker, target_dir)
+        instance.release()  # recovered: the server is the user's now
         return result
     except BaseException as exc:
         if instance is not None and created:
             _remove(instance, target_dir)
+        if not target_dir.exists():
+            unfinished.finish(marker)
         record["passed"] = False
         record["error"] = getattr(exc, "message", str(exc)) or type(exc).__name__
         record["steps"] = timeline.as_list()

@@ -80,8 +80,8 @@ def salvage(from_dsn: str, into_dsn: str, table: str, *, where: str | None = Non
     if merge and as_table:
         raise UsageError("--as and --merge exclude each other")
     t0 = time.monotonic()
-    src = connect(from_dsn, timeout=10, autocommit=False)
-    dst = connect(into_dsn, timeout=10, autocommit=False)
+    src = connect(from_dsn, timeout=10, statement_timeout=0, autocommit=False)
+    dst = connect(into_dsn, timeout=10, statement_timeout=0, autocommit=False)
     try:
         schema, name, oid = _resolve(src, table, "source (restored)")
         cols = _columns(src, oid)

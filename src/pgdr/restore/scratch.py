@@ -14,6 +14,7 @@ new (mkdtemp), and removed again unless the caller keeps it.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -22,8 +23,11 @@ from pathlib import Path
 
 from pgdr.config import Config
 from pgdr.errors import PgdrError
+from pgdr.fsutil import write_json_durable
+from pgdr.pg.children import stop_server
 from pgdr.pg.instance import DETACHED_SETTINGS, Instance, free_port
 from pgdr.pg.programs import Programs
+from pgdr.repo.unfinished import OWNER_MARKER, owner, owner_dead
 from pgdr.sandbox.sandbox import SOCKET_PATH_MAX, check_traversable
 
 
@@ -65,17 +69,25 @@ class Scratch:
         os.chmod(root, 0o755)
         check_traversable(root, programs)
         folder = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=root))
-        os.chmod(folder, 0o700)
-        programs.run_as.chown(folder)
         socket_dir = folder / "run"
         if len(str(socket_dir)) > SOCKET_PATH_MAX:
             digest = hashlib.sha1(str(folder).encode()).hexdigest()[:12]
             socket_dir = Path(tempfile.gettempdir()) / f"pgdr-scratch-{digest}"
+        # First, so a killed verify's folder can be proven ours and removed by the next.
+        write_json_durable(folder / OWNER_MARKER, {"owner": owner(), "socket_dir": str(socket_dir)})
+        os.chmod(folder, 0o700)
+        programs.run_as.chown(folder)
         socket_dir.mkdir(mode=0o700)
         programs.run_as.chown(socket_dir)
         instance = Instance(label, folder / "data", port or pick_port(port_range), socket_dir, programs,
-                            log_file=folder / "server.log")
+                            log_file=folder / "server.log", supervised=True)
         return cls(folder, instance, programs)
+
+    def keep(self) -> None:
+        """The user keeps this scratch instance: no later verify may remove it."""
+        write_json_durable(self.folder / OWNER_MARKER, {"owner": None, "kept": True,
+                                                         "socket_dir": str(self.instance.socket_dir)})
+        self.instance.release()
 
     def settings(self) -> dict[str, str | int]:
         """A scratch server: local only, no archiving, no replication, no fsync (thrown away)."""
@@ -102,9 +114,34 @@ class Scratch:
                 break
         if self.instance.is_running():
             self.instance.kill9()
+        self.instance.release()
         shutil.rmtree(self.folder, ignore_errors=True)
         if not str(self.instance.socket_dir).startswith(str(self.folder)):
             shutil.rmtree(self.instance.socket_dir, ignore_errors=True)
         if self.folder.exists():
             problems.append(f"could not remove {self.folder}")
         return problems
+
+
+def reap_stale(root: Path) -> list[Path]:
+    """Remove the scratch folders under root that a killed verify left: only folders whose
+    marker names a pgdr that is dead (pid + start time) — never a kept or a live one.
+    Their server, if one still runs from the folder, is stopped first."""
+    removed: list[Path] = []
+    if not root.is_dir():
+        return removed
+    for folder in root.iterdir():
+        try:
+            data = json.loads((folder / OWNER_MARKER).read_text())
+        except (OSError, ValueError):
+            continue
+        if data.get("kept") or not owner_dead(data):
+            continue
+        stop_server(folder / "data")
+        shutil.rmtree(folder, ignore_errors=True)
+        socket_dir = Path(str(data.get("socket_dir") or folder / "run"))
+        if not str(socket_dir).startswith(str(folder)):
+            shutil.rmtree(socket_dir, ignore_errors=True)
+        if not folder.exists():
+            removed.append(folder)
+    return removed

@@ -16,6 +16,7 @@ stopped and its folder removed afterwards, also on failure and on Ctrl-C.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -33,6 +34,7 @@ from pgdr.errors import ConfigError, PgdrError
 from pgdr.fsutil import exclusive_lock, write_json_durable
 from pgdr.pg.connect import session
 from pgdr.pg.lsn import parse_lsn
+from pgdr.pg.process import dir_progress
 from pgdr.pg.programs import Programs
 from pgdr.repo.layout import Repository
 from pgdr.repo.manifest import BackupManifest, backup_dir, find_backup, list_backups
@@ -41,7 +43,9 @@ from pgdr.restore import dbchecks
 from pgdr.restore.access import TOUCHED_FILES
 from pgdr.restore.extract import ExtractMethod, check_files
 from pgdr.restore.recovery import RecoveryTarget, restore_physical, wait_until_promoted
-from pgdr.restore.scratch import Scratch, scratch_root
+from pgdr.restore.scratch import Scratch, reap_stale, scratch_root
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -137,6 +141,8 @@ def verify_backup(config: Config, programs: Programs, repo: Repository, backup_i
     with exclusive_lock(repo.lock_path(f"verify-{manifest.id}"), f"verify of {manifest.id}"):
         if not run.step("files", lambda: _files_check(run, folder, manifest)):
             return _finish(run, repo, folder, t_start)
+        for stale in reap_stale(scratch_root(config)):
+            log.warning("removed %s, left by a verify that was killed", stale)
         scratch = Scratch.create(scratch_root(config), f"verify-{manifest.id}", programs, port=port,
                                  port_range=config.verify.ports)
         try:
@@ -146,6 +152,7 @@ def verify_backup(config: Config, programs: Programs, repo: Repository, backup_i
                 _verify_logical(run, config, programs, manifest, folder, scratch, jobs)
             if keep and run.result.checks:
                 scratch.instance.start()
+                scratch.keep()  # the user asked to keep it running
                 result.kept = {"folder": str(scratch.folder), "data_dir": str(scratch.instance.data_dir),
                                "port": scratch.instance.port,
                                "socket_dir": str(scratch.instance.socket_dir),
@@ -303,7 +310,8 @@ def _verify_logical(run: _Run, config: Config, programs: Programs, manifest: Bac
                 "-j", str(config.backup.logical_jobs), "--no-owner", "--no-privileges",
                 "--exit-on-error", str(folder / dump.directory)], timeout=24 * 3600,
                 # pg_dump ran as pgdr's user, so its 0700 folder is readable by that user only
-                as_server_user=False)
+                as_server_user=False, stall_timeout=config.pg.stall_timeout,
+                progress=dir_progress(inst.data_dir), stalled_what=f"restoring {dbname} into {inst.data_dir}")
             per_db[dbname] = round(time.monotonic() - t1, 3)
         seconds = time.monotonic() - t0
         run.result.restore_s = seconds

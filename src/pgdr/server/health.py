@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
 
 from pgdr.config import Config, NodeConfig
 from pgdr.diagnose.gather import XID_STOP_MARGIN, XID_WRAP_LIMIT, classify_failure
+from pgdr.pg.connect import open_raw
 from pgdr.pg.conninfo import mask_text, parse, with_params
 
 HEALTH_SQL = """
@@ -55,7 +55,7 @@ def _target(node: NodeConfig, timeout: float) -> str:
 def check_node(node: NodeConfig, timeout: float) -> Health:
     t0 = time.monotonic()
     try:
-        with psycopg.connect(_target(node, timeout), autocommit=True, row_factory=dict_row) as conn:
+        with open_raw(_target(node, timeout), timeout=timeout + 0.999, statement_timeout=0) as conn:
             row = conn.execute(HEALTH_SQL).fetchone()
     except psycopg.Error as exc:
         cause = classify_failure(exc)
