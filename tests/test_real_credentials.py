@@ -135,6 +135,8 @@ def test_archive_lag_is_this_repositorys_and_unknown_is_not_green(real_cluster: 
         assert lag["status"] == "fail" and "not streaming" in lag["summary"], lag
         # the same repository seen by a role without pg_monitor: positions are NULL
         plain = real_cluster.write_config("lag-plain", user="app", repo=str(config.parent / "repo"))
+        # physical mode forced: auto-detection would call this role logical-only
+        plain.write_text(plain.read_text().replace('name = "lag-plain"', 'name = "lag-plain"\nmode = "physical"'))
         hidden = json.loads(run_cli("status", "--json", config=plain, env=env, timeout=60).stdout)
         lag = next(c for c in hidden["checks"] if c["name"] == "archive lag")
         assert lag["status"] == "fail" and "unknown" in lag["summary"] and "pg_monitor" in lag["hint"], lag
