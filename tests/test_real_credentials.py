@@ -8,6 +8,8 @@ pgdr's own report; every run_cli has a timeout, so a password prompt cannot hang
 from __future__ import annotations
 
 import json
+import pwd
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +42,13 @@ def test_everything_works_with_passwords_only_outside_pgdr_toml(real_cluster: Re
 
     try:
         cli("archiver", "start", timeout=60)
+        if variant == "passfile":
+            private = _private_passfile_of_receiver(config)
+            st, parent = private.stat(), private.parent.stat()
+            postgres = pwd.getpwnam("postgres")
+            assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (postgres.pw_uid, 0o600)
+            assert (parent.st_uid, stat.S_IMODE(parent.st_mode)) == (postgres.pw_uid, 0o700)
+            assert real_cluster.passwords["dba"] in private.read_text()
         app_name = json.loads(cli("archiver", "status", "--json")).get("application_name")
         streaming = real_cluster.psql("select application_name from pg_stat_replication "
                                       "where state = 'streaming' and application_name <> 'walreceiver'")
@@ -72,6 +81,26 @@ def test_everything_works_with_passwords_only_outside_pgdr_toml(real_cluster: Re
     finally:
         run_cli("archiver", "stop", config=config, env=env, timeout=60)
     _no_secret(real_cluster, *seen)
+    if variant == "passfile":
+        assert not private.exists() and not private.parent.exists()  # removed with pg_receivewal
+
+
+def _private_passfile_of_receiver(config: Path) -> Path:
+    """PGPASSFILE in the running pg_receivewal's environment (read from /proc, as root)."""
+    incoming = str(config.parent / "repo" / "wal" / "incoming")
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmdline and cmdline[0].endswith(b"pg_receivewal") and incoming.encode() in cmdline:
+            found = [e.split(b"=", 1)[1] for e in environ if e.startswith(b"PGPASSFILE=")]
+            assert found, "pg_receivewal runs without a PGPASSFILE"
+            return Path(found[0].decode())
+    raise AssertionError("no pg_receivewal for this repository")
 
 
 def _archived_past_switch(config: Path) -> bool:
@@ -142,3 +171,14 @@ def test_archive_lag_is_this_repositorys_and_unknown_is_not_green(real_cluster: 
         assert lag["status"] == "fail" and "unknown" in lag["summary"] and "pg_monitor" in lag["hint"], lag
     finally:
         run_cli("archiver", "stop", config=config, env=env, timeout=60)
+
+
+def test_waiting_for_an_instance_stops_at_once_on_authentication_failure(real_cluster: RealCluster) -> None:
+    """The old bug: peer refused pgdr and the wait retried silently for 600 s. The primary's
+    socket is peer-only, so waiting on it as a restored instance must raise at once."""
+    from pgdr.errors import AuthenticationFailed
+    from pgdr.restore.recovery import wait_until_promoted
+
+    with pytest.raises(AuthenticationFailed) as err:
+        wait_until_promoted(real_cluster.primary, timeout=600)  # pytest's 300 s timeout would fire first
+    assert "peer authentication failed for user postgres" in err.value.message
