@@ -182,3 +182,12 @@ def test_waiting_for_an_instance_stops_at_once_on_authentication_failure(real_cl
     with pytest.raises(AuthenticationFailed) as err:
         wait_until_promoted(real_cluster.primary, timeout=600)  # pytest's 300 s timeout would fire first
     assert "peer authentication failed for user postgres" in err.value.message
+
+
+def test_missing_replication_privilege_names_the_grant(real_cluster: RealCluster) -> None:
+    config = real_cluster.write_config("priv-missing", user="app")
+    config.write_text(config.read_text().replace('name = "priv-missing"', 'name = "priv-missing"\nmode = "physical"'))
+    result = run_cli("backup", config=config, env=real_cluster.env_with_passfile(), timeout=60)
+    assert result.returncode == 1
+    assert "neither REPLICATION nor superuser" in result.stderr and "ALTER ROLE app REPLICATION" in result.stderr
+    assert "fail over" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
