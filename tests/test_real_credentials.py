@@ -128,6 +128,11 @@ def test_wrong_password_is_one_line_naming_user_and_host(real_cluster: RealClust
     assert status.returncode == 1
     primary = next(c for c in json.loads(status.stdout)["checks"] if c["name"] == "primary")
     assert "PGPASSFILE" in primary["hint"] and "fail over" not in primary["hint"]
+    diag = run_cli("diagnose", "--json", config=config, env=env, timeout=60)
+    assert diag.returncode == 1
+    for finding in json.loads(diag.stdout)["findings"]:
+        if finding["severity"] == "critical":
+            assert "failover" not in (finding["action"] or ""), finding
 
 
 def test_hand_built_standby_is_healthy_in_status_and_diagnose(real_cluster: RealCluster) -> None:

@@ -32,7 +32,13 @@ def test_managed_role_logical_only(real_cluster: RealCluster) -> None:
     archive = next(c for c in status["checks"] if c["name"] == "archive")
     assert "not applicable (logical-only)" in archive["summary"]
 
-    for args in (["backup"], ["archiver", "start"], ["failover", "--yes"]):
+    diag = json.loads(cli("diagnose", "--json", code=0))
+    archiver_finding = next(f for f in diag["findings"] if f["concern"] == "pgdr_archiver")
+    assert archiver_finding["severity"] == "ok" and "not applicable" in archiver_finding["summary"]
+    assert diag["severity"] != "critical", [f for f in diag["findings"] if f["severity"] == "critical"]
+
+    for args in (["backup"], ["archiver", "start"], ["failover", "--yes"],
+                 ["restore", "--latest", "--target-dir", str(real_cluster.root / "never")]):
         err = cli(*args, code=2, timeout=60)
         assert "logical-only mode" in err and "Traceback" not in err, args
         assert len(err.strip().splitlines()) == 1, err

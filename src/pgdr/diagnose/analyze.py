@@ -11,6 +11,7 @@ from pgdr.config import Config, DiagnoseConfig
 from pgdr.diagnose import gather as g
 from pgdr.diagnose.findings import DiagnoseReport, Finding, Severity
 from pgdr.errors import PgdrError
+from pgdr.mode import is_logical_only
 from pgdr.pg.standbys import match_standbys
 from pgdr.repo.layout import Repository
 
@@ -419,8 +420,11 @@ def analyze(config: Config, facts_list: list[g.NodeFacts], repo: Repository | No
         findings.append(connectivity(facts, facts.node.role))
     primaries = [f for f in facts_list if f.reachable and f.role == "primary"]
     if not primaries:
+        refused = [f for f in facts_list if f.cause == g.AUTH_FAILED]
         findings.append(Finding("primary", "critical", "no writable primary reachable", None,
                                 {"nodes": {f.node.name: f.role for f in facts_list}},
+                                # a refused password is not a dead server: no failover advice
+                                CAUSE_ACTIONS[g.AUTH_FAILED][1] if refused else
                                 "start the primary or promote a standby (`pgdr failover`)"))
     elif len(primaries) > 1:
         findings.append(Finding("primary", "critical", "more than one writable primary: "
@@ -437,8 +441,13 @@ def analyze(config: Config, facts_list: list[g.NodeFacts], repo: Repository | No
         findings.append(locks(facts, config.diagnose))
         if facts.role == "primary":
             findings.extend(replication(facts, config, facts_list))
-            findings.extend(archiver(facts, config.diagnose, repo if facts is primaries[0] else None,
-                                     config.archive.application_name))
+            if is_logical_only(config):
+                findings.append(Finding("pgdr_archiver", "ok", "not applicable (logical-only): "
+                                        "no WAL archive, recovery is to the newest logical backup",
+                                        facts.node.name))
+            else:
+                findings.extend(archiver(facts, config.diagnose, repo if facts is primaries[0] else None,
+                                         config.archive.application_name))
             findings.extend(databases(facts, config.diagnose))
         else:
             findings.extend(f for f in databases(facts, config.diagnose) if f.concern == "checksums")

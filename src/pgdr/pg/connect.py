@@ -94,6 +94,8 @@ def classify(exc: BaseException) -> str:
         return STATEMENT_TIMEOUT
     # No SQLSTATE: libpq's own failure before (or instead of) the server's answer.
     text = str(exc)
+    if "authentication failed for user" in text or "no password supplied" in text:
+        return AUTH_FAILED  # psycopg's connect errors carry no SQLSTATE
     if "Connection refused" in text or "No such file or directory" in text:
         return REFUSED
     if "timeout expired" in text:
