@@ -10,6 +10,8 @@
   name is not the node's name, so pg_stat_replication shows `walreceiver`.
 - pgdr.toml files whose conninfos carry TCP + user and NO password: the passwords
   come from a root-only 0600 PGPASSFILE in one variant and PGPASSWORD in another.
+- on request (start_pgbouncer), pgbouncer in front with scram auth, its ini owned by
+  postgres and mode 0640.
 
 Setup SQL runs through psql as the postgres user (peer), with the SQL on stdin so
 no password is ever on a command line. Passwords are random per cluster, so a
@@ -21,6 +23,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +31,7 @@ from psycopg.conninfo import make_conninfo
 
 from pgdr.backup import archiver
 from pgdr.pg.instance import Instance, free_port
+from pgdr.pg.process import Child
 from pgdr.pg.programs import Programs
 from pgdr.repo.layout import Repository
 
@@ -42,6 +46,21 @@ insert into orders select g, 1 + g % 500, g / 10.0 from generate_series(1, 3000)
 
 
 @dataclass
+class Pgbouncer:
+    ini: Path
+    port: int
+    child: Child
+
+    def conninfo(self, user: str = "app", dbname: str = "app") -> str:
+        """Over TCP, no password: it comes from PGPASSFILE/PGPASSWORD like everything else."""
+        return make_conninfo(host="127.0.0.1", port=self.port, user=user, dbname=dbname)
+
+    def repoint_toml(self) -> str:
+        return (f'\n[[failover.repoint]]\nkind = "pgbouncer"\nini_file = "{self.ini}"\n'
+                f'admin_conninfo = "{self.conninfo("dba", "pgbouncer")}"\ndatabase = "app"\n')
+
+
+@dataclass
 class RealCluster:
     root: Path
     programs: Programs
@@ -50,6 +69,7 @@ class RealCluster:
     pghome: Path
     passwords: dict[str, str] = field(default_factory=dict)
     standby_slot: str = "hand_built_standby"
+    pgbouncer: Pgbouncer | None = None
 
     # ---- addresses ---------------------------------------------------------------
     def tcp(self, instance: Instance, user: str = "dba", dbname: str = "postgres") -> str:
@@ -126,8 +146,45 @@ class RealCluster:
         env["PGPASSFILE"] = "/nonexistent/pgpass"
         return env
 
+    # ---- pgbouncer, as operators run it -----------------------------------------------
+    def start_pgbouncer(self) -> Pgbouncer:
+        """pgbouncer in front of the primary: scram auth from a userlist.txt (0600) holding
+        the roles' SCRAM secrets, pgbouncer.ini owned by postgres, mode 0640 (it may hold
+        passwords), admin user `dba`, transaction pooling, on a free port."""
+        if self.pgbouncer is not None:
+            return self.pgbouncer
+        folder = self.root / "pgbouncer"
+        folder.mkdir(mode=0o750, exist_ok=True)
+        self.programs.run_as.chown(folder)
+        secrets_rows = self.psql("select rolname || ' ' || rolpassword from pg_authid "
+                                 "where rolname in ('dba', 'app')")
+        userlist = folder / "userlist.txt"
+        userlist.write_text("".join(f'"{name}" "{secret}"\n' for name, secret in
+                                    (row.split(" ", 1) for row in secrets_rows.splitlines())))
+        port = free_port()
+        ini = folder / "pgbouncer.ini"
+        ini.write_text(
+            f"[databases]\napp = host=127.0.0.1 port={self.primary.port} dbname=app\n\n"
+            f"[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir = {folder}\n"
+            f"auth_type = scram-sha-256\nauth_file = {userlist}\nadmin_users = dba\n"
+            "pool_mode = transaction\nserver_login_retry = 1\nserver_connect_timeout = 2\n"
+            f"logfile = {folder / 'pgbouncer.log'}\npidfile = {folder / 'pgbouncer.pid'}\n")
+        for path, mode in ((ini, 0o640), (userlist, 0o600)):
+            os.chmod(path, mode)
+            self.programs.run_as.chown(path)
+        child = self.programs.spawn("pgbouncer", [str(ini)], log_path=folder / "stdout.log")
+        deadline = time.monotonic() + 10
+        while not (folder / f".s.PGSQL.{port}").exists():
+            if time.monotonic() > deadline or child.poll() is not None:
+                raise RuntimeError("pgbouncer did not start: " + (folder / "stdout.log").read_text()[-500:])
+            time.sleep(0.05)
+        self.pgbouncer = Pgbouncer(ini, port, child)
+        return self.pgbouncer
+
     # ---- teardown -------------------------------------------------------------------
     def stop(self) -> None:
+        if self.pgbouncer is not None:
+            self.pgbouncer.child.stop()
         for repo_dir in self.root.glob("*/repo"):
             try:
                 archiver.stop_background(Repository(repo_dir))

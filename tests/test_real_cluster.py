@@ -27,3 +27,14 @@ def test_standby_streams_as_replicator_named_walreceiver(real_cluster: RealClust
     assert "user=replicator" in conninfo and "passfile=" in conninfo and "password" not in conninfo
     assert real_cluster.psql("select count(*) from orders", dbname="app") == "3000"
     assert real_cluster.psql("show data_checksums") == "on"
+
+
+def test_pgbouncer_in_front_with_scram(real_cluster: RealCluster) -> None:
+    bouncer = real_cluster.start_pgbouncer()
+    st = bouncer.ini.stat()
+    assert oct(st.st_mode & 0o777) == "0o640" and st.st_uid != 0
+    with psycopg.connect(bouncer.conninfo() + f" password={real_cluster.passwords['app']}",
+                         connect_timeout=5) as conn:
+        assert conn.execute("select count(*) from customers").fetchone() == (500,)
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(bouncer.conninfo() + " password=wrong", connect_timeout=5)
