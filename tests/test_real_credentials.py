@@ -145,6 +145,8 @@ def test_hand_built_standby_is_healthy_in_status_and_diagnose(real_cluster: Real
     assert standby["status"] == "ok", standby
     node = next(n for n in json.loads(status.stdout)["nodes"] if n["name"] == "db2")
     assert node["streaming"] is True and node["replay_lag_s"] is not None
+    if node["replay_lag_bytes"] == 0:  # idle and caught up: no lag, however old the last commit
+        assert node["replay_lag_s"] == 0.0
     diag = run_cli("diagnose", "--json", config=config, env=env, timeout=60)
     findings = json.loads(diag.stdout)["findings"]
     replication = [f for f in findings if f["concern"] == "replication"]

@@ -32,9 +32,11 @@ from psycopg import errors as pgerrors
 from pgdr.errors import AuthenticationFailed, PgdrError, PrivilegeMissing
 from pgdr.pg.conninfo import parse
 
-# Programs that connect to a server and would otherwise prompt for a password.
-CLIENT_PROGRAMS = frozenset({"pg_basebackup", "pg_receivewal", "pg_dump", "pg_dumpall",
-                             "pg_restore", "psql", "pg_amcheck", "vacuumdb"})
+# Programs that connect to a server and would otherwise prompt for a password (-w)…
+NO_PROMPT_PROGRAMS = frozenset({"pg_basebackup", "pg_receivewal", "pg_dump", "pg_dumpall",
+                                "pg_restore", "psql", "pg_amcheck", "vacuumdb"})
+# …and every program that logs in somewhere (pg_rewind --source-server never prompts).
+CLIENT_PROGRAMS = NO_PROMPT_PROGRAMS | {"pg_rewind"}
 
 AUTH_HINT = ("check the password pgdr is given: PGPASSWORD, PGPASSFILE (may be root-only 0600) "
              "or ~/.pgpass, or password= in the conninfo")
@@ -42,7 +44,7 @@ AUTH_HINT = ("check the password pgdr is given: PGPASSWORD, PGPASSFILE (may be r
 
 def no_prompt_args(program: str) -> list[str]:
     """`-w`: never prompt; a missing password is an error, not a hang."""
-    return ["-w"] if program in CLIENT_PROGRAMS else []
+    return ["-w"] if program in NO_PROMPT_PROGRAMS else []
 
 
 @dataclass
