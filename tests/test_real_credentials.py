@@ -198,3 +198,15 @@ def test_missing_replication_privilege_names_the_grant(real_cluster: RealCluster
     assert result.returncode == 1
     assert "neither REPLICATION nor superuser" in result.stderr and "ALTER ROLE app REPLICATION" in result.stderr
     assert "fail over" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_archiver_without_replication_privilege_records_the_grant(real_cluster: RealCluster) -> None:
+    config = real_cluster.write_config("priv-archiver", user="app")
+    config.write_text(config.read_text().replace('name = "priv-archiver"', 'name = "priv-archiver"\nmode = "physical"'))
+    env = real_cluster.env_with_passfile()
+    result = run_cli("archiver", "start", config=config, env=env, timeout=60)
+    assert result.returncode == 1, result.stdout
+    assert "REPLICATION" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    state = json.loads((config.parent / "repo" / "archiver" / "state.json").read_text())
+    assert state["failures"] >= 1 and not state["receiving"] and "REPLICATION" in state["last_failure"]

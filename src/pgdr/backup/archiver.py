@@ -32,6 +32,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from pgdr.config import Config
 from pgdr.errors import PgdrError
 from pgdr.fsutil import exclusive_lock, lock_is_held, write_json_durable
@@ -168,8 +170,8 @@ class Archiver:
                 row = conn.execute("select 1 from pg_stat_replication where application_name = %s "
                                    "and state = 'streaming'",
                                    (self.config.archive.application_name,)).fetchone()
-        except PgdrError as exc:
-            log.debug("archiver: cannot check streaming: %s", exc.message)
+        except (PgdrError, psycopg.Error) as exc:
+            log.debug("archiver: cannot check streaming: %s", exc)
             return
         if row is not None:
             self.state.receiving = True
