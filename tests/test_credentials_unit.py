@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -57,3 +58,19 @@ def test_scratch_port_range() -> None:
         with pytest.raises(PgdrError, match="no free port"):
             pick_port((port, port))
     assert pick_port((port, port)) == port
+
+
+def test_private_passfiles_of_dead_processes_are_swept(tmp_path: Path) -> None:
+    import subprocess
+
+    from pgdr.pg.credentials import PRIVATE_PREFIX, sweep_stale
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f"{PRIVATE_PREFIX}{dead.pid}-abc"
+    alive = tmp_path / f"{PRIVATE_PREFIX}{os.getpid()}-def"
+    for folder in (stale, alive):
+        folder.mkdir()
+        (folder / "pgpass").write_text("*:*:*:dba:secret\n")
+    assert sweep_stale(tmp_path) == [stale]
+    assert not stale.exists() and alive.exists()

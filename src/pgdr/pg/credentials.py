@@ -126,6 +126,30 @@ def _entries_for(passfile: Path, user: str) -> list[str]:
     return keep
 
 
+PRIVATE_PREFIX = "pgdr-pass-"
+
+
+def sweep_stale(root: Path | None = None) -> list[Path]:
+    """Remove private passfile folders whose pgdr process is gone (SIGKILLed before its
+    cleanup ran), so a copied password does not outlive the run that needed it."""
+    removed = []
+    base = root or Path(tempfile.gettempdir())
+    for folder in base.glob(f"{PRIVATE_PREFIX}*-*"):
+        pid_text = folder.name.removeprefix(PRIVATE_PREFIX).split("-", 1)[0]
+        if not pid_text.isdigit():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+            continue  # its owner still runs
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
 def prepare(program: str, args: Sequence[str], password: str | None, *,
             child_user: str | None, child_ids: tuple[int, int] | None) -> ChildCredentials:
     """The credentials one child gets. child_ids is (uid, gid) when the child runs as
@@ -146,7 +170,8 @@ def prepare(program: str, args: Sequence[str], password: str | None, *,
     entries = _entries_for(passfile, user)
     if not entries:
         return ChildCredentials()
-    private = Path(tempfile.mkdtemp(prefix="pgdr-pass-"))
+    sweep_stale()
+    private = Path(tempfile.mkdtemp(prefix=f"{PRIVATE_PREFIX}{os.getpid()}-"))
     try:
         os.chmod(private, 0o700)
         target = private / "pgpass"
