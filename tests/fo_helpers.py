@@ -92,7 +92,9 @@ class Etcd:
                 time.sleep(0.1)
 
     def stop(self) -> None:
-        self.proc.stop()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
 
 
 class UnixProxy:

@@ -295,6 +295,11 @@ def _archive_status(config: Config, repo: Repository, primary: NodeState | None,
                                 + (f" ({retained} bytes waiting in slot {config.archive.slot})" if slot else ""),
                                 evidence={"slot": slot, "last_failure": state.get("last_failure")},
                                 hint="start it: `pgdr archiver start`"))
+    if state.get("problem"):
+        checks.append(Check("archiver", "fail", f"archiving is blocked: {state['problem']}",
+                            evidence={"problem": state["problem"], "since": state.get("last_failure_at")},
+                            hint="free space in the repository; the archiver resumes by itself"
+                            if "disk full" in state["problem"] else "see repo/archiver/archiver.log"))
     if state.get("last_failure"):
         checks.append(Check("archiver failures", "warn" if state.get("running") else "fail",
                             f"{state['failures']} failure(s), last at {state['last_failure_at']}: "

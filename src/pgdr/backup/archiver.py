@@ -17,10 +17,12 @@ promoted elsewhere) and records each failure in archiver/state.json, which
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -37,11 +39,11 @@ import psycopg
 from pgdr.config import Config
 from pgdr.errors import PgdrError
 from pgdr.fsutil import exclusive_lock, lock_is_held, write_json_durable
-from pgdr.pg.connect import session
+from pgdr.pg.connect import query_one, session
 from pgdr.pg.conninfo import split_password, with_params
 from pgdr.pg.credentials import auth_error, target_of
 from pgdr.pg.probe import find_primary
-from pgdr.pg.process import Child, start_detached
+from pgdr.pg.process import Child, dir_progress, start_detached
 from pgdr.pg.programs import Programs
 from pgdr.pg.slots import ensure_physical_slot
 from pgdr.repo.layout import Repository
@@ -51,6 +53,12 @@ log = logging.getLogger(__name__)
 
 COMPLETED_RE = re.compile(r"^([0-9A-F]{24}|[0-9A-F]{8}\.history)$")
 POLL_SECONDS = 0.2
+MAX_BACKOFF = 10.0
+STALL_CHECK_SECONDS = 1.0
+
+
+class SweepBlocked(Exception):
+    """A segment could not be stored (full disk, I/O error); recorded, retried later."""
 
 
 @dataclass
@@ -66,6 +74,9 @@ class ArchiverState:
     last_failure: str | None = None
     last_failure_at: str | None = None
     last_failure_hint: str | None = None
+    # What stops archiving right now (cleared once a segment is archived again), e.g.
+    # "repository disk full: 4096 bytes free at /srv/pgdr/repo".
+    problem: str | None = None
 
 
 def state_path(repo: Repository) -> Path:
@@ -94,19 +105,55 @@ class Archiver:
         self.child: Child | None = None
         self.upstream_conninfo: str | None = None
         self.next_stream_check = 0.0
+        self.progress_value: object = None
+        self.progress_at = time.monotonic()
+        self.stall_probe = dir_progress(repo.incoming_dir)
 
     # ---- state -------------------------------------------------------------------
     def _save(self) -> None:
-        write_json_durable(state_path(self.repo), asdict(self.state))
+        """state.json, durably; on a full disk overwritten in place (its page is already
+        allocated), because the cause must reach `status` exactly when space is gone."""
+        path = state_path(self.repo)
+        data = (json.dumps(asdict(self.state), indent=2, default=str) + "\n").encode()
+        try:
+            write_json_durable(path, asdict(self.state))
+        except OSError as exc:
+            try:
+                fd = os.open(path, os.O_WRONLY)
+                try:
+                    os.pwrite(fd, data, 0)
+                    os.ftruncate(fd, len(data))
+                finally:
+                    os.close(fd)
+            except OSError:
+                log.warning("archiver: cannot write %s: %s", path, exc.strerror)
 
-    def _fail(self, message: str, hint: str | None = None) -> None:
+    def _fail(self, message: str, hint: str | None = None, *, receiver: bool = True) -> None:
         log.warning("archiver: %s", message)
         self.state.failures += 1
         self.state.last_failure = message
         self.state.last_failure_hint = hint
         self.state.last_failure_at = datetime.now(UTC).isoformat()
-        self.state.receiving = False
+        self.state.problem = message
+        if receiver:
+            self.state.receiving = False
         self._save()
+
+    def space_problem(self) -> str | None:
+        """'repository disk full: N bytes free at PATH' when a segment no longer fits."""
+        try:
+            free = shutil.disk_usage(self.repo.root).free
+        except OSError:
+            return None
+        need = self.repo.wal_segment_size if self.repo.identity() else 16 * 1024 * 1024
+        if free < need:
+            return f"repository disk full: {free} bytes free at {self.repo.root}"
+        return None
+
+    def _os_failure(self, what: str, exc: OSError) -> str:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return self.space_problem() or f"repository disk full at {self.repo.root} ({what})"
+        return f"{what}: {exc.strerror or exc}"
 
     # ---- one pass over incoming/ -----------------------------------------------------
     def sweep(self) -> int:
@@ -124,8 +171,11 @@ class Archiver:
                 rejected = self.repo.archiver_dir / "rejected"
                 rejected.mkdir(exist_ok=True)
                 os.replace(src, rejected / name)
-                self._fail(f"rejected {name}: {exc.message}")
+                self._fail(f"rejected {name}: {exc.message}", receiver=False)
                 continue
+            except OSError as exc:  # a full disk: keep the segment, retry later
+                self._fail(self._os_failure(f"cannot archive {name}", exc), receiver=False)
+                raise SweepBlocked from None
             src.unlink()
             if outcome == "stored":
                 stored += 1
@@ -133,6 +183,7 @@ class Archiver:
                 self.state.last_archived_at = datetime.now(UTC).isoformat()
                 self.state.archived_count += 1
         if stored:
+            self.state.problem = None
             self._save()
         return stored
 
@@ -142,12 +193,12 @@ class Archiver:
         conninfo = with_params(primary.node.conninfo,
                                application_name=self.config.archive.application_name)
         facts = primary.facts or {}
-        from pgdr.pg.connect import query_one
-
         seg = query_one(conninfo, "select pg_size_bytes(current_setting('wal_segment_size')) as s")["s"]
         self.repo.claim(str(facts["system_identifier"]), int(facts["server_version_num"]), int(seg))
         ensure_physical_slot(conninfo, self.config.archive.slot)
         plain, password = split_password(conninfo)
+        self.upstream_conninfo = conninfo
+        self.progress_value, self.progress_at = None, time.monotonic()
         self.child = self.programs.spawn(
             "pg_receivewal",
             ["-D", str(self.repo.incoming_dir), "-S", self.config.archive.slot, "--synchronous",
@@ -157,6 +208,8 @@ class Archiver:
         self.state.upstream = primary.node.name
         # Not "receiving" yet: only once the primary shows the walsender streaming.
         self.state.receiving = False
+        if self.space_problem() is None:
+            self.state.problem = None
         self._save()
 
     def _check_streaming(self) -> None:
@@ -177,8 +230,37 @@ class Archiver:
             self.state.receiving = True
             self._save()
 
+    def receiver_stalled(self) -> str | None:
+        """Why pg_receivewal counts as stalled: nothing written for [pg] stall_timeout while
+        the upstream has WAL to send, or does not answer at all (a SIGSTOPped primary
+        leaves pg_receivewal waiting forever). None while it progresses or all is idle."""
+        value, now = self.stall_probe(), time.monotonic()
+        if value != self.progress_value:
+            self.progress_value, self.progress_at = value, now
+            return None
+        stall = self.config.pg.stall_timeout
+        if now - self.progress_at < stall or self.upstream_conninfo is None:
+            return None
+        upstream = self.state.upstream or "the primary"
+        try:
+            row = query_one(self.upstream_conninfo,
+                            "select pg_current_wal_lsn() > coalesce((select flush_lsn from pg_stat_replication "
+                            "where application_name = %s limit 1), '0/0') as behind",
+                            (self.config.archive.application_name,), timeout=5, statement_timeout=5,
+                            what="the archive's position")
+        except PgdrError as exc:
+            return f"pg_receivewal received nothing for {stall:.0f}s and {upstream} does not answer: {exc.message}"
+        if not row["behind"]:
+            self.progress_at = now  # idle primary: nothing to receive
+            return None
+        return f"pg_receivewal received nothing for {stall:.0f}s while {upstream} has WAL to send"
+
     def _receiver_exit_reason(self, code: int) -> tuple[str, str | None]:
         """What pg_receivewal said last, and a hint when it names an auth/privilege problem."""
+        # Its log may sit on the very disk that is full, so ask the disk first.
+        space = self.space_problem()
+        if space:
+            return f"pg_receivewal exited with code {code}: {space}", None
         try:
             lines = (self.repo.archiver_dir / "pg_receivewal.log").read_text().splitlines()
         except OSError:
@@ -198,6 +280,8 @@ class Archiver:
             self._save()
             backoff = 0.5
             next_start = 0.0
+            sweep_backoff, next_sweep = 0.5, 0.0
+            next_stall_check = 0.0
             ready_sent = False
             try:
                 while not self.stop_event.is_set():
@@ -208,23 +292,44 @@ class Archiver:
                         except PgdrError as exc:
                             self._fail(f"cannot start pg_receivewal: {exc.message}", exc.hint)
                             next_start = time.monotonic() + backoff
-                            backoff = min(backoff * 2, 10)
+                            backoff = min(backoff * 2, MAX_BACKOFF)
+                        except OSError as exc:  # e.g. no space for its log or state
+                            self._fail(self._os_failure("cannot start pg_receivewal", exc))
+                            next_start = time.monotonic() + backoff
+                            backoff = min(backoff * 2, MAX_BACKOFF)
                     if self.child is not None and (code := self.child.poll()) is not None:
                         self.child = None
                         if not self.stop_event.is_set():
                             self._fail(*self._receiver_exit_reason(code))
                             next_start = time.monotonic() + backoff
-                            backoff = min(backoff * 2, 10)
+                            backoff = min(backoff * 2, MAX_BACKOFF)
+                    if self.child is not None and time.monotonic() >= next_stall_check:
+                        next_stall_check = time.monotonic() + STALL_CHECK_SECONDS
+                        stalled = self.receiver_stalled()
+                        if stalled:
+                            self._stop_receiver()
+                            self._fail(stalled)
+                            next_start = time.monotonic() + backoff
+                            backoff = min(backoff * 2, MAX_BACKOFF)
                     if self.child is not None and not self.state.receiving:
                         self._check_streaming()
-                    self.sweep()
+                    if time.monotonic() >= next_sweep:
+                        try:
+                            self.sweep()
+                            sweep_backoff = 0.5
+                        except SweepBlocked:  # recorded; retry with back-off until space returns
+                            next_sweep = time.monotonic() + sweep_backoff
+                            sweep_backoff = min(sweep_backoff * 2, MAX_BACKOFF)
                     if not ready_sent and self.child is not None and self.state.receiving and on_ready:
                         on_ready()
                         ready_sent = True
                     self.stop_event.wait(POLL_SECONDS)
             finally:
                 self._stop_receiver()
-                self.sweep()
+                try:
+                    self.sweep()
+                except SweepBlocked:
+                    pass
                 self.state.receiving = False
                 self.state.pid = None
                 self._save()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,30 @@ DETACHED_SETTINGS: dict[str, str | int] = {
     "hot_standby": "on",
     "logging_collector": "off",
 }
+
+
+SOCKET_PATH_MAX = 90  # sun_path is 108 bytes; leave room for "/.s.PGSQL.NNNNN"
+
+
+def check_traversable(path: Path, programs: Programs) -> None:
+    """The server user must reach the folder: pytest's tmp_path, /root, … often forbid it."""
+    if not programs.run_as.active:
+        return
+    uid, gid = programs.run_as.ids()
+    for parent in [path, *path.parents]:
+        if not parent.exists():
+            continue
+        st = parent.stat()
+        if st.st_uid == uid:
+            ok = bool(st.st_mode & stat.S_IXUSR)
+        elif st.st_gid == gid:
+            ok = bool(st.st_mode & stat.S_IXGRP)
+        else:
+            ok = bool(st.st_mode & stat.S_IXOTH)
+        if not ok:
+            raise SandboxError(
+                f"user {programs.run_as.user} cannot enter {parent} (mode {stat.filemode(st.st_mode)})",
+                hint="choose a folder under one it can traverse, e.g. /tmp or /srv")
 
 
 def free_port() -> int:

@@ -84,10 +84,14 @@ class WalArchive:
         compressed = zstandard.ZstdCompressor(level=self.level, write_checksum=True,
                                               write_content_size=True).compress(data)
         tmp = dest.with_name(f".{dest.name}.tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(compressed)
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(compressed)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError:  # a full disk: leave no half file taking the space
+            tmp.unlink(missing_ok=True)
+            raise
         os.chmod(tmp, 0o640)
         self.repo.run_as.chown(tmp)
         durable_rename(tmp, dest)

@@ -26,7 +26,7 @@ import zstandard
 from pgdr.config import Config
 from pgdr.errors import AuthenticationFailed, ConfigError, PgdrError, RepositoryError, UsageError
 from pgdr.pg.connect import session
-from pgdr.pg.instance import DETACHED_SETTINGS, Instance, free_port
+from pgdr.pg.instance import DETACHED_SETTINGS, SOCKET_PATH_MAX, Instance, check_traversable, free_port
 from pgdr.pg.lsn import parse_lsn, parse_segment_name
 from pgdr.pg.programs import Programs
 from pgdr.pg.waldump import Chunk
@@ -38,7 +38,6 @@ from pgdr.repo.unfinished import INCOMPLETE_MARKER
 from pgdr.restore.recovery import RecoveryTarget, restore_physical, wal_fetch_command
 from pgdr.restore.walscan import ArchiveWal, WalPoint, archive_wal, find_restore_point, find_transaction, reachable_end
 from pgdr.runbook.timeline import Timeline
-from pgdr.sandbox.sandbox import SOCKET_PATH_MAX, check_traversable
 
 RECOVERY_ENDED_EARLY = "recovery ended before configured recovery target was reached"
 

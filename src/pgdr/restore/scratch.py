@@ -13,6 +13,7 @@ new (mkdtemp), and removed again unless the caller keeps it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -25,10 +26,11 @@ from pgdr.config import Config
 from pgdr.errors import PgdrError
 from pgdr.fsutil import write_json_durable
 from pgdr.pg.children import stop_server
-from pgdr.pg.instance import DETACHED_SETTINGS, Instance, free_port
+from pgdr.pg.instance import DETACHED_SETTINGS, SOCKET_PATH_MAX, Instance, check_traversable, free_port
 from pgdr.pg.programs import Programs
 from pgdr.repo.unfinished import OWNER_MARKER, owner, owner_dead
-from pgdr.sandbox.sandbox import SOCKET_PATH_MAX, check_traversable
+
+CREATING = ".creating-"
 
 
 def scratch_root(config: Config) -> Path:
@@ -68,13 +70,17 @@ class Scratch:
         root.mkdir(parents=True, exist_ok=True)
         os.chmod(root, 0o755)
         check_traversable(root, programs)
-        folder = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=root))
+        # The folder appears under its name only with its owner marker inside, so any
+        # folder a killed verify leaves can be proven ours and removed by the next one
+        # (killed before the rename, it leaves an empty CREATING folder: rmdir-able).
+        creating = Path(tempfile.mkdtemp(prefix=f"{CREATING}{label}-", dir=root))
+        folder = creating.with_name(creating.name.removeprefix(CREATING))
         socket_dir = folder / "run"
         if len(str(socket_dir)) > SOCKET_PATH_MAX:
             digest = hashlib.sha1(str(folder).encode()).hexdigest()[:12]
             socket_dir = Path(tempfile.gettempdir()) / f"pgdr-scratch-{digest}"
-        # First, so a killed verify's folder can be proven ours and removed by the next.
-        write_json_durable(folder / OWNER_MARKER, {"owner": owner(), "socket_dir": str(socket_dir)})
+        write_json_durable(creating / OWNER_MARKER, {"owner": owner(), "socket_dir": str(socket_dir)})
+        os.rename(creating, folder)
         os.chmod(folder, 0o700)
         programs.run_as.chown(folder)
         socket_dir.mkdir(mode=0o700)
@@ -134,6 +140,9 @@ def reap_stale(root: Path) -> list[Path]:
         try:
             data = json.loads((folder / OWNER_MARKER).read_text())
         except (OSError, ValueError):
+            if folder.name.startswith(CREATING):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only ever succeeds on an empty one
             continue
         if data.get("kept") or not owner_dead(data):
             continue

@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import shutil
-import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,13 +28,12 @@ from pgdr.backup import archiver
 from pgdr.errors import PgdrError, SandboxError
 from pgdr.fsutil import write_json_durable
 from pgdr.pg.connect import session
-from pgdr.pg.instance import Instance, free_port
+from pgdr.pg.instance import SOCKET_PATH_MAX, Instance, check_traversable, free_port
 from pgdr.pg.programs import Programs
 from pgdr.repo.layout import Repository
 
 DEFAULT_DIR = Path(".pgdr-sandbox")
 APP_DB = "app"
-SOCKET_PATH_MAX = 90  # sun_path is 108 bytes; leave room for "/.s.PGSQL.NNNNN"
 
 SERVER_SETTINGS: dict[str, str | int] = {
     "wal_level": "replica",
@@ -107,27 +105,6 @@ def _save(sandbox: Sandbox) -> None:
         "root": str(sandbox.root), "socket_dir": str(sandbox.socket_dir), "sync": sandbox.sync,
         "nodes": [{"name": n.name, "role": n.role, "port": n.port, "data_dir": str(n.data_dir)}
                   for n in sandbox.nodes]})
-
-
-def check_traversable(path: Path, programs: Programs) -> None:
-    """The server user must reach the folder: pytest's tmp_path, /root, … often forbid it."""
-    if not programs.run_as.active:
-        return
-    uid, gid = programs.run_as.ids()
-    for parent in [path, *path.parents]:
-        if not parent.exists():
-            continue
-        st = parent.stat()
-        if st.st_uid == uid:
-            ok = bool(st.st_mode & stat.S_IXUSR)
-        elif st.st_gid == gid:
-            ok = bool(st.st_mode & stat.S_IXGRP)
-        else:
-            ok = bool(st.st_mode & stat.S_IXOTH)
-        if not ok:
-            raise SandboxError(
-                f"user {programs.run_as.user} cannot enter {parent} (mode {stat.filemode(st.st_mode)})",
-                hint="choose a --dir under a folder it can traverse, e.g. /tmp or /srv")
 
 
 def _socket_dir(root: Path) -> Path:

@@ -1,0 +1,314 @@
+"""The process layer under faults, on real servers: SIGKILLed pgdr commands leave no
+program, walsender, server or scratch folder behind; a full repository disk is
+survived and reported; a SIGSTOPped peer fails a bounded SQL call naming the peer.
+
+Every outcome is counted independently of pgdr: /proc (cmdline, cwd) for processes,
+pg_stat_activity for walsenders, the file system for folders and archived segments.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from pgdr.errors import ConnectionFailed
+from pgdr.pg.connect import session
+from pgdr.sandbox import sandbox as sb
+from tests.conftest import run_cli
+
+
+def _pgdr(config: Path, *args: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PGDR_CONFIG": str(config)}
+    return subprocess.Popen([sys.executable, "-m", "pgdr", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _processes(*needles: str) -> list[int]:
+    """pids whose command line contains every needle (an independent look at /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and all(n in cmdline for n in needles):
+            found.append(int(entry.name))
+    return found
+
+
+def _running_from(folder: Path) -> list[int]:
+    """pids whose working directory is folder or below it (a postmaster chdirs to its data dir)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if cwd == str(folder) or cwd.startswith(str(folder) + "/"):
+            found.append(int(entry.name))
+    return found
+
+
+def _wait_for(what: str, cond: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def _walsenders(sandbox: sb.Sandbox, app: str) -> int:
+    with session(sandbox.conninfo(sandbox.primary, "postgres")) as conn:
+        row = conn.execute("select count(*) as n from pg_stat_activity where backend_type = 'walsender' "
+                           "and application_name = %s", (app,)).fetchone()
+    assert row is not None
+    return int(row["n"])
+
+
+def _fill(sandbox: sb.Sandbox, rows: int, table: str = "fill") -> None:
+    """Poorly compressible rows: a slower backup, more WAL to archive and replay."""
+    with session(sandbox.conninfo(sandbox.primary), statement_timeout=0) as conn:
+        conn.execute(f"create table if not exists {table} (id bigint, payload text)")
+        conn.execute(f"insert into {table} select g, md5(g::text) || md5((g * 7)::text) || "
+                     f"md5(random()::text) from generate_series(1, %s) g", (rows,))
+
+
+def test_sigkilled_backup_leaves_no_pg_basebackup_and_no_walsender(make_sandbox) -> None:  # type: ignore[no-untyped-def]
+    sandbox = make_sandbox("killbackup", standbys=0)
+    _fill(sandbox, 600_000)
+    # zstd level 19 on the server: a backup that takes long enough to be killed mid-way
+    with open(sandbox.config_path, "a") as fh:
+        fh.write('\n[backup]\ncompression = "server-zstd:19"\n')
+    backups = sandbox.repo.backups_dir
+    repo = str(backups)
+    killed_while_running = 0
+    for delay in (0.0, 0.3, 1.0, 2.0):
+        before = set(backups.glob("*.partial"))
+        proc = _pgdr(sandbox.config_path, "backup")
+        _wait_for("pg_basebackup to start", lambda p=proc: bool(_processes("pg_basebackup", repo))  # type: ignore[misc]
+                  or p.poll() is not None)
+        time.sleep(delay)
+        running = _processes("pg_basebackup", repo)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if not running or proc.returncode != -signal.SIGKILL:
+            continue
+        killed_while_running += 1
+        # pg_basebackup and its -X stream child die with pgdr (the guard), before any other pgdr runs
+        _wait_for("pg_basebackup to end", lambda: not _processes("pg_basebackup", repo), 30)
+        partial = set(backups.glob("*.partial")) - before
+        assert len(partial) == 1
+        assert not (partial.pop() / "backup_manifest").exists(), "pg_basebackup finished instead of dying with pgdr"
+        _wait_for("its walsenders to go", lambda: _walsenders(sandbox, "pgdr_backup") == 0, 10)
+        listed = run_cli("list", "--json", config=sandbox.config_path)
+        assert listed.returncode == 0, listed.stderr
+        assert not _processes("pg_basebackup", repo)
+    assert killed_while_running >= 3, f"only {killed_while_running} kills hit a running pg_basebackup"
+
+
+def test_sigkilled_restore_leaves_no_server_and_says_incomplete(make_sandbox, base_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    sandbox = make_sandbox("killrestore", standbys=0)
+    assert run_cli("backup", config=sandbox.config_path).returncode == 0
+    _fill(sandbox, 1_500_000)  # ~250 MB of WAL to replay: recovery takes seconds
+    with session(sandbox.conninfo(sandbox.primary, "postgres")) as conn:
+        row = conn.execute("select pg_walfile_name(pg_switch_wal()) as w").fetchone()
+    assert row is not None
+    last_full = sandbox.repo.wal_dir / f"{row['w']}.zst"
+    _wait_for("the archive to catch up", last_full.exists, 120)
+    interrupted = 0
+    for i, delay in enumerate((0.0, 0.3, 1.0)):
+        target = base_dir / f"killrestore-target-{i}"
+        proc = _pgdr(sandbox.config_path, "restore", "--latest", "--target-dir", str(target))
+        _wait_for("the recovering server", lambda t=target, p=proc: (t / "postmaster.pid").exists()  # type: ignore[misc]
+                  or p.poll() is not None, 180)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if not (target / "PGDR_RESTORE_INCOMPLETE").exists():  # it finished first: stop the handed-over server
+            sandbox_programs().run("pg_ctl", ["-D", str(target), "-m", "immediate", "-w", "stop"], ok_codes=(0, 1))
+            continue
+        interrupted += 1
+        status = run_cli("status", "--json", config=sandbox.config_path)  # the next pgdr start
+        assert not _running_from(target), "a server still runs from the killed restore's folder"
+        checks = json.loads(status.stdout)["checks"]
+        assert any(c["name"] == "restore" and str(target) in c["summary"] and "incomplete" in c["summary"]
+                   for c in checks), checks
+        again = run_cli("restore", "--latest", "--target-dir", str(target), config=sandbox.config_path)
+        assert again.returncode == 2 and "interrupted restore" in again.stderr
+    assert interrupted >= 2, f"only {interrupted} kills hit a restore in recovery"
+
+
+def sandbox_programs():  # type: ignore[no-untyped-def]
+    from pgdr.pg.programs import Programs
+
+    return Programs()
+
+
+def test_sigkilled_verify_scratch_is_removed_by_the_next_verify(make_sandbox) -> None:  # type: ignore[no-untyped-def]
+    sandbox = make_sandbox("killverify", standbys=0)
+    assert run_cli("backup", config=sandbox.config_path).returncode == 0
+    scratch_root = sandbox.repo.root.parent / "scratch"
+    left: list[Path] = []
+    for delay in (0.0, 0.5, 1.5):
+        proc = _pgdr(sandbox.config_path, "verify")
+        _wait_for("a scratch folder", lambda p=proc: scratch_root.is_dir() and any(scratch_root.iterdir())  # type: ignore[misc]
+                  or p.poll() is not None, 60)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        left = list(scratch_root.iterdir()) if scratch_root.is_dir() else []
+        if not left:
+            continue
+        result = run_cli("verify", config=sandbox.config_path)
+        assert result.returncode == 0, result.stderr
+        for folder in left:
+            assert not folder.exists(), f"{folder} survived the next verify"
+            assert not _running_from(folder)
+    assert scratch_root.is_dir() and not any(scratch_root.iterdir())
+
+
+def test_sigstopped_primary_fails_a_bounded_call_naming_the_peer(make_sandbox) -> None:  # type: ignore[no-untyped-def]
+    sandbox = make_sandbox("sigstop", standbys=0)
+    conninfo = sandbox.conninfo(sandbox.primary, "postgres")
+    pid = sandbox.instance(sandbox.primary, sandbox_programs()).pid()
+    assert pid is not None
+    with session(conninfo, statement_timeout=1, what="the test query") as conn:
+        backend = conn.execute("select pg_backend_pid() as p").fetchone()
+        assert backend is not None
+        os.kill(backend["p"], signal.SIGSTOP)
+        os.kill(pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        try:
+            with pytest.raises(ConnectionFailed) as err:
+                conn.execute("select 1")
+            waited = time.monotonic() - t0
+        finally:
+            os.kill(pid, signal.SIGCONT)
+            os.kill(backend["p"], signal.SIGCONT)
+    assert str(sandbox.socket_dir) in err.value.message and "the test query" in err.value.message
+    assert waited < 30  # bounded: statement_timeout 1 s + the 2 s client margin, never minutes
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_archiver_survives_a_full_repository_disk(make_sandbox) -> None:  # type: ignore[no-untyped-def]
+    root = make_sandbox.base / "diskfull"
+    repo_dir = root / "repo"
+    repo_dir.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400m,mode=0755", "tmpfs", str(repo_dir)], check=True)
+    try:
+        sandbox = make_sandbox("diskfull", standbys=0)
+        used = os.statvfs(repo_dir)
+        used_mb = (used.f_blocks - used.f_bfree) * used.f_frsize // 1048576
+        subprocess.run(["mount", "-o", f"remount,size={used_mb + 24}m", str(repo_dir)], check=True)
+        _fill(sandbox, 600_000)
+        _wait_for("the archiver to report the full disk", lambda: "disk full" in str(
+            json.loads((sandbox.repo.archiver_dir / "state.json").read_text()).get("problem")), 120)
+        status = run_cli("status", "--json", config=sandbox.config_path)
+        assert status.returncode == 1
+        blocked = [c for c in json.loads(status.stdout)["checks"] if c["name"] == "archiver"]
+        assert blocked and "repository disk full" in blocked[0]["summary"] and "bytes free" in blocked[0]["summary"]
+
+        subprocess.run(["mount", "-o", "remount,size=1g", str(repo_dir)], check=True)
+        with session(sandbox.conninfo(sandbox.primary, "postgres")) as conn:
+            conn.execute("select pg_switch_wal()")
+            conn.execute("create table after_space as select 1")
+            row = conn.execute("select pg_walfile_name(pg_current_wal_lsn()) as w").fetchone()
+            conn.execute("select pg_switch_wal()")
+        assert row is not None
+        wanted = row["w"]
+        # the archive catches up by itself: no restart, counted on the archive's segment list
+        _wait_for(f"segment {wanted} in the archive",
+                  lambda: (sandbox.repo.wal_dir / f"{wanted}.zst").exists(), 120)
+        names = sorted(p.name[:24] for p in sandbox.repo.wal_dir.glob("0*.zst") if len(p.name) == 28)
+        nums = [int(n[8:16], 16) * 256 + int(n[16:], 16) for n in names]
+        assert nums == list(range(nums[0], nums[-1] + 1)), "a gap in the archive"
+        state = json.loads((sandbox.repo.archiver_dir / "state.json").read_text())
+        assert state["problem"] is None and state["failures"] >= 1
+    finally:
+        sb.down(root, sandbox_programs())
+        subprocess.run(["umount", "-l", str(repo_dir)], check=False)
+
+
+_DRIVER = """
+import sys
+from pgdr.pg import process
+if sys.argv[1] == "unguarded":
+    process.guard_prefix = lambda: []   # as on a machine without setpriv
+process.run(["/bin/sh", "-c", "sleep 300 & sleep 301; wait", sys.argv[2]])
+"""
+
+
+def _driver(mode: str, marker: str, env: dict[str, str] | None = None
+            ) -> tuple[subprocess.Popen[bytes], list[int]]:
+    """A pgdr-like process running a program whose own child lives on; returns the
+    driver and the program's processes (all in one group, not the driver's)."""
+    proc = subprocess.Popen([sys.executable, "-c", _DRIVER, mode, marker], env=env)
+    try:
+        program: list[int] = []
+
+        def started() -> bool:
+            program[:] = [p for p in _processes("sleep 301; wait", marker) if p != proc.pid]
+            return bool(program) and len(_group(os.getpgid(program[-1]))) >= 3
+        _wait_for("the program and its children", started, 20)
+        members = _group(os.getpgid(program[-1]))
+        assert os.getpgid(proc.pid) not in {os.getpgid(p) for p in members}
+    except BaseException:
+        proc.kill()
+        raise
+    return proc, members
+
+
+def _group(pgid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[2]) == pgid:
+                    found.append(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                continue
+    return found
+
+
+def _alive(pids: list[int]) -> list[int]:
+    return [p for p in pids if Path(f"/proc/{p}").exists()
+            and Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
+
+
+def test_grandchildren_die_with_a_sigkilled_pgdr(tmp_path: Path) -> None:
+    """Like pg_basebackup's -X stream child: a grandchild that writes nothing, waits forever."""
+    marker = f"pgdr-test-marker-{os.getpid()}-guarded"
+    # a run dir of its own, so that only the guard (no other pgdr's reaping) can end them
+    proc, members = _driver("guarded", marker, {**os.environ, "PGDR_RUN_DIR": str(tmp_path / "run")})
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    _wait_for("the program's group to die with its parent", lambda: not _alive(members), 10)
+
+
+def test_the_next_pgdr_ends_what_an_unguarded_killed_pgdr_left(tmp_path: Path) -> None:
+    marker = f"pgdr-test-marker-{os.getpid()}-unguarded"
+    # a run dir of its own: any pgdr starting elsewhere on this machine would reap them first
+    env = {**os.environ, "PGDR_RUN_DIR": str(tmp_path / "run")}
+    proc, members = _driver("unguarded", marker, env)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(0.5)
+    assert _alive(members) == members, "nothing should have ended them yet"
+    # the next start of any pgdr command (here one that then fails on its config) reaps them
+    result = subprocess.run([sys.executable, "-m", "pgdr", "--config", str(tmp_path / "missing.toml"), "list"],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    _wait_for("the orphans to be ended", lambda: not _alive(members), 10)
