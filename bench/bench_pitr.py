@@ -55,7 +55,7 @@ def plain_restore(base: Path, backup_path: Path, repo: Repository, programs: Pro
     """extract + hand-written recovery settings + replay of all archived WAL; (extract_s, total_s)."""
     data = base / "plain"
     t0 = time.monotonic()
-    extract_s = extract_physical(backup_path, data, programs)
+    extract_s = extract_physical(backup_path, data, programs).seconds
     inst = Instance("plain", data, free_port(), base / "plain-run", programs, log_file=base / "plain.log")
     settings = inst.local_settings()
     settings.update({"archive_mode": "off", "primary_conninfo": "", "logging_collector": "off",

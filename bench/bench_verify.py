@@ -58,7 +58,7 @@ def main() -> None:
         for _ in range(2):
             for method in ("tar", "python"):
                 target = base / f"extract-{method}"
-                extract[method].append(extract_physical(backup.path, target, programs, method=method))  # type: ignore[arg-type]
+                extract[method].append(extract_physical(backup.path, target, programs, method=method).seconds)  # type: ignore[arg-type]
                 shutil.rmtree(target)
         for method, times in extract.items():
             print(f"extract {method:6}: " + ", ".join(f"{t:.2f}s" for t in times))

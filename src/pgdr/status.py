@@ -17,14 +17,15 @@ from pgdr.config import Config
 from pgdr.errors import PgdrError
 from pgdr.mode import is_logical_only
 from pgdr.pg.connect import session
-from pgdr.pg.lsn import Segment, parse_lsn
+from pgdr.pg.lsn import parse_lsn, parse_segment_name
 from pgdr.pg.probe import NodeState, probe_all
 from pgdr.pg.standbys import match_standbys
 from pgdr.repo import unfinished
 from pgdr.repo.layout import Repository
-from pgdr.repo.manifest import BackupManifest, list_backups
+from pgdr.repo.manifest import BackupManifest, scan_backups
 from pgdr.repo.records import list_records, read_verification
-from pgdr.repo.wal import WalArchive, find_gaps
+from pgdr.repo.wal import WalArchive
+from pgdr.restore.walcheck import check_archive
 
 REPLICATION_SQL = """
 select pid, application_name, host(client_addr) as client_addr, state, sync_state,
@@ -179,11 +180,18 @@ def _backup_status(config: Config, repo: Repository, required: str = "physical"
                    ) -> tuple[dict[str, Any], list[Check], list[BackupManifest]]:
     """The newest backup of the required kind (logical in logical-only mode) and its age;
     returns the physical backups for the archive checks."""
-    backups = list_backups(repo)
+    backups, damaged = scan_backups(repo)
     physical = [b for b in backups if b.kind == "physical"]
     logical = [b for b in backups if b.kind == "logical"]
-    info: dict[str, Any] = {"count": len(backups)}
+    info: dict[str, Any] = {"count": len(backups), "damaged": [d.as_dict() for d in damaged]}
     checks = []
+    if damaged:
+        # A backup whose pgdr.json cannot be read never vanishes: it is named and fails status.
+        checks.append(Check("damaged backups", "fail",
+                            f"{len(damaged)} backup(s) with an unreadable or altered pgdr.json: "
+                            + "; ".join(d.problem for d in damaged[:3]),
+                            evidence={"damaged": info["damaged"]},
+                            hint="restore pgdr.json from a copy, or remove the folder after review"))
     for kind, group in (("physical", physical), ("logical", logical)):
         if group:
             newest = group[-1]
@@ -235,8 +243,8 @@ def _archive_status(config: Config, repo: Repository, primary: NodeState | None,
                     receiver: dict[str, Any] | None, slots: dict[str, dict[str, Any]],
                     physical: list[BackupManifest]) -> tuple[dict[str, Any], list[Check]]:
     archive = WalArchive(repo)
-    segments = archive.segments()
-    partial = archive.partial()
+    # Finished segments waiting in incoming/ for the archiver count as archived.
+    segments = sorted(set(archive.segments()) | set(archive.waiting()))
     state = archiver_state_dict(repo)
     seg_size = repo.wal_segment_size
     info: dict[str, Any] = {"segments": len(segments), "archiver": state}
@@ -244,30 +252,29 @@ def _archive_status(config: Config, repo: Repository, primary: NodeState | None,
     if segments:
         info["oldest"] = segments[0].name(seg_size)
         info["newest"] = segments[-1].name(seg_size)
-    present = list(segments) + ([partial[0]] if partial else [])
     # Each backup carries the WAL of its own start..stop range (pg_wal.tar), so the
-    # archive must hold everything from the oldest backup's stop segment onwards.
+    # archive must hold everything from the oldest backup's stop segment onwards, on the
+    # timeline path recovery follows (a segment on another timeline does not count).
     needed_from = min((parse_lsn(b.stop_lsn) // seg_size for b in physical), default=None)
-    gaps = find_gaps(present, needed_from)
-    info["gaps"] = [
-        {"from": Segment(segments[-1].timeline if segments else 1, a).name(seg_size),
-         "to": Segment(segments[-1].timeline if segments else 1, b).name(seg_size),
-         "segments": b - a + 1} for a, b in gaps]
-    if gaps:
-        # A gap after the newest backup means no recovery to now: fail. A gap only before
-        # it means PITR into that older window is impossible, but the newest backup plus
-        # the WAL after it still recovers to any later point: warn.
-        newest_start = max((parse_lsn(b.start_lsn) // seg_size for b in physical), default=None)
-        blocking = newest_start is None or any(b >= newest_start for _a, b in gaps)
+    found = check_archive(repo, needed_from if needed_from is not None else 0, cached=True)
+    info["timeline"] = found.timeline
+    info["gaps"] = found.gaps
+    info["damaged"] = found.damaged
+    if found.missing or found.damaged:
+        # Damage or a gap after the newest backup means no recovery to now: fail. Only
+        # before it, PITR into that older window is impossible but later points work: warn.
+        newest_stop = max((parse_lsn(b.stop_lsn) // seg_size for b in physical), default=None)
+        bad = [*found.missing, *found.damaged]
+        names = [parse_segment_name(n, seg_size) for n in bad]
+        blocking = newest_stop is None or any(n is None or n.segno >= newest_stop for n in names)
         checks.append(Check("archive gaps", "fail" if blocking else "warn",
-                            f"{sum(g['segments'] for g in info['gaps'])} WAL segment(s) missing from "
-                            f"the archive, first {info['gaps'][0]['from']}"
+                            found.summary()
                             + ("" if blocking else "; the newest backup is past it, so PITR to later points works"),
-                            evidence={"gaps": info["gaps"]},
-                            hint="PITR cannot cross a gap: take a new base backup now (`pgdr backup`)"
-                            if blocking else "PITR to times inside the gap's window is impossible"))
+                            evidence=found.as_dict(),
+                            hint="PITR cannot cross it: take a new base backup now (`pgdr backup`)"
+                            if blocking else "PITR to times inside that window is impossible"))
     else:
-        checks.append(Check("archive gaps", "ok", f"{len(segments)} segments, no gap"))
+        checks.append(Check("archive gaps", "ok", f"{len(segments)} segments; " + found.summary()))
 
     slot = slots.get(config.archive.slot)
     if primary is not None and primary.facts is not None:

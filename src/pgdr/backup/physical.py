@@ -18,7 +18,7 @@ from pathlib import Path
 from pgdr.backup.publish import pending_backup
 from pgdr.backup.relmap import connectable_databases, relation_map
 from pgdr.config import Config
-from pgdr.pg.connect import query_one
+from pgdr.pg.connect import query_one, session
 from pgdr.pg.conninfo import split_password, with_params
 from pgdr.pg.lsn import parse_lsn, segment_of
 from pgdr.pg.probe import find_primary
@@ -30,6 +30,7 @@ from pgdr.repo.manifest import (
     BackupManifest,
     FileEntry,
     Relation,
+    Tablespace,
 )
 
 SOURCE_FACTS_SQL = """
@@ -38,6 +39,12 @@ select (select system_identifier::text from pg_control_system()) as system_ident
        current_setting('server_version_num')::int as server_version_num,
        pg_size_bytes(current_setting('wal_segment_size')) as wal_segment_size,
        current_setting('data_checksums') = 'on' as data_checksums
+"""
+
+
+TABLESPACES_SQL = """
+select oid::text as oid, spcname as name, pg_tablespace_location(oid) as location
+from pg_tablespace where spcname not in ('pg_default', 'pg_global')
 """
 
 
@@ -78,6 +85,8 @@ def take_physical_backup(config: Config, programs: Programs, repo: Repository) -
     with pending_backup(repo, "physical") as pending:
         databases = connectable_databases(conninfo)
         relations = relation_map(conninfo, databases)
+        with session(conninfo) as conn:
+            spaces = {r["oid"]: (r["name"], r["location"]) for r in conn.execute(TABLESPACES_SQL)}
         plain_conninfo, password = split_password(conninfo)
         programs.run("pg_basebackup",
                      pg_basebackup_args(plain_conninfo, pending.partial, config, f"pgdr {pending.id}"),
@@ -86,14 +95,15 @@ def take_physical_backup(config: Config, programs: Programs, repo: Repository) -
                      progress=dir_progress(pending.partial, idle_while_empty=config.backup.checkpoint == "spread"),
                      stalled_what=f"nothing written to {pending.partial} by {primary.node.name}")
         manifest = _describe(pending.id, pending.partial, config, primary.node.name, facts,
-                             pending.started, datetime.now(UTC), pending.elapsed, relations)
+                             pending.started, datetime.now(UTC), pending.elapsed, relations, spaces)
         pending.publish(manifest)
     return BackupResult(manifest, pending.final, pending.removed_partials)
 
 
 def _describe(backup_id: str, folder: Path, config: Config, node_name: str,
               facts: dict[str, object], started: datetime, stopped: datetime,
-              duration: float, relations: dict[str, Relation]) -> BackupManifest:
+              duration: float, relations: dict[str, Relation],
+              spaces: dict[str, tuple[str, str]]) -> BackupManifest:
     pg_manifest = json.loads((folder / "backup_manifest").read_text())
     ranges = pg_manifest["WAL-Ranges"]
     start_lsn, stop_lsn = ranges[0]["Start-LSN"], ranges[-1]["End-LSN"]
@@ -103,6 +113,12 @@ def _describe(backup_id: str, folder: Path, config: Config, node_name: str,
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
         if entry.is_file() and entry.name != MANIFEST_NAME:
             files[entry.name] = FileEntry(size=entry.stat().st_size, sha256=sha256_file(Path(entry.path)))
+    tablespaces = {}
+    for oid, (name, location) in spaces.items():
+        tar = next((f for f in files if f.split(".", 1)[0] == oid and ".tar" in f), None)
+        if tar is None:  # dropped while the backup ran
+            continue
+        tablespaces[oid] = Tablespace(name=name, location=location, file=tar)
     return BackupManifest(
         id=backup_id, kind="physical", cluster=config.cluster.name, source_node=node_name,
         start_time=started, stop_time=stopped, duration_s=round(duration, 3),
@@ -114,5 +130,5 @@ def _describe(backup_id: str, folder: Path, config: Config, node_name: str,
         data_checksums=bool(facts["data_checksums"]), compression=config.backup.compression,
         bytes_on_disk=sum(f.size for f in files.values()),
         bytes_logical=sum(int(f["Size"]) for f in pg_manifest["Files"]),
-        files=files, relations=relations,
+        files=files, relations=relations, tablespaces=tablespaces,
     )

@@ -35,7 +35,8 @@ class PendingBackup:
         return time.monotonic() - self.t0
 
     def publish(self, manifest: BackupManifest) -> None:
-        write_json_durable(self.partial / MANIFEST_NAME, manifest.model_dump(mode="json"))
+        # Sealed: pgdr.json carries the sha256 of its own content, so an edit is caught.
+        write_json_durable(self.partial / MANIFEST_NAME, manifest.seal().model_dump(mode="json"))
         fsync_path(self.partial)
         durable_rename(self.partial, self.final)
 

@@ -11,7 +11,7 @@ import typer
 from pgdr.cli import output
 from pgdr.cli.context import AppContext
 from pgdr.errors import UsageError
-from pgdr.repo.manifest import list_backups
+from pgdr.repo.manifest import scan_backups
 from pgdr.repo.retention import apply_expire, plan_expire
 
 
@@ -59,12 +59,16 @@ def list_cmd(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json"
     from pgdr.repo.records import verification_status
 
     obj: AppContext = ctx.obj
-    backups = list_backups(obj.repo)
+    backups, damaged = scan_backups(obj.repo)
     rows: list[dict[str, Any]] = [{"id": b.id, "kind": b.kind, "stop_time": b.stop_time.isoformat(timespec="seconds"),
              "start_lsn": b.start_lsn, "stop_lsn": b.stop_lsn, "timeline": b.timeline,
              "bytes_on_disk": b.bytes_on_disk, "bytes_logical": b.bytes_logical,
              "duration_s": b.duration_s, "verified": verification_status(obj.repo, b.id)}
             for b in backups]
+    # A backup whose pgdr.json cannot be read is listed as damaged, never left out.
+    rows += [{"id": d.id, "kind": None, "stop_time": None, "start_lsn": None, "stop_lsn": None,
+              "timeline": None, "bytes_on_disk": None, "bytes_logical": None, "duration_s": None,
+              "verified": "damaged", "problem": d.problem} for d in damaged]
     if json_out:
         output.print_json(rows)
         return
@@ -72,7 +76,9 @@ def list_cmd(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json"
                  ["id", "kind", "time", "LSN range", "size", "duration", "verified"],
                  [[r["id"], r["kind"], r["stop_time"], f"{r['start_lsn']}–{r['stop_lsn']}",
                    output.human_bytes(r["bytes_on_disk"]), f"{r['duration_s']:.1f}s", r["verified"]]
-                  for r in rows])
+                  for r in rows if r["kind"] is not None]
+                 + [[r["id"], "?", "-", "-", "-", "-", f"DAMAGED: {r['problem']}"]
+                    for r in rows if r["kind"] is None])
 
 
 def expire(
@@ -92,15 +98,19 @@ def expire(
                      + [[b.id, b.kind, f"{b.age_seconds / 3600:.1f}h", "REMOVE"] for b in plan.remove])
         output.console.print(f"WAL: remove {len(plan.wal_remove)} segment(s) before "
                              f"{plan.wal_keep_from or '-'}; frees {output.human_bytes(plan.bytes_freed)}")
+        for note in plan.notes:
+            output.console.print(f"note: {note}")
     if dry_run or (not plan.remove and not plan.wal_remove):
         return
     if not yes:
         if not sys.stdin.isatty():
             raise UsageError("expire removes backups: pass --yes to confirm (or --dry-run to look)")
         typer.confirm("remove these backups and WAL?", abort=True)
-    apply_expire(obj.repo, plan)
+    done = apply_expire(obj.repo, plan)
     if not json_out:
-        output.console.print(f"removed {len(plan.remove)} backup(s) and {len(plan.wal_remove)} WAL segment(s)")
+        output.console.print(f"removed {len(done.remove)} backup(s) and {len(done.wal_remove)} WAL segment(s)")
+    for note in done.notes:
+        output.error_line(note)
 
 
 def register(app: typer.Typer) -> None:

@@ -30,6 +30,10 @@ def restore(
     backup_id: Annotated[str | None, typer.Option("--backup", help="backup id (default: chosen)")] = None,
     port: Annotated[int | None, typer.Option("--port")] = None,
     pause: Annotated[bool, typer.Option("--pause", help="stay in recovery, paused, at the target")] = False,
+    force: Annotated[bool, typer.Option("--force", help="use a backup whose verification failed")] = False,
+    tablespace_map: Annotated[list[str] | None, typer.Option(
+        "--tablespace-map", help="OID=PATH: put that tablespace there (empty or new folder); "
+        "default TARGET_DIR/pg_tblspc_data/OID")] = None,
     json_out: Annotated[bool, typer.Option("--json")] = False,
     into: Annotated[str | None, typer.Option("--into", help="logical backups: an existing EMPTY database (DSN)")]
     = None,
@@ -71,14 +75,22 @@ def restore(
         target = RecoveryTarget(kind, None, action=action)  # type: ignore[arg-type]
     else:
         target = RecoveryTarget(kind, str(value), inclusive=not exclusive, action=action)  # type: ignore[arg-type]
+    places: dict[str, Path] = {}
+    for item in tablespace_map or []:
+        oid, sep, path = item.partition("=")
+        if not sep or not oid.strip().isdigit() or not path.strip():
+            raise UsageError(f"--tablespace-map {item!r}: expected OID=PATH, e.g. 16384=/srv/ts1")
+        places[oid.strip()] = Path(path.strip())
     with output.console.status("restoring…") if (sys.stdout.isatty() and not json_out) else nullcontext():
         result = restore_to_point(obj.config, obj.programs, obj.repo, target, target_dir,
-                                  backup_id=backup_id, port=port)
+                                  backup_id=backup_id, port=port, force=force, tablespace_map=places)
     data = result.as_dict()
     if json_out:
         output.print_json(data)
         return
     reached = result.reached
+    if result.chosen_because:
+        output.console.print(f"backup {result.backup_id}: {result.chosen_because}")
     output.console.print(
         f"restored backup {result.backup_id} to {target.kind} {target.value or ''} → {result.state}: "
         f"last transaction {reached.get('xact_time')}, LSN {reached.get('lsn')}, timeline {reached.get('timeline')}")

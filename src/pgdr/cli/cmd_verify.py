@@ -56,13 +56,19 @@ def wal_fetch(
     name: Annotated[str, typer.Argument(help="WAL file name (%f)")],
     dest: Annotated[Path, typer.Argument(help="where to put it (%p)")],
 ) -> None:
-    """restore_command: copy one WAL file from the archive; exit 1 when it is absent."""
-    from pgdr.repo.wal import WalArchive
+    """restore_command: copy one WAL file from the archive; exit 1 when it is absent, 126
+    when it is damaged (so PostgreSQL aborts recovery instead of stopping there quietly)."""
+    from pgdr.repo.wal import WAL_DAMAGED_EXIT, SegmentDamaged, WalArchive
 
     obj: AppContext = ctx.obj
     if obj.config_path is None:
         raise UsageError("wal-fetch needs --config (restore_command must name the config)")
-    if not WalArchive(obj.repo).fetch(name, dest):
+    try:
+        found = WalArchive(obj.repo).fetch(name, dest)
+    except SegmentDamaged as exc:
+        output.error_line(f"wal-fetch: {exc.message}")
+        raise typer.Exit(WAL_DAMAGED_EXIT) from None
+    if not found:
         raise typer.Exit(1)
 
 

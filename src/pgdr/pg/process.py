@@ -175,7 +175,8 @@ def run(argv: Sequence[str], *, name: str | None = None, env: Mapping[str, str] 
         timeout: float | None = None, stdout_path: Path | None = None, input_bytes: bytes | None = None,
         stall_timeout: float | None = None, progress: Callable[[], object] | None = None,
         stalled_what: str | None = None, cancel: threading.Event | None = None,
-        cwd: str = "/", log_stderr: bool = True) -> Completed:
+        cwd: str = "/", log_stderr: bool = True,
+        feed: Callable[[IO[bytes]], None] | None = None) -> Completed:
     """Run to completion; raise ProgramFailed (stderr's gist), Stalled or Cancelled.
 
     progress: called about once a second when stall_timeout is set; a changed value is
@@ -187,7 +188,8 @@ def run(argv: Sequence[str], *, name: str | None = None, env: Mapping[str, str] 
     out_file = open(stdout_path, "wb") if stdout_path else None  # noqa: SIM115
     try:
         proc = _popen(argv, env=env, user_kwargs=user_kwargs or {},
-                      stdin=subprocess.PIPE if input_bytes is not None else subprocess.DEVNULL,
+                      stdin=subprocess.PIPE if (input_bytes is not None or feed is not None)
+                      else subprocess.DEVNULL,
                       stdout=out_file or subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd)
     finally:
         if out_file:
@@ -206,6 +208,14 @@ def run(argv: Sequence[str], *, name: str | None = None, env: Mapping[str, str] 
                 proc.stdin.close()
             except BrokenPipeError:
                 pass
+        if feed is not None and proc.stdin is not None:
+            try:
+                feed(proc.stdin)
+            finally:
+                try:
+                    proc.stdin.close()
+                except BrokenPipeError:
+                    pass
         _wait(proc, name, timeout, stall_timeout, progress, stalled_what, cancel,
               lambda: (err.lines, out.lines if out else 0, err.size, out.size if out else 0))
         err.join(5)

@@ -22,7 +22,7 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from pgdr.errors import ConfigError, ProgramFailed
 from pgdr.pg import credentials, process
@@ -135,6 +135,7 @@ class Programs:
         progress: Callable[[], object] | None = None,
         stalled_what: str | None = None,
         cancel: threading.Event | None = None,
+        feed: Callable[[IO[bytes]], None] | None = None,
     ) -> Completed:
         """Run to completion; raise ProgramFailed (with stderr's gist) on a bad exit code,
         Stalled when stall_timeout passes without progress, Cancelled on shutdown."""
@@ -145,7 +146,8 @@ class Programs:
                 env={**self.env(None, env), **creds.env},
                 user_kwargs=self.user_kwargs(as_server_user), ok_codes=ok_codes, timeout=timeout,
                 stdout_path=stdout_path, input_bytes=input_text.encode() if input_text is not None else None,
-                stall_timeout=stall_timeout, progress=progress, stalled_what=stalled_what, cancel=cancel)
+                stall_timeout=stall_timeout, progress=progress, stalled_what=stalled_what, cancel=cancel,
+                feed=feed)
         except ProgramFailed as exc:
             refused = credentials.auth_error(exc.message, credentials.target_of(args))
             if refused is not None:

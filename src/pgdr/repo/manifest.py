@@ -6,11 +6,13 @@ is no separate index to drift out of date.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
@@ -24,6 +26,14 @@ FORMAT_VERSION = 1
 class FileEntry(BaseModel):
     size: int
     sha256: str
+
+
+class Tablespace(BaseModel):
+    """A user tablespace of the source: pg_basebackup -Ft wrote it as <oid>.tar[.zst]."""
+
+    name: str
+    location: str           # on the source host: a restore must never write there
+    file: str
 
 
 class Relation(BaseModel):
@@ -69,6 +79,19 @@ class BackupManifest(BaseModel):
     files: dict[str, FileEntry]
     relations: dict[str, Relation] = {}
     databases: dict[str, LogicalDatabase] = {}
+    tablespaces: dict[str, Tablespace] = {}
+    # sha256 of the canonical JSON of everything above (see seal()); None only in
+    # manifests written before it existed.
+    manifest_sha256: str | None = None
+
+    def content_digest(self) -> str:
+        body = self.model_dump(mode="json", exclude={"manifest_sha256"})
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def seal(self) -> BackupManifest:
+        """The manifest with its own checksum: an edit of any field is then detectable."""
+        return self.model_copy(update={"manifest_sha256": self.content_digest()})
 
     @property
     def age_seconds(self) -> float:
@@ -80,30 +103,67 @@ def new_backup_id(kind: str, now: datetime | None = None) -> str:
     return f"{stamp}{'F' if kind == 'physical' else 'L'}"
 
 
+class ManifestDamaged(RepositoryError):
+    """pgdr.json is missing, unparsable, or its content no longer matches its own checksum."""
+
+
+def _short(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+
+
 def read_manifest(backup_dir: Path) -> BackupManifest:
+    """The backup's pgdr.json, refused (ManifestDamaged, exit 1) when it does not parse or
+    when its recorded checksum does not match its content."""
     try:
-        return BackupManifest.model_validate(json.loads((backup_dir / MANIFEST_NAME).read_text()))
+        raw: Any = json.loads((backup_dir / MANIFEST_NAME).read_text())
+        manifest = BackupManifest.model_validate(raw)
     except FileNotFoundError:
-        raise RepositoryError(f"backup {backup_dir.name} has no {MANIFEST_NAME}") from None
-    except (ValueError, ValidationError) as exc:
-        raise RepositoryError(f"backup {backup_dir.name}: unreadable {MANIFEST_NAME}: {exc}") from None
+        raise ManifestDamaged(f"backup {backup_dir.name} has no {MANIFEST_NAME}") from None
+    except (OSError, ValueError, ValidationError) as exc:
+        raise ManifestDamaged(f"backup {backup_dir.name}: unreadable {MANIFEST_NAME}: {_short(exc)}") from None
+    if manifest.manifest_sha256 is not None and manifest.manifest_sha256 != manifest.content_digest():
+        raise ManifestDamaged(f"backup {backup_dir.name}: {MANIFEST_NAME} was changed after the backup "
+                              "(its content does not match its manifest_sha256)",
+                              hint="restore it from a copy, or take a new backup")
+    return manifest
 
 
-def list_backups(repo: Repository, kind: str | None = None) -> list[BackupManifest]:
-    """Complete backups, oldest first. Partial folders and unreadable manifests are skipped."""
+@dataclass(frozen=True)
+class DamagedBackup:
+    """A backup folder whose pgdr.json cannot be trusted: listed, never silently skipped."""
+
+    id: str
+    path: Path
+    problem: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"id": self.id, "path": str(self.path), "problem": self.problem}
+
+
+def scan_backups(repo: Repository) -> tuple[list[BackupManifest], list[DamagedBackup]]:
+    """Every complete backup folder: readable ones (oldest first) and damaged ones."""
+    found: list[BackupManifest] = []
+    damaged: list[DamagedBackup] = []
     if not repo.backups_dir.is_dir():
-        return []
-    found = []
+        return found, damaged
     for entry in sorted(repo.backups_dir.iterdir()):
         if not entry.is_dir() or entry.name.endswith(PARTIAL_SUFFIX):
             continue
         try:
-            manifest = read_manifest(entry)
-        except RepositoryError:
-            continue
-        if kind is None or manifest.kind == kind:
-            found.append(manifest)
-    return sorted(found, key=lambda m: m.stop_time)
+            found.append(read_manifest(entry))
+        except RepositoryError as exc:
+            damaged.append(DamagedBackup(entry.name, entry, exc.message))
+    return sorted(found, key=lambda m: m.stop_time), damaged
+
+
+def list_backups(repo: Repository, kind: str | None = None) -> list[BackupManifest]:
+    """Readable complete backups, oldest first. Damaged ones: see damaged_backups()."""
+    found, _damaged = scan_backups(repo)
+    return [m for m in found if kind is None or m.kind == kind]
+
+
+def damaged_backups(repo: Repository) -> list[DamagedBackup]:
+    return scan_backups(repo)[1]
 
 
 def find_backup(repo: Repository, backup_id: str) -> BackupManifest:
@@ -115,6 +175,9 @@ def find_backup(repo: Repository, backup_id: str) -> BackupManifest:
     for manifest in backups:
         if manifest.id == backup_id:
             return manifest
+    folder = repo.backups_dir / backup_id
+    if folder.is_dir() and not backup_id.endswith(PARTIAL_SUFFIX):
+        read_manifest(folder)  # raises ManifestDamaged with the reason
     raise RepositoryError(f"no complete backup {backup_id!r} in {repo.root}",
                           hint="`pgdr list` shows the backups")
 

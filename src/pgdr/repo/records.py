@@ -31,6 +31,14 @@ def verification_status(repo: Repository, backup_id: str) -> str:
     return "verified" if record.get("passed") else "failed"
 
 
+def known_bad(repo: Repository, backup_id: str) -> bool:
+    """Verification found the backup itself damaged (not only the WAL archived after it)."""
+    record = read_verification(repo, backup_id)
+    if record is None:
+        return False
+    return not record.get("backup_ok", record.get("passed"))
+
+
 def records_dir(repo: Repository) -> Path:
     path = repo.root / "records"
     path.mkdir(parents=True, exist_ok=True)

@@ -26,8 +26,17 @@ XLOG_PAGE_MAGIC_PG15 = 0xD110
 ZST = ".zst"
 
 
+# restore_command's answer for a damaged segment: PostgreSQL aborts recovery on an exit
+# status above 125, while 1 would mean "not in the archive" and end recovery quietly there.
+WAL_DAMAGED_EXIT = 126
+
+
 class SegmentInvalid(RepositoryError):
     """A file offered to the archive is not the WAL segment its name claims."""
+
+
+class SegmentDamaged(RepositoryError):
+    """An archived WAL file is present but cannot be trusted (decompression, checksum, header)."""
 
 
 def check_segment_bytes(name: str, data: bytes, segment_size: int, system_identifier: str | None) -> None:
@@ -99,15 +108,30 @@ class WalArchive:
 
     # ---- reading -----------------------------------------------------------------
     def read(self, name: str) -> bytes:
+        """Decompressed (frame checksum verified) and, for a segment, its first page header
+        checked against its name; SegmentDamaged names the file otherwise."""
         path = self.repo.wal_dir / (name + ZST)
         try:
             raw = path.read_bytes()
         except FileNotFoundError:
             raise RepositoryError(f"WAL file {name} is not in the archive") from None
         try:
-            return zstandard.ZstdDecompressor().decompress(raw)
+            data = zstandard.ZstdDecompressor().decompress(raw)
         except zstandard.ZstdError as exc:
-            raise RepositoryError(f"WAL file {name} in the archive is damaged: {exc}") from None
+            raise SegmentDamaged(f"WAL file {name} in the archive is damaged: {exc}",
+                                 hint=f"{path} cannot be decompressed; recovery cannot pass it") from None
+        self._check_header(name, data, path)
+        return data
+
+    def _check_header(self, name: str, data: bytes, path: Path) -> None:
+        if HISTORY_NAME_RE.match(name) is not None:
+            return
+        try:
+            check_segment_bytes(name, data, self.repo.wal_segment_size,
+                                (self.repo.identity() or {}).get("system_identifier"))
+        except SegmentInvalid as exc:
+            raise SegmentDamaged(f"WAL file {name} in the archive is damaged: {exc.message}",
+                                 hint=f"see {path}") from None
 
     def fetch(self, name: str, dest: Path) -> bool:
         """restore_command's job: False (exit 1 for PostgreSQL) when the file is absent.
@@ -118,7 +142,15 @@ class WalArchive:
         Recovery then reads up to the last streamed record and sees zeros as the end
         of WAL, so targets seconds old are reachable.
         """
-        if not (self.repo.wal_dir / (name + ZST)).exists():
+        finished = self.repo.incoming_dir / name
+        if not (self.repo.wal_dir / (name + ZST)).exists() and finished.is_file():
+            # complete, waiting in incoming/ for the archiver to store it
+            try:
+                data = finished.read_bytes()
+            except FileNotFoundError:  # stored meanwhile
+                return self.fetch(name, dest)
+            self._check_header(name, data, finished)
+        elif not (self.repo.wal_dir / (name + ZST)).exists():
             partial = self.partial_path(name)
             if partial is None:
                 return False
@@ -148,6 +180,18 @@ class WalArchive:
         size = self.repo.wal_segment_size
         segs = (parse_segment_name(f.name, size) for f in self.files())
         return sorted(s for s in segs if s is not None)
+
+    def waiting(self) -> list[Segment]:
+        """Complete segments pg_receivewal finished that the archiver has not stored yet:
+        they are in the archive for recovery's purposes (wal-fetch serves them)."""
+        size = self.repo.wal_segment_size
+        out = []
+        if self.repo.incoming_dir.is_dir():
+            for entry in os.scandir(self.repo.incoming_dir):
+                seg = parse_segment_name(entry.name, size)
+                if seg is not None and entry.is_file() and entry.stat().st_size == size:
+                    out.append(seg)
+        return sorted(out)
 
     def partial_path(self, name: str) -> Path | None:
         """incoming/<name>.partial when it exists and is the newest open segment."""

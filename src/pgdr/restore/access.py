@@ -21,7 +21,7 @@ from pathlib import Path
 from pgdr.errors import PgdrError
 from pgdr.pg.programs import RunAs
 
-# The files this module writes: pg_verifybackup must not count them as damage.
+# The files this module writes (after pg_verifybackup has seen them as backed up).
 TOUCHED_FILES = ("pg_hba.conf", "pg_ident.conf", "postgresql.conf")
 
 ACCESS_RULE = "local all all trust  # pgdr: private socket folder (0700), added on restore\n"

@@ -1,27 +1,35 @@
-"""Putting a physical backup's files into a NEW data directory, after proving them.
+"""Putting a physical backup's files into a NEW data directory, proving them as they stream.
 
 A backup folder holds base.tar.zst (server-zstd pg_basebackup -Ft), pg_wal.tar
-(streamed WAL is never server-compressed), backup_manifest and pgdr.json. Every file is first checked against the sha256 in
-pgdr.json, so a flipped byte is named before anything is extracted; then both tar
-files are unpacked (in parallel) into the target, and the target handed to the
-server user with mode 0700 as PostgreSQL requires.
+(streamed WAL is never server-compressed), one <oid>.tar.zst per user tablespace,
+backup_manifest and pgdr.json. Each tar is read ONCE: pgdr reads the file, feeds
+the sha256 and tar's stdin with the same bytes, so what is extracted is exactly
+what was hashed (server-side zstd has no frame checksum: only the sha256 catches
+a flipped byte there). A mismatch removes everything extracted and names the file.
+
+Tablespaces go under the target (<data>/pg_tblspc_data/<oid>) or where the user's
+--tablespace-map says, never to the source's location: pg_tblspc links and
+tablespace_map are rewritten to point there before anything can start.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import shutil
 import tarfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import IO, Literal
 
 import zstandard
 
 from pgdr.backup.physical import sha256_file
-from pgdr.errors import RepositoryError
+from pgdr.errors import ProgramFailed, RepositoryError, UsageError
 from pgdr.pg.programs import Programs
 from pgdr.repo.manifest import BackupManifest
 
@@ -29,6 +37,13 @@ ExtractMethod = Literal["tar", "python"]
 # Measured by bench/bench_verify.py (pgbench scale 50, 2 cores): see DEFAULT_METHOD's
 # commit; both are kept so the benchmark can keep comparing them.
 DEFAULT_METHOD: ExtractMethod = "tar"
+TABLESPACE_DIR = "pg_tblspc_data"
+CHUNK = 1 << 20
+_TABLESPACE_TAR = re.compile(r"^(\d+)\.tar(\.(zst|gz|lz4))?$")
+
+
+class BackupDamaged(RepositoryError):
+    """A backup file or its metadata does not match what was recorded: never start from it."""
 
 
 @dataclass
@@ -37,27 +52,35 @@ class FileProblem:
     problem: str
 
 
-def check_files(backup_dir: Path, manifest: BackupManifest) -> list[FileProblem]:
-    """Every file pgdr.json lists must exist with its size and sha256 (hashed in parallel)."""
+def _mismatch(name: str, digest: str, size: int, manifest: BackupManifest) -> FileProblem | None:
+    entry = manifest.files.get(name)
+    if entry is None:
+        return FileProblem(name, "not listed in pgdr.json")
+    if size != entry.size:
+        return FileProblem(name, f"size {size} bytes, pgdr.json says {entry.size}")
+    if digest != entry.sha256:
+        return FileProblem(name, f"sha256 {digest[:12]}… does not match pgdr.json's {entry.sha256[:12]}…")
+    return None
+
+
+def check_files(backup_dir: Path, manifest: BackupManifest, names: list[str] | None = None) -> list[FileProblem]:
+    """Files pgdr.json lists must exist with their size and sha256 (hashed in parallel)."""
 
     def one(name: str) -> FileProblem | None:
-        entry = manifest.files[name]
         path = backup_dir / name
         try:
             size = path.stat().st_size
         except FileNotFoundError:
             return FileProblem(name, "missing")
-        if size != entry.size:
-            return FileProblem(name, f"size {size} bytes, manifest says {entry.size}")
-        digest = sha256_file(path)
-        if digest != entry.sha256:
-            return FileProblem(name, f"sha256 {digest[:12]}… does not match the manifest's "
-                                     f"{entry.sha256[:12]}…")
-        return None
+        if size != manifest.files[name].size:
+            return _mismatch(name, "", size, manifest)
+        return _mismatch(name, sha256_file(path), size, manifest)
 
-    names = sorted(manifest.files)
-    with ThreadPoolExecutor(max_workers=min(4, max(1, len(names)))) as pool:
-        results = list(pool.map(one, names))
+    todo = sorted(manifest.files) if names is None else names
+    if not todo:
+        return []
+    with ThreadPoolExecutor(max_workers=min(4, len(todo))) as pool:
+        results = list(pool.map(one, todo))
     return [r for r in results if r is not None]
 
 
@@ -74,24 +97,180 @@ def find_tar(backup_dir: Path, stem: str) -> Path:
                           hint="only pg_basebackup -Ft backups can be restored")
 
 
-def _extract_python(archive: Path, dest: Path) -> None:
-    with open(archive, "rb") as raw:
-        if archive.suffix == ".zst":
-            reader = zstandard.ZstdDecompressor().stream_reader(raw, read_size=1 << 20)
-            with tarfile.open(fileobj=reader, mode="r|", bufsize=1 << 20) as tar:
-                tar.extractall(dest, filter="tar")
-        elif archive.suffix in (".gz", ".tar"):
-            mode = "r|gz" if archive.suffix == ".gz" else "r|"
-            with tarfile.open(fileobj=raw, mode=mode, bufsize=1 << 20) as tar:  # type: ignore[call-overload]
-                tar.extractall(dest, filter="tar")
-        else:
-            raise RepositoryError(f"{archive.name}: use the tar method for {archive.suffix}")
+def tablespace_files(manifest: BackupManifest) -> dict[str, str]:
+    """oid → its tar in the backup: every <oid>.tar* pg_basebackup wrote."""
+    out = {oid: ts.file for oid, ts in manifest.tablespaces.items()}
+    for name in manifest.files:
+        match = _TABLESPACE_TAR.match(name)
+        if match:
+            out.setdefault(match.group(1), name)
+    return out
 
 
-def _extract_tar(archive: Path, dest: Path, programs: Programs) -> None:
+# ---- where tablespaces go -------------------------------------------------------------
+
+def _used_by_a_cluster(path: Path) -> str | None:
+    if not path.exists():
+        return None
+    if not path.is_dir():
+        return "it is not a directory"
+    entries = list(path.iterdir())
+    if any(e.name.startswith("PG_") for e in entries):
+        return "it holds a PostgreSQL tablespace (PG_* directory)"
+    if entries:
+        return "it is not empty"
+    return None
+
+
+def plan_tablespaces(manifest: BackupManifest, data_dir: Path,
+                     mapping: dict[str, Path] | None = None) -> dict[str, Path]:
+    """Where each tablespace of the backup will be extracted; refused (exit 2, one line)
+    when a place is used by another cluster, is the source's own location, or the map
+    names an OID the backup does not have."""
+    mapping = {k: Path(v).resolve() for k, v in (mapping or {}).items()}
+    oids = tablespace_files(manifest)
+    unknown = sorted(set(mapping) - set(oids))
+    if unknown:
+        raise UsageError(f"--tablespace-map names OID {unknown[0]}, which backup {manifest.id} does not have"
+                         + (f" (it has {', '.join(sorted(oids))})" if oids else " (it has no tablespace)"))
+    out: dict[str, Path] = {}
+    for oid in sorted(oids):
+        dest = mapping.get(oid, data_dir.resolve() / TABLESPACE_DIR / oid)
+        if "\n" in str(dest) or " " in str(dest):
+            raise UsageError(f"tablespace {oid}: path {dest} contains a space or newline")
+        source = manifest.tablespaces.get(oid)
+        if source is not None:
+            live = Path(source.location).resolve()
+            if dest == live or live in dest.parents or dest in live.parents:
+                raise UsageError(f"refusing to restore tablespace {source.name} (oid {oid}) into {dest}: "
+                                 f"that is the source cluster's tablespace location {live}")
+        problem = _used_by_a_cluster(dest)
+        if problem:
+            raise UsageError(f"refusing to restore tablespace {oid} into {dest}: {problem}")
+        if dest in out.values():
+            raise UsageError(f"two tablespaces would be restored into {dest}")
+        out[oid] = dest
+    return out
+
+
+def link_tablespaces(data_dir: Path, places: dict[str, Path], programs: Programs) -> None:
+    """pg_tblspc/<oid> → place, and tablespace_map saying the same (PostgreSQL recreates the
+    links from tablespace_map at startup, so both must name the restored places)."""
+    tblspc = data_dir / "pg_tblspc"
+    tblspc.mkdir(mode=0o700, exist_ok=True)
+    for oid, place in places.items():
+        link = tblspc / oid
+        if link.is_symlink() or link.exists():
+            if link.is_dir() and not link.is_symlink():
+                shutil.rmtree(link)
+            else:
+                link.unlink()
+        link.symlink_to(place)
+        if programs.run_as.active:
+            uid, gid = programs.run_as.ids()
+            os.lchown(link, uid, gid)
+    tsmap = data_dir / "tablespace_map"
+    if places or tsmap.exists():
+        tsmap.write_text("".join(f"{oid} {place}\n" for oid, place in sorted(places.items())))
+        os.chmod(tsmap, 0o600)
+        programs.run_as.chown(tsmap)
+
+
+def check_links_inside(data_dir: Path, places: dict[str, Path]) -> None:
+    """Last guard before a server starts: every tablespace link and tablespace_map line
+    names a place this restore created, never the source's files."""
+    allowed = {p.resolve() for p in places.values()}
+    tblspc = data_dir / "pg_tblspc"
+    for link in (tblspc.iterdir() if tblspc.is_dir() else []):
+        if link.resolve() not in allowed:
+            raise BackupDamaged(f"refusing to start: {link} points to {link.resolve()}, outside the restore")
+    tsmap = data_dir / "tablespace_map"
+    if tsmap.exists():
+        for line in tsmap.read_text().splitlines():
+            if line.strip() and Path(line.split(" ", 1)[1]).resolve() not in allowed:
+                raise BackupDamaged(f"refusing to start: tablespace_map names {line.split(' ', 1)[1]}, "
+                                    "outside the restore")
+
+
+# ---- streaming extraction ---------------------------------------------------------------
+
+@dataclass
+class _Streamed:
+    name: str
+    digest: str
+    size: int
+    error: str | None = None
+
+
+class _HashingReader:
+    """A file whose bytes are hashed as they are read (for the pure-Python method)."""
+
+    def __init__(self, fh: IO[bytes]) -> None:
+        self.fh = fh
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        block = self.fh.read(n)
+        self.sha.update(block)
+        self.size += len(block)
+        return block
+
+    def drain(self) -> None:
+        while self.read(CHUNK):
+            pass
+
+
+def _stream_tar(archive: Path, dest: Path, programs: Programs, hashing: bool) -> _Streamed:
+    """tar -x reading stdin, fed by a loop that hashes the same bytes; when tar dies
+    early (damaged data), the rest of the file is still hashed so the damage is named."""
     program = _COMPRESSORS.get(archive.suffix if archive.suffix != ".tar" else "")
     args = [f"--use-compress-program={program}"] if program else []
-    programs.run("tar", [*args, "-xf", str(archive), "-C", str(dest)], timeout=3600)
+    sha = hashlib.sha256()
+    size = 0
+
+    def feed(stdin: IO[bytes]) -> None:
+        nonlocal size
+        alive = True
+        with open(archive, "rb") as fh:
+            while block := fh.read(CHUNK):
+                if hashing:
+                    sha.update(block)
+                size += len(block)
+                if alive:
+                    try:
+                        stdin.write(block)
+                    except BrokenPipeError:
+                        alive = False
+
+    error = None
+    try:
+        programs.run("tar", [*args, "-xf", "-", "-C", str(dest)], feed=feed, timeout=3600)
+    except ProgramFailed as exc:
+        error = exc.message
+    return _Streamed(archive.name, sha.hexdigest(), size, error)
+
+
+def _stream_python(archive: Path, dest: Path, programs: Programs, hashing: bool) -> _Streamed:
+    del programs, hashing
+    with open(archive, "rb") as raw:
+        reader = _HashingReader(raw)
+        error = None
+        try:
+            if archive.suffix == ".zst":
+                zreader = zstandard.ZstdDecompressor().stream_reader(reader, read_size=CHUNK)  # type: ignore[arg-type]
+                with tarfile.open(fileobj=zreader, mode="r|", bufsize=CHUNK) as tar:
+                    tar.extractall(dest, filter="tar")
+            elif archive.suffix in (".gz", ".tar"):
+                mode = "r|gz" if archive.suffix == ".gz" else "r|"
+                with tarfile.open(fileobj=reader, mode=mode, bufsize=CHUNK) as tar:  # type: ignore[call-overload]
+                    tar.extractall(dest, filter="tar")
+            else:
+                raise RepositoryError(f"{archive.name}: use the tar method for {archive.suffix}")
+        except (OSError, tarfile.TarError, zstandard.ZstdError, EOFError) as exc:
+            error = str(exc) or type(exc).__name__
+        reader.drain()
+    return _Streamed(archive.name, reader.sha.hexdigest(), reader.size, error)
 
 
 def _chown_tree(root: Path, programs: Programs) -> None:
@@ -104,35 +283,86 @@ def _chown_tree(root: Path, programs: Programs) -> None:
     os.chown(root, uid, gid)
 
 
-def extract_physical(backup_dir: Path, target: Path, programs: Programs,
-                     method: ExtractMethod = DEFAULT_METHOD) -> float:
-    """Unpack base.tar* into target and pg_wal.tar* into target/pg_wal.
+@dataclass
+class Extracted:
+    seconds: float
+    tablespaces: dict[str, Path] = field(default_factory=dict)
+    files_checked: int = 0
 
-    target must not exist yet: a restore never writes over a data directory.
-    Returns the seconds spent.
+
+def _mkdir_for_server(path: Path, programs: Programs) -> None:
+    path.mkdir(mode=0o700, parents=False)
+    programs.run_as.chown(path)
+
+
+def extract_physical(backup_dir: Path, target: Path, programs: Programs,
+                     method: ExtractMethod = DEFAULT_METHOD, *, manifest: BackupManifest | None = None,
+                     tablespaces: dict[str, Path] | None = None, checks: bool = True) -> Extracted:
+    """Unpack base.tar* into target, pg_wal.tar* into target/pg_wal and each tablespace's
+    tar into its place, hashing every byte read; link the tablespaces to their places.
+
+    target must not exist yet: a restore never writes over a data directory. With a
+    manifest and checks on, every file is compared with pgdr.json and a mismatch raises
+    BackupDamaged (after removing what was extracted). checks=False is the benchmark's
+    "restore as it was before the checks" and nothing else.
     """
     if target.exists():
         raise RepositoryError(f"refusing to restore into existing {target}",
                               hint="restores always go to a new, empty folder")
+    if manifest is None:
+        checks = False
+    places = dict(tablespaces) if tablespaces is not None else (
+        plan_tablespaces(manifest, target) if manifest is not None else {})
     t0 = time.monotonic()
     base, wal = find_tar(backup_dir, "base"), find_tar(backup_dir, "pg_wal")
-    target.mkdir(mode=0o700)
-    (target / "pg_wal").mkdir(mode=0o700, exist_ok=True)
-    programs.run_as.chown(target)
-    programs.run_as.chown(target / "pg_wal")
-    jobs = [(base, target), (wal, target / "pg_wal")]
+    created: list[Path] = []
     try:
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            if method == "tar":
-                futures = [pool.submit(_extract_tar, a, d, programs) for a, d in jobs]
-            else:
-                futures = [pool.submit(_extract_python, a, d) for a, d in jobs]
-            for fut in futures:
-                fut.result()
+        _mkdir_for_server(target, programs)
+        created.append(target)
+        _mkdir_for_server(target / "pg_wal", programs)
+        jobs = [(base, target), (wal, target / "pg_wal")]
+        oid_files = tablespace_files(manifest) if manifest is not None else {}
+        for oid, place in sorted(places.items()):
+            if place.parent == target / TABLESPACE_DIR and not place.parent.exists():
+                _mkdir_for_server(place.parent, programs)
+            place.parent.mkdir(parents=True, exist_ok=True)
+            if not place.exists():
+                _mkdir_for_server(place, programs)
+                created.append(place)
+            else:  # an empty folder the user named: the server must own it, mode 0700
+                programs.run_as.chown(place)
+                os.chmod(place, 0o700)
+            jobs.append((backup_dir / oid_files[oid], place))
+        one: Callable[[Path, Path, Programs, bool], _Streamed] = (
+            _stream_tar if method == "tar" else _stream_python)
+        with ThreadPoolExecutor(max_workers=min(3, len(jobs))) as pool:
+            streamed = list(pool.map(lambda job: one(job[0], job[1], programs, checks), jobs))
         if method == "python":
-            _chown_tree(target, programs)
-    except (OSError, tarfile.TarError, zstandard.ZstdError) as exc:
-        shutil.rmtree(target, ignore_errors=True)
-        raise RepositoryError(f"cannot extract backup {backup_dir.name}: {exc}") from None
+            for _archive, dest in jobs:
+                _chown_tree(dest, programs)
+        problems: list[FileProblem] = []
+        if checks:
+            assert manifest is not None
+            for s in streamed:
+                problem = _mismatch(s.name, s.digest, s.size, manifest)
+                if problem:
+                    problems.append(problem)
+            extracted_names = {s.name for s in streamed}
+            problems += check_files(backup_dir, manifest,
+                                    [n for n in sorted(manifest.files) if n not in extracted_names])
+        if problems:
+            first = problems[0]
+            more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise BackupDamaged(f"backup {backup_dir.name}: {first.file}: {first.problem}{more}",
+                                hint="the backup is damaged; restore another one with --backup")
+        failed = next((s for s in streamed if s.error), None)
+        if failed is not None:
+            raise RepositoryError(f"cannot extract {failed.name} of backup {backup_dir.name}: {failed.error}")
+        link_tablespaces(target, places, programs)
+    except BaseException:
+        for path in reversed(created):
+            shutil.rmtree(path, ignore_errors=True)
+        raise
     os.chmod(target, 0o700)
-    return time.monotonic() - t0
+    return Extracted(time.monotonic() - t0, places,
+                     len(manifest.files) if (checks and manifest is not None) else 0)

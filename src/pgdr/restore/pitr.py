@@ -11,20 +11,20 @@ removes what was restored, so nothing is left running. Every attempt is recorded
 from __future__ import annotations
 
 import hashlib
+import re
 import shlex
 import shutil
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import zstandard
-
 from pgdr.config import Config
-from pgdr.errors import AuthenticationFailed, ConfigError, PgdrError, RepositoryError, UsageError
+from pgdr.errors import AuthenticationFailed, ConfigError, PgdrError, UsageError
 from pgdr.pg.connect import session
 from pgdr.pg.instance import DETACHED_SETTINGS, SOCKET_PATH_MAX, Instance, check_traversable, free_port
 from pgdr.pg.lsn import parse_lsn, parse_segment_name
@@ -32,10 +32,14 @@ from pgdr.pg.programs import Programs
 from pgdr.pg.waldump import Chunk
 from pgdr.repo import unfinished
 from pgdr.repo.layout import Repository
-from pgdr.repo.manifest import BackupManifest, backup_dir, find_backup, list_backups
-from pgdr.repo.records import save_record
+from pgdr.repo.locks import reading
+from pgdr.repo.manifest import BackupManifest, backup_dir, find_backup, scan_backups
+from pgdr.repo.records import known_bad, save_record
+from pgdr.repo.timelines import histories, latest_descendant
 from pgdr.repo.unfinished import INCOMPLETE_MARKER
-from pgdr.restore.recovery import RecoveryTarget, restore_physical, wal_fetch_command
+from pgdr.repo.wal import SegmentDamaged, WalArchive
+from pgdr.restore.extract import plan_tablespaces
+from pgdr.restore.recovery import RecoveryTarget, remove_restored, restore_physical, wal_fetch_command
 from pgdr.restore.walscan import ArchiveWal, WalPoint, archive_wal, find_restore_point, find_transaction, reachable_end
 from pgdr.runbook.timeline import Timeline
 
@@ -69,6 +73,7 @@ class PitrResult:
     reached: dict[str, Any] = field(default_factory=dict)
     phases: dict[str, float] = field(default_factory=dict)
     record_path: Path | None = None
+    chosen_because: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return {"backup_id": self.backup_id, "target": self.target, "data_dir": str(self.data_dir),
@@ -77,6 +82,7 @@ class PitrResult:
                 "phases": {k: round(v, 3) for k, v in self.phases.items()},
                 "total_s": round(sum(self.phases.values()), 3),
                 "record": str(self.record_path) if self.record_path else None,
+                "chosen_because": self.chosen_because,
                 "stop_with": f"pg_ctl -D {self.data_dir} stop"}
 
 
@@ -92,23 +98,12 @@ class _Plan:
     end: WalPoint | None
     wal: ArchiveWal | None = None
     last_segno: int | None = None      # the segment holding the target, when known
+    reason: str = ""                   # why this backup was chosen (said to the user)
 
 
 def _segno(name: str | None, size: int) -> int:
     seg = parse_segment_name(name or "", size)
     return seg.segno if seg else 0
-
-
-def _history_parents(repo: Repository, timeline: int) -> set[int]:
-    path = repo.wal_dir / f"{timeline:08X}.history.zst"
-    try:
-        from pgdr.repo.wal import WalArchive
-
-        text = WalArchive(repo).read(f"{timeline:08X}.history").decode(errors="replace")
-    except (RepositoryError, OSError):
-        return set() if not path.exists() else set()
-    return {int(line.split()[0]) for line in text.splitlines()
-            if line.strip() and line.split()[0].isdigit()}
 
 
 def _too_far(what: str, end: WalPoint, gap_name: str | None, backup: BackupManifest) -> RestoreFailed:
@@ -126,11 +121,20 @@ def _too_far(what: str, end: WalPoint, gap_name: str | None, backup: BackupManif
 
 
 def plan(programs: Programs, repo: Repository, target: RecoveryTarget,
-         backup_id: str | None = None) -> _Plan:
-    """Choose the backup and prove the target reachable; raises with the reason when not."""
-    backups = list_backups(repo, "physical")
+         backup_id: str | None = None, *, force: bool = False) -> _Plan:
+    """Choose the backup and prove the target reachable; raises with the reason when not.
+
+    Without --backup: the newest backup that ends before the target and is not known to
+    be bad (its verification failed). A backup whose verification failed is used only
+    with force."""
+    readable, damaged = scan_backups(repo)
+    backups = [b for b in readable if b.kind == "physical"]
     if not backups:
+        if damaged:
+            raise RestoreFailed(f"no usable physical backup in {repo.root}: {damaged[-1].problem}",
+                                hint="restore pgdr.json from a copy, or take a new backup")
         raise RestoreFailed(f"no physical backup in {repo.root}", hint="run `pgdr backup`")
+    failed = {b.id for b in backups if known_bad(repo, b.id)}
     size = repo.wal_segment_size
     wal = archive_wal(repo)
     given = find_backup(repo, backup_id) if backup_id else None
@@ -188,7 +192,12 @@ def plan(programs: Programs, repo: Repository, target: RecoveryTarget,
         if not ends_before(given):
             raise RestoreFailed(f"backup {given.id} ends ({given.stop_time.isoformat()}, LSN {given.stop_lsn}) "
                                 f"after the target {what}", hint="choose an older --backup, or omit --backup")
+        if given.id in failed and not force:
+            raise RestoreFailed(f"backup {given.id} failed its verification "
+                                f"({repo.backups_dir / given.id / 'verify.json'})",
+                                hint="restore it anyway with --force, or choose another --backup")
         backup = given
+        reason = "given with --backup"
     else:
         eligible = [b for b in backups if ends_before(b)]
         if not eligible:
@@ -196,17 +205,31 @@ def plan(programs: Programs, repo: Repository, target: RecoveryTarget,
             raise RestoreFailed(f"target {what} is before the oldest backup {oldest.id} "
                                 f"(consistent from {oldest.stop_time.isoformat()}, LSN {oldest.stop_lsn})",
                                 hint="no backup can be restored to a point before it ended")
-        backup = eligible[-1]
+        good = [b for b in eligible if b.id not in failed]
+        if not good and not force:
+            raise RestoreFailed(f"every backup that ends before {what} failed its verification "
+                                f"(newest: {eligible[-1].id})",
+                                hint="restore one anyway with --force --backup ID")
+        backup = (good or eligible)[-1]
+        skipped = [b.id for b in eligible if b.id in failed and b.stop_time > backup.stop_time]
+        unreadable = [d.id for d in damaged if d.id > backup.id]
+        reason = ("the newest backup ending before the target"
+                  + (f"; skipped {', '.join(skipped)} (verification failed)" if skipped else "")
+                  + (f"; skipped {', '.join(unreadable)} (pgdr.json damaged)" if unreadable else "")
+                  + ("; its verification FAILED (--force)" if backup.id in failed else ""))
 
     if target_tli is not None and target_tli != backup.timeline:
-        if backup.timeline not in _history_parents(repo, target_tli):
+        if backup.timeline not in latest_descendant(histories(WalArchive(repo)), target_tli).chain():
             raise RestoreFailed(f"target {what} is on timeline {target_tli}; backup {backup.id} is on "
                                 f"timeline {backup.timeline}, which timeline {target_tli} does not descend from",
                                 hint="choose a backup taken on that timeline with --backup")
         target = replace(target, timeline=str(target_tli))
+    # Gaps and the reachable end follow the timeline recovery will take: the target's,
+    # else the newest one descending from the backup's (PostgreSQL's 'latest').
+    wal = archive_wal(repo, timeline=target_tli or backup.timeline)
 
     if target.kind == "immediate":
-        return _Plan(backup, target, None, wal)
+        return _Plan(backup, target, None, wal, reason=reason)
     # The backup carries its own WAL up to its stop point (pg_wal.tar); from the stop
     # segment on, every segment must come from the archive.
     start = _segno(backup.stop_wal, size)
@@ -223,15 +246,20 @@ def plan(programs: Programs, repo: Repository, target: RecoveryTarget,
         end_lsn = parse_lsn(end.lsn) if end.lsn else parse_lsn(backup.stop_lsn)
         if target_lsn > end_lsn or (gap is not None and target_lsn // size >= gap):
             raise _too_far(what, end, gap_name, backup)
-    return _Plan(backup, target, end, wal, target_lsn // size if target_lsn is not None else None)
+    return _Plan(backup, target, end, wal, target_lsn // size if target_lsn is not None else None,
+                 reason=reason)
 
 
 SPOOL = "pgdr_spool"
 
 
-def _prefetch(repo: Repository, wal: ArchiveWal, chosen: _Plan, spool: Path, programs: Programs) -> int:
+def _prefetch(repo: Repository, wal: ArchiveWal, chosen: _Plan, spool: Path, programs: Programs) -> list[str]:
     """Decompress the archived segments recovery will need into spool/, in parallel, so
-    restore_command is a `mv` instead of a Python start per segment (about 1 s each)."""
+    restore_command is a `mv` instead of a Python start per segment (about 1 s each).
+
+    A damaged segment (checksum, header) is left out of the spool: recovery then asks
+    `pgdr wal-fetch` for it, which aborts recovery there (exit 126) naming it, unless the
+    target lies before it. Returns the damaged segments' names."""
     size = wal.segment_size
     start = _segno(chosen.backup.stop_wal, size)
     gap = wal.first_gap_after(start)
@@ -241,15 +269,22 @@ def _prefetch(repo: Repository, wal: ArchiveWal, chosen: _Plan, spool: Path, pro
     wanted = [c for c in wal.chunks if c.segment.segno >= start and c.source.name.endswith(".zst")
               and (gap is None or c.segment.segno < gap) and (last is None or c.segment.segno <= last)]
 
-    def one(chunk: Chunk) -> None:
-        dest = spool / chunk.segment.name(size)
-        with open(chunk.source, "rb") as raw, open(dest, "wb") as out:
-            zstandard.ZstdDecompressor().copy_stream(raw, out)
-        programs.run_as.chown(dest)
+    archive = WalArchive(repo)
+
+    def one(chunk: Chunk) -> str | None:
+        name = chunk.segment.name(size)
+        try:
+            data = archive.read(name)
+        except SegmentDamaged:
+            return name
+        tmp = spool / f".{name}.tmp"
+        tmp.write_bytes(data)
+        programs.run_as.chown(tmp)
+        tmp.rename(spool / name)
+        return None
 
     with ThreadPoolExecutor(max_workers=4) as pool:
-        list(pool.map(one, wanted))
-    return len(wanted)
+        return [name for name in pool.map(one, wanted) if name is not None]
 
 
 def _restore_command(config: Config, repo: Repository, spool: Path, programs: Programs) -> str:
@@ -257,7 +292,8 @@ def _restore_command(config: Config, repo: Repository, spool: Path, programs: Pr
     q = shlex.quote
     slow = wal_fetch_command(config.source, programs.run_as)  # type: ignore[arg-type]
     return (f'if [ -f {q(str(spool))}/"%f" ]; then mv {q(str(spool))}/"%f" "%p"; '
-            f'elif [ ! -f {q(str(repo.wal_dir))}/"%f".zst ] && [ ! -f {q(str(repo.incoming_dir))}/"%f".partial ]; '
+            f'elif [ ! -f {q(str(repo.wal_dir))}/"%f".zst ] && [ ! -f {q(str(repo.incoming_dir))}/"%f".partial ] '
+            f'&& [ ! -f {q(str(repo.incoming_dir))}/"%f" ]; '
             f'then exit 1; else {slow}; fi')
 
 
@@ -348,7 +384,8 @@ def _reached(instance: Instance) -> dict[str, Any]:
 
 def restore_to_point(config: Config, programs: Programs, repo: Repository, target: RecoveryTarget,
                      target_dir: Path, *, backup_id: str | None = None, port: int | None = None,
-                     timeout: float = 3600) -> PitrResult:
+                     timeout: float = 3600, force: bool = False,
+                     tablespace_map: dict[str, Path] | None = None) -> PitrResult:
     if config.source is None:
         raise ConfigError("restore needs the config file's path (for restore_command)")
     target_dir = target_dir.resolve()
@@ -357,12 +394,17 @@ def restore_to_point(config: Config, programs: Programs, repo: Repository, targe
                               "started_at": datetime.now(UTC).isoformat()}
     instance: Instance | None = None
     created = False
+    places: dict[str, Path] = {}
+    locks = ExitStack()
     marker: Path | None = None
     try:
         with timeline.step("plan"):
             _prepare_dir(target_dir, programs)
-            chosen = plan(programs, repo, target, backup_id)
+            chosen = plan(programs, repo, target, backup_id, force=force)
+            locks.enter_context(reading(repo, chosen.backup.id))
+            places = plan_tablespaces(chosen.backup, target_dir, tablespace_map)
         record["backup_id"] = chosen.backup.id
+        record["chosen_because"] = chosen.reason
         record["reachable_end"] = chosen.end.as_dict() if chosen.end else None
         # Before anything is written: a SIGKILLed restore is then reported, not mistaken for one.
         marker = unfinished.begin_restore(repo, target_dir, {"backup_id": chosen.backup.id,
@@ -375,14 +417,16 @@ def restore_to_point(config: Config, programs: Programs, repo: Repository, targe
             restore_physical(backup_dir(repo, chosen.backup.id), instance, programs,
                              config_path=config.source, target=chosen.target,
                              extra_settings=_server_settings(instance),
-                             restore_command=_restore_command(config, repo, target_dir / SPOOL, programs))
+                             restore_command=_restore_command(config, repo, target_dir / SPOOL, programs),
+                             manifest=chosen.backup, tablespace_map=tablespace_map)
             unfinished.mark_incomplete(target_dir)
             if socket_dir != target_dir:
                 socket_dir.mkdir(mode=0o700, exist_ok=True)
                 programs.run_as.chown(socket_dir)
         if chosen.wal is not None and chosen.target.kind != "immediate":
             with timeline.step("prefetch") as step:
-                step.evidence["segments"] = _prefetch(repo, chosen.wal, chosen, target_dir / SPOOL, programs)
+                damaged = _prefetch(repo, chosen.wal, chosen, target_dir / SPOOL, programs)
+                step.evidence["damaged"] = damaged
         with timeline.step("recovery"):
             try:
                 instance.start(timeout=int(min(timeout, 600)))
@@ -391,10 +435,12 @@ def restore_to_point(config: Config, programs: Programs, repo: Repository, targe
                 raise _explain(instance, exc, chosen) from None
         shutil.rmtree(target_dir / SPOOL, ignore_errors=True)  # what recovery did not need
         reached = _reached(instance)
+        _require_reached(chosen, reached)
+        locks.close()
         result = PitrResult(chosen.backup.id, describe_target(chosen.target), target_dir, instance.port,
                             socket_dir, instance.conninfo(), instance.logfile,
                             "paused" if reached.get("in_recovery") else "promoted", reached,
-                            {s.name: s.seconds or 0.0 for s in timeline.steps})
+                            {s.name: s.seconds or 0.0 for s in timeline.steps}, chosen_because=chosen.reason)
         record.update(result.as_dict())
         record["steps"] = timeline.as_list()
         record["passed"] = True
@@ -404,7 +450,8 @@ def restore_to_point(config: Config, programs: Programs, repo: Repository, targe
         return result
     except BaseException as exc:
         if instance is not None and created:
-            _remove(instance, target_dir)
+            _remove(instance, target_dir, places)
+        locks.close()
         if not target_dir.exists():
             unfinished.finish(marker)
         record["passed"] = False
@@ -417,8 +464,35 @@ def restore_to_point(config: Config, programs: Programs, repo: Repository, targe
         raise
 
 
+def _require_reached(chosen: _Plan, reached: dict[str, Any]) -> None:
+    """--latest must end where the archive ends: recovery that stopped earlier (a segment
+    it could not read) is a failure, never a quiet success."""
+    end = chosen.end
+    if chosen.target.kind != "latest" or end is None or not end.lsn or not reached.get("lsn"):
+        return
+    got = parse_lsn(str(reached["lsn"]))
+    if got < parse_lsn(end.lsn):
+        size = chosen.wal.segment_size if chosen.wal else 16 << 20
+        seg = chosen.wal.missing_name(got // size + (1 if got % size == 0 else 0)) if chosen.wal else "?"
+        raise RestoreFailed(f"recovery stopped at LSN {reached['lsn']}, short of the archive's end "
+                            f"{end.lsn}: recoverable up to LSN {reached['lsn']}; segment {seg} is "
+                            "damaged or missing",
+                            hint=f"restore to that point with --to-lsn {reached['lsn']}")
+
+
+_DAMAGED_LINE = re.compile(r"WAL file ([0-9A-F]{24}) in the archive is damaged[^\n]*")
+_RESTORE_FAILED = re.compile(r'could not restore file "([0-9A-F]{24})" from archive')
+
+
 def _explain(instance: Instance, exc: BaseException, chosen: _Plan) -> PgdrError:
     log = exc.log if isinstance(exc, _RecoveryDied) else _log_text(instance)
+    damaged = _DAMAGED_LINE.search(log) or _RESTORE_FAILED.search(log)
+    if damaged:
+        upto = [ln for ln in log.splitlines() if "redo done at" in ln or "last completed transaction" in ln]
+        where = (f"recoverable up to {upto[-1].split('LOG:', 1)[-1].strip()}" if upto else
+                 f"recoverable up to the segment before {damaged.group(1)}")
+        return RestoreFailed(f"{where}; segment {damaged.group(1)} is damaged: recovery aborted there",
+                             hint="restore to an earlier point, or repair the archive from a copy")
     if RECOVERY_ENDED_EARLY in log:
         end = chosen.end
         return RestoreFailed(
@@ -433,7 +507,7 @@ def _explain(instance: Instance, exc: BaseException, chosen: _Plan) -> PgdrError
     return RestoreFailed("the restored server stopped during recovery")
 
 
-def _remove(instance: Instance, target_dir: Path) -> None:
+def _remove(instance: Instance, target_dir: Path, places: dict[str, Path]) -> None:
     for mode in ("immediate",):
         try:
             instance.stop(mode=mode, timeout=30)
@@ -441,7 +515,7 @@ def _remove(instance: Instance, target_dir: Path) -> None:
             pass
     if instance.is_running():
         instance.kill9()
-    shutil.rmtree(target_dir, ignore_errors=True)
+    remove_restored(target_dir, places)
     if instance.socket_dir != target_dir:
         shutil.rmtree(instance.socket_dir, ignore_errors=True)
 

@@ -33,8 +33,18 @@ from pgdr.pg.connect import session
 from pgdr.pg.instance import Instance, _quote
 from pgdr.pg.programs import Programs, RunAs
 from pgdr.repo.layout import Repository
+from pgdr.repo.manifest import BackupManifest, read_manifest
+from pgdr.repo.wal import WAL_DAMAGED_EXIT
 from pgdr.restore.access import grant_pgdr_access
-from pgdr.restore.extract import ExtractMethod, extract_physical
+from pgdr.restore.extract import (
+    DEFAULT_METHOD,
+    Extracted,
+    ExtractMethod,
+    check_links_inside,
+    extract_physical,
+    plan_tablespaces,
+)
+from pgdr.restore.prove import require_consistent, require_verified
 
 TargetKind = Literal["immediate", "latest", "time", "lsn", "xid", "name"]
 
@@ -108,18 +118,19 @@ def _pg_escape(text: str) -> str:
     return text.replace("%", "%%")
 
 
-def zstd_fetch_command(wal_dir: Path, run_as: RunAs) -> str | None:
+def zstd_fetch_command(wal_dir: Path, run_as: RunAs, *, damaged_exit: int = WAL_DAMAGED_EXIT) -> str | None:
     """`zstd -d` of <wal_dir>/%f.zst into %p; None when zstd is missing or unusable.
 
     Exit status 1 when the file is absent (PostgreSQL's "not in the archive"); a
-    damaged file makes zstd fail its checksum with status 1 too, and recovery then
-    stops short of consistency, which the restore check reports.
+    damaged file fails zstd's checksum and the command exits 126, which makes
+    PostgreSQL abort recovery instead of treating the damage as the archive's end.
     """
     zstd = shutil.which("zstd")
     if zstd is None or not _usable_by(Path(zstd), run_as):
         return None
     src = _pg_escape(shlex.quote(str(wal_dir.resolve()))) + '/"%f".zst'
-    return f"test -f {src} && exec {_pg_escape(shlex.quote(zstd))} -q -d -f {src} -o \"%p\""
+    return (f"if [ -f {src} ]; then {_pg_escape(shlex.quote(zstd))} -q -d -f {src} -o \"%p\" "
+            f"|| exit {damaged_exit}; else exit 1; fi")
 
 
 def write_recovery(data_dir: Path, settings: dict[str, str | int], run_as: RunAs) -> None:
@@ -138,23 +149,57 @@ def write_recovery(data_dir: Path, settings: dict[str, str | int], run_as: RunAs
     (data_dir / "postmaster.pid").unlink(missing_ok=True)
 
 
-def restore_physical(backup_dir: Path, instance: Instance,
-                     programs: Programs, *, config_path: Path, target: RecoveryTarget,
-                     extra_settings: dict[str, str | int] | None = None,
-                     method: ExtractMethod | None = None, restore_command: str | None = None) -> float:
-    """Extract a physical backup into instance.data_dir (new) and set it up to recover
-    to target, fetching further WAL from the archive. Does not start the server."""
-    seconds = extract_physical(backup_dir, instance.data_dir, programs,
-                               **({"method": method} if method else {}))
+def configure_recovery(data_dir: Path, places: dict[str, Path], programs: Programs, *,
+                       config_path: Path, target: RecoveryTarget, socket_dir: Path,
+                       extra_settings: dict[str, str | int] | None = None,
+                       restore_command: str | None = None) -> None:
+    """Recovery settings and signal file, then the last guard: no tablespace link may lead
+    outside what this restore created."""
     settings: dict[str, str | int] = dict(extra_settings or {})
     if restore_command is None:
         wal_dir = Repository(load_config(config_path).repository.path).wal_dir
         restore_command = zstd_fetch_command(wal_dir, programs.run_as) or wal_fetch_command(config_path, programs.run_as)
     settings["restore_command"] = restore_command
     settings.update(target.settings())
-    settings.update(grant_pgdr_access(instance.data_dir, instance.socket_dir, programs.run_as))
-    write_recovery(instance.data_dir, settings, programs.run_as)
-    return seconds
+    # pgdr's own way in (first pg_hba.conf line, private socket): after pg_verifybackup,
+    # which must see the files as backed up
+    settings.update(grant_pgdr_access(data_dir, socket_dir, programs.run_as))
+    write_recovery(data_dir, settings, programs.run_as)
+    check_links_inside(data_dir, places)
+
+
+def restore_physical(backup_dir: Path, instance: Instance,
+                     programs: Programs, *, config_path: Path, target: RecoveryTarget,
+                     extra_settings: dict[str, str | int] | None = None,
+                     method: ExtractMethod | None = None, restore_command: str | None = None,
+                     manifest: BackupManifest | None = None,
+                     tablespace_map: dict[str, Path] | None = None, checks: bool = True) -> Extracted:
+    """Extract a physical backup into instance.data_dir (new), proving every file while it
+    streams, run pg_verifybackup and cross-check pgdr.json with what PostgreSQL wrote,
+    then set it up to recover to target. Does not start the server. On failure nothing
+    extracted is left behind."""
+    manifest = manifest or read_manifest(backup_dir)
+    places = plan_tablespaces(manifest, instance.data_dir, tablespace_map)
+    done = extract_physical(backup_dir, instance.data_dir, programs, method or DEFAULT_METHOD,
+                            manifest=manifest, tablespaces=places, checks=checks)
+    try:
+        if checks:
+            require_verified(backup_dir, instance.data_dir, programs)
+            require_consistent(backup_dir, instance.data_dir, manifest, programs)
+        configure_recovery(instance.data_dir, places, programs, config_path=config_path, target=target,
+                           socket_dir=instance.socket_dir,
+                           extra_settings=extra_settings, restore_command=restore_command)
+    except BaseException:
+        remove_restored(instance.data_dir, places)
+        raise
+    return done
+
+
+def remove_restored(data_dir: Path, places: dict[str, Path]) -> None:
+    """Remove a restored data directory and the tablespace folders it was given."""
+    shutil.rmtree(data_dir, ignore_errors=True)
+    for place in places.values():
+        shutil.rmtree(place, ignore_errors=True)
 
 
 def wait_until_promoted(instance: Instance, timeout: float = 600) -> dict[str, object]:

@@ -37,13 +37,24 @@ from pgdr.pg.lsn import parse_lsn
 from pgdr.pg.process import dir_progress
 from pgdr.pg.programs import Programs
 from pgdr.repo.layout import Repository
+from pgdr.repo.locks import reading
 from pgdr.repo.manifest import BackupManifest, backup_dir, find_backup, list_backups
 from pgdr.repo.records import VERIFY_RECORD, read_verification
 from pgdr.restore import dbchecks
-from pgdr.restore.access import TOUCHED_FILES
-from pgdr.restore.extract import ExtractMethod, check_files
-from pgdr.restore.recovery import RecoveryTarget, restore_physical, wait_until_promoted
+from pgdr.restore.extract import (
+    DEFAULT_METHOD,
+    ExtractMethod,
+    check_files,
+    extract_physical,
+    plan_tablespaces,
+    tablespace_files,
+)
+from pgdr.restore.prove import cross_check, verify_backup_files
+from pgdr.restore.recovery import RecoveryTarget, configure_recovery, wait_until_promoted, zstd_fetch_command
 from pgdr.restore.scratch import Scratch, reap_stale, scratch_root
+from pgdr.restore.walcheck import check_archive
+
+WAL_CHECKS = ("archived WAL",)
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +101,9 @@ class VerifyResult:
             "backup_bytes": self.backup_bytes,
             "phases": {k: round(v, 3) for k, v in self.phases.items()},
             "checks": [c.as_dict() for c in self.checks],
+            # the backup itself is sound even when only the archive after it is not
+            "backup_ok": bool(self.checks) and all(c.check.status != "fail" for c in self.checks
+                                                   if c.check.name not in WAL_CHECKS),
             "row_counts": self.row_counts, "baseline": self.baseline, "kept": self.kept,
         }
 
@@ -138,8 +152,10 @@ def verify_backup(config: Config, programs: Programs, repo: Repository, backup_i
                           backup_bytes=manifest.bytes_on_disk)
     run = _Run(result)
     t_start = time.monotonic()
-    with exclusive_lock(repo.lock_path(f"verify-{manifest.id}"), f"verify of {manifest.id}"):
-        if not run.step("files", lambda: _files_check(run, folder, manifest)):
+    with exclusive_lock(repo.lock_path(f"verify-{manifest.id}"), f"verify of {manifest.id}"), \
+            reading(repo, manifest.id):
+        # Logical dumps are hashed here; physical backups while they are extracted.
+        if manifest.kind == "logical" and not run.step("files", lambda: _files_check(run, folder, manifest)):
             return _finish(run, repo, folder, t_start)
         for stale in reap_stale(scratch_root(config)):
             log.warning("removed %s, left by a verify that was killed", stale)
@@ -196,22 +212,29 @@ def _verify_physical(run: _Run, config: Config, programs: Programs, repo: Reposi
     inst = scratch.instance
     assert config.source is not None
 
-    def extract() -> None:
-        restore_physical(folder, inst, programs, config_path=config.source,  # type: ignore[arg-type]
-                         target=RecoveryTarget("immediate"), extra_settings=scratch.settings(),
-                         method=method)
+    # Tablespaces go into the scratch folder, never to the source's locations.
+    places = plan_tablespaces(manifest, inst.data_dir, {oid: scratch.folder / "tablespaces" / oid
+                                                        for oid in tablespace_files(manifest)})
 
-    if not run.step("extract", extract):
+    def extract() -> Check:
+        t0 = time.monotonic()
+        if places:
+            (scratch.folder / "tablespaces").mkdir(mode=0o700, exist_ok=True)
+            programs.run_as.chown(scratch.folder / "tablespaces")
+        done = extract_physical(folder, inst.data_dir, programs, method or DEFAULT_METHOD,
+                                manifest=manifest, tablespaces=places)
+        return run.add("files", "ok", f"{done.files_checked} files match their sha256 (hashed while "
+                       f"extracting{f', {len(places)} tablespace(s)' if places else ''})",
+                       time.monotonic() - t0, {"files": done.files_checked, "tablespaces": len(places)})
+
+    if not run.step("files", extract):
         return
+    run.result.phases["extract"] = run.result.phases.pop("files", 0.0)
 
     def verifybackup() -> Check:
         t0 = time.monotonic()
-        res = programs.run("pg_verifybackup", [
-            "-m", str(folder / "backup_manifest"), "-w", str(inst.data_dir / "pg_wal"),
-            *(arg for name in TOUCHED_FILES for arg in ("-i", name)),  # pgdr's access rule
-            str(inst.data_dir)], ok_codes=(0, 1), timeout=3600)
-        lines = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip()]
-        if res.returncode != 0:
+        ok, lines = verify_backup_files(folder, inst.data_dir, programs)
+        if not ok:
             bad = [ln for ln in lines if "error" in ln.lower()] or lines
             return run.add("pg_verifybackup", "fail", bad[0] if bad else "failed", time.monotonic() - t0,
                            {"output": lines[:20]})
@@ -219,6 +242,35 @@ def _verify_physical(run: _Run, config: Config, programs: Programs, repo: Reposi
                        time.monotonic() - t0)
 
     if not run.step("pg_verifybackup", verifybackup):
+        return
+
+    def metadata() -> Check:
+        t0 = time.monotonic()
+        mismatches = cross_check(folder, inst.data_dir, manifest, programs)
+        if mismatches:
+            return run.add("manifest", "fail", mismatches[0].describe(), time.monotonic() - t0,
+                           {"mismatches": [m.__dict__ for m in mismatches]},
+                           hint="pgdr.json was edited or belongs to another backup")
+        sealed = "sealed, " if manifest.manifest_sha256 else "NOT sealed (older backup), "
+        return run.add("manifest", "ok" if manifest.manifest_sha256 else "warn",
+                       f"pgdr.json {sealed}LSNs, timeline, system identifier and stop time match "
+                       "backup_manifest, backup_label and pg_control", time.monotonic() - t0)
+
+    if not run.step("manifest", metadata):
+        return
+    run.step("archived WAL", lambda: _wal_check(run, repo, manifest))
+
+    def configure() -> None:
+        # Recovery to consistency needs only the WAL the backup carries; WAL read ahead
+        # from the archive that is damaged counts as absent here (the "archived WAL"
+        # check above judges the archive), so it cannot fail the backup itself.
+        lenient = zstd_fetch_command(repo.wal_dir, programs.run_as, damaged_exit=1)
+        configure_recovery(inst.data_dir, places, programs, config_path=config.source,  # type: ignore[arg-type]
+                           socket_dir=inst.socket_dir,
+                           target=RecoveryTarget("immediate"), extra_settings=scratch.settings(),
+                           restore_command=lenient)
+
+    if not run.step("configure", configure):
         return
 
     def start() -> Check:
@@ -252,6 +304,19 @@ def _verify_physical(run: _Run, config: Config, programs: Programs, repo: Reposi
                                 time.monotonic() - t0)
 
     run.step("pg_checksums", checksums)
+
+
+def _wal_check(run: _Run, repo: Repository, manifest: BackupManifest) -> Check:
+    """The archived WAL after the backup, up to the archive's end on the timeline recovery
+    would follow: PITR from this backup is possible only as far as this is sound."""
+    t0 = time.monotonic()
+    size = manifest.wal_segment_size
+    found = check_archive(repo, parse_lsn(manifest.stop_lsn) // size, manifest.timeline)
+    if found.ok:
+        return run.add("archived WAL", "ok", found.summary(), time.monotonic() - t0, found.as_dict())
+    return run.add("archived WAL", "fail", f"PITR from {manifest.id} stops early: {found.summary()}",
+                   time.monotonic() - t0, found.as_dict(),
+                   hint="take a new base backup now (`pgdr backup`); recovery cannot pass that segment")
 
 
 _BAD_BLOCK = re.compile(r'file "([^"]+)", block (\d+)')
@@ -308,6 +373,8 @@ def _verify_logical(run: _Run, config: Config, programs: Programs, manifest: Bac
             programs.run("pg_restore", [
                 "-h", str(inst.socket_dir), "-p", str(inst.port), "-U", "postgres", "-d", dbname,
                 "-j", str(config.backup.logical_jobs), "--no-owner", "--no-privileges",
+                # the source's tablespaces do not exist here: objects go to the default one
+                "--no-tablespaces",
                 "--exit-on-error", str(folder / dump.directory)], timeout=24 * 3600,
                 # pg_dump ran as pgdr's user, so its 0700 folder is readable by that user only
                 as_server_user=False, stall_timeout=config.pg.stall_timeout,

@@ -7,15 +7,17 @@ backups win), so a table dropped since is still named.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
-from pgdr.pg.lsn import Segment, format_lsn, parse_lsn
+from pgdr.pg.lsn import Segment, format_lsn, parse_lsn, parse_segment_name
 from pgdr.pg.programs import Programs
 from pgdr.pg.waldump import Chunk, Commit, ScanResult, require_chunks, scan
 from pgdr.repo.layout import Repository
 from pgdr.repo.manifest import Relation, list_backups
+from pgdr.repo.timelines import TimelineHistory, histories, latest_descendant, newest
 from pgdr.repo.wal import WalArchive
 
 KINDS = ("drop", "truncate", "delete", "update")
@@ -25,11 +27,18 @@ SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast")
 
 @dataclass
 class ArchiveWal:
-    """The readable WAL: one segment per number (highest timeline), the open .partial last."""
+    """The WAL recovery toward one timeline reads: per segment number, the segment of the
+    timeline its history names (never another timeline's file with the same number);
+    the open .partial last."""
 
     chunks: list[Chunk]
     gaps: list[tuple[int, int]]
     segment_size: int
+    history: TimelineHistory = field(default_factory=lambda: TimelineHistory(1))
+
+    @property
+    def timeline(self) -> int:
+        return self.history.tli
 
     def first_gap_after(self, segno: int) -> int | None:
         for low, high in self.gaps:
@@ -41,39 +50,45 @@ class ArchiveWal:
         return [c for c in self.chunks if segno is None or c.segment.segno <= segno]
 
     def missing_name(self, segno: int) -> str:
-        tli = self.chunks[0].segment.timeline if self.chunks else 1
-        for c in self.chunks:
-            if c.segment.segno < segno:
-                tli = c.segment.timeline
-        return Segment(tli, segno).name(self.segment_size)
+        return Segment(self.history.timeline_at(segno, self.segment_size), segno).name(self.segment_size)
 
 
-def archive_wal(repo: Repository, from_segno: int | None = None) -> ArchiveWal:
+def archive_wal(repo: Repository, from_segno: int | None = None, timeline: int | None = None) -> ArchiveWal:
+    """Index the archive by (timeline, segment) and keep the path toward `timeline`
+    (default: the newest timeline, or the newest descending from it when given)."""
     archive = WalArchive(repo)
     size = repo.wal_segment_size
-    best: dict[int, tuple[Segment, Any]] = {}
+    known = histories(archive)
+    history = newest(known) if timeline is None else latest_descendant(known, timeline)
+    present: dict[tuple[int, int], Path] = {}
     for f in archive.files():
-        from pgdr.pg.lsn import parse_segment_name
-
         seg = parse_segment_name(f.name, size)
-        if seg is None or (from_segno is not None and seg.segno < from_segno):
-            continue
-        if seg.segno not in best or best[seg.segno][0].timeline < seg.timeline:
-            best[seg.segno] = (seg, f.path)
+        if seg is not None:
+            present[(seg.timeline, seg.segno)] = f.path
+    for seg in archive.waiting():
+        present.setdefault((seg.timeline, seg.segno), repo.incoming_dir / seg.name(size))
     partial = archive.partial()
-    if partial is not None and partial[0].segno not in best and (
-            from_segno is None or partial[0].segno >= from_segno):
-        best[partial[0].segno] = (partial[0], repo.incoming_dir / f"{partial[0].name(size)}.partial")
+    if partial is not None:
+        present.setdefault((partial[0].timeline, partial[0].segno),
+                           repo.incoming_dir / f"{partial[0].name(size)}.partial")
+    best: dict[int, tuple[Segment, Path]] = {}
+    for (tli, segno), path in present.items():
+        if from_segno is not None and segno < from_segno:
+            continue
+        if history.timeline_at(segno, size) == tli:
+            best[segno] = (Segment(tli, segno), path)
     ordered = [best[k] for k in sorted(best)]
     chunks = []
     for i, (seg, path) in enumerate(ordered):
         nxt = ordered[i + 1] if i + 1 < len(ordered) and ordered[i + 1][0].segno == seg.segno + 1 else None
         chunks.append(Chunk(seg, path, nxt[1] if nxt else None, nxt[0] if nxt else None, size))
     gaps: list[tuple[int, int]] = []
+    if ordered and from_segno is not None and ordered[0][0].segno > from_segno:
+        gaps.append((from_segno, ordered[0][0].segno - 1))
     for prev, cur in zip(ordered, ordered[1:], strict=False):
         if cur[0].segno > prev[0].segno + 1:
             gaps.append((prev[0].segno + 1, cur[0].segno - 1))
-    return ArchiveWal(chunks, gaps, size)
+    return ArchiveWal(chunks, gaps, size, history)
 
 
 @dataclass
@@ -193,8 +208,6 @@ def find_disasters(programs: Programs, repo: Repository, *, table: str | None = 
         # WAL before the newest backup that ended before `since` cannot hold later commits.
         before = [b for b in list_backups(repo, "physical") if b.stop_time <= since]
         if before and before[-1].start_wal:
-            from pgdr.pg.lsn import parse_segment_name
-
             seg = parse_segment_name(before[-1].start_wal, repo.wal_segment_size)
             from_segno = seg.segno if seg else None
     wal = archive_wal(repo, from_segno)
