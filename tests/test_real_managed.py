@@ -56,11 +56,12 @@ def test_managed_role_logical_only(real_cluster: RealCluster) -> None:
         stop_restored(target, real_cluster.programs)
 
     real_cluster.psql("create database app_copy owner app")
-    into = f"postgresql://app@127.0.0.1:{real_cluster.primary.port}/app_copy"
-    with_pw = {**env, "PGPASSWORD": real_cluster.passwords["app"]}
-    cli("restore", "--backup", backup["id"], "--into", into, "--no-owner", env_=with_pw, timeout=300)
+    # the target's URL (with its password) comes from the environment, not argv
+    copy_url = real_cluster.database_url().rsplit("/", 1)[0] + "/app_copy"
+    with_pw = {**env, "COPY_URL": copy_url}
+    cli("restore", "--backup", backup["id"], "--into", "${COPY_URL}", "--no-owner", env_=with_pw, timeout=300)
     assert real_cluster.psql("select count(*) from orders", dbname="app_copy") == "3000"
-    err = cli("restore", "--backup", backup["id"], "--into", into, code=2, env_=with_pw, timeout=60)
+    err = cli("restore", "--backup", backup["id"], "--into", "${COPY_URL}", code=2, env_=with_pw, timeout=60)
     assert "refusing to restore" in err and "user table" in err
 
     for secret in real_cluster.secrets():

@@ -378,12 +378,25 @@ def _resolve_paths(raw: dict[str, object], base: Path) -> None:
 _ENV_REF_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
+def expand_env_refs(value: str, where: str) -> str:
+    """${NAME} -> the environment variable NAME; a missing one is a ConfigError naming
+    where it was used and the variable, never a value. Also for conninfos given on the
+    command line (restore --into '${TARGET_URL}'), so secrets stay off argv."""
+    def expand(match: re.Match[str]) -> str:
+        name = match.group(1)
+        found = os.environ.get(name)
+        if found is None:
+            raise ConfigError(f"{where}: environment variable {name} is not set",
+                              hint=f"export {name}=... before running pgdr")
+        return found
+    return _ENV_REF_RE.sub(expand, value)
+
+
 def _expand_env_refs(raw: object, where: str = "") -> None:
     """Replace ${NAME} in every *conninfo value by the environment variable NAME.
 
     Managed databases hand out a DATABASE_URL with the password in it; referring to
-    it keeps the secret out of pgdr.toml. A missing variable is a config error that
-    names the key and the variable, never a value.
+    it keeps the secret out of pgdr.toml.
     """
     items: list[tuple[str | int, object]]
     if isinstance(raw, dict):
@@ -395,14 +408,7 @@ def _expand_env_refs(raw: object, where: str = "") -> None:
     for key, value in items:
         here = f"{where}.{key}" if where else str(key)
         if isinstance(raw, dict) and isinstance(value, str) and str(key).endswith("conninfo"):
-            def expand(match: re.Match[str], here: str = here) -> str:
-                name = match.group(1)
-                found = os.environ.get(name)
-                if found is None:
-                    raise ConfigError(f"{here}: environment variable {name} is not set",
-                                      hint=f"export {name}=... before running pgdr")
-                return found
-            raw[key] = _ENV_REF_RE.sub(expand, value)
+            raw[key] = expand_env_refs(value, here)
         else:
             _expand_env_refs(value, here)
 

@@ -35,7 +35,8 @@ def restore(
         "--tablespace-map", help="OID=PATH: put that tablespace there (empty or new folder); "
         "default TARGET_DIR/pg_tblspc_data/OID")] = None,
     json_out: Annotated[bool, typer.Option("--json")] = False,
-    into: Annotated[str | None, typer.Option("--into", help="logical backups: an existing EMPTY database (DSN)")]
+    into: Annotated[str | None, typer.Option("--into", help="logical backups: an existing EMPTY database "
+                                                        "(DSN; '${NAME}' reads it from the environment)")]
     = None,
     database: Annotated[str | None, typer.Option("--database", help="logical --into: which dumped database")]
     = None,
@@ -111,6 +112,10 @@ def _restore_logical(obj: AppContext, manifest: BackupManifest, target_dir: Path
     if (target_dir is None) == (into is None):
         raise UsageError("a logical backup restores either to a new instance (--target-dir DIR) "
                          "or into an empty database (--into DSN)")
+    if into is not None:
+        from pgdr.config import expand_env_refs
+
+        into = expand_env_refs(into, "--into")
     with output.console.status("restoring…") if (sys.stdout.isatty() and not json_out) else nullcontext():
         if into is not None:
             result = restore_logical_into(obj.config, obj.programs, obj.repo, manifest, into,
