@@ -210,3 +210,27 @@ def test_archiver_without_replication_privilege_records_the_grant(real_cluster: 
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     state = json.loads((config.parent / "repo" / "archiver" / "state.json").read_text())
     assert state["failures"] >= 1 and not state["receiving"] and "REPLICATION" in state["last_failure"]
+
+
+def test_archiver_is_not_streaming_when_its_replication_connection_is_refused(real_cluster: RealCluster) -> None:
+    """SQL works, the replication connection does not (pg_hba rejects it): pg_receivewal
+    fails, and `archiver start` must say so instead of "streaming"."""
+    hba = real_cluster.primary.data_dir / "pg_hba.conf"
+    original = hba.read_text()
+    hba.write_text("host replication dba 127.0.0.1/32 reject\n" + original)
+    real_cluster.psql("select pg_reload_conf()")
+    config = real_cluster.write_config("repl-refused")
+    env = real_cluster.env_with_passfile()
+    try:
+        result = run_cli("archiver", "start", config=config, env=env, timeout=60)
+        assert result.returncode == 1, result.stdout
+        assert "pg_hba.conf rejects replication connection" in result.stderr, result.stderr
+        assert "streaming (pid" not in result.stdout
+        state = json.loads((config.parent / "repo" / "archiver" / "state.json").read_text())
+        assert not state["receiving"] and state["failures"] >= 1
+        assert real_cluster.psql("select count(*) from pg_stat_replication "
+                                 "where application_name like 'pgdr_archiver%'") == "0"
+    finally:
+        hba.write_text(original)
+        real_cluster.psql("select pg_reload_conf()")
+        run_cli("archiver", "stop", config=config, env=env, timeout=60)
