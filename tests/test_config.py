@@ -86,6 +86,25 @@ def test_status_with_unreachable_primary_fails_without_leaking_password(tmp_path
     assert '"status": "fail"' in result.stdout
 
 
+def test_every_duration_key_takes_the_one_duration_type(tmp_path: Path) -> None:
+    (tmp_path / "pgdr.toml").write_text(VALID + '[pg]\nstall_timeout = "2m"\nstatement_timeout = 0\n'
+                                        '[status]\nmax_backup_age = "1d"\n[serve]\nhealth_timeout = "1.5s"\n'
+                                        '[[schedule]]\njob = "backup"\nevery = "1w"\n')
+    config = load_config(tmp_path / "pgdr.toml")
+    assert config.pg.stall_timeout == 120 and config.pg.statement_timeout == 0
+    assert config.status.max_backup_age == 86400 and config.serve.health_timeout == 1.5
+    assert config.schedule[0].every == 7 * 86400
+
+
+@pytest.mark.parametrize("key, value", [("stall_timeout", '"soon"'), ("stall_timeout", "0"),
+                                        ("connect_timeout", '"-5s"')])
+def test_a_bad_duration_is_one_line_exit_2(tmp_path: Path, key: str, value: str) -> None:
+    (tmp_path / "pgdr.toml").write_text(VALID + f"[pg]\n{key} = {value}\n")
+    result = run_cli("status", config=tmp_path / "pgdr.toml")
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and f"pg.{key}" in result.stderr
+
+
 ENV_REF = VALID.replace(
     'conninfo = "host=/nonexistent/socket-dir port=1 user=postgres dbname=postgres password=s3cret"',
     'conninfo = "${PGDR_TEST_URL}"')

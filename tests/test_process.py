@@ -118,6 +118,36 @@ def test_sigkilled_backup_leaves_no_pg_basebackup_and_no_walsender(make_sandbox)
         assert not _processes("pg_basebackup", repo)
     assert killed_while_running >= 3, f"only {killed_while_running} kills hit a running pg_basebackup"
 
+    # A walsender that stops answering (SIGSTOP): pg_basebackup would wait forever; the stall
+    # timeout ends it and the error names what stalled.
+    with open(sandbox.config_path, "a") as fh:
+        fh.write('\n[pg]\nstall_timeout = "3s"\n')
+    before = {b.name for b in backups.iterdir()}
+    proc = subprocess.Popen([sys.executable, "-m", "pgdr", "backup"], env={**os.environ, "PGDR_CONFIG": str(
+        sandbox.config_path)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    stopped: list[int] = []
+    try:
+        def walsenders_stopped() -> bool:
+            with session(sandbox.conninfo(sandbox.primary, "postgres")) as conn:
+                pids = [r["pid"] for r in conn.execute(
+                    "select pid from pg_stat_activity where backend_type = 'walsender' "
+                    "and application_name = 'pgdr_backup'")]
+            for pid in pids:
+                if pid not in stopped:
+                    os.kill(pid, signal.SIGSTOP)
+                    stopped.append(pid)
+            return len(stopped) >= 2 or proc.poll() is not None
+        _wait_for("the backup's walsenders", walsenders_stopped, 60)
+        _out, err = proc.communicate(timeout=120)
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+    assert proc.returncode == 1, err
+    assert "pg_basebackup made no progress for 3s" in err and "primary" in err
+    assert not _processes("pg_basebackup", repo)
+    assert {b.name for b in backups.iterdir() if not b.name.endswith(".partial")} == \
+        {n for n in before if not n.endswith(".partial")}
+
 
 def test_sigkilled_restore_leaves_no_server_and_says_incomplete(make_sandbox, base_dir: Path) -> None:  # type: ignore[no-untyped-def]
     sandbox = make_sandbox("killrestore", standbys=0)
@@ -149,6 +179,21 @@ def test_sigkilled_restore_leaves_no_server_and_says_incomplete(make_sandbox, ba
         again = run_cli("restore", "--latest", "--target-dir", str(target), config=sandbox.config_path)
         assert again.returncode == 2 and "interrupted restore" in again.stderr
     assert interrupted >= 2, f"only {interrupted} kills hit a restore in recovery"
+
+    # SIGTERM (systemd, a CI timeout) unwinds like Ctrl-C: server stopped, folder removed, record kept
+    target = base_dir / "killrestore-target-term"
+    env = {**os.environ, "PGDR_CONFIG": str(sandbox.config_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "pgdr", "restore", "--latest", "--target-dir", str(target)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for("the recovering server", lambda: (target / "postmaster.pid").exists() or proc.poll() is not None, 180)
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=120)
+    if proc.returncode != 0:  # 0: it had finished recovery just before the signal
+        assert proc.returncode == 128 + signal.SIGTERM, err
+        assert "interrupted" in err and "Traceback" not in err
+        assert not target.exists() and not _running_from(target)
+        assert not [p for p in (sandbox.repo.root / "unfinished").glob("*.json")
+                    if str(target) in p.read_text()], "a cleanly undone restore is not 'interrupted'"
 
 
 def sandbox_programs():  # type: ignore[no-untyped-def]
@@ -200,6 +245,18 @@ def test_sigstopped_primary_fails_a_bounded_call_naming_the_peer(make_sandbox) -
             os.kill(backend["p"], signal.SIGCONT)
     assert str(sandbox.socket_dir) in err.value.message and "the test query" in err.value.message
     assert waited < 30  # bounded: statement_timeout 1 s + the 2 s client margin, never minutes
+
+    # the same through the CLI: `status` against a stopped primary ends within its bounds
+    config = sandbox.root / "pgdr-short.toml"
+    config.write_text(sandbox.config_path.read_text() + '\n[pg]\nconnect_timeout = "2s"\nstatement_timeout = "2s"\n')
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        status = run_cli("status", "--json", config=config, timeout=60)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert status.returncode == 1
+    primary = [c for c in json.loads(status.stdout)["checks"] if c["name"] == "primary"][0]
+    assert primary["status"] == "fail" and "primary" in primary["summary"] and "timed out" in primary["summary"]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
@@ -312,3 +369,56 @@ def test_the_next_pgdr_ends_what_an_unguarded_killed_pgdr_left(tmp_path: Path) -
                             env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2, result.stderr
     _wait_for("the orphans to be ended", lambda: not _alive(members), 10)
+
+
+def test_programs_of_another_major_version_are_refused(shared_sandbox: sb.Sandbox) -> None:
+    """[pg] bindir pointing at version-18 programs against the PostgreSQL 15 sandbox: one line, exit 2."""
+    fake = shared_sandbox.root / "fake-bin-18"
+    fake.mkdir(exist_ok=True)
+    for tool in ("pg_ctl", "pg_basebackup"):
+        (fake / tool).write_text(f"#!/bin/sh\necho '{tool} (PostgreSQL) 18.1'\n")
+        (fake / tool).chmod(0o755)
+    config = shared_sandbox.root / "pgdr-bindir18.toml"
+    config.write_text(shared_sandbox.config_path.read_text() + f'\n[pg]\nbindir = "{fake}"\n')
+    before = set(shared_sandbox.repo.backups_dir.iterdir())
+    result = run_cli("backup", config=config)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert "runs PostgreSQL 15" in lines[0] and "version 18" in lines[0] and str(fake) in lines[0]
+    assert "Traceback" not in result.stderr
+    assert set(shared_sandbox.repo.backups_dir.iterdir()) == before
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_verify_on_a_full_scratch_disk_could_not_run_and_the_backup_keeps_its_status(make_sandbox) -> None:  # type: ignore[no-untyped-def]
+    sandbox = make_sandbox("scratchfull", standbys=0)
+    taken = run_cli("backup", "--json", config=sandbox.config_path)
+    assert taken.returncode == 0, taken.stderr
+    backup = json.loads(taken.stdout)["id"]
+    record = sandbox.repo.backups_dir / backup / "verify.json"
+    logical = json.loads((sandbox.repo.backups_dir / backup / "pgdr.json").read_text())["bytes_logical"]
+    scratch = sandbox.root / "small-scratch"
+    scratch.mkdir()
+    config = sandbox.root / "pgdr-small-scratch.toml"
+    config.write_text(sandbox.config_path.read_text() + f'\n[verify]\nscratch_dir = "{scratch}"\n')
+    try:
+        # too small from the start: refused before anything is written
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0755", "tmpfs", str(scratch)], check=True)
+        result = run_cli("verify", config=config)
+        assert result.returncode == 3, result.stderr
+        assert "could not run" in result.stderr and "scratch disk" in result.stderr and "bytes free" in result.stderr
+        assert not record.exists()
+        # big enough to start, too small to finish (the WAL and the server's own files)
+        size_mb = logical // 1048576 + 2
+        subprocess.run(["mount", "-o", f"remount,size={size_mb}m", str(scratch)], check=True)
+        result = run_cli("verify", config=config)
+        assert result.returncode == 3, result.stderr
+        assert "scratch disk full" in result.stderr and "keeps its status" in result.stderr
+        assert not record.exists()
+        assert not [p for p in scratch.iterdir()], "the scratch folder was not cleaned up"
+        listed = json.loads(run_cli("list", "--json", config=sandbox.config_path).stdout)
+        assert [b for b in listed if b["id"] == backup][0]["verified"] == "never"
+    finally:
+        subprocess.run(["umount", "-l", str(scratch)], check=False)
+    ok = run_cli("verify", config=sandbox.config_path)
+    assert ok.returncode == 0, ok.stderr

@@ -54,6 +54,13 @@ class SandboxError(PgdrError):
     """The local sandbox could not be created, started or stopped."""
 
 
+class CouldNotRun(PgdrError):
+    """A check could not be carried out for reasons outside the thing checked (scratch disk
+    full, programs missing): not a verdict. Exit code 3, so scripts can tell it from 1."""
+
+    exit_code = 3
+
+
 class LockBusy(PgdrError):
     """Another pgdr process holds the lock this operation needs."""
 

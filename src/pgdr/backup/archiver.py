@@ -55,6 +55,7 @@ COMPLETED_RE = re.compile(r"^([0-9A-F]{24}|[0-9A-F]{8}\.history)$")
 POLL_SECONDS = 0.2
 MAX_BACKOFF = 10.0
 STALL_CHECK_SECONDS = 1.0
+HEALTHY_RUN = 30.0  # a pg_receivewal that ran this long resets the restart back-off
 
 
 class SweepBlocked(Exception):
@@ -188,7 +189,27 @@ class Archiver:
         return stored
 
     # ---- pg_receivewal ---------------------------------------------------------------
+    def _set_aside_torn_partials(self) -> None:
+        """pg_receivewal pads a new .partial to the full segment size before it writes any
+        WAL; a full disk can cut that padding short, and pg_receivewal then refuses to
+        start ("has N bytes, should be 0 or 16777216") forever. Such a file holds no WAL
+        (the slot still does), so it is moved aside, where it takes no new space."""
+        size = self.repo.wal_segment_size if self.repo.identity() else None
+        for path in self.repo.incoming_dir.glob("*.partial"):
+            try:
+                length = path.stat().st_size
+            except OSError:
+                continue
+            if length == 0 or length == size or size is None:
+                continue
+            rejected = self.repo.archiver_dir / "rejected"
+            rejected.mkdir(exist_ok=True)
+            os.replace(path, rejected / f"{path.name}.torn")
+            log.warning("archiver: moved %s (%d bytes: its pre-allocation was cut short, no WAL in it) "
+                        "to %s", path.name, length, rejected)
+
     def _start_receiver(self) -> None:
+        self._set_aside_torn_partials()
         primary = find_primary(self.config)
         conninfo = with_params(primary.node.conninfo,
                                application_name=self.config.archive.application_name)
@@ -199,7 +220,8 @@ class Archiver:
         plain, password = split_password(conninfo)
         self.upstream_conninfo = conninfo
         self.progress_value, self.progress_at = None, time.monotonic()
-        self.child = self.programs.spawn(
+        programs = self.programs.for_server(version_num=facts["server_version_num"], what=primary.node.name)
+        self.child = programs.spawn(
             "pg_receivewal",
             ["-D", str(self.repo.incoming_dir), "-S", self.config.archive.slot, "--synchronous",
              "--no-loop", "-d", plain],
@@ -282,13 +304,14 @@ class Archiver:
             next_start = 0.0
             sweep_backoff, next_sweep = 0.5, 0.0
             next_stall_check = 0.0
+            child_started = time.monotonic()
             ready_sent = False
             try:
                 while not self.stop_event.is_set():
                     if self.child is None and time.monotonic() >= next_start:
                         try:
                             self._start_receiver()
-                            backoff = 0.5
+                            child_started = time.monotonic()
                         except PgdrError as exc:
                             self._fail(f"cannot start pg_receivewal: {exc.message}", exc.hint)
                             next_start = time.monotonic() + backoff
@@ -299,6 +322,8 @@ class Archiver:
                             backoff = min(backoff * 2, MAX_BACKOFF)
                     if self.child is not None and (code := self.child.poll()) is not None:
                         self.child = None
+                        if time.monotonic() - child_started > HEALTHY_RUN:
+                            backoff = 0.5  # it ran fine for a while: this is a new problem
                         if not self.stop_event.is_set():
                             self._fail(*self._receiver_exit_reason(code))
                             next_start = time.monotonic() + backoff

@@ -43,6 +43,7 @@ def take_logical_backup(config: Config, programs: Programs, repo: Repository,
     conninfo = with_params(primary.node.conninfo, application_name="pgdr_dump")
     facts = query_one(conninfo, SOURCE_FACTS_SQL)
     repo.claim(facts["system_identifier"], facts["server_version_num"], facts["wal_segment_size"])
+    programs = programs.for_server(version_num=facts["server_version_num"], what=primary.node.name)
     databases = config.backup.logical_databases or connectable_databases(conninfo)
 
     with pending_backup(repo, "logical") as pending:

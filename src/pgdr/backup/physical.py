@@ -81,6 +81,7 @@ def take_physical_backup(config: Config, programs: Programs, repo: Repository) -
     conninfo = with_params(primary.node.conninfo, application_name="pgdr_backup")
     facts = query_one(conninfo, SOURCE_FACTS_SQL)
     repo.claim(facts["system_identifier"], facts["server_version_num"], facts["wal_segment_size"])
+    programs = programs.for_server(version_num=facts["server_version_num"], what=primary.node.name)
 
     with pending_backup(repo, "physical") as pending:
         databases = connectable_databases(conninfo)

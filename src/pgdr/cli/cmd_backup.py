@@ -11,8 +11,6 @@ import typer
 from pgdr.cli import output
 from pgdr.cli.context import AppContext
 from pgdr.errors import UsageError
-from pgdr.repo.manifest import scan_backups
-from pgdr.repo.retention import apply_expire, plan_expire
 
 
 def backup(
@@ -59,6 +57,8 @@ def list_cmd(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json"
     from pgdr.repo.records import verification_status
 
     obj: AppContext = ctx.obj
+    from pgdr.repo.manifest import scan_backups
+
     backups, damaged = scan_backups(obj.repo)
     rows: list[dict[str, Any]] = [{"id": b.id, "kind": b.kind, "stop_time": b.stop_time.isoformat(timespec="seconds"),
              "start_lsn": b.start_lsn, "stop_lsn": b.stop_lsn, "timeline": b.timeline,
@@ -89,6 +89,8 @@ def expire(
 ) -> None:
     """Apply retention (count and age from the config); never removes WAL a kept backup needs."""
     obj: AppContext = ctx.obj
+    from pgdr.repo.retention import apply_expire, plan_expire
+
     plan = plan_expire(obj.repo, obj.config.retention)
     if json_out:
         output.print_json({**plan.as_dict(), "dry_run": dry_run or not (yes or not plan.remove and not plan.wal_remove)})

@@ -9,7 +9,6 @@ import typer
 
 from pgdr.cli import output
 from pgdr.cli.context import AppContext
-from pgdr.config import parse_duration
 from pgdr.errors import UsageError
 from pgdr.pg.conninfo import mask_text
 
@@ -61,6 +60,8 @@ def _dur(value: str | None, flag: str) -> float | None:
     if value is None:
         return None
     try:
+        from pgdr.config import parse_duration
+
         return parse_duration(value)
     except ValueError as exc:
         raise UsageError(f"{flag}: {exc}") from None

@@ -3,25 +3,32 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from pgdr.cli import output
 from pgdr.cli.context import AppContext
-from pgdr.config import DrillConfig, find_config_path
 from pgdr.errors import UsageError
-from pgdr.repo.layout import Repository
+
+if TYPE_CHECKING:
+    from pgdr.config import DrillConfig
+    from pgdr.repo.layout import Repository
 
 DEFAULT_DRILL_DIR = Path(".pgdr-drills")
 
 
 def _has_config(obj: AppContext) -> bool:
+    from pgdr.config import find_config_path
+
     return obj.config_path is not None or find_config_path(None).exists()
 
 
 def _history_and_config(obj: AppContext, drill_dir: Path) -> tuple[Repository, DrillConfig]:
     """The configured repository keeps the history when there is a config; else the drill folder."""
+    from pgdr.config import DrillConfig
+    from pgdr.repo.layout import Repository
+
     if _has_config(obj):
         return obj.repo, obj.config.drill
     return Repository(drill_dir.resolve() / "history"), DrillConfig()

@@ -10,11 +10,10 @@ import typer
 
 from pgdr.cli import output
 from pgdr.cli.context import AppContext
-from pgdr.sandbox import sandbox as sb
-from pgdr.sandbox.workload import Writer
+from pgdr.sandbox import DEFAULT_DIR
 
 app = typer.Typer(help="A local primary + standbys + WAL archive for demos, drills and tests.",
-                  no_args_is_help=True)
+                  no_args_is_help=True, rich_markup_mode=None)
 
 DirOpt = Annotated[Path, typer.Option("--dir", help="sandbox folder")]
 
@@ -22,12 +21,14 @@ DirOpt = Annotated[Path, typer.Option("--dir", help="sandbox folder")]
 @app.command("up")
 def up_cmd(
     ctx: typer.Context,
-    dir: DirOpt = sb.DEFAULT_DIR,
+    dir: DirOpt = DEFAULT_DIR,
     standbys: Annotated[int, typer.Option(help="number of streaming standbys")] = 1,
     sync: Annotated[bool, typer.Option("--sync", help="synchronous replication (ANY 1)")] = False,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Create the sandbox (or start an existing one again)."""
+    from pgdr.sandbox import sandbox as sb
+
     obj: AppContext = ctx.obj
     with output.console.status("starting the sandbox…") if not json_out else nullcontext():
         sandbox = sb.up(dir, obj.programs, standbys=standbys, sync=sync)
@@ -45,10 +46,12 @@ def up_cmd(
 @app.command("down")
 def down_cmd(
     ctx: typer.Context,
-    dir: DirOpt = sb.DEFAULT_DIR,
+    dir: DirOpt = DEFAULT_DIR,
     purge: Annotated[bool, typer.Option("--purge", help="also delete the folder and everything in it")] = False,
 ) -> None:
     """Stop the sandbox's own servers and archiver (the folder is kept unless --purge)."""
+    from pgdr.sandbox import sandbox as sb
+
     stopped = sb.down(dir, ctx.obj.programs, purge=purge)
     output.console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}"
                          + (f"; removed {dir}" if purge else ""))
@@ -57,10 +60,12 @@ def down_cmd(
 @app.command("status")
 def status_cmd(
     ctx: typer.Context,
-    dir: DirOpt = sb.DEFAULT_DIR,
+    dir: DirOpt = DEFAULT_DIR,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Each node: name, role, port, data_dir, pid, up/down."""
+    from pgdr.sandbox import sandbox as sb
+
     rows = sb.status(dir, ctx.obj.programs)
     if json_out:
         output.print_json(rows)
@@ -72,11 +77,14 @@ def status_cmd(
 @app.command("write")
 def write_cmd(
     ctx: typer.Context,
-    dir: DirOpt = sb.DEFAULT_DIR,
+    dir: DirOpt = DEFAULT_DIR,
     seconds: Annotated[float, typer.Option(help="how long to write")] = 3.0,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Write orders into the sample app, one commit each, and count acknowledged commits."""
+    from pgdr.sandbox import sandbox as sb
+    from pgdr.sandbox.workload import Writer
+
     sandbox = sb.load_sandbox(dir.resolve())
     if sandbox is None:
         from pgdr.errors import SandboxError

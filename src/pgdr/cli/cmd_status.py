@@ -8,12 +8,13 @@ import typer
 
 from pgdr.cli import output
 from pgdr.cli.context import AppContext
-from pgdr.status import gather_status
 
 
 def status(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Primary, standbys' lag, newest backup, WAL archive lag and gaps, archiver failures."""
     obj: AppContext = ctx.obj
+    from pgdr.status import gather_status
+
     report = gather_status(obj.config, obj.repo)
     if json_out:
         output.print_json(report.as_dict())

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pgdr.config import Config, load_config
-from pgdr.pg.programs import Programs, RunAs
-from pgdr.repo.layout import Repository
+if TYPE_CHECKING:  # imported when first used: `pgdr --help` must not pay for pydantic
+    from pgdr.config import Config
+    from pgdr.pg.programs import Programs
+    from pgdr.repo.layout import Repository
 
 
 @dataclass
@@ -19,6 +21,8 @@ class AppContext:
     @property
     def config(self) -> Config:
         if self._config is None:
+            from pgdr.config import load_config
+
             self._config = load_config(self.config_path)
             from pgdr.pg.connect import apply_config
 
@@ -27,6 +31,8 @@ class AppContext:
 
     @property
     def programs(self) -> Programs:
+        from pgdr.pg.programs import Programs, RunAs
+
         pg = self._config.pg if self._config is not None else None
         if pg is None:
             return Programs()
@@ -40,4 +46,7 @@ class AppContext:
 
     @property
     def repo(self) -> Repository:
+        from pgdr.pg.programs import RunAs
+        from pgdr.repo.layout import Repository
+
         return Repository(self.config.repository.path, RunAs(self.config.pg.os_user))

@@ -16,7 +16,8 @@ from pgdr.pg.children import REGISTRY, reap_orphans
 from pgdr.pg.process import SHUTTING_DOWN
 
 app = typer.Typer(help="PostgreSQL disaster recovery, rehearsed: backup, verify, restore, fail over.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  rich_markup_mode=None)  # plain click help: Rich's help renderer costs ~70 ms to import
 
 
 @app.callback()
@@ -75,13 +76,6 @@ def _click_exception_classes() -> tuple[type[Exception], ...]:
     return tuple(found)
 
 
-def _interrupted(exc: BaseException) -> int:
-    """Exit code for an interruption: 130 for Ctrl-C, 128 + N for SIGTERM/SIGHUP."""
-    while exc is not None and not isinstance(exc, KeyboardInterrupt):
-        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
-    return 128 + exc.signum if isinstance(exc, signals.Terminated) else 130
-
-
 def run() -> None:
     signals.install()
     try:
@@ -101,15 +95,15 @@ def _run() -> None:
         sys.exit(exc.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except typer.Abort as exc:
+    except typer.Abort:
         if SHUTTING_DOWN.is_set():
             output.error_line("interrupted")
-            sys.exit(_interrupted(exc))
+            sys.exit(signals.exit_code())
         output.error_line("aborted")
         sys.exit(1)
-    except KeyboardInterrupt as exc:
+    except KeyboardInterrupt:
         output.error_line("interrupted")
-        sys.exit(_interrupted(exc))
+        sys.exit(signals.exit_code())
     except Exception as exc:  # click usage errors and the truly unexpected
         if isinstance(exc, _click_exception_classes()):
             exc.show()  # type: ignore[attr-defined]
@@ -120,6 +114,5 @@ def _run() -> None:
         sys.exit(1)
     if code == 130:  # Typer turns Ctrl-C (and SIGTERM, see cli/signals.py) into exit code 130
         output.error_line("interrupted")
-        if SHUTTING_DOWN.is_set():
-            code = _interrupted(KeyboardInterrupt())
+        code = signals.exit_code()
     sys.exit(code if isinstance(code, int) else 0)

@@ -5,18 +5,36 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterable, Sequence
-from typing import Any
-
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from pgdr.checks import Check
 from pgdr.pg.conninfo import mask_text
 
-# Off a terminal Rich would wrap at 80 columns; logs and CI read better unwrapped.
-_WIDTH = None if sys.stdout.isatty() else 200
-console = Console(width=_WIDTH)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+_consoles: dict[str, Console] = {}
+
+
+def __getattr__(name: str) -> Any:
+    """`console` and `err_console` are made on first use: importing Rich costs start-up
+    time that `pgdr --help` and quiet commands should not pay (PEP 562)."""
+    if name in ("console", "err_console"):
+        if name not in _consoles:
+            from rich.console import Console
+
+            stream = sys.stderr if name == "err_console" else sys.stdout
+            # Off a terminal Rich would wrap at 80 columns; logs and CI read better unwrapped.
+            _consoles[name] = Console(stderr=name == "err_console", width=None if stream.isatty() else 200)
+        return _consoles[name]
+    raise AttributeError(name)
+
+
+def _table(title: str | None) -> Table:
+    from rich.table import Table
+
+    return Table(title=title, title_justify="left", header_style="bold")
 
 STATUS_STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red"}
 
@@ -26,28 +44,28 @@ def print_json(data: Any) -> None:
 
 
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    t = Table(title=title, title_justify="left", header_style="bold")
+    t = _table(title)
     for col in columns:
         t.add_column(col)
     for row in rows:
         t.add_row(*["" if v is None else mask_text(str(v)) for v in row])
-    console.print(t)
+    __getattr__("console").print(t)
 
 
 def checks_table(title: str, checks: Sequence[Check]) -> None:
-    t = Table(title=title, title_justify="left", header_style="bold")
+    t = _table(title)
     for col in ("check", "status", "detail"):
         t.add_column(col)
     for c in checks:
         style = STATUS_STYLE[c.status]
         detail = c.summary + (f"\n[dim]→ {c.hint}[/dim]" if c.hint and c.status != "ok" else "")
         t.add_row(c.name, f"[{style}]{c.status}[/{style}]", mask_text(detail))
-    console.print(t)
+    __getattr__("console").print(t)
 
 
 def error_line(message: str, hint: str | None = None) -> None:
     text = mask_text(message) + (f" — {mask_text(hint)}" if hint else "")
-    err_console.print(f"[bold red]pgdr:[/bold red] {text}", highlight=False, soft_wrap=True)
+    __getattr__("err_console").print(f"[bold red]pgdr:[/bold red] {text}", highlight=False, soft_wrap=True)
 
 
 def human_bytes(n: int | float | None) -> str:

@@ -23,9 +23,18 @@ class Terminated(KeyboardInterrupt):
         self.signum = signum
 
 
+received: list[int] = []  # the first signal, for the exit code (128 + N)
+
+
+def exit_code() -> int:
+    """128 + the signal that interrupted pgdr (130 for Ctrl-C or when none was caught)."""
+    return 128 + received[0] if received else 130
+
+
 def _handler(signum: int, _frame: FrameType | None) -> None:
     if SHUTTING_DOWN.is_set():
         return
+    received.append(signum)
     SHUTTING_DOWN.set()
     if signum == signal.SIGINT:
         raise KeyboardInterrupt

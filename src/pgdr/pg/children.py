@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import signal
+import stat
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -96,8 +97,9 @@ def run_dir() -> Path:
     else:
         path = Path(f"/tmp/pgdr-run-{os.geteuid()}")
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if path.stat().st_uid != os.geteuid():
-        raise PermissionError(f"{path} belongs to another user")
+    st = path.lstat()  # not a symlink someone else planted in /tmp
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        raise PermissionError(f"{path} is not a private folder of this user")
     return path
 
 

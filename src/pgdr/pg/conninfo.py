@@ -6,12 +6,22 @@ shows it), so every conninfo that leaves pgdr goes through `mask` or `split_pass
 
 from __future__ import annotations
 
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from typing import Any
 
 from pgdr.errors import ConfigError
 
+# psycopg is imported inside the functions: mask_text is on the CLI's start-up path.
+
+
+def make_conninfo(**params: Any) -> str:
+    from psycopg.conninfo import make_conninfo as make
+
+    return make(**params)
+
 
 def parse(conninfo: str) -> dict[str, str]:
+    from psycopg.conninfo import conninfo_to_dict
+
     try:
         return {k: str(v) for k, v in conninfo_to_dict(conninfo).items()}
     except Exception as exc:  # psycopg raises ProgrammingError with libpq's message
@@ -48,4 +58,4 @@ def with_params(conninfo: str, **overrides: str | int | None) -> str:
             params.pop(key, None)
         else:
             params[key] = value
-    return make_conninfo(**params)  # type: ignore[arg-type]
+    return make_conninfo(**params)

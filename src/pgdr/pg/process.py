@@ -316,9 +316,19 @@ def start_detached(argv: Sequence[str], *, log_path: Path,
                                 start_new_session=True, cwd="/", env=env, close_fds=True)
 
 
+OS_CAUSES = ("No space left on device", "Disk quota exceeded", "Read-only file system",
+             "Permission denied", "Input/output error")
+
+
 def summarize_stderr(stderr: str, returncode: int) -> str:
     """The most telling line of a PostgreSQL program's stderr, passwords masked."""
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    # The operating system's cause beats a program's summary ("tar: Exiting with failure
+    # status due to previous errors" hides "Cannot write: No space left on device").
+    for cause in OS_CAUSES:
+        for line in lines:
+            if cause in line:
+                return mask_text(line)
     for prefix in ("error:", "FATAL:", "fatal:", "ERROR:"):
         for line in lines:
             if prefix in line:

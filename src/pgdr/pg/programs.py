@@ -1,7 +1,8 @@
 """The one wrapper for PostgreSQL's programs (Barman's command_wrappers, smaller).
 
 Every external program pgdr runs goes through here, so that all of them:
-- resolve from one bindir (configurable, default: the newest installed PostgreSQL),
+- resolve from the bindir of the server's own major version ([pg] bindir, else
+  /usr/lib/postgresql/<major>/bin, else PATH; a mismatch is refused),
 - run as the data directory's owner when pgdr itself runs as root (PostgreSQL
   refuses root),
 - run with LANG=C so their output can be parsed,
@@ -13,9 +14,11 @@ Every external program pgdr runs goes through here, so that all of them:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import pwd
+import re
 import shutil
 import threading
 import weakref
@@ -24,34 +27,74 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from pgdr.errors import ConfigError, ProgramFailed
+from pgdr.errors import ConfigError, PgdrError, ProgramFailed
 from pgdr.pg import credentials, process
 from pgdr.pg.process import Completed, summarize_stderr
 
-__all__ = ["Completed", "Programs", "Result", "RunAs", "default_bindir", "summarize_stderr"]
+__all__ = ["Completed", "Programs", "Result", "RunAs", "bindir_major", "default_bindir", "major_of",
+           "summarize_stderr"]
 
 log = logging.getLogger(__name__)
 
 SECRET_ENV = ("PGPASSWORD", "PGDR_SECRET")
 
 
-def default_bindir() -> Path:
-    """The newest /usr/lib/postgresql/N/bin, else wherever pg_ctl is on PATH."""
-    base = Path("/usr/lib/postgresql")
-    if base.is_dir():
-        versions = sorted(
-            (p for p in base.iterdir() if (p / "bin" / "pg_ctl").exists()),
-            key=lambda p: int(p.name) if p.name.isdigit() else 0,
-        )
-        if versions:
-            return versions[-1] / "bin"
+DISTRIBUTION_BINDIRS = Path("/usr/lib/postgresql")
+
+
+def _distribution_bindir(major: int | None) -> Path | None:
+    """/usr/lib/postgresql/<major>/bin (Debian, Ubuntu); the newest one when major is None."""
+    if not DISTRIBUTION_BINDIRS.is_dir():
+        return None
+    if major is not None:
+        candidate = DISTRIBUTION_BINDIRS / str(major) / "bin"
+        return candidate if (candidate / "pg_ctl").exists() else None
+    versions = sorted((p for p in DISTRIBUTION_BINDIRS.iterdir()
+                       if p.name.isdigit() and (p / "bin" / "pg_ctl").exists()), key=lambda p: int(p.name))
+    return versions[-1] / "bin" if versions else None
+
+
+def default_bindir(major: int | None = None) -> Path:
+    """The bindir for a server of this major version (None: the newest installed):
+    the distribution's per-version directory, else wherever pg_ctl is on PATH."""
+    found_dir = _distribution_bindir(major)
+    if found_dir is not None:
+        return found_dir
     found = shutil.which("pg_ctl")
     if found:
         return Path(found).parent
     raise ConfigError(
-        "PostgreSQL programs not found",
-        hint="install PostgreSQL (apt-get install postgresql-15) or set pg.bindir in pgdr.toml",
-    )
+        "PostgreSQL programs not found" + (f" for version {major}" if major else ""),
+        hint=f"install postgresql-client-{major or 15} (apt-get) or set [pg] bindir in pgdr.toml")
+
+
+@functools.lru_cache(maxsize=16)
+def bindir_major(bindir: Path) -> int | None:
+    """The major version of the programs in bindir: from /usr/lib/postgresql/<N>/bin, else
+    from `pg_ctl --version` (run once per bindir)."""
+    if bindir.parent.parent == DISTRIBUTION_BINDIRS and bindir.parent.name.isdigit():
+        return int(bindir.parent.name)
+    tool = next((bindir / t for t in ("pg_ctl", "pg_basebackup", "pg_dump") if (bindir / t).exists()), None)
+    if tool is None:
+        return None
+    try:
+        out = process.run([str(tool), "--version"], env={"LANG": "C", "PATH": "/usr/bin:/bin"}).stdout
+    except PgdrError:
+        return None
+    match = re.search(r"\) (\d+)(?:\.|devel|beta|rc)", out)
+    return int(match.group(1)) if match else None
+
+
+def major_of(*, version_num: int | str | None = None, data_dir: Path | None = None) -> int | None:
+    """A server's major version: from server_version_num (150004 → 15) or PG_VERSION."""
+    if version_num is not None:
+        return int(version_num) // 10000
+    if data_dir is not None:
+        try:
+            return int((data_dir / "PG_VERSION").read_text().strip().split(".")[0])
+        except (OSError, ValueError):
+            return None
+    return None
 
 
 @dataclass(frozen=True)
@@ -85,11 +128,36 @@ Result = Completed
 
 
 class Programs:
-    """Runs PostgreSQL programs from one bindir as one user, through pgdr.pg.process."""
+    """Runs PostgreSQL programs from one bindir as one user, through pgdr.pg.process.
+
+    `Programs(configured_bindir)` is for work that has no server yet; for a server,
+    `programs.for_server(version_num=…)` or `for_server(data_dir=…)` gives the programs
+    of that server's own major version, and refuses a mismatch with one line.
+    """
 
     def __init__(self, bindir: Path | None = None, run_as: RunAs | None = None) -> None:
+        self.configured = bindir
         self.bindir = bindir or default_bindir()
         self.run_as = run_as or RunAs()
+
+    def for_server(self, *, version_num: int | str | None = None, data_dir: Path | None = None,
+                   what: str = "the server") -> Programs:
+        """The programs for a server of this version: [pg] bindir if set (checked), else
+        /usr/lib/postgresql/<major>/bin, else PATH (checked). Raises ConfigError on a mismatch."""
+        major = major_of(version_num=version_num, data_dir=data_dir)
+        if major is None:
+            return self
+        bindir = self.configured or default_bindir(major)
+        have = bindir_major(bindir)
+        if have is not None and have != major:
+            source = "[pg] bindir" if self.configured else "PATH"
+            raise ConfigError(
+                f"{what} runs PostgreSQL {major}, but the programs in {bindir} ({source}) are version {have}",
+                hint=f"install postgresql-client-{major} (or the server package) or set [pg] bindir "
+                     f"to its bin folder")
+        clone = Programs(bindir, self.run_as)
+        clone.configured = self.configured
+        return clone
 
     def path(self, program: str) -> str:
         candidate = self.bindir / program

@@ -1,24 +1,31 @@
 """`pgdr verify`: restore a backup into a scratch instance and prove it.
 
-Physical: sha256 of every file, extraction, pg_verifybackup, recovery to the
-backup's consistent point (promoted), pg_amcheck --heapallindexed, orphaned
-foreign-key rows, duplicate keys, exact row counts compared with the previous
-verified physical backup, user smoke queries, then pg_checksums offline after a
-clean shutdown (a base backup's pages may be torn until WAL replay fixes them, so
-checking them before recovery would cry wolf).
+Physical: every file hashed (sha256) while it is extracted, tablespaces into the
+scratch folder; pg_verifybackup; pgdr.json cross-checked with backup_manifest,
+backup_label and pg_control; the archived WAL after the backup up to the archive's
+end on its timeline (decompress, page headers, gaps); recovery to the backup's
+consistent point (promoted); pg_amcheck --heapallindexed, orphaned foreign-key
+rows, duplicate keys, exact row counts compared with the previous verified physical
+backup, user smoke queries, then pg_checksums offline after a clean shutdown (a base
+backup's pages may be torn until WAL replay fixes them, so checking them before
+recovery would cry wolf).
 
-Logical: sha256 of every file, a fresh initdb, pg_restore -j of each database,
-the same checks, and row counts that must equal the dump's exactly.
+Logical: sha256 of every file, a fresh initdb, pg_restore -j --no-tablespaces of each
+database, the same checks, and row counts that must equal the dump's exactly.
 
-The verdict is written durably to <backup>/verify.json. The scratch instance is
-stopped and its folder removed afterwards, also on failure and on Ctrl-C.
+The verdict is written durably to <backup>/verify.json ("backup_ok" says whether the
+backup itself is sound when only the archive after it is not). The scratch instance
+is stopped and its folder removed afterwards, also on failure and on Ctrl-C. A shared
+lock on the backup and the archive keeps `pgdr expire` away meanwhile.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +37,7 @@ from typing import Any
 
 from pgdr.checks import Check, Status
 from pgdr.config import Config
-from pgdr.errors import ConfigError, PgdrError
+from pgdr.errors import ConfigError, CouldNotRun, PgdrError
 from pgdr.fsutil import exclusive_lock, write_json_durable
 from pgdr.pg.connect import session
 from pgdr.pg.lsn import parse_lsn
@@ -108,11 +115,26 @@ class VerifyResult:
         }
 
 
+NO_SPACE = "No space left on device"
+
+
 class _Run:
     """Collects checks and phase timings while a verification runs."""
 
-    def __init__(self, result: VerifyResult) -> None:
+    def __init__(self, result: VerifyResult, scratch: Path | None = None) -> None:
         self.result = result
+        self.scratch = scratch
+
+    def no_space(self, step: str) -> CouldNotRun:
+        """A full scratch disk says nothing about the backup: verify could not run."""
+        where = self.scratch or Path("/")
+        try:
+            free = f"{shutil.disk_usage(where).free} bytes free"
+        except OSError:
+            free = "no space"
+        return CouldNotRun(f"verify could not run: scratch disk full during {step} ({free} at {where}); "
+                           f"backup {self.result.backup_id} keeps its status",
+                           hint="free space there or set [verify] scratch_dir to a larger disk")
 
     def add(self, name: str, status: Status, summary: str, duration: float,
             evidence: dict[str, Any] | None = None, hint: str | None = None) -> Check:
@@ -134,9 +156,17 @@ class _Run:
         try:
             with self.phase(name):
                 check = fn()
+        except CouldNotRun:
+            raise
         except PgdrError as exc:
+            if NO_SPACE in exc.message:
+                raise self.no_space(name) from None
             self.add(name, "fail", exc.message, time.monotonic() - t0, hint=exc.hint)
             return False
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise self.no_space(name) from None
+            raise
         return check is None or check.status != "fail"
 
 
@@ -146,11 +176,12 @@ def verify_backup(config: Config, programs: Programs, repo: Repository, backup_i
     if config.source is None:
         raise ConfigError("verify needs the config file's path (for restore_command)")
     manifest = find_backup(repo, backup_id)
+    programs = programs.for_server(version_num=manifest.pg_version_num, what=f"backup {manifest.id}")
     folder = backup_dir(repo, manifest.id)
     jobs = jobs or max(2, os.cpu_count() or 2)
     result = VerifyResult(manifest.id, manifest.kind, datetime.now(UTC),
                           backup_bytes=manifest.bytes_on_disk)
-    run = _Run(result)
+    run = _Run(result, scratch_root(config))
     t_start = time.monotonic()
     with exclusive_lock(repo.lock_path(f"verify-{manifest.id}"), f"verify of {manifest.id}"), \
             reading(repo, manifest.id):
@@ -159,6 +190,7 @@ def verify_backup(config: Config, programs: Programs, repo: Repository, backup_i
             return _finish(run, repo, folder, t_start)
         for stale in reap_stale(scratch_root(config)):
             log.warning("removed %s, left by a verify that was killed", stale)
+        _enough_scratch_space(scratch_root(config), manifest, result.backup_id)
         scratch = Scratch.create(scratch_root(config), f"verify-{manifest.id}", programs, port=port,
                                  port_range=config.verify.ports)
         try:
@@ -180,6 +212,17 @@ def verify_backup(config: Config, programs: Programs, repo: Repository, backup_i
                 if problems:
                     run.add("cleanup", "warn", "; ".join(problems), 0.0)
         return _finish(run, repo, folder, t_start)
+
+
+def _enough_scratch_space(root: Path, manifest: BackupManifest, backup_id: str) -> None:
+    """Refuse at once (could not run, exit 3) when the restored copy cannot fit."""
+    root.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(root).free
+    need = manifest.bytes_logical or manifest.bytes_on_disk
+    if free < need:
+        raise CouldNotRun(f"verify could not run: scratch disk too small ({free} bytes free at {root}, "
+                          f"the restored copy needs about {need}); backup {backup_id} keeps its status",
+                          hint="free space there or set [verify] scratch_dir to a larger disk")
 
 
 def _finish(run: _Run, repo: Repository, folder: Path, t_start: float) -> VerifyResult:

@@ -32,7 +32,6 @@ from pgdr.pg.instance import SOCKET_PATH_MAX, Instance, check_traversable, free_
 from pgdr.pg.programs import Programs
 from pgdr.repo.layout import Repository
 
-DEFAULT_DIR = Path(".pgdr-sandbox")
 APP_DB = "app"
 
 SERVER_SETTINGS: dict[str, str | int] = {

@@ -1,0 +1,107 @@
+"""Benchmark: how much pgdr's own start-up costs.
+
+Run: .venv/bin/python bench/bench_startup.py [--runs 10] [--no-failover]
+
+1. CPU time (user + system, from the kernel's rusage of the child) of `pgdr --help`
+   beside `pg_ctl --help` (and `pgbackrest help` when installed), medians of --runs.
+2. The Python share of a guided failover: CPU of importing everything `pgdr failover`
+   needs (`python -c "import pgdr.cli.main, pgdr.failover.failover"`).
+3. Unless --no-failover: command start → first write of a guided failover on a fresh
+   sandbox (primary SIGKILLed, `pgdr failover --yes` started at once, a probe runs
+   `select txid_current()` on the standby every ~10 ms), --runs // 3 times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+PGDR = [sys.executable, "-m", "pgdr"]
+
+
+def cpu_of(argv: list[str], env: dict[str, str] | None = None) -> float:
+    """User + system CPU seconds of one run of argv (and its children), from wait4's rusage."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    _pid, _status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = 0
+    return usage.ru_utime + usage.ru_stime
+
+
+def median_cpu(argv: list[str], runs: int) -> float:
+    cpu_of(argv)  # warm the page cache
+    return statistics.median(cpu_of(argv) for _ in range(runs))
+
+
+def failover_first_write(runs: int) -> list[float]:
+    import psycopg
+
+    from pgdr.pg.programs import Programs
+    from pgdr.sandbox import sandbox as sb
+
+    programs = Programs()
+    times = []
+    base = Path(tempfile.mkdtemp(prefix="pgdr-bench-startup-", dir="/tmp"))
+    os.chmod(base, 0o755)
+    try:
+        for i in range(runs):
+            sandbox = sb.up(base / f"run{i}", programs, standbys=1)
+            standby = sandbox.conninfo(next(n for n in sandbox.nodes if n.role == "standby"), "postgres")
+            env = {**os.environ, "PGDR_CONFIG": str(sandbox.config_path)}
+            sandbox.instance(sandbox.primary, programs).kill9()
+            t0 = time.monotonic()
+            proc = subprocess.Popen([*PGDR, "failover", "--yes"], env=env,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            first = None
+            while time.monotonic() - t0 < 120:
+                try:
+                    with psycopg.connect(standby, autocommit=True, connect_timeout=2) as conn:
+                        conn.execute("select txid_current()")
+                    first = time.monotonic() - t0
+                    break
+                except psycopg.Error:
+                    time.sleep(0.01)
+            proc.wait(120)
+            if first is not None:
+                times.append(first)
+            sb.down(sandbox.root, programs, purge=True)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--no-failover", action="store_true")
+    args = parser.parse_args()
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    pgdr_help = median_cpu([*PGDR, "--help"], args.runs)
+    pg_ctl = shutil.which("pg_ctl") or "/usr/lib/postgresql/15/bin/pg_ctl"
+    pg_ctl_help = median_cpu([pg_ctl, "--help"], args.runs)
+    print(f"pgdr --help      CPU median {pgdr_help * 1000:.0f} ms  (target <= 200 ms)")
+    print(f"pg_ctl --help    CPU median {pg_ctl_help * 1000:.0f} ms  (ratio pgdr/pg_ctl {pgdr_help / max(pg_ctl_help, 1e-4):.0f}x)")
+    if shutil.which("pgbackrest"):
+        rest = median_cpu(["pgbackrest", "help"], args.runs)
+        print(f"pgbackrest help  CPU median {rest * 1000:.0f} ms  (ratio pgdr/pgbackrest {pgdr_help / max(rest, 1e-4):.1f}x)")
+    imports = median_cpu([sys.executable, "-c", "import pgdr.cli.main, pgdr.failover.failover"], args.runs)
+    print(f"import of everything `pgdr failover` needs: CPU median {imports * 1000:.0f} ms")
+    if not args.no_failover:
+        times = failover_first_write(max(1, args.runs // 3))
+        if times:
+            print(f"guided failover, command start -> first write on the new primary: median "
+                  f"{statistics.median(times):.2f}s  runs {[round(t, 2) for t in times]}")
+
+
+if __name__ == "__main__":
+    main()
