@@ -9,16 +9,21 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from pgdr.fsutil import lock_is_held
 from pgdr.pg.connect import session
 from pgdr.pg.programs import Programs
-from pgdr.repo.locks import reading
+from pgdr.repo.locks import backup_lock, reading
 from pgdr.repo.manifest import BackupManifest
+from pgdr.repo.wal import WalArchive
 from pgdr.restore.pitr import stop_restored
 from pgdr.sandbox import sandbox as sb
 from tests.conftest import run_cli
@@ -128,6 +133,23 @@ def test_tablespace_restore_never_touches_the_primarys_files(site: Site, program
     assert _count(sandbox.conninfo(sandbox.primary), "select count(*) from hot where v = 'changed'") == 0
 
 
+def test_tablespace_goes_where_the_map_says(site: Site, programs: Programs) -> None:
+    manifest = json.loads((site.sandbox.repo.backups_dir / site.backup_id / "pgdr.json").read_text())
+    oid = next(iter(manifest["tablespaces"]))
+    place = site.work / "mapped" / "ts"
+    code, out, target = _restore(site, "ts_mapped", "--immediate", "--tablespace-map", f"{oid}={place}")
+    assert code == 0, out
+    try:
+        assert (target / "pg_tblspc" / oid).resolve() == place.resolve()
+        assert any(p.name.startswith("PG_") for p in place.iterdir())
+        info = json.loads(out[: out.rindex("}") + 1])
+        assert _count(info["conninfo"].replace("dbname=postgres", "dbname=app"), "select count(*) from hot") == 5000
+    finally:
+        stop_restored(target, programs)
+        shutil.rmtree(target)
+        shutil.rmtree(place)
+
+
 def test_tablespace_landing_on_a_used_directory_is_refused(site: Site) -> None:
     manifest = json.loads((site.sandbox.repo.backups_dir / site.backup_id / "pgdr.json").read_text())
     oid = next(iter(manifest["tablespaces"]))
@@ -140,6 +162,9 @@ def test_tablespace_landing_on_a_used_directory_is_refused(site: Site) -> None:
         assert not target.exists()
     code, out, _t = _restore(site, "ts_refused", "--immediate", "--tablespace-map", "notanoid")
     assert code == 2 and "OID=PATH" in out
+    inside = site.work / "ts_refused" / "base"
+    code, out, target = _restore(site, "ts_refused", "--immediate", "--tablespace-map", f"{oid}={inside}")
+    assert code == 2 and "inside the data directory" in out and not target.exists(), out
 
 
 def test_both_verifies_pass_with_a_tablespace(site: Site) -> None:
@@ -173,6 +198,16 @@ def test_flipped_byte_in_a_backup_file_stops_restore_and_verify(site: Site, vict
     finally:
         _flip(folder / name, at)
         (folder / "verify.json").unlink(missing_ok=True)
+
+
+def test_missing_backup_file_is_named(site: Site) -> None:
+    folder = site.sandbox.repo.backups_dir / site.backup_id
+    (folder / "pg_wal.tar").rename(folder / "pg_wal.tar.away")
+    try:
+        code, out, target = _restore(site, "missing_file", "--immediate")
+        assert code == 1 and "pg_wal.tar" in out and not target.exists(), out
+    finally:
+        (folder / "pg_wal.tar.away").rename(folder / "pg_wal.tar")
 
 
 def _rewrite(folder: Path, reseal: bool, **changes: object) -> bytes:
@@ -256,6 +291,58 @@ def test_damaged_archived_segment_is_named_by_status_verify_and_restore(site: Si
     assert run_cli("status", config=sandbox.config_path).returncode == 0
 
 
+def test_finished_segments_waiting_in_incoming_count_as_archived(site: Site, programs: Programs) -> None:
+    """A finished segment the archiver has not stored yet is no gap, and recovery reads it."""
+    sandbox = site.sandbox
+    _switch_wal(sandbox, 2)
+    names = _wait_archived(sandbox)
+    assert run_cli("archiver", "stop", config=sandbox.config_path).returncode == 0
+    try:
+        waiting = names[-2]
+        archive = WalArchive(sandbox.repo)
+        (sandbox.repo.incoming_dir / waiting).write_bytes(archive.read(waiting))
+        (sandbox.repo.wal_dir / f"{waiting}.zst").unlink()  # as if pg_receivewal just finished it
+        status = run_cli("status", "--json", config=sandbox.config_path)
+        gaps = next(c for c in json.loads(status.stdout)["checks"] if c["name"] == "archive gaps")
+        assert gaps["status"] == "ok", gaps
+        code, out, target = _restore(site, "from_incoming", "--latest")
+        assert code == 0, out
+        stop_restored(target, programs)
+        shutil.rmtree(target)
+    finally:
+        assert run_cli("archiver", "start", config=sandbox.config_path).returncode == 0
+    deadline = time.monotonic() + 30
+    while not (sandbox.repo.wal_dir / f"{waiting}.zst").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert (sandbox.repo.wal_dir / f"{waiting}.zst").exists()  # stored once the archiver runs
+
+
+def test_backup_that_failed_verification_is_skipped_unless_forced(site: Site) -> None:
+    sandbox = site.sandbox
+    res = run_cli("backup", "--json", config=sandbox.config_path)
+    assert res.returncode == 0, res.stderr
+    newer = json.loads(res.stdout)["id"]
+    folder = sandbox.repo.backups_dir / newer
+    at = _flip(folder / "base.tar.zst")
+    ver = run_cli("verify", newer, "--json", config=sandbox.config_path)
+    _flip(folder / "base.tar.zst", at)  # the record stays: verification FAILED
+    assert ver.returncode == 1 and json.loads((folder / "verify.json").read_text())["backup_ok"] is False
+    code, out, target = _restore(site, "skip_failed", "--immediate")
+    assert code == 0, out
+    info = json.loads(out[: out.rindex("}") + 1])
+    assert info["backup_id"] == site.backup_id and newer in info["chosen_because"]
+    stop_restored(target, Programs())
+    shutil.rmtree(target)
+    code, out, target = _restore(site, "given_failed", "--immediate", "--backup", newer)
+    assert code == 1 and "--force" in out and not target.exists(), out
+    code, out, target = _restore(site, "forced", "--immediate", "--backup", newer, "--force")
+    assert code == 0, out
+    stop_restored(target, Programs())
+    shutil.rmtree(target)
+    code, out, _t = _restore(site, "nosuch", "--immediate", "--backup", "20990101T000000F")
+    assert code == 1 and len(out.strip().splitlines()) == 1, out
+
+
 def test_expire_skips_what_a_reader_holds(site: Site) -> None:
     sandbox = site.sandbox
     with open(sandbox.config_path, "a") as conf:
@@ -271,3 +358,44 @@ def test_expire_skips_what_a_reader_holds(site: Site) -> None:
         assert "skipped" in res.stderr and site.backup_id in res.stderr
         assert (sandbox.repo.backups_dir / site.backup_id / "pgdr.json").exists()
         assert set(wal_before) <= {p.name for p in sandbox.repo.wal_dir.glob("*.zst")}  # no WAL removed
+
+
+def test_expire_racing_a_running_verify_deletes_nothing_it_reads(site: Site) -> None:
+    """A real `pgdr verify` runs while `pgdr expire --yes` is called repeatedly."""
+    sandbox = site.sandbox
+    env = {k: v for k, v in os.environ.items() if k != "PGDR_CONFIG"}
+    verify = subprocess.Popen([sys.executable, "-m", "pgdr", "--config", str(sandbox.config_path), "verify",
+                               site.backup_id, "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env=env, text=True)
+    lock = backup_lock(sandbox.repo, site.backup_id)
+    try:
+        deadline = time.monotonic() + 60
+        while not lock_is_held(lock) and verify.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert lock_is_held(lock), "verify never took its shared lock"
+        res = run_cli("expire", "--yes", "--json", config=sandbox.config_path)
+        assert res.returncode == 0, res.stderr
+        assert site.backup_id in json.loads(res.stdout)["keep"] or "skipped" in res.stderr
+        out, err = verify.communicate(timeout=600)
+    finally:
+        if verify.poll() is None:
+            verify.kill()
+            verify.wait()
+    assert verify.returncode == 0, out[-2000:] + err
+    assert (sandbox.repo.backups_dir / site.backup_id / "pgdr.json").exists()
+
+
+def test_retention_keeps_the_newest_verified_backup(site: Site) -> None:
+    """keep_last = 1 (set above): the newest backup is unverified, so the older verified one
+    (verified by the racing test) must survive, and expire says why."""
+    sandbox = site.sandbox
+    assert json.loads((sandbox.repo.backups_dir / site.backup_id / "verify.json").read_text())["passed"]
+    res = run_cli("expire", "--yes", "--json", config=sandbox.config_path)
+    assert res.returncode == 0, res.stderr
+    plan = json.loads(res.stdout)
+    assert site.backup_id in plan["keep"] and site.backup_id not in plan["remove"]
+    assert any(site.backup_id in n and "newest verified" in n for n in plan["notes"])
+    assert (sandbox.repo.backups_dir / site.backup_id / "pgdr.json").exists()
+    rows = json.loads(run_cli("list", "--json", config=sandbox.config_path).stdout)
+    physical = {r["id"] for r in rows if r["kind"] == "physical"}
+    assert site.backup_id in physical and len(physical) == 2  # it and the newest; the rest removed

@@ -144,6 +144,10 @@ def plan_tablespaces(manifest: BackupManifest, data_dir: Path,
             if dest == live or live in dest.parents or dest in live.parents:
                 raise UsageError(f"refusing to restore tablespace {source.name} (oid {oid}) into {dest}: "
                                  f"that is the source cluster's tablespace location {live}")
+        inside = data_dir.resolve()
+        if (dest == inside or inside in dest.parents) and (inside / TABLESPACE_DIR) not in dest.parents:
+            raise UsageError(f"refusing to restore tablespace {oid} into {dest}: inside the data directory "
+                             f"(only {inside / TABLESPACE_DIR} is allowed there)")
         problem = _used_by_a_cluster(dest)
         if problem:
             raise UsageError(f"refusing to restore tablespace {oid} into {dest}: {problem}")
@@ -315,6 +319,12 @@ def extract_physical(backup_dir: Path, target: Path, programs: Programs,
         plan_tablespaces(manifest, target) if manifest is not None else {})
     t0 = time.monotonic()
     base, wal = find_tar(backup_dir, "base"), find_tar(backup_dir, "pg_wal")
+    if manifest is not None:
+        missing = sorted(n for n in manifest.files if not (backup_dir / n).is_file())
+        if missing:
+            raise BackupDamaged(f"backup {backup_dir.name}: {missing[0]}: missing"
+                                + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""),
+                                hint="the backup is damaged; restore another one with --backup")
     created: list[Path] = []
     try:
         _mkdir_for_server(target, programs)

@@ -466,12 +466,19 @@ def restore_to_point(config: Config, programs: Programs, repo: Repository, targe
 
 
 def _require_reached(chosen: _Plan, reached: dict[str, Any]) -> None:
-    """--latest must end where the archive ends: recovery that stopped earlier (a segment
-    it could not read) is a failure, never a quiet success."""
+    """Compare the point reached with the plan: recovery that stopped earlier (a segment it
+    could not read) is a failure, never a quiet success."""
     end = chosen.end
-    if chosen.target.kind != "latest" or end is None or not end.lsn or not reached.get("lsn"):
+    got = parse_lsn(str(reached["lsn"])) if reached.get("lsn") else None
+    kind = chosen.target.kind
+    if got is not None and got < parse_lsn(chosen.backup.stop_lsn):
+        raise RestoreFailed(f"recovery stopped at LSN {reached['lsn']}, before backup {chosen.backup.id} "
+                            f"is consistent ({chosen.backup.stop_lsn})")
+    if kind in ("time", "lsn", "xid", "name") and not reached.get("stopped"):
+        raise RestoreFailed(f"recovery ended at LSN {reached.get('lsn')} without reaching the target "
+                            f"{chosen.target.value}")
+    if kind != "latest" or end is None or not end.lsn or got is None:
         return
-    got = parse_lsn(str(reached["lsn"]))
     if got < parse_lsn(end.lsn):
         size = chosen.wal.segment_size if chosen.wal else 16 << 20
         seg = chosen.wal.missing_name(got // size + (1 if got % size == 0 else 0)) if chosen.wal else "?"

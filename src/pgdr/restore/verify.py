@@ -1,17 +1,22 @@
 """`pgdr verify`: restore a backup into a scratch instance and prove it.
 
-Physical: sha256 of every file, extraction, pg_verifybackup, recovery to the
-backup's consistent point (promoted), pg_amcheck --heapallindexed, orphaned
-foreign-key rows, duplicate keys, exact row counts compared with the previous
-verified physical backup, user smoke queries, then pg_checksums offline after a
-clean shutdown (a base backup's pages may be torn until WAL replay fixes them, so
-checking them before recovery would cry wolf).
+Physical: every file hashed (sha256) while it is extracted, tablespaces into the
+scratch folder; pg_verifybackup; pgdr.json cross-checked with backup_manifest,
+backup_label and pg_control; the archived WAL after the backup up to the archive's
+end on its timeline (decompress, page headers, gaps); recovery to the backup's
+consistent point (promoted); pg_amcheck --heapallindexed, orphaned foreign-key
+rows, duplicate keys, exact row counts compared with the previous verified physical
+backup, user smoke queries, then pg_checksums offline after a clean shutdown (a base
+backup's pages may be torn until WAL replay fixes them, so checking them before
+recovery would cry wolf).
 
-Logical: sha256 of every file, a fresh initdb, pg_restore -j of each database,
-the same checks, and row counts that must equal the dump's exactly.
+Logical: sha256 of every file, a fresh initdb, pg_restore -j --no-tablespaces of each
+database, the same checks, and row counts that must equal the dump's exactly.
 
-The verdict is written durably to <backup>/verify.json. The scratch instance is
-stopped and its folder removed afterwards, also on failure and on Ctrl-C.
+The verdict is written durably to <backup>/verify.json ("backup_ok" says whether the
+backup itself is sound when only the archive after it is not). The scratch instance
+is stopped and its folder removed afterwards, also on failure and on Ctrl-C. A shared
+lock on the backup and the archive keeps `pgdr expire` away meanwhile.
 """
 
 from __future__ import annotations
