@@ -7,6 +7,7 @@ A bad file gives one line naming the key and the problem (exit code 2).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tomllib
@@ -78,6 +79,8 @@ class BackupConfig(_Strict):
     checkpoint: Literal["fast", "spread"] = "fast"
     logical_jobs: Annotated[int, Field(ge=1, le=64)] = 2
     logical_compression: Annotated[int, Field(ge=0, le=9)] = 1
+    # directory: pg_dump -Fd -j (parallel); custom: one pg_dump -Fc file per database
+    logical_format: Literal["directory", "custom"] = "directory"
     logical_databases: list[str] = []
 
     @field_validator("compression")
@@ -92,8 +95,11 @@ class BackupConfig(_Strict):
 
 
 class ArchiveConfig(_Strict):
-    slot: Annotated[str, Field(pattern=r"^[a-z0-9_]+$")] = "pgdr_archive"
-    application_name: str = "pgdr_archiver"
+    # Default: unique per repository (pgdr_<tag> / pgdr_archiver_<tag>, tag from the
+    # repository's path), so status counts this repository's own archiver, never one
+    # feeding another repository from the same primary.
+    slot: Annotated[str, Field(pattern=r"^[a-z0-9_]+$")] = ""
+    application_name: str = ""
     compression_level: Annotated[int, Field(ge=1, le=19)] = 1
     max_lag: Duration = 60.0
 
@@ -247,6 +253,8 @@ class VerifyConfig(_Strict):
     # Where scratch instances live; default <repository>/../scratch. Every folder on
     # the path must be traversable by the server user.
     scratch_dir: Path | None = None
+    # Ports scratch instances may use, e.g. [54000, 54099]; default: any free port.
+    ports: tuple[Annotated[int, Field(ge=1024, le=65535)], Annotated[int, Field(ge=1024, le=65535)]] | None = None
     checks: list[VerifyCheckConfig] = []
 
     @model_validator(mode="after")
@@ -274,6 +282,9 @@ class DrillConfig(_Strict):
 
 class ClusterConfig(_Strict):
     name: str = "main"
+    # "logical": a managed database reached by a role without REPLICATION or superuser
+    # (pg_dump only); "auto" detects it from the role's privileges (pgdr/mode.py).
+    mode: Literal["auto", "physical", "logical"] = "auto"
 
 
 class Config(_Strict):
@@ -293,6 +304,23 @@ class Config(_Strict):
     drill: DrillConfig = DrillConfig()
     verify: VerifyConfig = VerifyConfig()
     source: Path | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _archive_names(cls, data: object) -> object:
+        """Fill archive.slot / application_name from the repository when not given."""
+        if not isinstance(data, dict):
+            return data
+        repo = data.get("repository")
+        path = repo.get("path") if isinstance(repo, dict) else getattr(repo, "path", None)
+        archive = data.get("archive", {})
+        if path is None or not isinstance(archive, dict):
+            return data
+        tag = hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:8]
+        archive = {**archive}
+        archive.setdefault("slot", f"pgdr_{tag}")
+        archive.setdefault("application_name", f"pgdr_archiver_{tag}")
+        return {**data, "archive": archive}
 
     @model_validator(mode="after")
     def _one_primary(self) -> Config:
@@ -357,6 +385,44 @@ def _resolve_paths(raw: dict[str, object], base: Path) -> None:
             fix(node, "log_file")
 
 
+_ENV_REF_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_env_refs(value: str, where: str) -> str:
+    """${NAME} -> the environment variable NAME; a missing one is a ConfigError naming
+    where it was used and the variable, never a value. Also for conninfos given on the
+    command line (restore --into '${TARGET_URL}'), so secrets stay off argv."""
+    def expand(match: re.Match[str]) -> str:
+        name = match.group(1)
+        found = os.environ.get(name)
+        if found is None:
+            raise ConfigError(f"{where}: environment variable {name} is not set",
+                              hint=f"export {name}=... before running pgdr")
+        return found
+    return _ENV_REF_RE.sub(expand, value)
+
+
+def _expand_env_refs(raw: object, where: str = "") -> None:
+    """Replace ${NAME} in every *conninfo value by the environment variable NAME.
+
+    Managed databases hand out a DATABASE_URL with the password in it; referring to
+    it keeps the secret out of pgdr.toml.
+    """
+    items: list[tuple[str | int, object]]
+    if isinstance(raw, dict):
+        items = list(raw.items())
+    elif isinstance(raw, list):
+        items = list(enumerate(raw))
+    else:
+        return
+    for key, value in items:
+        here = f"{where}.{key}" if where else str(key)
+        if isinstance(raw, dict) and isinstance(value, str) and str(key).endswith("conninfo"):
+            raw[key] = expand_env_refs(value, here)
+        else:
+            _expand_env_refs(value, here)
+
+
 def load_config(explicit: Path | None = None) -> Config:
     path = find_config_path(explicit)
     try:
@@ -371,6 +437,10 @@ def load_config(explicit: Path | None = None) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     _resolve_paths(raw, path.resolve().parent)
+    try:
+        _expand_env_refs(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc.message}", hint=exc.hint) from None
     try:
         config = Config.model_validate(raw)
     except ValidationError as exc:

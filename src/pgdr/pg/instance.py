@@ -20,6 +20,7 @@ from psycopg.conninfo import make_conninfo
 
 from pgdr.errors import SandboxError
 from pgdr.pg.children import REGISTRY
+from pgdr.pg.process import Watchdog
 from pgdr.pg.programs import Programs
 
 # A restored or scratch copy must never act as part of the cluster it came from: no
@@ -79,6 +80,7 @@ class Instance:
     # it if this one was SIGKILLed (pg_ctl puts the postmaster in a session of its own,
     # out of reach of the process-group guard). release() hands it over.
     supervised: bool = False
+    _watchdog: Watchdog | None = field(default=None, repr=False, compare=False)
 
     @property
     def logfile(self) -> Path:
@@ -135,6 +137,8 @@ class Instance:
         self.programs.run_as.chown(self.logfile)
         if self.supervised:
             REGISTRY.add_server(self.data_dir, self.name)
+            if self._watchdog is None:
+                self._watchdog = Watchdog(self.data_dir)
         try:
             self.programs.run(
                 "pg_ctl", ["-D", str(self.data_dir), "-l", str(self.logfile), "-w",
@@ -149,10 +153,13 @@ class Instance:
                                      "-t", str(timeout), "stop"], ok_codes=(0, 1),
                           timeout=timeout + 10)
         if self.supervised and not self.is_running():
-            REGISTRY.release_server(self.data_dir)
+            self.release()
 
     def release(self) -> None:
         """Hand a supervised server over: it keeps running after pgdr exits."""
+        if self._watchdog is not None:
+            self._watchdog.release()
+            self._watchdog = None
         REGISTRY.release_server(self.data_dir)
 
     def kill9(self) -> None:

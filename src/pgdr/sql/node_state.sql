@@ -23,4 +23,8 @@ select pg_is_in_recovery() as in_recovery,
        (select status from pg_stat_wal_receiver) as receiver_status,
        (select received_tli from pg_stat_wal_receiver) as receiver_tli,
        (select extract(epoch from now() - last_msg_receipt_time)::float8 from pg_stat_wal_receiver) as receiver_silence_s,
+       -- how the primary knows this standby (pg/standbys.py): its slot and application_name
+       (select slot_name from pg_stat_wal_receiver) as receiver_slot,
+       (select conninfo from pg_stat_wal_receiver) as receiver_conninfo,
+       current_setting('cluster_name') as cluster_name,
        now() as now
