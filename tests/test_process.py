@@ -434,3 +434,31 @@ def test_verify_on_a_full_scratch_disk_could_not_run_and_the_backup_keeps_its_st
         subprocess.run(["umount", "-l", str(scratch)], check=False)
     ok = run_cli("verify", config=sandbox.config_path)
     assert ok.returncode == 0, ok.stderr
+
+
+def test_archiver_ends_a_stalled_pg_receivewal_and_catches_up(make_sandbox) -> None:  # type: ignore[no-untyped-def]
+    """Its walsender stops answering (SIGSTOP): pg_receivewal would wait forever."""
+    sandbox = make_sandbox("stalledreceiver", standbys=0)
+    with open(sandbox.config_path, "a") as fh:
+        fh.write('\n[pg]\nstall_timeout = "3s"\n')
+    assert run_cli("archiver", "stop", config=sandbox.config_path).returncode == 0
+    assert run_cli("archiver", "start", config=sandbox.config_path).returncode == 0
+    with session(sandbox.conninfo(sandbox.primary, "postgres")) as conn:
+        row = conn.execute("select pid from pg_stat_activity where backend_type = 'walsender' "
+                           "and application_name = 'pgdr_archiver'").fetchone()
+    assert row is not None
+    walsender = row["pid"]
+    os.kill(walsender, signal.SIGSTOP)
+    try:
+        _fill(sandbox, 50_000)
+        state = sandbox.repo.archiver_dir / "state.json"
+        _wait_for("the archiver to call pg_receivewal stalled", lambda: "received nothing for 3s" in str(
+            json.loads(state.read_text()).get("last_failure")), 60)
+        assert "has WAL to send" in json.loads(state.read_text())["last_failure"]
+    finally:
+        os.kill(walsender, signal.SIGCONT)
+    with session(sandbox.conninfo(sandbox.primary, "postgres")) as conn:
+        row = conn.execute("select pg_walfile_name(pg_switch_wal()) as w").fetchone()
+    assert row is not None
+    wanted = sandbox.repo.wal_dir / f"{row['w']}.zst"
+    _wait_for(f"{wanted.name} in the archive without a restart", wanted.exists, 90)
