@@ -88,7 +88,7 @@ def main() -> None:
                 row = conn.execute(
                     "select pg_wal_lsn_diff(pg_current_wal_lsn(), flush_lsn)::bigint as b, "
                     "extract(epoch from flush_lag)::float8 as s from pg_stat_replication "
-                    "where application_name = 'pgdr_archiver'").fetchone()
+                    "where application_name like 'pgdr_archiver%'").fetchone()
                 if row:
                     samples.append((int(row["b"]), row["s"]))
                 time.sleep(0.1)

@@ -21,6 +21,7 @@ import pytest
 
 from pgdr.pg.programs import Programs
 from pgdr.sandbox import sandbox as sb
+from tests.real_cluster import RealCluster, build_real_cluster, remove_real_cluster
 
 
 @dataclass
@@ -31,9 +32,10 @@ class CliResult:
 
 
 def run_cli(*args: str, config: Path | None = None, timeout: float = 300,
-            input_text: str | None = None) -> CliResult:
-    """Run the real `pgdr` command in a child process (exit codes, stderr and all)."""
-    env = {k: v for k, v in os.environ.items() if k != "PGDR_CONFIG"}
+            input_text: str | None = None, env: dict[str, str] | None = None) -> CliResult:
+    """Run the real `pgdr` command in a child process (exit codes, stderr and all);
+    env replaces the environment (tests of where credentials come from)."""
+    env = {k: v for k, v in (os.environ if env is None else env).items() if k != "PGDR_CONFIG"}
     if config is not None:
         env["PGDR_CONFIG"] = str(config)
     proc = subprocess.run([sys.executable, "-m", "pgdr", *args], capture_output=True, text=True,
@@ -114,3 +116,13 @@ def shared_sandbox(base_dir: Path, programs: Programs) -> Iterator[sb.Sandbox]:
     sandbox = sb.up(base_dir / "shared", programs, standbys=1)
     yield sandbox
     sb.down(sandbox.root, programs, purge=True)
+
+
+@pytest.fixture(scope="module")
+def real_cluster(base_dir: Path, programs: Programs, request: pytest.FixtureRequest) -> Iterator[RealCluster]:
+    """A hand-built cluster (peer + scram, replicator role, pg_basebackup -R standby with its
+    own passfile) per test module; see tests/real_cluster.py."""
+    name = "real-" + request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")[:20]
+    cluster = build_real_cluster(base_dir / name, programs)
+    yield cluster
+    remove_real_cluster(cluster)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,33 @@ def test_a_bad_duration_is_one_line_exit_2(tmp_path: Path, key: str, value: str)
     result = run_cli("status", config=tmp_path / "pgdr.toml")
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and f"pg.{key}" in result.stderr
+
+
+ENV_REF = VALID.replace(
+    'conninfo = "host=/nonexistent/socket-dir port=1 user=postgres dbname=postgres password=s3cret"',
+    'conninfo = "${PGDR_TEST_URL}"')
+
+
+def test_conninfo_from_environment_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "pgdr.toml").write_text(ENV_REF)
+    monkeypatch.setenv("PGDR_TEST_URL", "postgresql://app:s3cret@127.0.0.1:1/app")
+    config = load_config(tmp_path / "pgdr.toml")
+    assert config.configured_primary.conninfo == "postgresql://app:s3cret@127.0.0.1:1/app"
+
+
+def test_missing_environment_variable_is_one_line_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "pgdr.toml").write_text(ENV_REF)
+    env = {k: v for k, v in os.environ.items() if k != "PGDR_TEST_URL"}
+    result = run_cli("status", config=tmp_path / "pgdr.toml", env=env)
+    assert result.returncode == 2
+    assert "nodes.0.conninfo: environment variable PGDR_TEST_URL is not set" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_expanded_url_password_is_never_printed(tmp_path: Path) -> None:
+    (tmp_path / "pgdr.toml").write_text(ENV_REF)
+    env = {**os.environ, "PGDR_TEST_URL": "postgresql://app:s3cretURL@127.0.0.1:1/app"}
+    for args in (["status", "--json"], ["backup"], ["diagnose"]):
+        result = run_cli(*args, config=tmp_path / "pgdr.toml", env=env)
+        assert result.returncode != 0
+        assert "s3cretURL" not in result.stdout + result.stderr, args

@@ -7,6 +7,7 @@ A bad file gives one line naming the key and the problem (exit code 2).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tomllib
@@ -54,11 +55,16 @@ class NodeConfig(_Strict):
     # The server log, for corruption signatures; when unset diagnose asks the server
     # (pg_current_logfile) and then looks in data_dir/log.
     log_file: Path | None = None
+    # What this node's primary_conninfo should say when it follows a new primary. Unset:
+    # keep what it already has (user, passfile, sslmode, application_name) and change
+    # only host and port — pgdr's own (superuser) conninfo is never written there.
+    replication_conninfo: str | None = None
 
-    @field_validator("conninfo")
+    @field_validator("conninfo", "replication_conninfo")
     @classmethod
-    def _valid_conninfo(cls, value: str) -> str:
-        parse_conninfo(value)
+    def _valid_conninfo(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_conninfo(value)
         return value
 
 
@@ -73,6 +79,8 @@ class BackupConfig(_Strict):
     checkpoint: Literal["fast", "spread"] = "fast"
     logical_jobs: Annotated[int, Field(ge=1, le=64)] = 2
     logical_compression: Annotated[int, Field(ge=0, le=9)] = 1
+    # directory: pg_dump -Fd -j (parallel); custom: one pg_dump -Fc file per database
+    logical_format: Literal["directory", "custom"] = "directory"
     logical_databases: list[str] = []
 
     @field_validator("compression")
@@ -87,8 +95,11 @@ class BackupConfig(_Strict):
 
 
 class ArchiveConfig(_Strict):
-    slot: Annotated[str, Field(pattern=r"^[a-z0-9_]+$")] = "pgdr_archive"
-    application_name: str = "pgdr_archiver"
+    # Default: unique per repository (pgdr_<tag> / pgdr_archiver_<tag>, tag from the
+    # repository's path), so status counts this repository's own archiver, never one
+    # feeding another repository from the same primary.
+    slot: Annotated[str, Field(pattern=r"^[a-z0-9_]+$")] = ""
+    application_name: str = ""
     compression_level: Annotated[int, Field(ge=1, le=19)] = 1
     max_lag: Duration = 60.0
 
@@ -207,6 +218,9 @@ class FailoverConfig(_Strict):
     # The primary's synchronous_standby_names, for when it is dead and cannot be asked:
     # failover then promotes only a synchronous standby.
     synchronous_standby_names: str | None = None
+    # After a synchronous failover, how long to wait for standbys to stream from the new
+    # primary before it names them synchronous; none by then → asynchronous, recorded.
+    sync_wait: Duration = 5.0
 
 
 
@@ -214,7 +228,9 @@ class WatchConfig(_Strict):
     interval: Duration = 1.0
     failures: Annotated[int, Field(ge=1)] = 3
     probe_timeout: Duration = 1.0
-    # A standby that heard from the primary this recently proves the primary alive.
+    # How long a streaming standby's silence can still mean an idle primary when its
+    # wal_receiver_timeout is 0 (otherwise watch uses wal_receiver_timeout/2, when the
+    # receiver asks the primary for a reply).
     receiver_fresh: Duration = 3.0
     etcd: EtcdConfig | None = None
     lease_ttl: Annotated[int, Field(ge=2)] = 5
@@ -237,6 +253,8 @@ class VerifyConfig(_Strict):
     # Where scratch instances live; default <repository>/../scratch. Every folder on
     # the path must be traversable by the server user.
     scratch_dir: Path | None = None
+    # Ports scratch instances may use, e.g. [54000, 54099]; default: any free port.
+    ports: tuple[Annotated[int, Field(ge=1024, le=65535)], Annotated[int, Field(ge=1024, le=65535)]] | None = None
     checks: list[VerifyCheckConfig] = []
 
     @model_validator(mode="after")
@@ -264,6 +282,9 @@ class DrillConfig(_Strict):
 
 class ClusterConfig(_Strict):
     name: str = "main"
+    # "logical": a managed database reached by a role without REPLICATION or superuser
+    # (pg_dump only); "auto" detects it from the role's privileges (pgdr/mode.py).
+    mode: Literal["auto", "physical", "logical"] = "auto"
 
 
 class Config(_Strict):
@@ -283,6 +304,23 @@ class Config(_Strict):
     drill: DrillConfig = DrillConfig()
     verify: VerifyConfig = VerifyConfig()
     source: Path | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _archive_names(cls, data: object) -> object:
+        """Fill archive.slot / application_name from the repository when not given."""
+        if not isinstance(data, dict):
+            return data
+        repo = data.get("repository")
+        path = repo.get("path") if isinstance(repo, dict) else getattr(repo, "path", None)
+        archive = data.get("archive", {})
+        if path is None or not isinstance(archive, dict):
+            return data
+        tag = hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:8]
+        archive = {**archive}
+        archive.setdefault("slot", f"pgdr_{tag}")
+        archive.setdefault("application_name", f"pgdr_archiver_{tag}")
+        return {**data, "archive": archive}
 
     @model_validator(mode="after")
     def _one_primary(self) -> Config:
@@ -347,6 +385,44 @@ def _resolve_paths(raw: dict[str, object], base: Path) -> None:
             fix(node, "log_file")
 
 
+_ENV_REF_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_env_refs(value: str, where: str) -> str:
+    """${NAME} -> the environment variable NAME; a missing one is a ConfigError naming
+    where it was used and the variable, never a value. Also for conninfos given on the
+    command line (restore --into '${TARGET_URL}'), so secrets stay off argv."""
+    def expand(match: re.Match[str]) -> str:
+        name = match.group(1)
+        found = os.environ.get(name)
+        if found is None:
+            raise ConfigError(f"{where}: environment variable {name} is not set",
+                              hint=f"export {name}=... before running pgdr")
+        return found
+    return _ENV_REF_RE.sub(expand, value)
+
+
+def _expand_env_refs(raw: object, where: str = "") -> None:
+    """Replace ${NAME} in every *conninfo value by the environment variable NAME.
+
+    Managed databases hand out a DATABASE_URL with the password in it; referring to
+    it keeps the secret out of pgdr.toml.
+    """
+    items: list[tuple[str | int, object]]
+    if isinstance(raw, dict):
+        items = list(raw.items())
+    elif isinstance(raw, list):
+        items = list(enumerate(raw))
+    else:
+        return
+    for key, value in items:
+        here = f"{where}.{key}" if where else str(key)
+        if isinstance(raw, dict) and isinstance(value, str) and str(key).endswith("conninfo"):
+            raw[key] = expand_env_refs(value, here)
+        else:
+            _expand_env_refs(value, here)
+
+
 def load_config(explicit: Path | None = None) -> Config:
     path = find_config_path(explicit)
     try:
@@ -361,6 +437,10 @@ def load_config(explicit: Path | None = None) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     _resolve_paths(raw, path.resolve().parent)
+    try:
+        _expand_env_refs(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc.message}", hint=exc.hint) from None
     try:
         config = Config.model_validate(raw)
     except ValidationError as exc:

@@ -63,3 +63,11 @@ class CouldNotRun(PgdrError):
 
 class LockBusy(PgdrError):
     """Another pgdr process holds the lock this operation needs."""
+
+
+class AuthenticationFailed(ConnectionFailed):
+    """The server refused the credentials: retrying cannot help, fixing them does."""
+
+
+class PrivilegeMissing(PgdrError):
+    """The role lacks a privilege the operation needs; the message names the grant."""

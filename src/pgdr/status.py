@@ -15,9 +15,11 @@ from pgdr.backup.archiver import archiver_state_dict
 from pgdr.checks import Check, Status, worst
 from pgdr.config import Config
 from pgdr.errors import PgdrError
+from pgdr.mode import is_logical_only
 from pgdr.pg.connect import session
 from pgdr.pg.lsn import parse_lsn, parse_segment_name
 from pgdr.pg.probe import NodeState, probe_all
+from pgdr.pg.standbys import match_standbys
 from pgdr.repo import unfinished
 from pgdr.repo.layout import Repository
 from pgdr.repo.manifest import BackupManifest, scan_backups
@@ -26,7 +28,7 @@ from pgdr.repo.wal import WalArchive
 from pgdr.restore.walcheck import check_archive
 
 REPLICATION_SQL = """
-select application_name, state, sync_state,
+select pid, application_name, host(client_addr) as client_addr, state, sync_state,
        pg_wal_lsn_diff(pg_current_wal_lsn(), flush_lsn)::bigint as flush_lag_bytes,
        pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint as replay_lag_bytes,
        extract(epoch from flush_lag)::float8 as flush_lag_s,
@@ -36,7 +38,7 @@ from pg_stat_replication
 """
 
 SLOT_SQL = """
-select slot_name, active, restart_lsn::text as restart_lsn, wal_status,
+select slot_name, active, active_pid, restart_lsn::text as restart_lsn, wal_status,
        pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint as retained_bytes
 from pg_replication_slots where slot_type = 'physical'
 """
@@ -74,7 +76,8 @@ def gather_status(config: Config, repo: Repository) -> StatusReport:
     states = probe_all(config)
     primaries = [s for s in states if s.role == "primary"]
     checks: list[Check] = []
-    replication: dict[str, dict[str, Any]] = {}
+    replication: dict[str, dict[str, Any]] = {}   # configured standby -> its walsender
+    archiver_sender: dict[str, Any] | None = None
     slots: dict[str, dict[str, Any]] = {}
     primary: NodeState | None = primaries[0] if len(primaries) == 1 else None
 
@@ -82,7 +85,8 @@ def gather_status(config: Config, repo: Repository) -> StatusReport:
         configured = next(s for s in states if s.node.name == config.configured_primary.name)
         checks.append(Check("primary", "fail", f"no primary reachable ({configured.node.name}: "
                             f"{configured.error or configured.role})",
-                            hint="start the primary or fail over: `pgdr failover`"))
+                            hint=configured.hint if configured.auth_failed
+                            else "start the primary or fail over: `pgdr failover`"))
     elif len(primaries) > 1:
         checks.append(Check("primary", "fail", "more than one writable primary: "
                             + ", ".join(p.node.name for p in primaries),
@@ -95,8 +99,13 @@ def gather_status(config: Config, repo: Repository) -> StatusReport:
                                       "current_lsn": primary.facts["current_lsn"]}))
         try:
             with session(primary.node.conninfo) as conn:
-                replication = {r["application_name"]: dict(r) for r in conn.execute(REPLICATION_SQL)}
+                senders = [dict(r) for r in conn.execute(REPLICATION_SQL)]
                 slots = {r["slot_name"]: dict(r) for r in conn.execute(SLOT_SQL)}
+            archiver_sender = next((r for r in senders
+                                    if r["application_name"] == config.archive.application_name), None)
+            replication = match_standbys(
+                [r for r in senders if r is not archiver_sender], list(slots.values()),
+                [(s.node, s.facts) for s in states if s is not primary])
         except PgdrError as exc:
             checks.append(Check("replication", "fail", exc.message))
 
@@ -105,10 +114,16 @@ def gather_status(config: Config, repo: Repository) -> StatusReport:
         if primary is not None and state is not primary:
             checks.append(_standby_check(config, state, row))
 
-    backups_info, backup_checks, backups = _backup_status(config, repo)
+    logical_only = is_logical_only(config)
+    backups_info, backup_checks, backups = _backup_status(config, repo, "logical" if logical_only else "physical")
     checks.extend(backup_checks)
-    archive_info, archive_checks = _archive_status(config, repo, primary, replication, slots, backups)
-    checks.extend(archive_checks)
+    if logical_only:
+        archive_info: dict[str, Any] = {"applicable": False}
+        checks.append(Check("archive", "ok", "not applicable (logical-only): no WAL archive, "
+                            "recovery is to the newest logical backup"))
+    else:
+        archive_info, archive_checks = _archive_status(config, repo, primary, archiver_sender, slots, backups)
+        checks.extend(archive_checks)
     drill = _drill_status(repo)
     if drill is not None:
         checks.append(drill)
@@ -127,12 +142,12 @@ def _node_row(state: NodeState, primary: NodeState | None,
     if state.role == "standby" and primary is not None and primary.facts:
         current = parse_lsn(primary.facts["current_lsn"])
         replay = facts.get("replay_lsn")
-        receive = facts.get("receive_lsn")
         row["replay_lag_bytes"] = max(0, current - parse_lsn(replay)) if replay else None
         rep = replication.get(state.node.name, {})
         row["streaming"] = rep.get("state") == "streaming"
         row["sync_state"] = rep.get("sync_state")
-        if receive and replay and parse_lsn(receive) <= parse_lsn(replay) and row["replay_lag_bytes"] == 0:
+        if row["replay_lag_bytes"] == 0:
+            # caught up: on an idle primary the last replayed commit is old, not late
             row["replay_lag_s"] = 0.0
         elif rep.get("replay_lag_s") is not None:
             row["replay_lag_s"] = round(float(rep["replay_lag_s"]), 3)
@@ -146,7 +161,8 @@ def _node_row(state: NodeState, primary: NodeState | None,
 def _standby_check(config: Config, state: NodeState, row: dict[str, Any]) -> Check:
     name = f"standby {state.node.name}"
     if not state.reachable:
-        return Check(name, "fail", f"unreachable: {state.error}", hint="start it, or rebuild it")
+        return Check(name, "fail", f"unreachable: {state.error}",
+                     hint=state.hint if state.auth_failed else "start it, or rebuild it")
     if state.role == "primary":
         return Check(name, "fail", "is writable too (split brain)")
     if not row.get("streaming"):
@@ -160,8 +176,10 @@ def _standby_check(config: Config, state: NodeState, row: dict[str, Any]) -> Che
                  f" / {lag if lag is not None else '?'}s", evidence=row)
 
 
-def _backup_status(config: Config, repo: Repository
+def _backup_status(config: Config, repo: Repository, required: str = "physical"
                    ) -> tuple[dict[str, Any], list[Check], list[BackupManifest]]:
+    """The newest backup of the required kind (logical in logical-only mode) and its age;
+    returns the physical backups for the archive checks."""
     backups, damaged = scan_backups(repo)
     physical = [b for b in backups if b.kind == "physical"]
     logical = [b for b in backups if b.kind == "logical"]
@@ -180,16 +198,18 @@ def _backup_status(config: Config, repo: Repository
             info[f"newest_{kind}"] = {"id": newest.id, "stop_time": newest.stop_time.isoformat(),
                                       "age_s": round(newest.age_seconds, 1),
                                       "bytes": newest.bytes_on_disk}
-    if not physical:
-        checks.append(Check("backup", "fail", "no physical backup in the repository",
-                            hint="run `pgdr backup`"))
+    wanted = physical if required == "physical" else logical
+    if not wanted:
+        checks.append(Check("backup", "fail", f"no {required} backup in the repository",
+                            hint="run `pgdr backup`" if required == "physical" else "run `pgdr backup --logical`"))
     else:
-        newest = physical[-1]
+        newest = wanted[-1]
         status: Status = "warn" if newest.age_seconds > config.status.max_backup_age else "ok"
-        checks.append(Check("backup", status, f"newest {newest.id}, {_fmt_age(newest.age_seconds)} old",
-                            evidence=info["newest_physical"]))
+        checks.append(Check("backup", status, f"newest {newest.id} ({required}), "
+                            f"{_fmt_age(newest.age_seconds)} old", evidence=info[f"newest_{required}"]))
     if backups:
-        checks.append(_verified_check(config, repo, backups, info))
+        checks.append(_verified_check(config, repo, wanted if required == "logical" and wanted else backups,
+                                      info))
     return info, checks, physical
 
 
@@ -220,7 +240,7 @@ def _verified_check(config: Config, repo: Repository, backups: list[BackupManife
 
 
 def _archive_status(config: Config, repo: Repository, primary: NodeState | None,
-                    replication: dict[str, dict[str, Any]], slots: dict[str, dict[str, Any]],
+                    receiver: dict[str, Any] | None, slots: dict[str, dict[str, Any]],
                     physical: list[BackupManifest]) -> tuple[dict[str, Any], list[Check]]:
     archive = WalArchive(repo)
     # Finished segments waiting in incoming/ for the archiver count as archived.
@@ -256,16 +276,24 @@ def _archive_status(config: Config, repo: Repository, primary: NodeState | None,
     else:
         checks.append(Check("archive gaps", "ok", f"{len(segments)} segments; " + found.summary()))
 
-    receiver = replication.get(config.archive.application_name)
     slot = slots.get(config.archive.slot)
     if primary is not None and primary.facts is not None:
-        if receiver is not None:
-            lag_bytes = int(receiver["flush_lag_bytes"] or 0)
+        if receiver is not None and receiver.get("flush_lag_bytes") is None:
+            # The row is there but its columns are NULL: this role may not see them.
+            info.update(lag_bytes=None, lag_s=None, streaming=None)
+            checks.append(Check("archive lag", "fail", "unknown: pg_stat_replication hides the archiver's "
+                                "positions from this role", evidence={"application_name": receiver["application_name"]},
+                                hint="GRANT pg_monitor TO the role in the primary's conninfo"))
+        elif receiver is not None:
+            lag_bytes = int(receiver["flush_lag_bytes"])
             lag_s = receiver["flush_lag_s"]
-            lag_s = float(lag_s) if lag_s is not None else 0.0
-            info.update(lag_bytes=lag_bytes, lag_s=round(lag_s, 3), streaming=True)
-            status: Status = "ok" if lag_s <= config.archive.max_lag else "warn"
-            checks.append(Check("archive lag", status, f"{lag_bytes} bytes, {lag_s:.2f}s behind the primary",
+            # flush_lag is NULL once an idle archiver has caught up: then it is 0, else unknown
+            lag_s = float(lag_s) if lag_s is not None else (0.0 if lag_bytes == 0 else None)
+            info.update(lag_bytes=lag_bytes, lag_s=round(lag_s, 3) if lag_s is not None else None,
+                        streaming=receiver.get("state") == "streaming")
+            status: Status = "ok" if lag_s is None or lag_s <= config.archive.max_lag else "warn"
+            checks.append(Check("archive lag", status, f"{lag_bytes} bytes, "
+                                + (f"{lag_s:.2f}s" if lag_s is not None else "? s") + " behind the primary",
                                 evidence={"lag_bytes": lag_bytes, "lag_s": lag_s}))
         else:
             retained = slot["retained_bytes"] if slot else None

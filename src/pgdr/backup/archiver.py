@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -33,11 +34,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from pgdr.config import Config
 from pgdr.errors import PgdrError
 from pgdr.fsutil import exclusive_lock, lock_is_held, write_json_durable
-from pgdr.pg.connect import query_one
+from pgdr.pg.connect import query_one, session
 from pgdr.pg.conninfo import split_password, with_params
+from pgdr.pg.credentials import auth_error, target_of
 from pgdr.pg.probe import find_primary
 from pgdr.pg.process import Child, dir_progress, start_detached
 from pgdr.pg.programs import Programs
@@ -70,6 +74,7 @@ class ArchiverState:
     failures: int = 0
     last_failure: str | None = None
     last_failure_at: str | None = None
+    last_failure_hint: str | None = None
     # What stops archiving right now (cleared once a segment is archived again), e.g.
     # "repository disk full: 4096 bytes free at /srv/pgdr/repo".
     problem: str | None = None
@@ -100,6 +105,7 @@ class Archiver:
         self.stop_event = threading.Event()
         self.child: Child | None = None
         self.upstream_conninfo: str | None = None
+        self.next_stream_check = 0.0
         self.progress_value: object = None
         self.progress_at = time.monotonic()
         self.stall_probe = dir_progress(repo.incoming_dir)
@@ -123,10 +129,11 @@ class Archiver:
             except OSError:
                 log.warning("archiver: cannot write %s: %s", path, exc.strerror)
 
-    def _fail(self, message: str, *, receiver: bool = True) -> None:
+    def _fail(self, message: str, hint: str | None = None, *, receiver: bool = True) -> None:
         log.warning("archiver: %s", message)
         self.state.failures += 1
         self.state.last_failure = message
+        self.state.last_failure_hint = hint
         self.state.last_failure_at = datetime.now(UTC).isoformat()
         self.state.problem = message
         if receiver:
@@ -219,11 +226,31 @@ class Archiver:
             ["-D", str(self.repo.incoming_dir), "-S", self.config.archive.slot, "--synchronous",
              "--no-loop", "-d", plain],
             password=password, log_path=self.repo.archiver_dir / "pg_receivewal.log")
+        self.upstream_conninfo = conninfo
         self.state.upstream = primary.node.name
-        self.state.receiving = True
+        # Not "receiving" yet: only once the primary shows the walsender streaming.
+        self.state.receiving = False
         if self.space_problem() is None:
             self.state.problem = None
         self._save()
+
+    def _check_streaming(self) -> None:
+        """receiving = True once the primary's pg_stat_replication shows our walsender
+        streaming: a pg_receivewal that waits for a password or was refused never is."""
+        if self.upstream_conninfo is None or time.monotonic() < self.next_stream_check:
+            return
+        self.next_stream_check = time.monotonic() + 0.5
+        try:
+            with session(self.upstream_conninfo, timeout=3) as conn:
+                row = conn.execute("select 1 from pg_stat_replication where application_name = %s "
+                                   "and state = 'streaming'",
+                                   (self.config.archive.application_name,)).fetchone()
+        except (PgdrError, psycopg.Error) as exc:
+            log.debug("archiver: cannot check streaming: %s", exc)
+            return
+        if row is not None:
+            self.state.receiving = True
+            self._save()
 
     def receiver_stalled(self) -> str | None:
         """Why pg_receivewal counts as stalled: nothing written for [pg] stall_timeout while
@@ -250,17 +277,21 @@ class Archiver:
             return None
         return f"pg_receivewal received nothing for {stall:.0f}s while {upstream} has WAL to send"
 
-    def _receiver_exit_reason(self, code: int) -> str:
+    def _receiver_exit_reason(self, code: int) -> tuple[str, str | None]:
+        """What pg_receivewal said last, and a hint when it names an auth/privilege problem."""
         # Its log may sit on the very disk that is full, so ask the disk first.
         space = self.space_problem()
         if space:
-            return f"pg_receivewal exited with code {code}: {space}"
+            return f"pg_receivewal exited with code {code}: {space}", None
         try:
             lines = (self.repo.archiver_dir / "pg_receivewal.log").read_text().splitlines()
         except OSError:
             lines = []
         tail = next((ln for ln in reversed(lines) if "error" in ln or "FATAL" in ln), None)
-        return f"pg_receivewal exited with code {code}" + (f": {tail.strip()}" if tail else "")
+        refused = auth_error(tail or "", target_of(["-d", self.upstream_conninfo or ""]))
+        if refused is not None:
+            return f"pg_receivewal: {refused.message}", refused.hint
+        return f"pg_receivewal exited with code {code}" + (f": {tail.strip()}" if tail else ""), None
 
     def run(self, on_ready: Callable[[], None] | None = None) -> None:
         """Run until stop() or SIGTERM: supervise pg_receivewal and sweep incoming/."""
@@ -282,7 +313,7 @@ class Archiver:
                             self._start_receiver()
                             child_started = time.monotonic()
                         except PgdrError as exc:
-                            self._fail(f"cannot start pg_receivewal: {exc.message}")
+                            self._fail(f"cannot start pg_receivewal: {exc.message}", exc.hint)
                             next_start = time.monotonic() + backoff
                             backoff = min(backoff * 2, MAX_BACKOFF)
                         except OSError as exc:  # e.g. no space for its log or state
@@ -294,7 +325,7 @@ class Archiver:
                         if time.monotonic() - child_started > HEALTHY_RUN:
                             backoff = 0.5  # it ran fine for a while: this is a new problem
                         if not self.stop_event.is_set():
-                            self._fail(self._receiver_exit_reason(code))
+                            self._fail(*self._receiver_exit_reason(code))
                             next_start = time.monotonic() + backoff
                             backoff = min(backoff * 2, MAX_BACKOFF)
                     if self.child is not None and time.monotonic() >= next_stall_check:
@@ -305,6 +336,8 @@ class Archiver:
                             self._fail(stalled)
                             next_start = time.monotonic() + backoff
                             backoff = min(backoff * 2, MAX_BACKOFF)
+                    if self.child is not None and not self.state.receiving:
+                        self._check_streaming()
                     if time.monotonic() >= next_sweep:
                         try:
                             self.sweep()
@@ -312,7 +345,7 @@ class Archiver:
                         except SweepBlocked:  # recorded; retry with back-off until space returns
                             next_sweep = time.monotonic() + sweep_backoff
                             sweep_backoff = min(sweep_backoff * 2, MAX_BACKOFF)
-                    if not ready_sent and self.child is not None and on_ready:
+                    if not ready_sent and self.child is not None and self.state.receiving and on_ready:
                         on_ready()
                         ready_sent = True
                     self.stop_event.wait(POLL_SECONDS)
@@ -341,19 +374,38 @@ def start_background(config_path: Path, repo: Repository, timeout: float = 15) -
     if is_running(repo):
         return read_state(repo).pid or 0
     repo.ensure()
+    failures_before = read_state(repo).failures
     proc = start_detached([sys.executable, "-m", "pgdr", "--config", str(config_path), "archiver", "run"],
                           log_path=repo.archiver_dir / "archiver.log")
     deadline = time.monotonic() + timeout
+    why = f"no walsender streaming to it within {timeout:.0f}s"
     while time.monotonic() < deadline:
         state = read_state(repo)
         if state.pid == proc.pid and state.receiving:
             return proc.pid
+        if state.pid == proc.pid and state.failures > failures_before:
+            why = state.last_failure or "failed"  # e.g. authentication: waiting cannot help
+            break
         if proc.poll() is not None:
+            why = read_state(repo).last_failure or "it exited"
             break
         time.sleep(0.1)
-    state = read_state(repo)
-    raise PgdrError(f"the archiver did not start streaming: {state.last_failure or 'see archiver.log'}",
-                    hint=f"see {repo.archiver_dir / 'archiver.log'}")
+    _terminate(proc)
+    hint = read_state(repo).last_failure_hint
+    raise PgdrError(f"the archiver did not start streaming: {why}",
+                    hint=hint or f"the failure is recorded in {state_path(repo)}; see {repo.archiver_dir / 'archiver.log'}")
+
+
+def _terminate(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    """Stop an archiver that could not start: it would only retry the same failure."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def stop_background(repo: Repository, timeout: float = 20) -> bool:

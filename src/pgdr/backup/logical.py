@@ -34,7 +34,11 @@ from pgdr.repo.manifest import (
 )
 
 
-def take_logical_backup(config: Config, programs: Programs, repo: Repository) -> BackupResult:
+def take_logical_backup(config: Config, programs: Programs, repo: Repository,
+                        fmt: str | None = None) -> BackupResult:
+    """fmt: "directory" (pg_dump -Fd -j, the default) or "custom" (one pg_dump -Fc file
+    per database, to take elsewhere)."""
+    fmt = fmt or config.backup.logical_format
     primary = find_primary(config)
     conninfo = with_params(primary.node.conninfo, application_name="pgdr_dump")
     facts = query_one(conninfo, SOURCE_FACTS_SQL)
@@ -47,7 +51,7 @@ def take_logical_backup(config: Config, programs: Programs, repo: Repository) ->
         lsns = []
         for dbname in databases:
             dumped[dbname] = _dump_database(config, programs, with_params(conninfo, dbname=dbname),
-                                            dbname, pending.partial)
+                                            dbname, pending.partial, fmt)
             lsns.append(dumped[dbname].snapshot_lsn)
         plain, password = split_password(conninfo)
         programs.run("pg_dumpall", ["-d", plain, "--globals-only", "--no-role-passwords"],
@@ -78,8 +82,9 @@ def take_logical_backup(config: Config, programs: Programs, repo: Repository) ->
 
 
 def _dump_database(config: Config, programs: Programs, conninfo: str, dbname: str,
-                   partial: Path) -> LogicalDatabase:
-    target = partial / f"db-{dbname}"
+                   partial: Path, fmt: str = "directory") -> LogicalDatabase:
+    target = partial / (f"db-{dbname}.dump" if fmt == "custom" else f"db-{dbname}")
+    layout = ["-Fc"] if fmt == "custom" else ["-Fd", "-j", str(config.backup.logical_jobs)]
     holder = connect(conninfo, autocommit=False, statement_timeout=0)  # counts every table
     try:
         holder.execute("set transaction isolation level repeatable read, read only")
@@ -93,7 +98,7 @@ def _dump_database(config: Config, programs: Programs, conninfo: str, dbname: st
         def dump() -> None:
             try:
                 programs.run("pg_dump", [
-                    "-d", plain, "-Fd", "-j", str(config.backup.logical_jobs),
+                    "-d", plain, *layout,
                     "-Z", str(config.backup.logical_compression), "--snapshot", row["snap"],
                     "-f", str(target)], password=password, stall_timeout=config.pg.stall_timeout,
                     progress=dir_progress(target), stalled_what=f"nothing written to {target}")

@@ -20,6 +20,7 @@ def run_cmd(ctx: typer.Context) -> None:
     obj: AppContext = ctx.obj
     from pgdr.backup import archiver
 
+    obj.require_physical("the WAL archiver", "managed databases keep their own WAL; take `pgdr backup --logical` on a schedule instead")
     worker = archiver.Archiver(obj.config, obj.programs, obj.repo)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     signal.signal(signal.SIGINT, lambda *_: worker.stop())
@@ -33,6 +34,7 @@ def start_cmd(ctx: typer.Context) -> None:
     from pgdr.backup import archiver
     from pgdr.config import find_config_path
 
+    obj.require_physical("the WAL archiver", "managed databases keep their own WAL; take `pgdr backup --logical` on a schedule instead")
     pid = archiver.start_background(find_config_path(obj.config_path).resolve(), obj.repo)
     output.console.print(f"archiver streaming (pid {pid})")
 

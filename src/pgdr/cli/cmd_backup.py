@@ -17,15 +17,24 @@ def backup(
     ctx: typer.Context,
     logical: Annotated[bool, typer.Option("--logical", help="pg_dump (directory format) instead of a base backup")] = False,
     json_out: Annotated[bool, typer.Option("--json")] = False,
+    fmt: Annotated[str | None, typer.Option("--format", help="logical: directory (parallel) or custom "
+                                                          "(one pg_dump -Fc file per database)")] = None,
 ) -> None:
     """Take a physical base backup (or a logical dump) of the primary into the repository."""
     obj: AppContext = ctx.obj
-    if logical:
-        from pgdr.backup.logical import take_logical_backup as take
-    else:
-        from pgdr.backup.physical import take_physical_backup as take
+    if fmt is not None and (not logical or fmt not in ("directory", "custom")):
+        raise UsageError("--format is for logical backups: --logical --format directory|custom")
+    if not logical:
+        obj.require_physical("a physical base backup", "take a logical backup: `pgdr backup --logical`")
     with output.console.status("backing up…") if (sys.stdout.isatty() and not json_out) else nullcontext():
-        result = take(obj.config, obj.programs, obj.repo)
+        if logical:
+            from pgdr.backup.logical import take_logical_backup
+
+            result = take_logical_backup(obj.config, obj.programs, obj.repo, fmt)
+        else:
+            from pgdr.backup.physical import take_physical_backup
+
+            result = take_physical_backup(obj.config, obj.programs, obj.repo)
     m = result.manifest
     summary: dict[str, Any] = {"id": m.id, "kind": m.kind, "start_lsn": m.start_lsn, "stop_lsn": m.stop_lsn,
                "timeline": m.timeline, "duration_s": m.duration_s, "bytes_on_disk": m.bytes_on_disk,

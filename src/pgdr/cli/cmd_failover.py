@@ -35,6 +35,10 @@ def _render(record: dict[str, Any]) -> None:
         output.table("steps", ["step", "result", "seconds", "detail"],
                      [[s["name"], s["result"], s["seconds"], s["detail"] or s["evidence"].get("error", "")]
                       for s in record["timeline"]])
+    if record.get("forced"):
+        output.console.print(f"[bold red]forced:[/bold red] {record.get('choice')}")
+    if record.get("synchronous_after"):
+        output.console.print(f"synchronous replication: {record['synchronous_after'].get('detail')}")
     if record.get("new_primary"):
         rpo = record.get("rpo") or {}
         loss = (f"{rpo.get('bytes')} bytes / {rpo.get('commits')} commits" if rpo.get("known")
@@ -58,6 +62,8 @@ def failover(
     obj: AppContext = ctx.obj
     if not dry_run:
         _confirm(yes, "fence the old primary and promote a standby")
+    obj.require_physical("failover", "a managed database fails over by itself; repoint clients with its own tools",
+                         timeout=1)
     record = run_failover(obj.config, obj.programs, obj.repo, to=to, force=force, no_fence=no_fence,
                           dry_run=dry_run)
     output.print_json(record) if json_out else _render(record)
@@ -76,6 +82,8 @@ def switchover(
     obj: AppContext = ctx.obj
     if not dry_run:
         _confirm(yes, "shut the primary down and promote a standby")
+    obj.require_physical("switchover", "a managed database fails over by itself; repoint clients with its own tools",
+                         timeout=1)
     record = run_switchover(obj.config, obj.programs, obj.repo, to=to, dry_run=dry_run)
     output.print_json(record) if json_out else _render(record)
 
@@ -91,6 +99,8 @@ def rejoin(
 
     obj: AppContext = ctx.obj
     _confirm(yes, f"rewind {name}'s data directory to follow the current primary")
+    obj.require_physical("rejoin", "a managed database fails over by itself; repoint clients with its own tools",
+                         timeout=1)
     record = run_rejoin(obj.config, obj.programs, obj.repo, name)
     if json_out:
         output.print_json(record)
@@ -111,6 +121,8 @@ def watch(
     def show(event: dict[str, Any]) -> None:
         output.console.print(f"{event['at']} {event['event']}: {event['reason']}", highlight=False)
 
+    obj.require_physical("watch", "a managed database fails over by itself; repoint clients with its own tools",
+                         timeout=1)
     watcher = Watcher(obj.config, obj.programs, obj.repo, on_event=show, stop_after_failover=once)
     signal.signal(signal.SIGTERM, lambda *_: watcher.stop())
     signal.signal(signal.SIGINT, lambda *_: watcher.stop())

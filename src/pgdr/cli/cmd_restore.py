@@ -12,11 +12,12 @@ import typer
 from pgdr.cli import output
 from pgdr.cli.context import AppContext
 from pgdr.errors import UsageError
+from pgdr.repo.manifest import BackupManifest
 
 
 def restore(
     ctx: typer.Context,
-    target_dir: Annotated[Path, typer.Option("--target-dir", help="new, empty data directory")],
+    target_dir: Annotated[Path | None, typer.Option("--target-dir", help="new, empty data directory")] = None,
     to_time: Annotated[str | None, typer.Option("--to-time", help="ISO time (no zone = local time)")] = None,
     to_lsn: Annotated[str | None, typer.Option("--to-lsn")] = None,
     to_xid: Annotated[str | None, typer.Option("--to-xid", help="up to and including this transaction")] = None,
@@ -34,10 +35,32 @@ def restore(
         "--tablespace-map", help="OID=PATH: put that tablespace there (empty or new folder); "
         "default TARGET_DIR/pg_tblspc_data/OID")] = None,
     json_out: Annotated[bool, typer.Option("--json")] = False,
+    into: Annotated[str | None, typer.Option("--into", help="logical backups: an existing EMPTY database "
+                                                        "(DSN; '${NAME}' reads it from the environment)")]
+    = None,
+    database: Annotated[str | None, typer.Option("--database", help="logical --into: which dumped database")]
+    = None,
+    no_owner: Annotated[bool, typer.Option("--no-owner", help="logical: do not restore owners and grants")]
+    = False,
+    role: Annotated[str | None, typer.Option("--role", help="logical: pg_restore as this role")] = None,
 ) -> None:
-    """Restore to a point in time into a NEW instance that keeps running (local only)."""
+    """Restore to a point in time into a NEW instance that keeps running (local only);
+    a logical backup (--backup ID) to a new instance or --into an empty database."""
     from pgdr.restore.pitr import restore_to_point
     from pgdr.restore.recovery import RecoveryTarget
+
+    obj: AppContext = ctx.obj
+    if backup_id is not None:
+        from pgdr.repo.manifest import find_backup
+
+        chosen = find_backup(obj.repo, backup_id)
+        if chosen.kind == "logical":
+            _restore_logical(obj, chosen, target_dir, port, into, database, no_owner, role, json_out)
+            return
+    obj.require_physical("point-in-time restore", "restore a logical backup: "
+                         "`pgdr restore --backup ID --target-dir DIR` (or --into DSN)")
+    if target_dir is None:
+        raise UsageError("--target-dir is required (a new, empty data directory)")
 
     given = [(k, v) for k, v in (("time", to_time), ("lsn", to_lsn), ("xid", to_xid), ("before", before_xid),
                                  ("name", to_name), ("latest", latest or None), ("immediate", immediate or None))
@@ -59,7 +82,6 @@ def restore(
         if not sep or not oid.strip().isdigit() or not path.strip():
             raise UsageError(f"--tablespace-map {item!r}: expected OID=PATH, e.g. 16384=/srv/ts1")
         places[oid.strip()] = Path(path.strip())
-    obj: AppContext = ctx.obj
     with output.console.status("restoring…") if (sys.stdout.isatty() and not json_out) else nullcontext():
         result = restore_to_point(obj.config, obj.programs, obj.repo, target, target_dir,
                                   backup_id=backup_id, port=port, force=force, tablespace_map=places)
@@ -80,6 +102,42 @@ def restore(
     output.console.print(f"connect: psql \"{result.conninfo}\"  (listens on 127.0.0.1:{result.port} and "
                          f"{result.socket_dir})")
     output.console.print(f"stop it: pg_ctl -D {result.data_dir} stop    record: {result.record_path}")
+
+
+def _restore_logical(obj: AppContext, manifest: BackupManifest, target_dir: Path | None, port: int | None,
+                     into: str | None, database: str | None, no_owner: bool, role: str | None,
+                     json_out: bool) -> None:
+    from pgdr.restore.logical import restore_logical_into, restore_logical_new
+
+    if (target_dir is None) == (into is None):
+        raise UsageError("a logical backup restores either to a new instance (--target-dir DIR) "
+                         "or into an empty database (--into DSN)")
+    if into is not None:
+        from pgdr.config import expand_env_refs
+
+        into = expand_env_refs(into, "--into")
+    with output.console.status("restoring…") if (sys.stdout.isatty() and not json_out) else nullcontext():
+        if into is not None:
+            result = restore_logical_into(obj.config, obj.programs, obj.repo, manifest, into,
+                                          database=database, no_owner=no_owner, role=role)
+        else:
+            assert target_dir is not None
+            result = restore_logical_new(obj.config, obj.programs, obj.repo, manifest, target_dir,
+                                         port=port, no_owner=no_owner, role=role)
+    if json_out:
+        output.print_json(result.as_dict())
+        return
+    output.console.print(f"restored logical backup {result.backup_id}: "
+                         + ", ".join(f"{db} {s:.1f}s" for db, s in result.databases.items())
+                         + f", total {result.seconds:.1f}s")
+    for warning in result.warnings:
+        output.error_line(f"warning: {warning}")
+    if result.data_dir is not None:
+        output.console.print(f"connect: psql \"{result.conninfo}\"  (listens on 127.0.0.1:{result.port} and "
+                             f"{result.socket_dir})")
+        output.console.print(f"stop it: pg_ctl -D {result.data_dir} stop    record: {result.record_path}")
+    else:
+        output.console.print(f"into {result.conninfo}    record: {result.record_path}")
 
 
 def find_disaster(

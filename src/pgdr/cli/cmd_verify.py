@@ -19,6 +19,8 @@ def verify(
     backup_id: Annotated[str, typer.Argument(help="backup id, or 'latest'")] = "latest",
     json_out: Annotated[bool, typer.Option("--json")] = False,
     keep: Annotated[bool, typer.Option("--keep", help="leave the scratch instance running for a look")] = False,
+    port: Annotated[int | None, typer.Option("--port", help="the scratch instance's port (default: verify.ports "
+                                                            "or any free port)")] = None,
 ) -> None:
     """Restore a backup into a scratch instance and prove it (exit 1 when any check fails)."""
     from pgdr.restore.verify import verify_backup
@@ -27,7 +29,7 @@ def verify(
     # SIGTERM (systemd, a CI timeout) cleans up like Ctrl-C: cli/signals.py unwinds through finally.
     with output.console.status(f"verifying {backup_id}…") if (sys.stdout.isatty() and not json_out) \
             else nullcontext():
-        result = verify_backup(obj.config, obj.programs, obj.repo, backup_id, keep=keep)
+        result = verify_backup(obj.config, obj.programs, obj.repo, backup_id, keep=keep, port=port)
     if json_out:
         output.print_json(result.as_dict())
     else:

@@ -38,6 +38,12 @@ class AppContext:
             return Programs()
         return Programs(pg.bindir, RunAs(pg.os_user))
 
+    def require_physical(self, what: str, instead: str, *, timeout: float = 5) -> None:
+        """One-line refusal of a physical-only command in logical-only mode."""
+        from pgdr.mode import require_physical
+
+        require_physical(self.config, what, instead, timeout=timeout)
+
     @property
     def repo(self) -> Repository:
         from pgdr.pg.programs import RunAs

@@ -11,6 +11,8 @@ from pgdr.config import Config, DiagnoseConfig
 from pgdr.diagnose import gather as g
 from pgdr.diagnose.findings import DiagnoseReport, Finding, Severity
 from pgdr.errors import PgdrError
+from pgdr.mode import is_logical_only
+from pgdr.pg.standbys import match_standbys
 from pgdr.repo.layout import Repository
 
 # The runbooks' common-errors table: cause -> what to do.
@@ -209,14 +211,19 @@ def locks(facts: g.NodeFacts, cfg: DiagnoseConfig) -> Finding:
 def replication(facts: g.NodeFacts, config: Config, all_facts: list[g.NodeFacts]) -> list[Finding]:
     cfg = config.diagnose
     out: list[Finding] = []
-    senders = {r["application_name"]: r for r in facts.replication}
     standby_facts = {f.node.name: f for f in all_facts}
     slots = {s["slot_name"]: s for s in facts.slots}
+    others = [n for n in config.nodes if n.name != facts.node.name]
+    # The cluster knows its standbys by slot, application_name or address (pg/standbys.py).
+    matched = match_standbys(
+        [r for r in facts.replication if r["application_name"] != config.archive.application_name],
+        facts.slots,
+        [(n, standby_facts[n.name].instance if n.name in standby_facts else None) for n in others])
     for standby in config.standbys:
         if standby.name == facts.node.name:
             continue
-        rep = senders.get(standby.name)
-        slot = slots.get(standby.name)
+        rep = matched.get(standby.name)
+        slot = slots.get(rep["slot_name"]) if rep and rep.get("slot_name") else slots.get(standby.name)
         ev: dict[str, Any] = {"standby": standby.name}
         if slot is not None:
             ev["slot"] = {k: slot.get(k) for k in ("slot_name", "active", "wal_status", "retained_bytes")}
@@ -251,9 +258,10 @@ def replication(facts: g.NodeFacts, config: Config, all_facts: list[g.NodeFacts]
                                "(hot_standby_feedback, max_standby_streaming_delay)"))
         else:
             out.append(Finding("replication", "ok", summary, facts.node.name, ev))
-    known = {s.name for s in config.standbys} | {config.archive.application_name}
-    for app, rep in senders.items():
-        if app not in known:
+    claimed = {r.get("pid") for r in matched.values()}
+    for rep in facts.replication:
+        app = rep["application_name"]
+        if rep.get("pid") not in claimed and app != config.archive.application_name:
             out.append(Finding("replication", "info",
                                f"unconfigured walsender {app!r}: {rep['state']}, replay lag "
                                f"{rep.get('replay_lag_bytes')} bytes", facts.node.name,
@@ -412,8 +420,11 @@ def analyze(config: Config, facts_list: list[g.NodeFacts], repo: Repository | No
         findings.append(connectivity(facts, facts.node.role))
     primaries = [f for f in facts_list if f.reachable and f.role == "primary"]
     if not primaries:
+        refused = [f for f in facts_list if f.cause == g.AUTH_FAILED]
         findings.append(Finding("primary", "critical", "no writable primary reachable", None,
                                 {"nodes": {f.node.name: f.role for f in facts_list}},
+                                # a refused password is not a dead server: no failover advice
+                                CAUSE_ACTIONS[g.AUTH_FAILED][1] if refused else
                                 "start the primary or promote a standby (`pgdr failover`)"))
     elif len(primaries) > 1:
         findings.append(Finding("primary", "critical", "more than one writable primary: "
@@ -430,8 +441,13 @@ def analyze(config: Config, facts_list: list[g.NodeFacts], repo: Repository | No
         findings.append(locks(facts, config.diagnose))
         if facts.role == "primary":
             findings.extend(replication(facts, config, facts_list))
-            findings.extend(archiver(facts, config.diagnose, repo if facts is primaries[0] else None,
-                                     config.archive.application_name))
+            if is_logical_only(config):
+                findings.append(Finding("pgdr_archiver", "ok", "not applicable (logical-only): "
+                                        "no WAL archive, recovery is to the newest logical backup",
+                                        facts.node.name))
+            else:
+                findings.extend(archiver(facts, config.diagnose, repo if facts is primaries[0] else None,
+                                         config.archive.application_name))
             findings.extend(databases(facts, config.diagnose))
         else:
             findings.extend(f for f in databases(facts, config.diagnose) if f.concern == "checksums")

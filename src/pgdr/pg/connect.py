@@ -27,6 +27,7 @@ from psycopg.rows import dict_row
 
 from pgdr.errors import ConnectionFailed
 from pgdr.pg.conninfo import mask, mask_text, parse, with_params
+from pgdr.pg.credentials import connect_error
 
 if TYPE_CHECKING:
     from pgdr.config import PgConfig
@@ -93,6 +94,8 @@ def classify(exc: BaseException) -> str:
         return STATEMENT_TIMEOUT
     # No SQLSTATE: libpq's own failure before (or instead of) the server's answer.
     text = str(exc)
+    if "authentication failed for user" in text or "no password supplied" in text:
+        return AUTH_FAILED  # psycopg's connect errors carry no SQLSTATE
     if "Connection refused" in text or "No such file or directory" in text:
         return REFUSED
     if "timeout expired" in text:
@@ -200,6 +203,9 @@ def connect(conninfo: str, *, timeout: float | None = None, statement_timeout: f
         return open_raw(conninfo, timeout=timeout, statement_timeout=statement_timeout,
                         autocommit=autocommit, what=what, **kw)
     except psycopg.Error as exc:
+        refused = connect_error(conninfo, exc)
+        if refused is not None:
+            raise refused from None
         doing = f" ({what})" if what else ""
         raise ConnectionFailed(f"cannot connect to {mask(conninfo)}{doing}: {describe_failure(exc)}") from None
 

@@ -121,13 +121,9 @@ class Instance:
             pid = int((self.data_dir / "postmaster.pid").read_text().splitlines()[0])
         except (OSError, ValueError, IndexError):
             return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            return pid
-        return pid
+        # A SIGKILLed postmaster stays a zombie until its parent reaps it, and a container's
+        # init may never do so: a zombie is not running.
+        return pid if _alive(pid) else None
 
     def is_running(self) -> bool:
         return self.pid() is not None

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pgdr.config import Config, NodeConfig
-from pgdr.errors import ConnectionFailed, PgdrError
+from pgdr.errors import AuthenticationFailed, ConnectionFailed, PgdrError
 from pgdr.pg.connect import session
 from pgdr.pg.sql import load
 
@@ -21,6 +21,9 @@ class NodeState:
     reachable: bool
     error: str | None = None
     facts: dict[str, Any] | None = None
+    # What to do about error: an authentication failure needs credentials, not a failover.
+    hint: str | None = None
+    auth_failed: bool = False
 
     @property
     def role(self) -> str:
@@ -36,7 +39,8 @@ def probe(node: NodeConfig, timeout: float = 3) -> NodeState:
             assert row is not None
             return NodeState(node, True, facts=dict(row))
     except PgdrError as exc:
-        return NodeState(node, False, error=exc.message)
+        return NodeState(node, False, error=exc.message, hint=exc.hint,
+                         auth_failed=isinstance(exc, AuthenticationFailed))
 
 
 def probe_all(config: Config, timeout: float = 3) -> list[NodeState]:
@@ -58,6 +62,9 @@ def find_primary(config: Config, states: list[NodeState] | None = None) -> NodeS
             return configured[0]
         return primaries[0]
     configured_state = next(s for s in states if s.node.name == config.configured_primary.name)
+    if configured_state.auth_failed:
+        raise AuthenticationFailed(f"{config.configured_primary.name}: {configured_state.error}",
+                                   hint=configured_state.hint)
     raise ConnectionFailed(
         f"no primary reachable: {config.configured_primary.name}: "
         f"{configured_state.error or configured_state.role}",

@@ -6,7 +6,8 @@ Every external program pgdr runs goes through here, so that all of them:
 - run as the data directory's owner when pgdr itself runs as root (PostgreSQL
   refuses root),
 - run with LANG=C so their output can be parsed,
-- get passwords through PGPASSWORD, never on the command line,
+- get the credentials pgdr was given (pg/credentials.py), never on the command
+  line, and never prompt,
 - fail with a PgdrError that carries the program's last stderr line,
 - and run through pgdr.pg.process: own process group, tracked, ended with pgdr.
 """
@@ -20,13 +21,14 @@ import pwd
 import re
 import shutil
 import threading
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from pgdr.errors import ConfigError, PgdrError
-from pgdr.pg import process
+from pgdr.errors import ConfigError, PgdrError, ProgramFailed
+from pgdr.pg import credentials, process
 from pgdr.pg.process import Completed, summarize_stderr
 
 __all__ = ["Completed", "Programs", "Result", "RunAs", "bindir_major", "default_bindir", "major_of",
@@ -205,12 +207,29 @@ class Programs:
     ) -> Completed:
         """Run to completion; raise ProgramFailed (with stderr's gist) on a bad exit code,
         Stalled when stall_timeout passes without progress, Cancelled on shutdown."""
-        return process.run(
-            [self.path(program), *args], name=program, env=self.env(password, env),
-            user_kwargs=self.user_kwargs(as_server_user), ok_codes=ok_codes, timeout=timeout,
-            stdout_path=stdout_path, input_bytes=input_text.encode() if input_text is not None else None,
-            stall_timeout=stall_timeout, progress=progress, stalled_what=stalled_what, cancel=cancel,
-            feed=feed)
+        creds = self._credentials(program, args, password, as_server_user)
+        try:
+            return process.run(
+                [self.path(program), *credentials.no_prompt_args(program), *args], name=program,
+                env={**self.env(None, env), **creds.env},
+                user_kwargs=self.user_kwargs(as_server_user), ok_codes=ok_codes, timeout=timeout,
+                stdout_path=stdout_path, input_bytes=input_text.encode() if input_text is not None else None,
+                stall_timeout=stall_timeout, progress=progress, stalled_what=stalled_what, cancel=cancel,
+                feed=feed)
+        except ProgramFailed as exc:
+            refused = credentials.auth_error(exc.message, credentials.target_of(args))
+            if refused is not None:
+                raise refused from None
+            raise
+        finally:
+            creds.close()
+
+    def _credentials(self, program: str, args: Sequence[str], password: str | None,
+                     as_server_user: bool) -> credentials.ChildCredentials:
+        """pg/credentials.py: what the child needs to log in without a prompt."""
+        other_user = as_server_user and self.run_as.active
+        return credentials.prepare(program, args, password, child_user=self.run_as.user,
+                                   child_ids=self.run_as.ids() if other_user else None)
 
     def spawn(
         self,
@@ -222,5 +241,13 @@ class Programs:
         as_server_user: bool = True,
     ) -> process.Child:
         """Start a long-running program (pg_receivewal) in its own registered group."""
-        return process.spawn([self.path(program), *args], name=program, env=self.env(password, None),
-                             user_kwargs=self.user_kwargs(as_server_user), log_path=log_path)
+        creds = self._credentials(program, args, password, as_server_user)
+        try:
+            child = process.spawn([self.path(program), *credentials.no_prompt_args(program), *args],
+                                  name=program, env={**self.env(None, None), **creds.env},
+                                  user_kwargs=self.user_kwargs(as_server_user), log_path=log_path)
+        except BaseException:
+            creds.close()
+            raise
+        weakref.finalize(child, creds.close)  # the private passfile goes with the child
+        return child

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pgdr.config import Config
-from pgdr.errors import ConfigError, PgdrError, UsageError
+from pgdr.errors import AuthenticationFailed, ConfigError, PgdrError, UsageError
 from pgdr.pg.connect import session
 from pgdr.pg.instance import DETACHED_SETTINGS, SOCKET_PATH_MAX, Instance, check_traversable, free_port
 from pgdr.pg.lsn import parse_lsn, parse_segment_name
@@ -342,6 +342,8 @@ def _wait_for_target(instance: Instance, pause: bool, timeout: float) -> None:
             assert row is not None
             if not row["r"] or (pause and row["pause"] == "paused"):
                 return
+        except AuthenticationFailed:
+            raise  # waiting cannot fix credentials
         except PgdrError:
             pass
         time.sleep(0.1)

@@ -28,13 +28,14 @@ from typing import Literal
 
 import pgdr
 from pgdr.config import load_config
-from pgdr.errors import ConfigError, PgdrError, SandboxError
+from pgdr.errors import AuthenticationFailed, ConfigError, PgdrError, SandboxError
 from pgdr.pg.connect import session
 from pgdr.pg.instance import Instance, _quote
 from pgdr.pg.programs import Programs, RunAs
 from pgdr.repo.layout import Repository
 from pgdr.repo.manifest import BackupManifest, read_manifest
 from pgdr.repo.wal import WAL_DAMAGED_EXIT
+from pgdr.restore.access import grant_pgdr_access
 from pgdr.restore.extract import (
     DEFAULT_METHOD,
     Extracted,
@@ -149,7 +150,7 @@ def write_recovery(data_dir: Path, settings: dict[str, str | int], run_as: RunAs
 
 
 def configure_recovery(data_dir: Path, places: dict[str, Path], programs: Programs, *,
-                       config_path: Path, target: RecoveryTarget,
+                       config_path: Path, target: RecoveryTarget, socket_dir: Path,
                        extra_settings: dict[str, str | int] | None = None,
                        restore_command: str | None = None) -> None:
     """Recovery settings and signal file, then the last guard: no tablespace link may lead
@@ -160,6 +161,9 @@ def configure_recovery(data_dir: Path, places: dict[str, Path], programs: Progra
         restore_command = zstd_fetch_command(wal_dir, programs.run_as) or wal_fetch_command(config_path, programs.run_as)
     settings["restore_command"] = restore_command
     settings.update(target.settings())
+    # pgdr's own way in (first pg_hba.conf line, private socket): after pg_verifybackup,
+    # which must see the files as backed up
+    settings.update(grant_pgdr_access(data_dir, socket_dir, programs.run_as))
     write_recovery(data_dir, settings, programs.run_as)
     check_links_inside(data_dir, places)
 
@@ -183,6 +187,7 @@ def restore_physical(backup_dir: Path, instance: Instance,
             require_verified(backup_dir, instance.data_dir, programs)
             require_consistent(backup_dir, instance.data_dir, manifest, programs)
         configure_recovery(instance.data_dir, places, programs, config_path=config_path, target=target,
+                           socket_dir=instance.socket_dir,
                            extra_settings=extra_settings, restore_command=restore_command)
     except BaseException:
         remove_restored(instance.data_dir, places)
@@ -214,6 +219,8 @@ def wait_until_promoted(instance: Instance, timeout: float = 600) -> dict[str, o
                         "(select timeline_id from pg_control_checkpoint()) as checkpoint_timeline"
                     ).fetchone()
                     return dict(info or {})
+        except AuthenticationFailed:
+            raise  # waiting cannot fix credentials
         except PgdrError as exc:
             last_error = exc.message
         time.sleep(0.1)

@@ -39,6 +39,23 @@ def scratch_root(config: Config) -> Path:
     return config.repository.path.resolve().parent / "scratch"
 
 
+def pick_port(port_range: tuple[int, int] | None) -> int:
+    """A free port, from the configured range when there is one (firewalls, monitoring)."""
+    if port_range is None:
+        return free_port()
+    import socket
+
+    for port in range(port_range[0], port_range[1] + 1):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise PgdrError(f"no free port in verify.ports {port_range[0]}-{port_range[1]}",
+                    hint="widen verify.ports or stop kept scratch instances")
+
+
 @dataclass
 class Scratch:
     """One scratch folder and the instance that will run from it."""
@@ -48,7 +65,8 @@ class Scratch:
     programs: Programs
 
     @classmethod
-    def create(cls, root: Path, label: str, programs: Programs) -> Scratch:
+    def create(cls, root: Path, label: str, programs: Programs, port: int | None = None,
+               port_range: tuple[int, int] | None = None) -> Scratch:
         root.mkdir(parents=True, exist_ok=True)
         os.chmod(root, 0o755)
         check_traversable(root, programs)
@@ -67,7 +85,7 @@ class Scratch:
         programs.run_as.chown(folder)
         socket_dir.mkdir(mode=0o700)
         programs.run_as.chown(socket_dir)
-        instance = Instance(label, folder / "data", free_port(), socket_dir, programs,
+        instance = Instance(label, folder / "data", port or pick_port(port_range), socket_dir, programs,
                             log_file=folder / "server.log", supervised=True)
         return cls(folder, instance, programs)
 

@@ -171,7 +171,7 @@ class _Run:
 
 
 def verify_backup(config: Config, programs: Programs, repo: Repository, backup_id: str = "latest",
-                  *, keep: bool = False, jobs: int | None = None,
+                  *, keep: bool = False, port: int | None = None, jobs: int | None = None,
                   method: ExtractMethod | None = None) -> VerifyResult:
     if config.source is None:
         raise ConfigError("verify needs the config file's path (for restore_command)")
@@ -191,7 +191,8 @@ def verify_backup(config: Config, programs: Programs, repo: Repository, backup_i
         for stale in reap_stale(scratch_root(config)):
             log.warning("removed %s, left by a verify that was killed", stale)
         _enough_scratch_space(scratch_root(config), manifest, result.backup_id)
-        scratch = Scratch.create(scratch_root(config), f"verify-{manifest.id}", programs)
+        scratch = Scratch.create(scratch_root(config), f"verify-{manifest.id}", programs, port=port,
+                                 port_range=config.verify.ports)
         try:
             if manifest.kind == "physical":
                 _verify_physical(run, config, programs, repo, manifest, folder, scratch, jobs, method)
@@ -308,6 +309,7 @@ def _verify_physical(run: _Run, config: Config, programs: Programs, repo: Reposi
         # check above judges the archive), so it cannot fail the backup itself.
         lenient = zstd_fetch_command(repo.wal_dir, programs.run_as, damaged_exit=1)
         configure_recovery(inst.data_dir, places, programs, config_path=config.source,  # type: ignore[arg-type]
+                           socket_dir=inst.socket_dir,
                            target=RecoveryTarget("immediate"), extra_settings=scratch.settings(),
                            restore_command=lenient)
 

@@ -95,8 +95,11 @@ class PgdrCollector(Collector):
         arch_lag = GaugeMetricFamily("pgdr_archive_lag_bytes", "how far pgdr's WAL archive trails the primary")
         arch_lag_s = GaugeMetricFamily("pgdr_archive_lag_seconds", "flush lag of pgdr's WAL archiver")
         if archiver is not None:
-            arch_lag.add_metric([], float(archiver.get("flush_lag_bytes") or 0))
-            arch_lag_s.add_metric([], float(archiver.get("flush_lag_s") or 0.0))
+            # NULL (hidden from this role, or not measured yet) is no sample, not a green 0
+            if archiver.get("flush_lag_bytes") is not None:
+                arch_lag.add_metric([], float(archiver["flush_lag_bytes"]))
+            if archiver.get("flush_lag_s") is not None:
+                arch_lag_s.add_metric([], float(archiver["flush_lag_s"]))
         else:
             retained = next((s.get("retained_bytes") for s in f.slots if s["slot_name"] == self.config.archive.slot), None)
             if retained is not None:

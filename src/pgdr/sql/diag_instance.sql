@@ -12,4 +12,8 @@ select pg_is_in_recovery() as in_recovery,
                   from pg_stat_activity where backend_type = 'client backend'
                  group by 1) s) as by_state,
        (select max(age(datfrozenxid))::bigint from pg_database) as max_xid_age,
+       -- how the primary knows this standby (pg/standbys.py): its slot and application_name
+       (select slot_name from pg_stat_wal_receiver) as receiver_slot,
+       (select conninfo from pg_stat_wal_receiver) as receiver_conninfo,
+       current_setting('cluster_name') as cluster_name,
        now() as now
