@@ -467,3 +467,15 @@ def test_archiver_ends_a_stalled_pg_receivewal_and_catches_up(make_sandbox) -> N
     assert row is not None
     wanted = sandbox.repo.wal_dir / f"{row['w']}.zst"
     _wait_for(f"{wanted.name} in the archive without a restart", wanted.exists, 90)
+
+
+def test_pgdr_help_imports_no_heavy_module() -> None:
+    """`pgdr --help` stays fast by not importing what only commands need (bench_startup measures
+    the CPU; this guards the cause): psycopg, pydantic, Rich, FastAPI, zstandard."""
+    probe = ("import sys\nfrom pgdr.cli.main import app\n"
+             "try:\n    app(['--help'], standalone_mode=False)\nexcept SystemExit:\n    pass\n"
+             "heavy = ('psycopg', 'pydantic', 'rich', 'fastapi', 'zstandard', 'uvicorn')\n"
+             "print(sorted({m.split('.')[0] for m in sys.modules if m.split('.')[0] in heavy}))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
