@@ -174,6 +174,7 @@ class CommitLog:
         self.acked: list[int] = []
         self.acked_at: list[float] = []  # time.monotonic() of each acknowledgement
         self.failed_at: list[float] = []  # time.monotonic() of each failed attempt
+        self.unacked: list[int] = []  # n sent (connection open) but not acknowledged: may have committed
         self.errors = 0
         self.longest_block = 0.0
         self._inflight_since: float | None = None
@@ -197,7 +198,11 @@ class CommitLog:
                 if conn is None or conn.closed:
                     conn = psycopg.connect(self.conninfo, autocommit=True, prepare_threshold=None)
                 n += 1  # an attempt that fails may or may not have committed: its n is never reused
-                conn.execute(f"insert into {self.TABLE} values (%s, %s)", (self.writer, n))
+                try:
+                    conn.execute(f"insert into {self.TABLE} values (%s, %s)", (self.writer, n))
+                except psycopg.Error:
+                    self.unacked.append(n)
+                    raise
                 self.acked_at.append(time.monotonic())
                 self.acked.append(n)
             except psycopg.Error:
@@ -258,12 +263,18 @@ class CommitLog:
 
     def missing(self, conninfo: str) -> set[int]:
         """Acknowledged commits that the server at conninfo does not have."""
-        import psycopg
 
         acked = list(self.acked)
+        return set(acked) - self.present(conninfo, acked)
+
+    def present(self, conninfo: str, ns: list[int]) -> set[int]:
+        """Which of this writer's `ns` the server at conninfo has."""
+        import psycopg
+
         with psycopg.connect(conninfo, autocommit=True) as conn:
-            rows = conn.execute(f"select n from {self.TABLE} where writer = %s", (self.writer,)).fetchall()
-        return set(acked) - {r[0] for r in rows}
+            rows = conn.execute(f"select n from {self.TABLE} where writer = %s and n = any(%s)",
+                                (self.writer, list(ns))).fetchall()
+        return {r[0] for r in rows}
 
 
 def writable_nodes(sandbox: sb.Sandbox) -> list[str]:

@@ -156,16 +156,22 @@ def _failover(config: Config, programs: Programs, repo: Repository, to: str | No
         step.evidence["targets"] = [r.__dict__ for r in reach]
     client_rto = time.time() - clock_start
     with timeline.step("measure data loss") as step:
+        # The fork point in the new timeline's history file is where PostgreSQL ended
+        # recovery; the replay position sampled before pg_promote is only the fallback.
+        forked_at = promote.fork_point(candidate, new_timeline)
+        measured_from = forked_at or switch_lsn
+        step.evidence.update(old_timeline=old_timeline, replayed_to=switch_lsn, fork_point=forked_at)
         if old_timeline is None:
             lost = rpo.LostWal(False, detail="old primary's timeline unknown (its pg_wal is not on this machine)")
         else:
-            lost = rpo.lost_after(programs, old.data_dir, switch_lsn, int(old_timeline))
+            lost = rpo.lost_after(programs, old.data_dir, measured_from, int(old_timeline))
         step.detail = lost.detail
-        step.evidence["old_timeline"] = old_timeline
     topo_after = topology.record_live(config, repo, candidate, fenced=[old.name],
                                       sync_method=intended.method, sync_num=intended.num)
     record.update(outcome="promoted", new_primary=candidate.name, new_timeline=new_timeline,
-                  promoted_at_lsn=switch_lsn, rto_seconds=round(client_rto, 3),
+                  promoted_at_lsn=measured_from, replayed_to_lsn=switch_lsn,
+                  fork_point_source="timeline history file" if forked_at else "replay position before promotion",
+                  rto_seconds=round(client_rto, 3),
                   promotion_rto_seconds=round(promoted_rto, 3),
                   rto_measured=("from the failure seen by watch" if detected_at is not None
                                 else "from the start of the command")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import psycopg
 from psycopg import sql
 
 from pgdr.config import NodeConfig
@@ -99,6 +100,31 @@ def timeline_of(node: NodeConfig) -> int:
         row = conn.execute("select substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) as tli").fetchone()
         assert row is not None
         return int(row["tli"], 16)
+
+
+def fork_point(node: NodeConfig, timeline: int) -> str | None:
+    """Where `timeline` forked off its parent, as PostgreSQL recorded it: the last line of
+    the new timeline's history file (parent timeline, switchpoint, reason). This is the
+    server's own truth, not a position pgdr sampled before pg_promote; read with
+    pg_read_file (superuser or pg_read_server_files), else from the local data directory.
+    None when neither is readable."""
+    name = f"pg_wal/{timeline:08X}.history"
+    text: str | None = None
+    try:
+        with session(node.conninfo, timeout=3) as conn:
+            row = conn.execute("select pg_read_file(%s) as t", (name,)).fetchone()
+            text = str(row["t"]) if row and row["t"] is not None else None
+    except (PgdrError, psycopg.Error):
+        pass
+    if text is None and node.data_dir is not None:
+        try:
+            text = (node.data_dir / name).read_text()
+        except OSError:
+            return None
+    lines = [line.split() for line in (text or "").splitlines() if line.strip() and not line.startswith("#")]
+    if not lines or len(lines[-1]) < 2 or "/" not in lines[-1][1]:
+        return None
+    return lines[-1][1]
 
 
 def prove_writable(node: NodeConfig) -> str:
