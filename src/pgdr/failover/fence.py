@@ -86,6 +86,26 @@ def postmaster_alive(data_dir: Path) -> tuple[bool, str]:
     return True, f"pid {pid} ({'stopped' if state == 'T' else 'running'})"
 
 
+def clear_stale_pidfile(data_dir: Path) -> str | None:
+    """Remove a postmaster.pid whose postmaster is provably gone, and say so.
+
+    A SIGKILLed postmaster stays a zombie until init reaps it, which on some machines is
+    late or never; PostgreSQL's own stale-lock test (kill(pid, 0)) succeeds on a zombie,
+    so pg_rewind's single-user crash recovery refuses with "lock file postmaster.pid
+    already exists". Removed only when the postmaster is dead (zombie, gone, or its pid
+    reused) and no server process of that data directory is left; otherwise kept.
+    """
+    pidfile = data_dir / "postmaster.pid"
+    if not pidfile.exists():
+        return None
+    alive, why = postmaster_alive(data_dir)
+    if alive or _orphans(data_dir):
+        return None
+    pidfile.unlink(missing_ok=True)
+    fsync_path(data_dir)
+    return f"removed a stale postmaster.pid ({why})"
+
+
 def _children(pid: int) -> list[int]:
     out = []
     for entry in Path("/proc").iterdir():

@@ -16,7 +16,7 @@ from pgdr.config import Config, NodeConfig
 from pgdr.errors import PgdrError
 from pgdr.failover import promote, topology
 from pgdr.failover.failover import FailoverRefused
-from pgdr.failover.fence import local_instance
+from pgdr.failover.fence import clear_stale_pidfile, local_instance
 from pgdr.failover.quorum import SyncSpec, parse_sync
 from pgdr.failover.slots import ensure_slot, slot_name
 from pgdr.failover.standby_setup import (
@@ -75,6 +75,8 @@ def run_rejoin(config: Config, programs: Programs, repo: Repository, name: str) 
     with timeline.step("stop", name):
         if inst.is_running():
             inst.stop(mode="fast")
+    with timeline.step("stale lock file", name) as step:
+        step.detail = clear_stale_pidfile(inst.data_dir) or "none"
     saved = save_own_config(inst.data_dir)
     (inst.data_dir / "standby.signal").unlink(missing_ok=True)  # single-user crash recovery refuses standby mode
     method = "pg_rewind"
