@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import stat
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -102,10 +103,23 @@ def test_failover_after_kill9_through_pgbouncer_then_rejoin(make_sandbox, progra
             tli = conn.execute("select substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) as t").fetchone()
         assert tli == {"t": "00000002"}  # not promoted twice
 
+        # The SIGKILLed postmaster stays a zombie until init reaps it (late under load, or never):
+        # PostgreSQL's stale-lock test succeeds on a zombie, so pg_rewind's crash recovery would
+        # refuse the lock file. Inject it for sure: postmaster.pid names a zombie of ours, owned
+        # by the server's user (as the postmaster was: PostgreSQL takes EPERM as "stale").
+        zombie = subprocess.Popen(["true"], user=sandbox.primary.data_dir.stat().st_uid)
+        while Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            time.sleep(0.01)
+        pidfile = sandbox.primary.data_dir / "postmaster.pid"
+        lines = pidfile.read_text().splitlines()
+        pidfile.write_text("\n".join([str(zombie.pid), *lines[1:]]) + "\n")
         rejoined = run_cli("rejoin", "primary", "--yes", "--json", config=sandbox.config_path)
+        zombie.wait()
         assert rejoined.returncode == 0, rejoined.stderr
         rejoin_record = json.loads(rejoined.stdout)
         assert rejoin_record["method"] == "pg_rewind", rejoin_record.get("rewind_failed")
+        stale = next(s for s in rejoin_record["timeline"] if s["name"] == "stale lock file")
+        assert f"pid {zombie.pid} is a zombie" in stale["detail"], stale
         with session(new_primary) as conn:
             rep = conn.execute("select application_name, state from pg_stat_replication "
                                "where application_name = 'primary'").fetchone()
