@@ -20,7 +20,7 @@ from pgdr.config import Config, load_config
 from pgdr.diagnose import terminate as term
 from pgdr.diagnose.analyze import diagnose
 from pgdr.drill.model import ScenarioResult, Target
-from pgdr.drill.probe import any_primary_conninfo, missing_ids, wait_writable
+from pgdr.drill.probe import any_primary_conninfo, missing_rows, wait_writable
 from pgdr.errors import PgdrError
 from pgdr.failover.failover import run_failover
 from pgdr.failover.rejoin import run_rejoin
@@ -136,7 +136,7 @@ def primary_crash(env: DrillEnv, result: ScenarioResult) -> None:
             time.sleep(0.5)
         stats = writer.stop()
         new_primary = config.node(record["new_primary"])
-        lost = missing_ids(with_params(new_primary.conninfo, dbname="app"), stats.acknowledged)
+        lost = missing_rows(with_params(new_primary.conninfo, dbname="app"), stats.rows)
         with timeline.step("pgdr rejoin (restore redundancy)") as step:
             rejoin = run_rejoin(config, env.programs, repo, sandbox.primary.name)
             step.detail = rejoin["method"]
@@ -168,8 +168,8 @@ def switchover(env: DrillEnv, result: ScenarioResult) -> None:
             writable_at = wait_writable(client)
             time.sleep(0.5)
         stats = writer.stop()
-        lost = missing_ids(with_params(config.node(record["new_primary"]).conninfo, dbname="app"),
-                           stats.acknowledged)
+        lost = missing_rows(with_params(config.node(record["new_primary"]).conninfo, dbname="app"),
+                            stats.rows)
         result.rto_s = round(writable_at - started, 3)
         result.rpo = float(len(lost))
         result.evidence.update(acknowledged=len(stats.acknowledged), writer_errors=stats.errors)

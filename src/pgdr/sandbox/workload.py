@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import psycopg
 
@@ -19,6 +20,9 @@ from pgdr.pg.conninfo import with_params
 @dataclass
 class WriterStats:
     acknowledged: list[int] = field(default_factory=list)
+    # (id, created_at) of each acknowledged order: after a failover the new primary hands
+    # out again the ids lost commits had used, so an id alone does not identify a commit
+    rows: list[tuple[int, datetime]] = field(default_factory=list)
     errors: int = 0
     first_error_at: float | None = None
     resumed_at: float | None = None
@@ -41,16 +45,18 @@ class Writer:
         self._thread: threading.Thread | None = None
 
     def _loop(self) -> None:
-        conn: psycopg.Connection[tuple[int]] | None = None
+        conn: psycopg.Connection[tuple[int, datetime]] | None = None
         self.stats.started_at = time.monotonic()
         while not self._stop.is_set():
             try:
                 if conn is None or conn.closed:
                     conn = psycopg.connect(self.conninfo, autocommit=True, connect_timeout=2)
                 row = conn.execute(
-                    "insert into orders (customer_id, status) values (1 + (random() * 19999)::int, 'new') returning id"
+                    "insert into orders (customer_id, status) values (1 + (random() * 19999)::int, 'new') "
+                    "returning id, created_at"
                 ).fetchone()
                 assert row is not None
+                self.stats.rows.append((int(row[0]), row[1]))
                 self.stats.acknowledged.append(int(row[0]))
                 if self.stats.first_error_at is not None and self.stats.resumed_at is None:
                     self.stats.resumed_at = time.monotonic()
