@@ -34,6 +34,10 @@ def _start_watchers(sandbox, etcd: Etcd, n: int = 2) -> list[subprocess.Popen[by
     watchers = [subprocess.Popen([sys.executable, "-m", "pgdr", "watch"], env=env,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(n)]
     _wait_for(lambda: sum(e["event"] == "lease" for e in _watch_events(sandbox.repo)) >= n, "both watchers decide")
+    # A watcher logs its lease before its first probe: a fault injected before it has seen
+    # the primary leaves it with no primary to watch (it never learns which node died).
+    _wait_for(lambda: len({_pid(e) for e in _watch_events(sandbox.repo) if e["event"] == "primary"}) >= n,
+              "both watchers know the primary")
     leases = [e["reason"] for e in _watch_events(sandbox.repo) if e["event"] == "lease"]
     assert sum("acquired" in r for r in leases) == 1 and sum("another watcher" in r for r in leases) == 1
     return watchers
