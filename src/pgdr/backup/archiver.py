@@ -214,7 +214,10 @@ class Archiver:
     def _follow_timeline(self, conninfo: str) -> None:
         """After a failover, resume on the new primary's timeline: files that start past its
         fork point go to archiver/diverged/ (see timeline_follow)."""
-        self.sweep()  # completed segments of the old timeline are archived, not set aside
+        try:
+            self.sweep()  # completed segments of the old timeline are archived, not set aside
+        except SweepBlocked:
+            pass  # recorded by sweep; a full disk must not keep pg_receivewal from starting
         server = server_timeline(conninfo)
         moved = follow_new_timeline(self.repo.incoming_dir, self.repo.archiver_dir / "diverged",
                                     self.repo.wal_segment_size, server, self.programs.run_as.chown)
