@@ -74,3 +74,11 @@ def test_private_passfiles_of_dead_processes_are_swept(tmp_path: Path) -> None:
         (folder / "pgpass").write_text("*:*:*:dba:secret\n")
     assert sweep_stale(tmp_path) == [stale]
     assert not stale.exists() and alive.exists()
+
+
+def test_permission_denied_names_object_and_grant() -> None:
+    err = auth_error('pg_dump: error: query failed: ERROR:  permission denied for table secret_stuff',
+                     {"user": "app", "host": "db", "port": "5432"})
+    assert isinstance(err, PrivilegeMissing)
+    assert err.message == "role app may not read table secret_stuff at db:5432"
+    assert err.hint is not None and "GRANT pg_read_all_data TO app" in err.hint

@@ -194,6 +194,10 @@ _PRIVILEGE_RE = re.compile(r"must be superuser or (have the )?(replication|REPLI
                            r"start WAL sender|must be superuser or replication role")
 
 
+_DENIED_RE = re.compile(r'permission denied for (table|sequence|schema|view|materialized view|function|'
+                        r'large object|database) "?([^"\s]+)"?')
+
+
 def _where(target: dict[str, str]) -> str:
     host = target.get("host") or "the local socket"
     return f"{host}:{target['port']}" if target.get("port") else host
@@ -212,6 +216,17 @@ def auth_error(text: str, target: dict[str, str]) -> PgdrError | None:
     if _NO_PASSWORD in text:
         user = target.get("user") or "(default user)"
         return AuthenticationFailed(f"no password for user {user} at {_where(target)}", hint=AUTH_HINT)
+    denied = _DENIED_RE.search(text)
+    if denied:
+        kind, name = denied.group(1), denied.group(2)
+        user = target.get("user")
+        who = f"role {user}" if user else "the role pgdr connects as"
+        return PrivilegeMissing(
+            f"{who} may not read {kind} {name}"
+            + (f" at {_where(target)}" if target.get("port") else ""),
+            hint=f"GRANT pg_read_all_data TO {user or '<role>'} (every table, PostgreSQL 14+), or grant "
+                 f"{'USAGE' if kind == 'schema' else 'SELECT'} on {name}; on a managed database, "
+                 "back up as its admin role")
     if _PRIVILEGE_RE.search(text):
         user = target.get("user") or "(default user)"
         return PrivilegeMissing(
