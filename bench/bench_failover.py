@@ -1,19 +1,23 @@
-"""Benchmark: kill -9 of the primary under load → seconds to a new writable primary, commits lost.
+"""Benchmark: kill -9 of the primary under load → when clients write again, commits lost.
 
-Run: .venv/bin/python bench/bench_failover.py [--runs 5] [--methods plain,guided,watch,patroni-default,patroni-tuned]
+Run: .venv/bin/python bench/bench_failover.py [--runs 1] [--sync] [--methods plain,guided,watch,patroni-default,patroni-tuned]
 
-Methods, each repeated --runs times on a fresh two-node cluster (all on loopback/unix sockets):
-  plain            `pg_ctl promote` of the standby right after the kill: the lower bound
+Methods, each repeated --runs times on a fresh cluster (all on loopback/unix sockets):
+  plain            `pg_ctl promote` of the standby right after the kill, then the pgbouncer ini
+                   rewritten and RELOADed the way a hand-written script does: the lower bound
+                   for the server, and what pgbouncer's server_login_retry does to clients
   guided           `python -m pgdr failover --yes --json` right after the kill (Python start-up included)
   watch            `python -m pgdr watch --once` (default settings) already running before the kill
   patroni-default  Patroni 3 (Debian), one local etcd, ttl 30 / loop_wait 10 / retry_timeout 10
   patroni-tuned    same, ttl 10 / loop_wait 2 / retry_timeout 5
 
-Each run: a Writer inserts one order per commit into app.orders on the primary and records the ids
-whose COMMIT was acknowledged; after ~2 s the primary dies by SIGKILL (for Patroni: its Patroni
-process and its postmaster, or Patroni would restart it). A probe runs `select txid_current()` on
-the standby every ~10 ms (connecting afresh when needed); "writable" is the first success. Commits
-lost = acknowledged ids absent on the new primary.
+The pgdr methods run a sandbox (with --sync: two standbys, ANY 1 (standby1, standby2)) behind a
+real pgbouncer at its default server_login_retry (15 s). Two Jepsen-style writers commit one row
+at a time and log each acknowledged commit: one through pgbouncer, one through a libpq multi-host
+string (target_session_attrs=read-write); Patroni gets the multi-host writer only. Reported per
+run: seconds from the SIGKILL (for Patroni: its Patroni process and its postmaster, or Patroni
+would restart it) to each writer's first acknowledged commit, to the first successful
+`txid_current()` on the new primary, and acknowledged commits missing from the new primary.
 """
 
 from __future__ import annotations
@@ -41,11 +45,12 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pgdr.pg.instance import free_port  # noqa: E402
 from pgdr.pg.programs import Programs  # noqa: E402
 from pgdr.sandbox import sandbox as sb  # noqa: E402
-from pgdr.sandbox.workload import Writer  # noqa: E402
+from tests.fo_helpers import CommitLog, Pgbouncer, multi_host  # noqa: E402
 
 PATRONI = "/usr/bin/patroni"
 ETCD = "/usr/bin/etcd"
@@ -83,13 +88,6 @@ def wait_writable(conninfo: str, t0: float, timeout: float) -> float | None:
             conn.close()
 
 
-def count_lost(conninfo: str, acknowledged: list[int]) -> int:
-    with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as conn:
-        row = conn.execute("select count(*) from orders where id = any(%s)", (acknowledged,)).fetchone()
-    assert row is not None
-    return len(set(acknowledged)) - int(row[0])
-
-
 def wait_streaming(primary_conninfo: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -106,12 +104,28 @@ def wait_streaming(primary_conninfo: str, timeout: float = 60) -> None:
 
 
 # ---- pgdr methods (project sandbox) --------------------------------------------------------------
-def pgdr_run(method: str, base: Path, i: int, programs: Programs) -> Run:
+def _client_times(writers: list[CommitLog], t0: float, timeout: float = 60) -> dict[str, float | None]:
+    """Wait (bounded) until every writer has an acknowledged commit after t0; seconds per writer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(w.first_ack_after(t0) is None for w in writers):
+        time.sleep(0.02)
+    names = {1: "pgbouncer_s", 2: "multihost_s"}
+    return {names[w.writer]: (None if (v := w.first_ack_after(t0)) is None else round(v, 3)) for w in writers}
+
+
+def _lost(writers: list[CommitLog], conninfo: str) -> int:
+    return sum(len(w.missing(conninfo)) for w in writers)
+
+
+def pgdr_run(method: str, base: Path, i: int, programs: Programs, sync: bool) -> Run:
     root = base / f"{method}-{i}"
-    sandbox = sb.up(root, programs, standbys=1)
-    writer: Writer | None = None
+    sandbox = sb.up(root, programs, standbys=2 if sync else 1, sync=sync)
+    bouncer = Pgbouncer(sandbox, programs)  # default server_login_retry, as clusters run it
+    writers: list[CommitLog] = []
     watcher: subprocess.Popen[str] | None = None
     try:
+        with open(sandbox.config_path, "a") as conf:
+            conf.write(bouncer.repoint_toml())
         standby = next(n for n in sandbox.nodes if n.role == "standby")
         probe_ci = sandbox.conninfo(standby, "postgres")
         wait_streaming(sandbox.conninfo(sandbox.primary, "postgres"))
@@ -133,7 +147,8 @@ def pgdr_run(method: str, base: Path, i: int, programs: Programs) -> Run:
             threading.Thread(target=read, daemon=True).start()
             if not ready.wait(30):
                 raise RuntimeError("watcher never found the primary: " + " | ".join(e[1] for e in events))
-        writer = Writer(sandbox.conninfo(sandbox.primary)).start()
+        CommitLog.create_table(sandbox.conninfo(sandbox.primary))
+        writers = [CommitLog(bouncer.conninfo("app"), 1).start(), CommitLog(multi_host(sandbox), 2).start()]
         time.sleep(WARMUP)
         extra: dict[str, object] = {}
         action: threading.Thread | None = None
@@ -144,6 +159,10 @@ def pgdr_run(method: str, base: Path, i: int, programs: Programs) -> Run:
         if method == "plain":
             def act() -> None:
                 sandbox.instance(standby, programs).promote()
+                ini = bouncer.ini.read_text()
+                bouncer.ini.write_text(re.sub(r"port=\d+", f"port={standby.port}", ini, count=1))
+                with psycopg.connect(bouncer.conninfo("pgbouncer"), autocommit=True) as conn:
+                    conn.execute("RELOAD", prepare=False)
             action = threading.Thread(target=act)
             action.start()
         elif method == "guided":
@@ -157,15 +176,18 @@ def pgdr_run(method: str, base: Path, i: int, programs: Programs) -> Run:
         writable = wait_writable(probe_ci, t0, 60)
         if action is not None:
             action.join(120)
-        stats = writer.stop()
-        writer = None
+        extra.update(_client_times(writers, t0))
+        for w in writers:
+            w.stop()
+        new_primary = standby
         if method == "guided":
             extra["cmd_exit_s"] = round(float(result.get("done_s", 0.0)), 3)  # type: ignore[arg-type]
             try:
                 record = json.loads(str(result.get("out", "")))
                 extra["rto_seconds"] = record.get("rto_seconds")
                 extra["record_rpo_commits"] = (record.get("rpo") or {}).get("commits")
-            except ValueError:
+                new_primary = next(n for n in sandbox.nodes if n.name == record.get("new_primary"))
+            except (ValueError, StopIteration):
                 extra["error"] = f"exit {result.get('rc')}: {str(result.get('err', ''))[-300:]}"
         if method == "watch":
             assert watcher is not None
@@ -176,16 +198,17 @@ def pgdr_run(method: str, base: Path, i: int, programs: Programs) -> Run:
             for at, line in events:
                 if " failover: " in line and "detected_s" not in extra:
                     extra["detected_s"] = round(at - t0, 3)
-                m = re.search(r"failover-done: .* in ([0-9.]+)s", line)
+                m = re.search(r"failover-done: (\S+) promoted .* after ([0-9.]+)s", line)
                 if m:
-                    extra["rto_seconds"] = float(m.group(1))
+                    extra["rto_seconds"] = float(m.group(2))
+                    new_primary = next(n for n in sandbox.nodes if n.name == m.group(1))
                 if "failover-refused" in line:
                     extra["error"] = line
-        lost = count_lost(sandbox.conninfo(standby), stats.acknowledged) if writable is not None else -1
-        return Run(writable, lost, len(stats.acknowledged), extra)
+        lost = _lost(writers, sandbox.conninfo(new_primary)) if writable is not None else -1
+        return Run(writable, lost, sum(len(w.acked) for w in writers), extra)
     finally:
-        if writer is not None:
-            writer.stop()
+        for w in writers:
+            w.stop()
         if watcher is not None and watcher.poll() is None:
             watcher.terminate()
             try:
@@ -193,6 +216,7 @@ def pgdr_run(method: str, base: Path, i: int, programs: Programs) -> Run:
             except subprocess.TimeoutExpired:
                 watcher.kill()
                 watcher.wait()
+        bouncer.stop()
         sb.down(root, programs, purge=True)
 
 
@@ -417,10 +441,14 @@ class PatroniCluster:
 
 def patroni_run(label: str, base: Path, i: int, etcd: Etcd, ttl: int, loop_wait: int, retry: int) -> Run:
     cluster = PatroniCluster(base / f"{label}-{i}", etcd, ttl, loop_wait, retry)
-    writer: Writer | None = None
+    writer: CommitLog | None = None
     try:
         primary, standby = cluster.start()
-        writer = Writer(primary.conninfo("app")).start()
+        CommitLog.create_table(primary.conninfo("app"))
+        hosts = make_conninfo(host=",".join(str(n.socket_dir) for n in cluster.nodes),
+                              port=",".join(str(n.pg_port) for n in cluster.nodes), dbname="app",
+                              user="postgres", target_session_attrs="read-write")
+        writer = CommitLog(hosts, 2).start()
         time.sleep(WARMUP)
         assert primary.proc is not None
         pm = primary.postmaster_pid()
@@ -429,11 +457,11 @@ def patroni_run(label: str, base: Path, i: int, etcd: Etcd, ttl: int, loop_wait:
         if pm is not None:
             os.kill(pm, signal.SIGKILL)
         writable = wait_writable(standby.conninfo(), t0, 180)
-        stats = writer.stop()
-        writer = None
+        extra: dict[str, object] = dict(_client_times([writer], t0))
+        writer.stop()
         primary.proc.wait(5)
-        lost = count_lost(standby.conninfo("app"), stats.acknowledged) if writable is not None else -1
-        return Run(writable, lost, len(stats.acknowledged))
+        lost = _lost([writer], standby.conninfo("app")) if writable is not None else -1
+        return Run(writable, lost, len(writer.acked), extra)
     finally:
         if writer is not None:
             writer.stop()
@@ -443,7 +471,8 @@ def patroni_run(label: str, base: Path, i: int, etcd: Etcd, ttl: int, loop_wait:
 # ---- report --------------------------------------------------------------------------------------
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--sync", action="store_true", help="pgdr methods on ANY 1 (standby1, standby2)")
     ap.add_argument("--methods", default="plain,guided,watch,patroni-default,patroni-tuned")
     args = ap.parse_args()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -468,7 +497,7 @@ def main() -> None:
                         print(f"  {method} run {i + 1}: {fmt(runs[-1])}", flush=True)
                 else:
                     for i in range(args.runs):
-                        runs.append(pgdr_run(method, base, i, programs))
+                        runs.append(pgdr_run(method, base, i, programs, args.sync))
                         print(f"  {method} run {i + 1}: {fmt(runs[-1])}", flush=True)
             except Exception as exc:  # report what failed, measure the others
                 failures[method] = f"{type(exc).__name__}: {exc}"
@@ -480,7 +509,8 @@ def main() -> None:
         shutil.rmtree(base, ignore_errors=True)
 
     print()
-    print(f"kill -9 of the primary under a one-commit-at-a-time writer; {args.runs} runs per method; "
+    print(f"kill -9 of the primary under one-commit-at-a-time writers; {args.runs} runs per method; "
+          f"{'synchronous (ANY 1 of 2)' if args.sync else 'asynchronous'} replication for pgdr methods; "
           f"{os.cpu_count()} CPUs")
     lower = None
     if results.get("plain"):
@@ -504,6 +534,12 @@ def main() -> None:
         print(f"{method:<16} {med:>9.3f} {mx:>7.3f} {ratio:>8} {ratio_max:>12}  {lost}"
               + (f"  ({timeouts} never writable)" if timeouts else "")
               + (f"  FAILED after {len(runs)} runs: {failures[method]}" if method in failures else ""))
+    for method in methods:
+        runs = results.get(method, [])
+        if runs:
+            print(f"{method}: first acknowledged write after the kill through pgbouncer "
+                  f"{[r.extra.get('pgbouncer_s') for r in runs]} s, through multi-host libpq "
+                  f"{[r.extra.get('multihost_s') for r in runs]} s")
     for method in ("guided", "watch"):
         runs = results.get(method, [])
         rtos = [r.extra.get("rto_seconds") for r in runs]

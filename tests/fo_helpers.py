@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -21,7 +22,8 @@ from pgdr.sandbox import sandbox as sb
 class Pgbouncer:
     """pgbouncer (as the postgres user) in transaction mode in front of the sandbox primary."""
 
-    def __init__(self, sandbox: sb.Sandbox, programs: Programs) -> None:
+    def __init__(self, sandbox: sb.Sandbox, programs: Programs, login_retry: int | None = None) -> None:
+        """login_retry None keeps pgbouncer's default server_login_retry (15 s), as clusters run it."""
         self.dir = sandbox.root / "pgbouncer"
         self.dir.mkdir(exist_ok=True)
         programs.run_as.chown(self.dir)
@@ -41,7 +43,7 @@ auth_file = {self.dir / 'users.txt'}
 admin_users = postgres
 pool_mode = transaction
 server_connect_timeout = 2
-server_login_retry = 0
+{"" if login_retry is None else f"server_login_retry = {login_retry}"}
 query_wait_timeout = 30
 logfile = {self.dir / 'pgbouncer.log'}
 pidfile = {self.dir / 'pgbouncer.pid'}
@@ -49,6 +51,7 @@ pidfile = {self.dir / 'pgbouncer.pid'}
         (self.dir / "users.txt").write_text('"postgres" ""\n')
         for f in (self.ini, self.dir / "users.txt"):
             programs.run_as.chown(f)
+        os.chmod(self.ini, 0o640)  # it may hold passwords: a repoint must keep this mode
         self.proc = programs.spawn("pgbouncer", [str(self.ini)], log_path=self.dir / "stdout.log")
         deadline = time.monotonic() + 10
         while not (self.dir / f".s.PGSQL.{self.port}").exists():
@@ -92,6 +95,7 @@ class Etcd:
                 time.sleep(0.1)
 
     def stop(self) -> None:
+        """Idempotent: tests stop etcd mid-test (a lease store that is down) and again at the end."""
         if self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(10)
@@ -155,3 +159,140 @@ class UnixProxy:
                 conn.close()
             except OSError:
                 pass
+
+
+class CommitLog:
+    """A Jepsen-style client: commits (writer, n) rows one at a time and logs n only once
+    COMMIT returned. The ground truth is this log, never pgdr's own report; the longest
+    time any one write (attempt) was in flight shows whether writes blocked."""
+
+    TABLE = "jepsen"
+
+    def __init__(self, conninfo: str, writer: int) -> None:
+        self.conninfo = make_conninfo(conninfo, connect_timeout=2, application_name=f"jepsen{writer}")
+        self.writer = writer
+        self.acked: list[int] = []
+        self.acked_at: list[float] = []  # time.monotonic() of each acknowledgement
+        self.failed_at: list[float] = []  # time.monotonic() of each failed attempt
+        self.errors = 0
+        self.longest_block = 0.0
+        self._inflight_since: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    @classmethod
+    def create_table(cls, conninfo: str) -> None:
+        import psycopg
+
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(f"create table if not exists {cls.TABLE} (writer int, n int, primary key (writer, n))")
+
+    def _loop(self) -> None:
+        import psycopg
+
+        n, conn = 0, None
+        while not self._stop.is_set():
+            self._inflight_since = time.monotonic()
+            try:
+                if conn is None or conn.closed:
+                    conn = psycopg.connect(self.conninfo, autocommit=True, prepare_threshold=None)
+                n += 1  # an attempt that fails may or may not have committed: its n is never reused
+                conn.execute(f"insert into {self.TABLE} values (%s, %s)", (self.writer, n))
+                self.acked_at.append(time.monotonic())
+                self.acked.append(n)
+            except psycopg.Error:
+                self.errors += 1
+                self.failed_at.append(time.monotonic())
+                if conn is not None:
+                    conn.close()
+                conn = None
+                self._stop.wait(0.02)
+            finally:
+                self.longest_block = max(self.longest_block, time.monotonic() - self._inflight_since)
+                self._inflight_since = None
+        if conn is not None:
+            conn.close()
+
+    STALL = 0.25  # seconds without an acknowledgement that count as an outage (commits take ms)
+
+    def first_ack_after(self, t0: float) -> float | None:
+        """Seconds from a fault at t0 (time.monotonic()) until this client writes again.
+
+        After a failure since t0: its first acknowledgement after that failure. Without one
+        (pgbouncer holds the query while the server is away, so the client only waits): the
+        first acknowledgement that ends a stall of STALL seconds or more. Acknowledgements
+        right after t0 from a SIGKILLed postmaster's surviving backends are not the recovery.
+        """
+        acks = list(self.acked_at)
+        failed = next((t for t in list(self.failed_at) if t > t0), None)
+        if failed is not None:
+            return next((t - t0 for t in acks if t > failed), None)
+        prev = max((t for t in acks if t <= t0), default=t0)
+        for t in acks:
+            if t > t0:
+                if t - prev >= self.STALL:
+                    return t - t0
+                prev = t
+        return None
+
+    def blocked_now(self) -> float:
+        since = self._inflight_since
+        return 0.0 if since is None else time.monotonic() - since
+
+    def start(self) -> CommitLog:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(60)
+
+    def wait_progress(self, more: int = 20, timeout: float = 30) -> None:
+        target = len(self.acked) + more
+        deadline = time.monotonic() + timeout
+        while len(self.acked) < target:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"writer {self.writer} made no progress ({len(self.acked)} acknowledged; "
+                                     f"in flight for {self.blocked_now():.1f}s)")
+            time.sleep(0.02)
+
+    def missing(self, conninfo: str) -> set[int]:
+        """Acknowledged commits that the server at conninfo does not have."""
+        import psycopg
+
+        acked = list(self.acked)
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            rows = conn.execute(f"select n from {self.TABLE} where writer = %s", (self.writer,)).fetchall()
+        return set(acked) - {r[0] for r in rows}
+
+
+def writable_nodes(sandbox: sb.Sandbox) -> list[str]:
+    """Every node that accepts connections and is not in recovery: must be exactly one."""
+    import psycopg
+
+    out = []
+    for node in sandbox.nodes:
+        try:
+            with psycopg.connect(sandbox.conninfo(node, "postgres"), autocommit=True, connect_timeout=2) as conn:
+                row = conn.execute("select pg_is_in_recovery()").fetchone()
+                if row is not None and row[0] is False:
+                    out.append(node.name)
+        except psycopg.Error:
+            continue
+    return out
+
+
+def multi_host(sandbox: sb.Sandbox, dbname: str = "app") -> str:
+    """A libpq multi-host string over every node, landing on the writable one."""
+    nodes = sandbox.nodes
+    return make_conninfo(host=",".join(str(sandbox.socket_dir) for _ in nodes),
+                         port=",".join(str(n.port) for n in nodes), dbname=dbname, user="postgres",
+                         target_session_attrs="read-write")
+
+
+def sigstop(pid: int) -> None:
+    os.kill(pid, signal.SIGSTOP)
+
+
+def sigcont(pid: int) -> None:
+    os.kill(pid, signal.SIGCONT)

@@ -25,6 +25,16 @@ from pgdr.sandbox import sandbox as sb
 from tests.conftest import run_cli
 
 
+@pytest.fixture(autouse=True)
+def _private_run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every pgdr these tests start records its children in a folder of its own: any other
+    pgdr starting on this machine would otherwise reap what a killed one left, and the
+    tests could not tell the guards' work from that."""
+    run = tmp_path / "pgdr-run"
+    run.mkdir(mode=0o700)
+    monkeypatch.setenv("PGDR_RUN_DIR", str(run))
+
+
 def _pgdr(config: Path, *args: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PGDR_CONFIG": str(config)}
     return subprocess.Popen([sys.executable, "-m", "pgdr", *args], env=env,
@@ -171,6 +181,8 @@ def test_sigkilled_restore_leaves_no_server_and_says_incomplete(make_sandbox, ba
             sandbox_programs().run("pg_ctl", ["-D", str(target), "-m", "immediate", "-w", "stop"], ok_codes=(0, 1))
             continue
         interrupted += 1
+        # the watchdog stops the server as pgdr dies, before any other pgdr runs
+        _wait_for("the recovering server to stop with pgdr", lambda t=target: not _running_from(t), 30)  # type: ignore[misc]
         status = run_cli("status", "--json", config=sandbox.config_path)  # the next pgdr start
         assert not _running_from(target), "a server still runs from the killed restore's folder"
         checks = json.loads(status.stdout)["checks"]

@@ -55,11 +55,16 @@ class NodeConfig(_Strict):
     # The server log, for corruption signatures; when unset diagnose asks the server
     # (pg_current_logfile) and then looks in data_dir/log.
     log_file: Path | None = None
+    # What this node's primary_conninfo should say when it follows a new primary. Unset:
+    # keep what it already has (user, passfile, sslmode, application_name) and change
+    # only host and port — pgdr's own (superuser) conninfo is never written there.
+    replication_conninfo: str | None = None
 
-    @field_validator("conninfo")
+    @field_validator("conninfo", "replication_conninfo")
     @classmethod
-    def _valid_conninfo(cls, value: str) -> str:
-        parse_conninfo(value)
+    def _valid_conninfo(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_conninfo(value)
         return value
 
 
@@ -213,6 +218,9 @@ class FailoverConfig(_Strict):
     # The primary's synchronous_standby_names, for when it is dead and cannot be asked:
     # failover then promotes only a synchronous standby.
     synchronous_standby_names: str | None = None
+    # After a synchronous failover, how long to wait for standbys to stream from the new
+    # primary before it names them synchronous; none by then → asynchronous, recorded.
+    sync_wait: Duration = 5.0
 
 
 
@@ -220,7 +228,9 @@ class WatchConfig(_Strict):
     interval: Duration = 1.0
     failures: Annotated[int, Field(ge=1)] = 3
     probe_timeout: Duration = 1.0
-    # A standby that heard from the primary this recently proves the primary alive.
+    # How long a streaming standby's silence can still mean an idle primary when its
+    # wal_receiver_timeout is 0 (otherwise watch uses wal_receiver_timeout/2, when the
+    # receiver asks the primary for a reply).
     receiver_fresh: Duration = 3.0
     etcd: EtcdConfig | None = None
     lease_ttl: Annotated[int, Field(ge=2)] = 5

@@ -41,6 +41,28 @@ def write_bytes_durable(path: Path, data: bytes) -> None:
     durable_rename(tmp, path)
 
 
+def replace_file_keeping_owner(path: Path, data: bytes) -> None:
+    """Rewrite an operator's file (pgbouncer.ini, an env file, postgresql.auto.conf)
+    atomically, keeping its owner, group and mode: a 0640 ini that holds passwords must
+    not become world-readable, nor a 0600 one unreadable to the program that reads it.
+    A symlink (/etc/pgbouncer/pgbouncer.ini → elsewhere) stays a symlink: its target is rewritten."""
+    path = path.resolve()
+    st = path.stat()
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchown(fd, st.st_uid, st.st_gid)
+        os.fchmod(fd, st.st_mode & 0o7777)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    durable_rename(tmp, path)
+
+
 def write_json_durable(path: Path, obj: Any) -> None:
     write_bytes_durable(path, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
 

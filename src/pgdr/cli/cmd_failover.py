@@ -35,6 +35,10 @@ def _render(record: dict[str, Any]) -> None:
         output.table("steps", ["step", "result", "seconds", "detail"],
                      [[s["name"], s["result"], s["seconds"], s["detail"] or s["evidence"].get("error", "")]
                       for s in record["timeline"]])
+    if record.get("forced"):
+        output.console.print(f"[bold red]forced:[/bold red] {record.get('choice')}")
+    if record.get("synchronous_after"):
+        output.console.print(f"synchronous replication: {record['synchronous_after'].get('detail')}")
     if record.get("new_primary"):
         rpo = record.get("rpo") or {}
         loss = (f"{rpo.get('bytes')} bytes / {rpo.get('commits')} commits" if rpo.get("known")

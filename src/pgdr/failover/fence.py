@@ -9,11 +9,14 @@ flush that a standby could use) and leave a standby.signal, so that even a
 from __future__ import annotations
 
 import os
+import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from pgdr.config import Config, NodeConfig
-from pgdr.errors import PgdrError
+from pgdr.errors import PgdrError, ProgramFailed
+from pgdr.fsutil import fsync_path
 from pgdr.pg import process
 from pgdr.pg.conninfo import mask, split_password
 from pgdr.pg.instance import Instance
@@ -41,9 +44,121 @@ def local_instance(node: NodeConfig, programs: Programs) -> Instance | None:
 
 
 def mark_standby(data_dir: Path, programs: Programs) -> None:
+    """standby.signal, durable: fsynced with its directory, so a power cut cannot drop it."""
     signal_file = data_dir / "standby.signal"
     signal_file.touch()
     programs.run_as.chown(signal_file)
+    fsync_path(signal_file)
+    fsync_path(data_dir)
+
+
+def _boot_time() -> float:
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("btime "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def postmaster_alive(data_dir: Path) -> tuple[bool, str]:
+    """Is the postmaster named in postmaster.pid still running? (alive, why).
+
+    The pid alone can be reused, so its start time in /proc must match the start time
+    PostgreSQL wrote into postmaster.pid; a zombie has exited and counts as dead.
+    """
+    try:
+        lines = (data_dir / "postmaster.pid").read_text().splitlines()
+        pid, started = int(lines[0]), float(lines[2])
+    except FileNotFoundError:
+        return False, "no postmaster.pid"
+    except (OSError, ValueError, IndexError):
+        return False, "postmaster.pid unreadable"
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False, f"pid {pid} is gone"
+    fields = stat.rsplit(")", 1)[1].split()
+    state, start_ticks = fields[0], int(fields[19])
+    if state in ("Z", "X"):
+        return False, f"pid {pid} is a zombie"
+    proc_started = _boot_time() + start_ticks / os.sysconf("SC_CLK_TCK")
+    if abs(proc_started - started) > 2:
+        return False, f"pid {pid} now belongs to another process"
+    return True, f"pid {pid} ({'stopped' if state == 'T' else 'running'})"
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                continue
+    return out
+
+
+def _orphans(data_dir: Path) -> list[int]:
+    """Server processes left behind by a dead postmaster: every backend, walsender and
+    background worker runs with the data directory as its working directory. Until they
+    notice their postmaster is gone they still serve the sessions they have — and can
+    acknowledge commits the new primary will never see."""
+    target = data_dir.resolve()
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if Path(os.readlink(entry / "cwd")) == target:
+                    out.append(int(entry.name))
+            except OSError:
+                continue
+    return out
+
+
+def _kill_orphans(data_dir: Path) -> str:
+    orphans = _orphans(data_dir)
+    for pid in orphans:
+        _kill(pid)
+    return f"; SIGKILLed {len(orphans)} leftover server process(es)" if orphans else ""
+
+
+def stop_verified(inst: Instance, timeout: float = 10) -> str:
+    """Stop a failed primary for good and prove it: the postmaster is gone, or pg_control
+    says it shut down. pg_ctl's word is not enough (exit 1 means "did not shut down");
+    a postmaster that does not stop (SIGSTOPped, hung) is SIGKILLed with its children."""
+    alive, why = postmaster_alive(inst.data_dir)
+    if not alive:
+        return f"already down ({why})" + _kill_orphans(inst.data_dir)
+    if "(stopped)" not in why:  # a SIGSTOPped postmaster cannot act on pg_ctl's SIGQUIT
+        try:
+            inst.programs.run("pg_ctl", ["-D", str(inst.data_dir), "-m", "immediate", "-w",
+                                         "-t", str(int(timeout)), "stop"], ok_codes=(0, 1), timeout=timeout + 10)
+        except ProgramFailed:
+            pass  # re-checked below, never trusted either way
+        alive, why = postmaster_alive(inst.data_dir)
+        if not alive:
+            return f"stopped (immediate; {why})" + _kill_orphans(inst.data_dir)
+    pid = int((inst.data_dir / "postmaster.pid").read_text().splitlines()[0])
+    for child in _children(pid):
+        _kill(child)
+    _kill(pid)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        alive, why = postmaster_alive(inst.data_dir)
+        if not alive:
+            return f"pg_ctl stop did not stop it; SIGKILLed postmaster and children ({why})" \
+                + _kill_orphans(inst.data_dir)
+        time.sleep(0.05)
+    raise FenceRefused(f"cannot stop {inst.name}: {why} survives SIGKILL",
+                       hint="stop the machine or cut it off the network, then run failover with --no-fence")
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, signal.SIGCONT)
+    except ProcessLookupError:
+        pass
 
 
 def fence(config: Config, node: NodeConfig, programs: Programs, *, no_fence: bool, dry_run: bool = False) -> FenceResult:
@@ -51,12 +166,9 @@ def fence(config: Config, node: NodeConfig, programs: Programs, *, no_fence: boo
     if inst is not None:
         if dry_run:
             return FenceResult("local", f"would stop {node.name} and leave standby.signal in {node.data_dir}")
-        was_running = inst.is_running()
-        if was_running:
-            inst.stop(mode="immediate", timeout=30)
+        how = stop_verified(inst)
         mark_standby(inst.data_dir, programs)
-        return FenceResult("local", ("stopped and " if was_running else "already down; ")
-                           + f"standby.signal left in {node.data_dir}")
+        return FenceResult("local", f"{how}; standby.signal left in {node.data_dir}")
     if config.failover.fence_command:
         if dry_run:
             return FenceResult("command", f"would run {' '.join(config.failover.fence_command)}")

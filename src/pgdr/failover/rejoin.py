@@ -10,12 +10,19 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from pgdr.config import Config
+from pgdr.config import Config, NodeConfig
 from pgdr.errors import PgdrError
-from pgdr.failover import promote
+from pgdr.failover import promote, topology
 from pgdr.failover.failover import FailoverRefused
 from pgdr.failover.fence import local_instance
-from pgdr.failover.standby_setup import configure_as_standby, restore_own_config, save_own_config
+from pgdr.failover.quorum import SyncSpec, parse_sync
+from pgdr.failover.slots import ensure_slot, slot_name
+from pgdr.failover.standby_setup import (
+    configure_as_standby,
+    read_auto_conf,
+    restore_own_config,
+    save_own_config,
+)
 from pgdr.pg.connect import session
 from pgdr.pg.conninfo import split_password
 from pgdr.pg.probe import find_primary
@@ -23,6 +30,21 @@ from pgdr.pg.programs import Programs
 from pgdr.repo.layout import Repository
 from pgdr.repo.records import save_record
 from pgdr.runbook.timeline import Timeline
+
+
+def intended_sync(config: Config, repo: Repository) -> SyncSpec:
+    """The synchronous policy to restore (a failover may have degraded the live setting)."""
+    topo = topology.read(config, repo)
+    live = parse_sync(str(topo.get("synchronous_standby_names") or "")) if topo else SyncSpec("off", 0, ())
+    spec = topology.intended_sync(topo, live)
+    return spec if spec.synchronous else parse_sync(config.failover.synchronous_standby_names)
+
+
+def _standby_app_names(config: Config, primary: NodeConfig) -> list[str]:
+    with session(primary.conninfo) as conn:
+        rows = conn.execute("select application_name from pg_stat_replication "
+                            "where application_name <> %s", (config.archive.application_name,)).fetchall()
+    return [r["application_name"] for r in rows]
 
 
 def run_rejoin(config: Config, programs: Programs, repo: Repository, name: str) -> dict[str, Any]:
@@ -62,15 +84,26 @@ def run_rejoin(config: Config, programs: Programs, repo: Repository, name: str) 
             step.evidence["safety_copy"] = str(aside)
             inst.data_dir.mkdir(mode=0o700)
             programs.run_as.chown(inst.data_dir)
-            promote.ensure_slot(primary, name)
+            ensure_slot(primary.conninfo, read_auto_conf(aside).get("primary_slot_name") or slot_name(name))
             programs.run("pg_basebackup", ["-d", plain, "-D", str(inst.data_dir), "-X", "stream",
                                            "--checkpoint=fast"], password=password, timeout=3600)
     restore_own_config(inst.data_dir, saved, programs)
     with timeline.step("start as standby", name):
-        configure_as_standby(inst.data_dir, node, primary, programs)
+        app_name = configure_as_standby(inst.data_dir, node, primary, programs)
         inst.start()
     with timeline.step("streaming", name) as step:
-        step.evidence.update(promote.wait_streaming(primary, name))
+        step.evidence.update(promote.wait_streaming(primary, app_name))
+    spec = intended_sync(config, repo)
+    if spec.synchronous:
+        # Back into the synchronous set now that it streams (never before: every commit would wait).
+        with timeline.step("synchronous standbys", primary.name) as step:
+            streaming = promote.streaming_names(primary, _standby_app_names(config, primary))
+            sync = promote.set_synchronous(primary, spec, {**dict.fromkeys(streaming), app_name: node},
+                                           config.failover.sync_wait)
+            step.detail = str(sync["detail"])
+        record["synchronous_after"] = sync
+    record["topology_after"] = topology.record_live(config, repo, primary, sync_method=spec.method,
+                                                    sync_num=spec.num)
     record.update(outcome="rejoined", method=method, timeline=timeline.as_list())
     record["record_path"] = str(save_record(repo, "rejoin", record))
     return record

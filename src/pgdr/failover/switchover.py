@@ -13,9 +13,10 @@ from typing import Any
 
 from pgdr.config import Config
 from pgdr.errors import PgdrError
-from pgdr.failover import preflight, promote
+from pgdr.failover import preflight, promote, topology
 from pgdr.failover.failover import FailoverRefused, controldata
 from pgdr.failover.fence import local_instance
+from pgdr.failover.quorum import parse_sync
 from pgdr.failover.repoint import Repointer
 from pgdr.failover.standby_setup import configure_as_standby
 from pgdr.failover.steps import clients_paused, promote_prove_repoint
@@ -24,7 +25,7 @@ from pgdr.pg.connect import session
 from pgdr.pg.lsn import parse_lsn
 from pgdr.pg.programs import Programs
 from pgdr.repo.layout import Repository
-from pgdr.repo.records import save_record, write_topology
+from pgdr.repo.records import save_record
 from pgdr.runbook.timeline import Timeline
 
 
@@ -63,7 +64,7 @@ def _switchover(config: Config, programs: Programs, repo: Repository, to: str | 
         raise FailoverRefused(f"switchover must shut {old.name} down cleanly, but its data directory "
                               "is not on this machine", hint="run pgdr on the primary's host")
     streaming = [n for n in nodes if n.role == "standby" and n.facts.get("receiver_status") == "streaming"]
-    choice = preflight.choose_candidate(config, streaming or nodes, to, force=False)
+    choice = preflight.choose_candidate(config, streaming or nodes, to, force=False, planned=True)
     if choice.refused or choice.candidate is None:
         raise FailoverRefused(f"not switching over: {choice.reason}")
     candidate = choice.candidate.node
@@ -75,25 +76,41 @@ def _switchover(config: Config, programs: Programs, repo: Repository, to: str | 
             "repoint clients and resume"])
         return record
     repointer = Repointer(config.failover.repoint)
+    topo = topology.read(config, repo)
+    spec = topology.intended_sync(topo, parse_sync(preflight.sync_setting(config, nodes, topo)))
     with clients_paused(timeline, repointer, record, repo, "switchover"):
         with timeline.step("clean shutdown", old.name) as step:
             old_inst.stop(mode="fast")
-            checkpoint = controldata(programs, old_inst.data_dir)["Latest checkpoint location"]
+            control = controldata(programs, old_inst.data_dir)
+            state = control.get("Database cluster state", "?")
+            step.evidence["cluster_state"] = state
+            if state != "shut down":  # only then is the latest checkpoint the shutdown checkpoint
+                raise PgdrError(f"{old.name} did not shut down cleanly (pg_control says {state!r}); "
+                                "its last checkpoint is not the end of its WAL", hint="use `pgdr failover`")
+            checkpoint = control["Latest checkpoint location"]
             step.evidence["shutdown_checkpoint"] = checkpoint
         with timeline.step("replay shutdown checkpoint", candidate.name) as step:
             step.evidence["replayed_to"] = _wait_replayed_past(candidate.conninfo, parse_lsn(checkpoint),
                                                                config.failover.replay_timeout)
-        new_timeline = promote_prove_repoint(timeline, candidate, repointer)
+        followers = [n.node for n in nodes if n.role == "standby" and n.node.name != candidate.name]
+        new_timeline = promote_prove_repoint(timeline, config, repo, candidate, repointer, followers=followers,
+                                             spec=spec, fenced=[], record=record)
+    with timeline.step("clients reach the new primary") as step:
+        step.evidence["targets"] = [r.__dict__ for r in repointer.clients_reach()]
     rto = timeline.elapsed
-    write_topology(repo, candidate.name, new_timeline, [])
     with timeline.step("old primary becomes standby", old.name):
-        configure_as_standby(old_inst.data_dir, old, candidate, programs)
+        app_name = configure_as_standby(old_inst.data_dir, old, candidate, programs)
         old_inst.start()
-        promote.wait_streaming(candidate, old.name)
-    for other in nodes:
-        if other.role == "standby" and other.node.name not in (candidate.name, old.name):
-            with timeline.step("standby follows", other.node.name):
-                promote.follow(other.node, candidate)
+        promote.wait_streaming(candidate, app_name)
+    if spec.synchronous:
+        with timeline.step("synchronous standbys", candidate.name) as step:
+            result = promote.set_synchronous(candidate, spec,
+                                             {**dict.fromkeys(record.get("followers", [])), app_name: old},
+                                             config.failover.sync_wait)
+            step.detail = str(result["detail"])
+        record["synchronous_after"] = result
+    record["topology_after"] = topology.record_live(config, repo, candidate, fenced=[], sync_method=spec.method,
+                                                    sync_num=spec.num)
     record.update(outcome="switched", new_primary=candidate.name, new_timeline=new_timeline,
                   rto_seconds=round(rto, 3), rpo={"known": True, "bytes": 0, "commits": 0,
                                                   "detail": "clean shutdown replayed before promotion"},

@@ -260,8 +260,17 @@ class Registry:
             self._save()
 
 
+    def _after_fork(self) -> None:
+        """A forked worker (waldump's process pool) starts with no children and a fresh
+        lock: another thread may have held this one at the moment of the fork."""
+        self.lock = threading.Lock()
+        self.groups, self.servers = {}, {}
+        self._path = self._owner = None
+
+
 REGISTRY = Registry()
 atexit.register(REGISTRY.end_all)
+os.register_at_fork(after_in_child=REGISTRY._after_fork)
 
 
 def reap_orphans() -> list[str]:

@@ -20,6 +20,7 @@ from psycopg.conninfo import make_conninfo
 
 from pgdr.errors import SandboxError
 from pgdr.pg.children import REGISTRY
+from pgdr.pg.process import Watchdog
 from pgdr.pg.programs import Programs
 
 # A restored or scratch copy must never act as part of the cluster it came from: no
@@ -79,6 +80,7 @@ class Instance:
     # it if this one was SIGKILLed (pg_ctl puts the postmaster in a session of its own,
     # out of reach of the process-group guard). release() hands it over.
     supervised: bool = False
+    _watchdog: Watchdog | None = field(default=None, repr=False, compare=False)
 
     @property
     def logfile(self) -> Path:
@@ -119,13 +121,9 @@ class Instance:
             pid = int((self.data_dir / "postmaster.pid").read_text().splitlines()[0])
         except (OSError, ValueError, IndexError):
             return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            return pid
-        return pid
+        # A SIGKILLed postmaster stays a zombie until its parent reaps it, and a container's
+        # init may never do so: a zombie is not running.
+        return pid if _alive(pid) else None
 
     def is_running(self) -> bool:
         return self.pid() is not None
@@ -139,6 +137,8 @@ class Instance:
         self.programs.run_as.chown(self.logfile)
         if self.supervised:
             REGISTRY.add_server(self.data_dir, self.name)
+            if self._watchdog is None:
+                self._watchdog = Watchdog(self.data_dir)
         try:
             self.programs.run(
                 "pg_ctl", ["-D", str(self.data_dir), "-l", str(self.logfile), "-w",
@@ -153,10 +153,13 @@ class Instance:
                                      "-t", str(timeout), "stop"], ok_codes=(0, 1),
                           timeout=timeout + 10)
         if self.supervised and not self.is_running():
-            REGISTRY.release_server(self.data_dir)
+            self.release()
 
     def release(self) -> None:
         """Hand a supervised server over: it keeps running after pgdr exits."""
+        if self._watchdog is not None:
+            self._watchdog.release()
+            self._watchdog = None
         REGISTRY.release_server(self.data_dir)
 
     def kill9(self) -> None:

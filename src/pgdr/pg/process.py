@@ -307,6 +307,47 @@ def spawn(argv: Sequence[str], *, name: str | None = None, env: Mapping[str, str
     return Child(proc, name)
 
 
+_WATCHDOG_SCRIPT = (
+    '[ "$PPID" = "$0" ] || exit 125; d=$1; '
+    'stop() { pid=$(head -n 1 "$d/postmaster.pid" 2>/dev/null) && [ -n "$pid" ] && '
+    '[ "$(readlink "/proc/$pid/cwd")" = "$d" ] && kill -QUIT "$pid"; exit 0; }; '
+    "trap stop TERM HUP; "
+    "while :; do sleep 2 & wait $!; done")
+
+
+class Watchdog:
+    """Stops a supervised server the moment pgdr dies (even by SIGKILL).
+
+    pg_ctl puts the postmaster in a session of its own, out of reach of the program
+    guard, so a tiny shell started with `setpriv --pdeathsig TERM` waits beside it; on
+    pgdr's death (or on end_all's SIGTERM) it sends the postmaster SIGQUIT (immediate
+    shutdown) — only the postmaster whose /proc/PID/cwd is the data directory. release()
+    ends the watchdog silently (SIGKILL) when the server is handed over."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            return  # the next pgdr's reap_orphans still stops it
+        self.proc = subprocess.Popen(
+            [setpriv, "--pdeathsig", "TERM", "/bin/sh", "-c", _WATCHDOG_SCRIPT, str(os.getpid()),
+             str(data_dir.resolve())],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True, close_fds=True, cwd="/")
+        children.REGISTRY.add_group(self.proc.pid, f"watchdog of {data_dir}")
+
+    def release(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+        children.REGISTRY.remove_group(self.proc.pid)
+        self.proc = None
+
+
 def start_detached(argv: Sequence[str], *, log_path: Path,
                    env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
     """Start a pgdr service that must outlive this process (`pgdr archiver start`): its own

@@ -76,8 +76,3 @@ def read_topology(repo: Repository) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
 
-
-def write_topology(repo: Repository, primary: str, timeline: int, fenced: list[str]) -> None:
-    """Who pgdr last made primary: the old primary to fence when the current one dies."""
-    write_json_durable(topology_path(repo), {"primary": primary, "timeline": timeline, "fenced": fenced,
-                                             "updated_at": datetime.now(UTC).isoformat()})

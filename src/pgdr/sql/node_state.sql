@@ -3,6 +3,12 @@
 -- status, find_primary and the failover preflight.
 select pg_is_in_recovery() as in_recovery,
        (select timeline_id from pg_control_checkpoint()) as checkpoint_timeline,
+       -- the timeline it writes or replays on now (the checkpoint's lags until the next checkpoint)
+       case when pg_is_in_recovery()
+            then greatest((select received_tli from pg_stat_wal_receiver),
+                          (select min_recovery_end_timeline from pg_control_recovery()),
+                          (select timeline_id from pg_control_checkpoint()))
+            else ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int end as timeline,
        case when pg_is_in_recovery() then null else pg_current_wal_lsn()::text end as current_lsn,
        pg_last_wal_receive_lsn()::text as receive_lsn,
        pg_last_wal_replay_lsn()::text as replay_lsn,
