@@ -82,3 +82,12 @@ def test_permission_denied_names_object_and_grant() -> None:
     assert isinstance(err, PrivilegeMissing)
     assert err.message == "role app may not read table secret_stuff at db:5432"
     assert err.hint is not None and "GRANT pg_read_all_data TO app" in err.hint
+
+
+def test_unreadable_passfile_is_dropped_from_the_childs_conninfo() -> None:
+    from pgdr.pg.credentials import _conninfo_passfile, _without_passfile
+
+    args = ["-D", "/x", "-d", "host=h user=dba passfile=/root/pgpass dbname=postgres", "-Ft"]
+    assert _conninfo_passfile(args) == Path("/root/pgpass")
+    rewritten = _without_passfile(args)
+    assert "passfile" not in rewritten[3] and "user=dba" in rewritten[3] and rewritten[4] == "-Ft"
