@@ -20,7 +20,7 @@ import re
 import shutil
 import tempfile
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -220,21 +220,32 @@ def _read_chunk_job(args: tuple[Programs, Chunk, tuple[str, ...], int | None]) -
     return read_chunk(*args)
 
 
+Progress = Callable[[int, int], None]
+"""Called with (chunks done, chunks in all) as a scan advances."""
+
+
 def scan(programs: Programs, chunks: Sequence[Chunk], rmgrs: tuple[str, ...],
-         *, xid: int | None = None, jobs: int | None = None) -> ScanResult:
+         *, xid: int | None = None, jobs: int | None = None, progress: Progress | None = None) -> ScanResult:
     """Read chunks in parallel processes (one pg_waldump each); results in chunk order."""
     import time
 
     t0 = time.monotonic()
     jobs = max(1, min(jobs or (os.cpu_count() or 2), len(chunks) or 1))
     work = [(programs, c, rmgrs, xid) for c in chunks]
+    results: list[ChunkResult] = []
     if jobs == 1 or len(chunks) <= 1:
-        results = [_read_chunk_job(w) for w in work]
+        for w in work:
+            results.append(_read_chunk_job(w))
+            if progress:
+                progress(len(results), len(work))
     else:
         import multiprocessing
 
         with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("fork")) as pool:
-            results = list(pool.map(_read_chunk_job, work, chunksize=1))
+            for r in pool.map(_read_chunk_job, work, chunksize=1):
+                results.append(r)
+                if progress:
+                    progress(len(results), len(work))
     return ScanResult(results, time.monotonic() - t0)
 
 

@@ -1,0 +1,118 @@
+"""Benchmark find-disaster beside pg_waldump alone over the same archived WAL.
+
+A fresh sandbox (no standby, archiver running), one physical backup, then pgbench
+(-c 2, scale --scale) until at least --mb MB of WAL is archived after the backup, plus
+one mass DELETE to find. Then, in this one process:
+- `find-disaster` over the whole archive (decompression, pg_waldump per segment in
+  parallel, parsing): MB of WAL per second;
+- pg_waldump alone: one process over the same segments, already decompressed, all
+  record types, output discarded (the issue's baseline);
+and their ratio (the target is >= 0.8).
+
+    .venv/bin/python bench/bench_undo.py [--mb 512] [--scale 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from pgdr.backup.physical import take_physical_backup
+from pgdr.config import load_config
+from pgdr.pg.connect import session
+from pgdr.pg.lsn import format_lsn
+from pgdr.pg.programs import Programs
+from pgdr.repo.layout import Repository
+from pgdr.repo.wal import WalArchive
+from pgdr.restore.walscan import find_disasters
+from pgdr.sandbox import sandbox as sb
+
+
+def _wait_archived(sandbox: sb.Sandbox, repo: Repository, timeout: float = 600) -> None:
+    with session(sandbox.conninfo(sandbox.primary)) as conn:
+        row = conn.execute("select pg_walfile_name(pg_current_wal_lsn()) as f").fetchone()
+        conn.execute("select pg_switch_wal()")
+    assert row is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        names = [f.name for f in WalArchive(repo).files()]
+        if names and max(names) >= row["f"]:
+            return
+        time.sleep(0.2)
+    raise SystemExit(f"the archive did not reach {row['f']} within {timeout:.0f}s")
+
+
+def waldump_alone(base: Path, repo: Repository, programs: Programs) -> tuple[float, int]:
+    folder = base / "waldump"
+    folder.mkdir()
+    segs = WalArchive(repo).segments()
+    size = repo.wal_segment_size
+    for seg in segs:
+        (folder / seg.name(size)).write_bytes(WalArchive(repo).read(seg.name(size)))
+    t0 = time.monotonic()
+    programs.run("pg_waldump", ["-p", str(folder), "-t", str(segs[0].timeline),
+                                "-s", format_lsn(segs[0].start_lsn(size)),
+                                "-e", format_lsn(segs[-1].start_lsn(size) + size)],
+                 ok_codes=(0, 1), as_server_user=False, stdout_path=Path(os.devnull), timeout=3600)
+    seconds = time.monotonic() - t0
+    shutil.rmtree(folder)
+    return seconds, len(segs) * size
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--mb", type=int, default=512)
+    parser.add_argument("--scale", type=int, default=10)
+    parser.add_argument("--keep", help="reuse/keep the sandbox in this folder")
+    args = parser.parse_args()
+    programs = Programs()
+    base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="pgdr-bench-undo-", dir="/tmp"))
+    base.mkdir(exist_ok=True)
+    os.chmod(base, 0o755)
+    sandbox = None
+    try:
+        sandbox = sb.up(base / "sb", programs, standbys=0)
+        primary = sandbox.conninfo(sandbox.primary)
+        pg = ["-h", str(sandbox.socket_dir), "-p", str(sandbox.primary.port), "-U", "postgres"]
+        programs.run("pgbench", ["-i", "-q", "-s", str(args.scale), *pg, "app"], timeout=3600)
+        config = load_config(sandbox.config_path)
+        repo = Repository(config.repository.path)
+        take_physical_backup(config, programs, repo)
+        with session(primary) as conn:
+            start = conn.execute("select pg_current_wal_lsn() as l").fetchone()
+        assert start is not None
+        made = 0.0
+        while made < args.mb * 2**20:
+            programs.run("pgbench", ["-c", "2", "-j", "2", "-T", "20", "-n", *pg, "app"], timeout=600)
+            with session(primary) as conn:
+                row = conn.execute("select pg_wal_lsn_diff(pg_current_wal_lsn(), %s) as d", (start["l"],)).fetchone()
+            assert row is not None
+            made = float(row["d"])
+        with session(primary) as conn:
+            conn.execute("delete from pgbench_history")
+        _wait_archived(sandbox, repo)
+        print(f"{made / 2**20:.0f} MB of WAL after the backup, {len(WalArchive(repo).segments())} segments archived")
+
+        scan = find_disasters(programs, repo)
+        mb = scan.bytes_read / 2**20
+        fd_rate = mb / scan.seconds
+        print(f"find-disaster: {mb:.0f} MB in {scan.seconds:.1f}s = {fd_rate:.0f} MB/s "
+              f"({len(scan.disasters)} findings, {os.cpu_count()} cores)")
+        wd_s, wd_bytes = waldump_alone(base, repo, programs)
+        wd_rate = wd_bytes / 2**20 / wd_s
+        print(f"pg_waldump alone (one process, decompressed, all records): {wd_bytes / 2**20:.0f} MB in "
+              f"{wd_s:.1f}s = {wd_rate:.0f} MB/s")
+        print(f"ratio find-disaster / pg_waldump: {fd_rate / wd_rate:.2f}")
+    finally:
+        if sandbox is not None and not args.keep:
+            sb.down(sandbox.root, programs, purge=True)
+        if not args.keep:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
