@@ -19,7 +19,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -32,11 +32,6 @@ from pgdr.errors import RepositoryError
 from pgdr.pg.lsn import Segment, format_lsn, parse_lsn
 from pgdr.pg.programs import Programs
 
-_LINE_RE = re.compile(
-    r"^rmgr: (\S+)\s+len \(rec/tot\):\s*\d+/\s*\d+, tx:\s*(\d+), lsn: ([0-9A-F]+/[0-9A-F]+), "
-    r"prev [0-9A-F]+/[0-9A-F]+, desc: (\S+)\s?(.*)$")
-_TS_RE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC")
-_BLKREF_RE = re.compile(r"blkref #0: rel (\d+/\d+/\d+)")
 _END_RE = re.compile(r"(?:invalid record length|record with incorrect prev-link|invalid magic number|"
                      r"contrecord is requested|invalid resource manager ID|could not read file|"
                      r"could not find file|invalid record offset)[^\n]*?at ([0-9A-F]+/[0-9A-F]+)")
@@ -120,43 +115,71 @@ def path_to_key(path: str) -> str:
     return path
 
 
-def parse_lines(lines: Sequence[str], result: ChunkResult) -> None:
-    """Fold pg_waldump lines into result (module level so worker processes can run it)."""
-    for line in lines:
-        m = _LINE_RE.match(line)
-        if m is None:
-            continue
-        rmgr, xid_s, lsn, op, rest = m.groups()
+# Only the records that matter, found by C-level regex scans over pg_waldump's whole
+# output (one Python step per matching record, none per other line): Heap DELETE /
+# UPDATE / HOT_UPDATE counted per (xid, op, relation) with a Counter, and the rarer
+# records (commits, aborts, storage creates, heap truncates, restore points) one by one.
+_HEAD = r"tx: *(\d+), lsn: ([0-9A-F]+/[0-9A-F]+), prev [0-9A-F]+/[0-9A-F]+, desc: "
+_ROW_RE = re.compile(r"tx: *(\d+), lsn: [0-9A-F]+/[0-9A-F]+, prev [0-9A-F]+/[0-9A-F]+, "
+                     r"desc: (DELETE|UPDATE|HOT_UPDATE) [^\n]*?blkref #0: rel (\d+/\d+/\d+)")
+_OTHER_RE = re.compile(_HEAD + r"(COMMIT|ABORT|COMMIT_PREPARED|ABORT_PREPARED|CREATE|TRUNCATE|RESTORE_POINT)"
+                       r"\b ?([^\n]*)")
+_RMGR_AT = re.compile(r"rmgr: (\S+)")
+_LAST_LSN_RE = re.compile(r"lsn: ([0-9A-F]+/[0-9A-F]+), prev")
+
+
+def _rmgr_of(text: str, pos: int) -> str:
+    """The resource manager of the line holding pos (only asked for the rare records)."""
+    m = _RMGR_AT.match(text, text.rfind("\n", 0, pos) + 1)
+    return m.group(1) if m else ""
+
+
+def _commit_time(ts: str) -> datetime:
+    return datetime.fromisoformat(ts).replace(tzinfo=UTC)
+
+
+def parse_output(text: str, result: ChunkResult) -> None:
+    """Fold pg_waldump's output into result (module level so worker processes can run it)."""
+    counts = Counter(_ROW_RE.findall(text))
+    for (xid_s, op, rel), n in counts.items():
+        target = result.deletes if op == "DELETE" else result.updates
+        rels = target.setdefault(int(xid_s), {})
+        rels[rel] = rels.get(rel, 0) + n
+    for m in _OTHER_RE.finditer(text):
+        xid_s, lsn, op, rest = m.groups()
+        rmgr = _rmgr_of(text, m.start())
         xid = int(xid_s)
-        result.last_lsn = lsn
-        if rmgr == "Heap":
-            if op in ("DELETE", "UPDATE", "HOT_UPDATE"):
-                b = _BLKREF_RE.search(rest)
-                if b:
-                    target = result.deletes if op == "DELETE" else result.updates
-                    rels = target.setdefault(xid, {})
-                    rels[b.group(1)] = rels.get(b.group(1), 0) + 1
-            elif op == "TRUNCATE":
-                result.heap_truncates[xid] = result.heap_truncates.get(xid, 0) + 1
-        elif rmgr == "Transaction" and op in ("COMMIT", "ABORT", "COMMIT_PREPARED", "ABORT_PREPARED"):
-            ts = _TS_RE.match(rest)
-            if ts is None:
+        if rmgr == "Transaction" and op in ("COMMIT", "ABORT", "COMMIT_PREPARED", "ABORT_PREPARED"):
+            head, _, tail = rest.partition("; ")
+            if not head.endswith(" UTC"):
                 continue
-            when = datetime.strptime(ts.group(1), "%Y-%m-%d %H:%M:%S.%f" if "." in ts.group(1)
-                                     else "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+            try:
+                when = _commit_time(head[:-4])
+            except ValueError:
+                continue
             commit = Commit(xid, when, lsn, aborted=op.startswith("ABORT"))
-            for part in rest.split("; ")[1:]:
-                if part.startswith("rels: "):
-                    commit.rels = [path_to_key(p) for p in part[6:].split()]
-                elif part.startswith("dropped stats:"):
-                    commit.dropped_stats = True
-                elif part.startswith("subxacts: "):
-                    commit.subxacts = [int(x) for x in part[10:].split() if x.isdigit()]
+            if tail:
+                for part in tail.split("; "):
+                    if part.startswith("rels: "):
+                        commit.rels = [path_to_key(p) for p in part[6:].split()]
+                    elif part.startswith("dropped stats:"):
+                        commit.dropped_stats = True
+                    elif part.startswith("subxacts: "):
+                        commit.subxacts = [int(x) for x in part[10:].split() if x.isdigit()]
             result.commits[xid] = commit
         elif rmgr == "Storage" and op == "CREATE":
             result.creates.setdefault(xid, []).append(path_to_key(rest.strip().split()[0]))
+        elif rmgr == "Heap" and op == "TRUNCATE":
+            result.heap_truncates[xid] = result.heap_truncates.get(xid, 0) + 1
         elif rmgr == "XLOG" and op == "RESTORE_POINT":
             result.restore_points.append((rest.strip(), lsn))
+    tail = text.rfind("lsn: ")
+    if tail >= 0 and (m := _LAST_LSN_RE.match(text, tail)):
+        result.last_lsn = m.group(1)
+
+
+def parse_lines(lines: Sequence[str], result: ChunkResult) -> None:
+    parse_output("\n".join(lines), result)
 
 
 @dataclass(frozen=True)
@@ -204,7 +227,7 @@ def read_chunk(programs: Programs, chunk: Chunk, rmgrs: tuple[str, ...], xid: in
         res = programs.run("pg_waldump", args, ok_codes=(0, 1), as_server_user=False,
                            env={"TZ": "UTC", "PGTZ": "UTC"}, timeout=600)
         result.bytes_read = size
-        parse_lines(res.stdout.splitlines(), result)
+        parse_output(res.stdout, result)
         if res.returncode != 0:
             err = res.stderr.strip().splitlines()
             result.error = err[-1] if err else f"pg_waldump exit {res.returncode}"
