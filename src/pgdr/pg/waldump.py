@@ -173,9 +173,9 @@ def parse_output(text: str, result: ChunkResult) -> None:
             result.heap_truncates[xid] = result.heap_truncates.get(xid, 0) + 1
         elif rmgr == "XLOG" and op == "RESTORE_POINT":
             result.restore_points.append((rest.strip(), lsn))
-    tail = text.rfind("lsn: ")
-    if tail >= 0 and (m := _LAST_LSN_RE.match(text, tail)):
-        result.last_lsn = m.group(1)
+    last = _LAST_LSN_RE.match(text, max(0, text.rfind("lsn: ")))
+    if last is not None:
+        result.last_lsn = last.group(1)
 
 
 def parse_lines(lines: Sequence[str], result: ChunkResult) -> None:
