@@ -1,8 +1,8 @@
 """Benchmark find-disaster beside pg_waldump alone over the same archived WAL.
 
 A fresh sandbox (no standby, archiver running), one physical backup, then pgbench
-(-c 2, scale --scale) until at least --mb MB of WAL is archived after the backup, plus
-one mass DELETE to find. Then, in this one process:
+(-c 2, scale --scale, --pgbench-seconds) and batches of 2000-row UPDATEs until at least
+--mb MB of WAL is archived after the backup, plus one mass DELETE to find. Then, in this one process:
 - `find-disaster` over the whole archive (decompression, pg_waldump per segment in
   parallel, parsing): MB of WAL per second;
 - pg_waldump alone: one process over the same segments, already decompressed, all
@@ -67,7 +67,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mb", type=int, default=512)
     parser.add_argument("--scale", type=int, default=10)
-    parser.add_argument("--keep", help="reuse/keep the sandbox in this folder")
+    parser.add_argument("--pgbench-seconds", type=int, default=20)
+    parser.add_argument("--keep", help="keep the sandbox in this (new) folder, to measure again")
     args = parser.parse_args()
     programs = Programs()
     base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="pgdr-bench-undo-", dir="/tmp"))
@@ -85,13 +86,21 @@ def main() -> None:
         with session(primary) as conn:
             start = conn.execute("select pg_current_wal_lsn() as l").fetchone()
         assert start is not None
-        made = 0.0
-        while made < args.mb * 2**20:
-            programs.run("pgbench", ["-c", "2", "-j", "2", "-T", "20", "-n", *pg, "app"], timeout=600)
-            with session(primary) as conn:
+        # one pgbench run (many small transactions), then batches of 2000-row updates
+        # (the record mix of a batch job) until the WAL is big enough
+        programs.run("pgbench", ["-c", "2", "-j", "2", "-T", str(args.pgbench_seconds), "-n", *pg, "app"],
+                     timeout=600, env={"PGOPTIONS": "-c synchronous_commit=local"})
+        made, lo = 0.0, 0
+        accounts = args.scale * 100000
+        with session(primary) as conn:
+            conn.execute("set synchronous_commit = local")
+            while made < args.mb * 2**20:
+                conn.execute("update pgbench_accounts set abalance = abalance + 1 where aid > %s and aid <= %s",
+                             (lo, lo + 2000))
+                lo = (lo + 2000) % accounts
                 row = conn.execute("select pg_wal_lsn_diff(pg_current_wal_lsn(), %s) as d", (start["l"],)).fetchone()
-            assert row is not None
-            made = float(row["d"])
+                assert row is not None
+                made = float(row["d"])
         with session(primary) as conn:
             conn.execute("delete from pgbench_history")
         _wait_archived(sandbox, repo)

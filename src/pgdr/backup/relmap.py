@@ -25,7 +25,7 @@ from pgdr.pg.connect import session
 from pgdr.pg.conninfo import with_params
 from pgdr.pg.sql import load
 from pgdr.repo.layout import Repository
-from pgdr.repo.manifest import Relation
+from pgdr.repo.manifest import Relation, list_backups
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,20 @@ def record_snapshot(repo: Repository, conninfo: str) -> Path | None:
     folder.mkdir(mode=0o755, exist_ok=True)
     path = folder / f"{now.strftime('%Y%m%dT%H%M%S.%fZ')}.json"
     write_json_durable(path, {"taken_at": now.isoformat(), "relations": relations})
+    _prune(repo)
     return path
+
+
+def _prune(repo: Repository) -> None:
+    """Drop snapshots older than the oldest physical backup: no restore can reach back
+    before it, and that backup carries its own map. The newest snapshot always stays."""
+    backups = list_backups(repo, "physical")
+    if not backups:
+        return
+    cutoff = backups[0].start_time.astimezone(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    for path in _snapshot_files(repo)[:-1]:
+        if path.stem < cutoff:
+            path.unlink(missing_ok=True)
 
 
 class RelmapRecorder:
