@@ -121,17 +121,11 @@ def path_to_key(path: str) -> str:
 # records (commits, aborts, storage creates, heap truncates, restore points) one by one.
 _HEAD = r"tx: *(\d+), lsn: ([0-9A-F]+/[0-9A-F]+), prev [0-9A-F]+/[0-9A-F]+, desc: "
 _ROW_RE = re.compile(r"tx: *(\d+), lsn: [0-9A-F]+/[0-9A-F]+, prev [0-9A-F]+/[0-9A-F]+, "
-                     r"desc: (DELETE|UPDATE|HOT_UPDATE) [^\n]*?blkref #0: rel (\d+/\d+/\d+)")
-_OTHER_RE = re.compile(_HEAD + r"(COMMIT|ABORT|COMMIT_PREPARED|ABORT_PREPARED|CREATE|TRUNCATE|RESTORE_POINT)"
-                       r"\b ?([^\n]*)")
-_RMGR_AT = re.compile(r"rmgr: (\S+)")
+                     r"desc: (DELETE|UPDATE|HOT_UPDATE) [^b\n]*(?:b(?!lkref #0: )[^b\n]*)*blkref #0: rel (\d+/\d+/\d+)")
+# the rare records: found by their literal "desc: OP" (a fast prefix scan), then read whole
+_RARE_RE = re.compile(r"desc: (?:COMMIT|ABORT|CREATE|TRUNCATE|RESTORE_POINT)")
+_LINE_RE = re.compile(r"rmgr: (\S+) +len \(rec/tot\): *\d+/ *\d+, " + _HEAD + r"(\S+) ?([^\n]*)")
 _LAST_LSN_RE = re.compile(r"lsn: ([0-9A-F]+/[0-9A-F]+), prev")
-
-
-def _rmgr_of(text: str, pos: int) -> str:
-    """The resource manager of the line holding pos (only asked for the rare records)."""
-    m = _RMGR_AT.match(text, text.rfind("\n", 0, pos) + 1)
-    return m.group(1) if m else ""
 
 
 def _commit_time(ts: str) -> datetime:
@@ -145,9 +139,11 @@ def parse_output(text: str, result: ChunkResult) -> None:
         target = result.deletes if op == "DELETE" else result.updates
         rels = target.setdefault(int(xid_s), {})
         rels[rel] = rels.get(rel, 0) + n
-    for m in _OTHER_RE.finditer(text):
-        xid_s, lsn, op, rest = m.groups()
-        rmgr = _rmgr_of(text, m.start())
+    for hit in _RARE_RE.finditer(text):
+        m = _LINE_RE.match(text, text.rfind("\n", 0, hit.start()) + 1)
+        if m is None:
+            continue
+        rmgr, xid_s, lsn, op, rest = m.groups()
         xid = int(xid_s)
         if rmgr == "Transaction" and op in ("COMMIT", "ABORT", "COMMIT_PREPARED", "ABORT_PREPARED"):
             head, _, tail = rest.partition("; ")
@@ -224,10 +220,13 @@ def read_chunk(programs: Programs, chunk: Chunk, rmgrs: tuple[str, ...], xid: in
             args += ["-r", rmgr]
         if xid is not None:
             args += ["-x", str(xid)]
+        # stdout to a file read back in one call: a pipe read line by line costs more
+        # Python time than pg_waldump itself (a segment prints ~100k lines)
+        dumped = tmp / "waldump.out"
         res = programs.run("pg_waldump", args, ok_codes=(0, 1), as_server_user=False,
-                           env={"TZ": "UTC", "PGTZ": "UTC"}, timeout=600)
+                           env={"TZ": "UTC", "PGTZ": "UTC"}, timeout=600, stdout_path=dumped)
         result.bytes_read = size
-        parse_output(res.stdout, result)
+        parse_output(dumped.read_text(errors="replace"), result)
         if res.returncode != 0:
             err = res.stderr.strip().splitlines()
             result.error = err[-1] if err else f"pg_waldump exit {res.returncode}"
@@ -253,7 +252,8 @@ def scan(programs: Programs, chunks: Sequence[Chunk], rmgrs: tuple[str, ...],
     import time
 
     t0 = time.monotonic()
-    jobs = max(1, min(jobs or (os.cpu_count() or 2), len(chunks) or 1))
+    # two workers per core: each waits on its pg_waldump part of the time
+    jobs = max(1, min(jobs or 2 * (os.cpu_count() or 2), len(chunks) or 1))
     work = [(programs, c, rmgrs, xid) for c in chunks]
     results: list[ChunkResult] = []
     if jobs == 1 or len(chunks) <= 1:
