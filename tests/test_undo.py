@@ -21,11 +21,13 @@ import pytest
 from pgdr.errors import UsageError
 from pgdr.pg.connect import session
 from pgdr.pg.ident import parse_table, quote
+from pgdr.pg.lsn import parse_lsn
 from pgdr.pg.programs import Programs
+from pgdr.pg.waldump import NEXT_PREFIX, read_chunk
 from pgdr.repo.wal import WalArchive
 from pgdr.restore.pitr import stop_restored
 from pgdr.restore.salvage import salvage
-from pgdr.restore.walscan import relation_names
+from pgdr.restore.walscan import archive_wal, relation_names
 from pgdr.sandbox import sandbox as sb
 from tests.conftest import run_cli
 
@@ -41,6 +43,7 @@ class Story:
     xid_delete: int
     xid_truncate: int
     restored: str          # the app database of an instance restored to just before xid_drop
+    big_record_from: str   # insert position just before a 10 MB WAL record crossing a segment boundary
 
 
 def _xid_of(conninfo: str, statement: str) -> int:
@@ -105,6 +108,13 @@ def story(base_dir: Path, programs: Programs) -> Iterator[Story]:
             conn.execute("create table fresh_log (id int primary key, msg text)")
             conn.execute("insert into fresh_log select g, 'm' || g from generate_series(1, 250) g")
         _wait_named(sandbox, {"Sales Dept.Order Items", 'public.Ärger"Fälle', "public.fresh_log"})
+        with session(primary) as conn:  # the second record starts ~10 MB into a segment, ends ~4 MB into the next
+            conn.execute("select pg_switch_wal()")
+            conn.execute("select pg_logical_emit_message(false, 'pgdr-test', repeat('x', 10000000))")
+            row = conn.execute("select pg_current_wal_insert_lsn()::text as l").fetchone()
+            assert row is not None
+            big_from = row["l"]
+            conn.execute("select pg_logical_emit_message(false, 'pgdr-test', repeat('x', 10000000))")
         xid_drop = _xid_of(primary, "drop table fresh_log")
         xid_delete = _xid_of(primary, f"delete from {ITEMS} where id <= 200")
         xid_truncate = _xid_of(primary, f"truncate {UMLAUT}")
@@ -116,7 +126,7 @@ def story(base_dir: Path, programs: Programs) -> Iterator[Story]:
                       config=sandbox.config_path)
         assert res.returncode == 0, res.stderr
         restored = str(json.loads(res.stdout)["conninfo"]).replace("dbname=postgres", "dbname=app")
-        yield Story(sandbox, primary, xid_drop, xid_delete, xid_truncate, restored)
+        yield Story(sandbox, primary, xid_drop, xid_delete, xid_truncate, restored, big_from)
     finally:
         stop_restored(target, Programs())
         shutil.rmtree(target, ignore_errors=True)
@@ -148,6 +158,19 @@ def test_table_filter_reads_names_as_postgresql_does(story: Story) -> None:
     assert _find(story, "--table", '"Fresh_Log"') == []
     res = run_cli("find-disaster", "--table", "Sales Dept.Order Items", config=story.sandbox.config_path)
     assert res.returncode == 2 and "Traceback" not in res.stderr and '"Order Items"' in res.stderr
+
+
+def test_a_record_reaching_far_into_the_next_segment_is_read_whole(story: Story, programs: Programs) -> None:
+    """Only the start of the next segment is decompressed for a chunk's last record;
+    a longer record must make the chunk read again with all of it, never be lost."""
+    size = story.sandbox.repo.wal_segment_size
+    start = parse_lsn(story.big_record_from)
+    chunk = next(c for c in archive_wal(story.sandbox.repo).chunks if c.segment.segno == start // size)
+    assert (start + 10_000_000) // size == chunk.segment.segno + 1
+    assert (start + 10_000_000) % size > NEXT_PREFIX
+    result = read_chunk(programs, chunk, ("LogicalMessage",), None)
+    assert result.error is None
+    assert result.last_lsn is not None and parse_lsn(result.last_lsn) >= start
 
 
 def test_until_and_since_bound_the_findings(story: Story) -> None:

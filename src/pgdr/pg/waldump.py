@@ -189,48 +189,66 @@ class Chunk:
     segment_size: int
 
 
-def _materialize(src: Path, dest: Path, segment_size: int) -> None:
-    if src.name.endswith(".zst"):
-        with open(src, "rb") as raw, open(dest, "wb") as out:
-            zstandard.ZstdDecompressor().copy_stream(raw, out)
-    else:
-        shutil.copyfile(src, dest)
-        if dest.stat().st_size < segment_size:
-            with open(dest, "r+b") as fh:
-                fh.truncate(segment_size)
+NEXT_PREFIX = 2 * 1024 * 1024
+"""How much of the next segment is decompressed for the record crossing into it (a
+record longer than that is rare: the chunk is then read again with all of it)."""
+
+
+def _materialize(src: Path, dest: Path, segment_size: int, limit: int | None = None) -> None:
+    """The segment as pg_waldump reads it: decompressed, padded (sparse) to its size;
+    with limit, only its first `limit` bytes are real."""
+    with open(src, "rb") as raw, open(dest, "wb") as out:
+        reader = zstandard.ZstdDecompressor().stream_reader(raw) if src.name.endswith(".zst") else raw
+        left = segment_size if limit is None else min(limit, segment_size)
+        while left > 0:
+            block = reader.read(min(left, 1 << 20))
+            if not block:
+                break
+            out.write(block)
+            left -= len(block)
+        out.truncate(segment_size)
+
+
+def _dump(programs: Programs, tmp: Path, chunk: Chunk, rmgrs: tuple[str, ...], xid: int | None,
+          next_limit: int | None) -> tuple[int, str, str]:
+    size = chunk.segment_size
+    _materialize(chunk.source, tmp / chunk.segment.name(size), size)
+    if chunk.next_source is not None and chunk.next_segment is not None:
+        _materialize(chunk.next_source, tmp / chunk.next_segment.name(size), size, next_limit)
+    start = chunk.segment.start_lsn(size)
+    args = ["-p", str(tmp), "-t", str(chunk.segment.timeline), "-s", format_lsn(start),
+            "-e", format_lsn(start + size)]
+    for rmgr in rmgrs:
+        args += ["-r", rmgr]
+    if xid is not None:
+        args += ["-x", str(xid)]
+    # stdout to a file read back in one call: a pipe read line by line costs more
+    # Python time than pg_waldump itself (a segment prints ~100k lines)
+    dumped = tmp / "waldump.out"
+    res = programs.run("pg_waldump", args, ok_codes=(0, 1), as_server_user=False,
+                       env={"TZ": "UTC", "PGTZ": "UTC"}, timeout=600, stdout_path=dumped)
+    return res.returncode, dumped.read_text(errors="replace"), res.stderr
 
 
 def read_chunk(programs: Programs, chunk: Chunk, rmgrs: tuple[str, ...], xid: int | None) -> ChunkResult:
-    size = chunk.segment_size
-    name = chunk.segment.name(size)
+    name = chunk.segment.name(chunk.segment_size)
     result = ChunkResult(name)
     tmp = Path(tempfile.mkdtemp(prefix="pgdr-waldump-"))
     try:
         try:
-            _materialize(chunk.source, tmp / name, size)
-            if chunk.next_source is not None and chunk.next_segment is not None:
-                _materialize(chunk.next_source, tmp / chunk.next_segment.name(size), size)
+            code, out, err_text = _dump(programs, tmp, chunk, rmgrs, xid, NEXT_PREFIX)
+            if code != 0 and chunk.next_source is not None:
+                # perhaps the last record runs past the prefix: read again with all of the next segment
+                code, out, err_text = _dump(programs, tmp, chunk, rmgrs, xid, None)
         except (OSError, zstandard.ZstdError) as exc:
             result.error = f"cannot read {name}: {exc}"
             return result
-        start = chunk.segment.start_lsn(size)
-        args = ["-p", str(tmp), "-t", str(chunk.segment.timeline), "-s", format_lsn(start),
-                "-e", format_lsn(start + size)]
-        for rmgr in rmgrs:
-            args += ["-r", rmgr]
-        if xid is not None:
-            args += ["-x", str(xid)]
-        # stdout to a file read back in one call: a pipe read line by line costs more
-        # Python time than pg_waldump itself (a segment prints ~100k lines)
-        dumped = tmp / "waldump.out"
-        res = programs.run("pg_waldump", args, ok_codes=(0, 1), as_server_user=False,
-                           env={"TZ": "UTC", "PGTZ": "UTC"}, timeout=600, stdout_path=dumped)
-        result.bytes_read = size
-        parse_output(dumped.read_text(errors="replace"), result)
-        if res.returncode != 0:
-            err = res.stderr.strip().splitlines()
-            result.error = err[-1] if err else f"pg_waldump exit {res.returncode}"
-            m = _END_RE.search(res.stderr)
+        result.bytes_read = chunk.segment_size
+        parse_output(out, result)
+        if code != 0:
+            err = err_text.strip().splitlines()
+            result.error = err[-1] if err else f"pg_waldump exit {code}"
+            m = _END_RE.search(err_text)
             if m:
                 result.end_lsn = m.group(1)
         return result
