@@ -23,7 +23,7 @@ from pgdr.pg.connect import session
 from pgdr.pg.ident import parse_table, quote
 from pgdr.pg.lsn import parse_lsn
 from pgdr.pg.programs import Programs
-from pgdr.pg.waldump import NEXT_PREFIX, read_chunk
+from pgdr.pg.waldump import read_chunk
 from pgdr.repo.wal import WalArchive
 from pgdr.restore.pitr import stop_restored
 from pgdr.restore.salvage import salvage
@@ -161,16 +161,20 @@ def test_table_filter_reads_names_as_postgresql_does(story: Story) -> None:
 
 
 def test_a_record_reaching_far_into_the_next_segment_is_read_whole(story: Story, programs: Programs) -> None:
-    """Only the start of the next segment is decompressed for a chunk's last record;
-    a longer record must make the chunk read again with all of it, never be lost."""
+    """pg_waldump never reads past -e: a record crossing into the next segment must still
+    be read by the chunk it starts in (here one whose remainder fills 4 MB of the next)."""
     size = story.sandbox.repo.wal_segment_size
     start = parse_lsn(story.big_record_from)
     chunk = next(c for c in archive_wal(story.sandbox.repo).chunks if c.segment.segno == start // size)
     assert (start + 10_000_000) // size == chunk.segment.segno + 1
-    assert (start + 10_000_000) % size > NEXT_PREFIX
+    assert (start + 10_000_000) % size > 2 * 1024 * 1024
     result = read_chunk(programs, chunk, ("LogicalMessage",), None)
     assert result.error is None
     assert result.last_lsn is not None and parse_lsn(result.last_lsn) >= start
+    # and the next chunk does not print it a second time, nor lose what follows it
+    after = read_chunk(programs, next(c for c in archive_wal(story.sandbox.repo).chunks
+                                      if c.segment.segno == chunk.segment.segno + 1), ("LogicalMessage",), None)
+    assert after.last_lsn is None or parse_lsn(after.last_lsn) >= (chunk.segment.segno + 1) * size
 
 
 def test_until_and_since_bound_the_findings(story: Story) -> None:

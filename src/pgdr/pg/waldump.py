@@ -1,10 +1,13 @@
 """Reading WAL with pg_waldump: the records PITR and undo care about, per transaction.
 
-The archive is cut into one chunk per segment; each chunk is decompressed (with the
-next segment, so a record crossing the boundary is read whole) into a private temp
-folder and read with `pg_waldump -s <segment start> -e <next segment start>`, so every
-record is read exactly once. Chunks run in parallel processes: pg_waldump's output is
-parsed in Python, and parsing, not pg_waldump, is the slow part.
+The archive is cut into one chunk per segment; each chunk is decompressed into a
+private temp folder and read with `pg_waldump -s <segment start> -e <end>`. pg_waldump
+never reads past -e, so a record that starts in the segment and ends in the next one
+would be printed by no chunk with -e at the segment's end: the next segment's first
+page header says how long that record's remainder is (xlp_rem_len), so -e goes just
+past it, only that much of the next segment is decompressed, and records printed from
+the next segment are cut off - every record is read exactly once. Chunks run in
+parallel processes; their output is parsed with whole-text regular expressions.
 
 What is kept per chunk is small: counts of Heap DELETE / UPDATE per (xid, relation),
 storage created per xid, Heap TRUNCATE records, COMMIT/ABORT records (time, LSN,
@@ -18,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import struct
 import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
@@ -25,6 +29,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO
 
 import zstandard
 
@@ -189,35 +194,77 @@ class Chunk:
     segment_size: int
 
 
-NEXT_PREFIX = 2 * 1024 * 1024
-"""How much of the next segment is decompressed for the record crossing into it (a
-record longer than that is rare: the chunk is then read again with all of it)."""
+PAGE = 8192                         # XLOG_BLCKSZ
+LONG_HEADER, SHORT_HEADER = 40, 24  # XLogLongPageHeaderData / XLogPageHeaderData, MAXALIGNed
+XLP_FIRST_IS_CONTRECORD = 0x0001
+
+
+def _open_wal(src: Path) -> tuple[IO[bytes], IO[bytes]]:
+    raw = open(src, "rb")  # noqa: SIM115 - closed by the caller
+    return raw, (zstandard.ZstdDecompressor().stream_reader(raw) if src.name.endswith(".zst") else raw)
 
 
 def _materialize(src: Path, dest: Path, segment_size: int, limit: int | None = None) -> None:
     """The segment as pg_waldump reads it: decompressed, padded (sparse) to its size;
     with limit, only its first `limit` bytes are real."""
-    with open(src, "rb") as raw, open(dest, "wb") as out:
-        reader = zstandard.ZstdDecompressor().stream_reader(raw) if src.name.endswith(".zst") else raw
-        left = segment_size if limit is None else min(limit, segment_size)
-        while left > 0:
-            block = reader.read(min(left, 1 << 20))
-            if not block:
-                break
-            out.write(block)
-            left -= len(block)
-        out.truncate(segment_size)
+    raw, reader = _open_wal(src)
+    try:
+        with open(dest, "wb") as out:
+            left = segment_size if limit is None else min(limit, segment_size)
+            while left > 0:
+                block = reader.read(min(left, 1 << 20))
+                if not block:
+                    break
+                out.write(block)
+                left -= len(block)
+            out.truncate(segment_size)
+    finally:
+        raw.close()
 
 
-def _dump(programs: Programs, tmp: Path, chunk: Chunk, rmgrs: tuple[str, ...], xid: int | None,
-          next_limit: int | None) -> tuple[int, str, str]:
+def continuation_bytes(src: Path, segment_size: int) -> int:
+    """How many bytes of this segment the record crossing into it from the previous one
+    occupies (page headers included, rounded up to whole pages); 0 when none crosses."""
+    raw, reader = _open_wal(src)
+    try:
+        head = reader.read(LONG_HEADER)
+    finally:
+        raw.close()
+    if len(head) < LONG_HEADER:
+        return 0
+    info, = struct.unpack_from("<H", head, 2)
+    rem_len, = struct.unpack_from("<I", head, 16)
+    if not info & XLP_FIRST_IS_CONTRECORD:
+        return 0
+    first = PAGE - LONG_HEADER
+    pages = 1 if rem_len <= first else 1 + -(-(rem_len - first) // (PAGE - SHORT_HEADER))
+    return min(pages * PAGE, segment_size)
+
+
+def _cut_after(text: str, end_lsn: int) -> str:
+    """Drop the trailing lines of records that start at or after end_lsn (few: only those
+    on the next segment's pages read for the crossing record)."""
+    while text:
+        cut = text.rfind("\n", 0, len(text) - 1) + 1
+        m = _LAST_LSN_RE.search(text, cut)
+        if m is None or parse_lsn(m.group(1)) < end_lsn:
+            return text
+        text = text[:cut]
+    return text
+
+
+def _dump(programs: Programs, tmp: Path, chunk: Chunk, rmgrs: tuple[str, ...],
+          xid: int | None) -> tuple[int, str, str]:
     size = chunk.segment_size
     _materialize(chunk.source, tmp / chunk.segment.name(size), size)
-    if chunk.next_source is not None and chunk.next_segment is not None:
-        _materialize(chunk.next_source, tmp / chunk.next_segment.name(size), size, next_limit)
     start = chunk.segment.start_lsn(size)
-    args = ["-p", str(tmp), "-t", str(chunk.segment.timeline), "-s", format_lsn(start),
-            "-e", format_lsn(start + size)]
+    end = start + size
+    if chunk.next_source is not None and chunk.next_segment is not None:
+        extra = continuation_bytes(chunk.next_source, size)
+        if extra:
+            _materialize(chunk.next_source, tmp / chunk.next_segment.name(size), size, extra)
+            end += extra
+    args = ["-p", str(tmp), "-t", str(chunk.segment.timeline), "-s", format_lsn(start), "-e", format_lsn(end)]
     for rmgr in rmgrs:
         args += ["-r", rmgr]
     if xid is not None:
@@ -227,7 +274,8 @@ def _dump(programs: Programs, tmp: Path, chunk: Chunk, rmgrs: tuple[str, ...], x
     dumped = tmp / "waldump.out"
     res = programs.run("pg_waldump", args, ok_codes=(0, 1), as_server_user=False,
                        env={"TZ": "UTC", "PGTZ": "UTC"}, timeout=600, stdout_path=dumped)
-    return res.returncode, dumped.read_text(errors="replace"), res.stderr
+    out = dumped.read_text(errors="replace")
+    return res.returncode, _cut_after(out, start + size) if end > start + size else out, res.stderr
 
 
 def read_chunk(programs: Programs, chunk: Chunk, rmgrs: tuple[str, ...], xid: int | None) -> ChunkResult:
@@ -236,10 +284,7 @@ def read_chunk(programs: Programs, chunk: Chunk, rmgrs: tuple[str, ...], xid: in
     tmp = Path(tempfile.mkdtemp(prefix="pgdr-waldump-"))
     try:
         try:
-            code, out, err_text = _dump(programs, tmp, chunk, rmgrs, xid, NEXT_PREFIX)
-            if code != 0 and chunk.next_source is not None:
-                # perhaps the last record runs past the prefix: read again with all of the next segment
-                code, out, err_text = _dump(programs, tmp, chunk, rmgrs, xid, None)
+            code, out, err_text = _dump(programs, tmp, chunk, rmgrs, xid)
         except (OSError, zstandard.ZstdError) as exc:
             result.error = f"cannot read {name}: {exc}"
             return result
