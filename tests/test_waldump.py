@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pgdr.pg.ident import parse_table
-from pgdr.pg.waldump import ChunkResult, ScanResult, parse_lines, path_to_key
+from pgdr.pg.waldump import ChunkResult, ScanResult, _cut_after, parse_lines, path_to_key
 from pgdr.repo.manifest import Relation
 from pgdr.restore.walscan import _classify
 
@@ -80,3 +80,12 @@ def test_parser_keeps_only_what_matters_and_tells_lookalikes_apart() -> None:
     assert chunk.commits[800].subxacts == [803, 804] and not chunk.commits[800].aborted
     assert chunk.commits[800].time.microsecond == 500000
     assert chunk.last_lsn == "0/060001C8"
+
+
+def test_records_printed_from_the_next_segment_are_cut_off() -> None:
+    text = ("rmgr: Heap len (rec/tot): 1/ 1, tx: 1, lsn: 0/05FFFFF0, prev 0/05FFFFB0, desc: INSERT\n"
+            "rmgr: Heap len (rec/tot): 1/ 1, tx: 1, lsn: 0/06000028, prev 0/05FFFFF0, desc: INSERT\n"
+            "rmgr: Heap len (rec/tot): 1/ 1, tx: 1, lsn: 0/06000050, prev 0/06000028, desc: INSERT\n")
+    assert _cut_after(text, 0x06000000) == text.split("\n")[0] + "\n"
+    assert _cut_after(text, 0x07000000) == text
+    assert _cut_after(text, 0) == ""

@@ -244,13 +244,14 @@ def continuation_bytes(src: Path, segment_size: int) -> int:
 def _cut_after(text: str, end_lsn: int) -> str:
     """Drop the trailing lines of records that start at or after end_lsn (few: only those
     on the next segment's pages read for the crossing record)."""
-    while text:
-        cut = text.rfind("\n", 0, len(text) - 1) + 1
-        m = _LAST_LSN_RE.search(text, cut)
+    stop = len(text)
+    while stop > 0:
+        cut = text.rfind("\n", 0, stop - 1) + 1
+        m = _LAST_LSN_RE.search(text, cut, stop)
         if m is None or parse_lsn(m.group(1)) < end_lsn:
-            return text
-        text = text[:cut]
-    return text
+            break
+        stop = cut
+    return text if stop == len(text) else text[:stop]
 
 
 def _dump(programs: Programs, tmp: Path, chunk: Chunk, rmgrs: tuple[str, ...],
