@@ -86,6 +86,7 @@ def test_records_printed_from_the_next_segment_are_cut_off() -> None:
     text = ("rmgr: Heap len (rec/tot): 1/ 1, tx: 1, lsn: 0/05FFFFF0, prev 0/05FFFFB0, desc: INSERT\n"
             "rmgr: Heap len (rec/tot): 1/ 1, tx: 1, lsn: 0/06000028, prev 0/05FFFFF0, desc: INSERT\n"
             "rmgr: Heap len (rec/tot): 1/ 1, tx: 1, lsn: 0/06000050, prev 0/06000028, desc: INSERT\n")
-    assert _cut_after(text, 0x06000000) == text.split("\n")[0] + "\n"
-    assert _cut_after(text, 0x07000000) == text
-    assert _cut_after(text, 0) == ""
+    data = text.encode()
+    assert _cut_after(data, 0x06000000) == data.split(b"\n")[0] + b"\n"
+    assert _cut_after(data, 0x07000000) == data
+    assert _cut_after(data, 0) == b""

@@ -125,27 +125,31 @@ def path_to_key(path: str) -> str:
 # UPDATE / HOT_UPDATE counted per (xid, op, relation) with a Counter, and the rarer
 # records (commits, aborts, storage creates, heap truncates, restore points) one by one.
 _HEAD = r"tx: *(\d+), lsn: ([0-9A-F]+/[0-9A-F]+), prev [0-9A-F]+/[0-9A-F]+, desc: "
-_ROW_RE = re.compile(r"tx: *(\d+), lsn: [0-9A-F]+/[0-9A-F]+, prev [0-9A-F]+/[0-9A-F]+, "
-                     r"desc: (DELETE|UPDATE|HOT_UPDATE) [^b\n]*(?:b(?!lkref #0: )[^b\n]*)*blkref #0: rel (\d+/\d+/\d+)")
+# (over bytes: decoding megabytes of output to scan it costs as much as the scan)
+_ROW_RE = re.compile(rb"tx: *(\d+), lsn: [0-9A-F]+/[0-9A-F]+, prev [0-9A-F]+/[0-9A-F]+, "
+                     rb"desc: (DELETE|UPDATE|HOT_UPDATE) [^b\n]*(?:b(?!lkref #0: )[^b\n]*)*blkref #0: rel (\d+/\d+/\d+)")
 # the rare records: found by their literal "desc: OP" (a fast prefix scan), then read whole
-_RARE_RE = re.compile(r"desc: (?:COMMIT|ABORT|CREATE|TRUNCATE|RESTORE_POINT)")
+_RARE_RE = re.compile(rb"desc: (?:COMMIT|ABORT|CREATE|TRUNCATE|RESTORE_POINT)")
 _LINE_RE = re.compile(r"rmgr: (\S+) +len \(rec/tot\): *\d+/ *\d+, " + _HEAD + r"(\S+) ?([^\n]*)")
-_LAST_LSN_RE = re.compile(r"lsn: ([0-9A-F]+/[0-9A-F]+), prev")
+_LAST_LSN_RE = re.compile(rb"lsn: ([0-9A-F]+/[0-9A-F]+), prev")
 
 
 def _commit_time(ts: str) -> datetime:
     return datetime.fromisoformat(ts).replace(tzinfo=UTC)
 
 
-def parse_output(text: str, result: ChunkResult) -> None:
+def parse_output(text: bytes, result: ChunkResult) -> None:
     """Fold pg_waldump's output into result (module level so worker processes can run it)."""
     counts = Counter(_ROW_RE.findall(text))
-    for (xid_s, op, rel), n in counts.items():
-        target = result.deletes if op == "DELETE" else result.updates
+    for (xid_s, op, rel_b), n in counts.items():
+        target = result.deletes if op == b"DELETE" else result.updates
         rels = target.setdefault(int(xid_s), {})
+        rel = rel_b.decode()
         rels[rel] = rels.get(rel, 0) + n
     for hit in _RARE_RE.finditer(text):
-        m = _LINE_RE.match(text, text.rfind("\n", 0, hit.start()) + 1)
+        begin = text.rfind(b"\n", 0, hit.start()) + 1
+        end = text.find(b"\n", hit.end())
+        m = _LINE_RE.match(text[begin:end if end >= 0 else len(text)].decode(errors="replace"))
         if m is None:
             continue
         rmgr, xid_s, lsn, op, rest = m.groups()
@@ -174,13 +178,13 @@ def parse_output(text: str, result: ChunkResult) -> None:
             result.heap_truncates[xid] = result.heap_truncates.get(xid, 0) + 1
         elif rmgr == "XLOG" and op == "RESTORE_POINT":
             result.restore_points.append((rest.strip(), lsn))
-    last = _LAST_LSN_RE.match(text, max(0, text.rfind("lsn: ")))
+    last = _LAST_LSN_RE.match(text, max(0, text.rfind(b"lsn: ")))
     if last is not None:
-        result.last_lsn = last.group(1)
+        result.last_lsn = last.group(1).decode()
 
 
 def parse_lines(lines: Sequence[str], result: ChunkResult) -> None:
-    parse_output("\n".join(lines), result)
+    parse_output("\n".join(lines).encode(), result)
 
 
 @dataclass(frozen=True)
@@ -241,21 +245,21 @@ def continuation_bytes(src: Path, segment_size: int) -> int:
     return min(pages * PAGE, segment_size)
 
 
-def _cut_after(text: str, end_lsn: int) -> str:
+def _cut_after(text: bytes, end_lsn: int) -> bytes:
     """Drop the trailing lines of records that start at or after end_lsn (few: only those
     on the next segment's pages read for the crossing record)."""
     stop = len(text)
     while stop > 0:
-        cut = text.rfind("\n", 0, stop - 1) + 1
+        cut = text.rfind(b"\n", 0, stop - 1) + 1
         m = _LAST_LSN_RE.search(text, cut, stop)
-        if m is None or parse_lsn(m.group(1)) < end_lsn:
+        if m is None or parse_lsn(m.group(1).decode()) < end_lsn:
             break
         stop = cut
     return text if stop == len(text) else text[:stop]
 
 
 def _dump(programs: Programs, tmp: Path, chunk: Chunk, rmgrs: tuple[str, ...],
-          xid: int | None) -> tuple[int, str, str]:
+          xid: int | None) -> tuple[int, bytes, str]:
     size = chunk.segment_size
     _materialize(chunk.source, tmp / chunk.segment.name(size), size)
     start = chunk.segment.start_lsn(size)
@@ -275,7 +279,7 @@ def _dump(programs: Programs, tmp: Path, chunk: Chunk, rmgrs: tuple[str, ...],
     dumped = tmp / "waldump.out"
     res = programs.run("pg_waldump", args, ok_codes=(0, 1), as_server_user=False,
                        env={"TZ": "UTC", "PGTZ": "UTC"}, timeout=600, stdout_path=dumped)
-    out = dumped.read_text(errors="replace")
+    out = dumped.read_bytes()
     return res.returncode, _cut_after(out, start + size) if end > start + size else out, res.stderr
 
 
