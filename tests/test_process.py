@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from pgdr.config import load_config
 from pgdr.errors import ConnectionFailed
 from pgdr.pg.connect import session
 from pgdr.sandbox import sandbox as sb
@@ -133,25 +134,28 @@ def test_sigkilled_backup_leaves_no_pg_basebackup_and_no_walsender(make_sandbox)
     with open(sandbox.config_path, "a") as fh:
         fh.write('\n[pg]\nstall_timeout = "3s"\n')
     before = {b.name for b in backups.iterdir()}
-    proc = subprocess.Popen([sys.executable, "-m", "pgdr", "backup"], env={**os.environ, "PGDR_CONFIG": str(
-        sandbox.config_path)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     stopped: list[int] = []
-    try:
-        def walsenders_stopped() -> bool:
-            with session(sandbox.conninfo(sandbox.primary, "postgres")) as conn:
-                pids = [r["pid"] for r in conn.execute(
-                    "select pid from pg_stat_activity where backend_type = 'walsender' "
-                    "and application_name = 'pgdr_backup'")]
+    # One session opened beforehand: a stopped backend may hold locks new connections need.
+    with session(sandbox.conninfo(sandbox.primary, "postgres")) as watcher:
+        proc = subprocess.Popen([sys.executable, "-m", "pgdr", "backup"], env={**os.environ, "PGDR_CONFIG": str(
+            sandbox.config_path)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            def streaming() -> bool:  # past connection start-up and backup start: data flows
+                sizes = [f.stat().st_size for p in backups.glob("*.partial") if p.name not in before
+                         for f in p.iterdir()]
+                return sum(sizes) > 1 << 20 or proc.poll() is not None
+            _wait_for("the backup's data to flow", streaming, 60)
+            pids = [r["pid"] for r in watcher.execute(
+                "select pid from pg_stat_activity where backend_type = 'walsender' "
+                "and application_name = 'pgdr_backup'")]
             for pid in pids:
-                if pid not in stopped:
-                    os.kill(pid, signal.SIGSTOP)
-                    stopped.append(pid)
-            return len(stopped) >= 2 or proc.poll() is not None
-        _wait_for("the backup's walsenders", walsenders_stopped, 60)
-        _out, err = proc.communicate(timeout=120)
-    finally:
-        for pid in stopped:
-            os.kill(pid, signal.SIGCONT)
+                os.kill(pid, signal.SIGSTOP)
+                stopped.append(pid)
+            assert stopped, "no walsender to stop"
+            _out, err = proc.communicate(timeout=120)
+        finally:
+            for pid in stopped:
+                os.kill(pid, signal.SIGCONT)
     assert proc.returncode == 1, err
     assert "pg_basebackup made no progress for 3s" in err and "primary" in err
     assert not _processes("pg_basebackup", repo)
@@ -434,3 +438,44 @@ def test_verify_on_a_full_scratch_disk_could_not_run_and_the_backup_keeps_its_st
         subprocess.run(["umount", "-l", str(scratch)], check=False)
     ok = run_cli("verify", config=sandbox.config_path)
     assert ok.returncode == 0, ok.stderr
+
+
+def test_archiver_ends_a_stalled_pg_receivewal_and_catches_up(make_sandbox) -> None:  # type: ignore[no-untyped-def]
+    """Its walsender stops answering (SIGSTOP): pg_receivewal would wait forever."""
+    sandbox = make_sandbox("stalledreceiver", standbys=0)
+    with open(sandbox.config_path, "a") as fh:
+        fh.write('\n[pg]\nstall_timeout = "3s"\n')
+    assert run_cli("archiver", "stop", config=sandbox.config_path).returncode == 0
+    assert run_cli("archiver", "start", config=sandbox.config_path).returncode == 0
+    app = load_config(sandbox.config_path).archive.application_name
+    with session(sandbox.conninfo(sandbox.primary, "postgres")) as conn:
+        row = conn.execute("select pid from pg_stat_activity where backend_type = 'walsender' "
+                           "and application_name = %s", (app,)).fetchone()
+    assert row is not None
+    walsender = row["pid"]
+    os.kill(walsender, signal.SIGSTOP)
+    try:
+        _fill(sandbox, 50_000)
+        state = sandbox.repo.archiver_dir / "state.json"
+        _wait_for("the archiver to call pg_receivewal stalled", lambda: "received nothing for 3s" in str(
+            json.loads(state.read_text()).get("last_failure")), 60)
+        assert "has WAL to send" in json.loads(state.read_text())["last_failure"]
+    finally:
+        os.kill(walsender, signal.SIGCONT)
+    with session(sandbox.conninfo(sandbox.primary, "postgres")) as conn:
+        row = conn.execute("select pg_walfile_name(pg_switch_wal()) as w").fetchone()
+    assert row is not None
+    wanted = sandbox.repo.wal_dir / f"{row['w']}.zst"
+    _wait_for(f"{wanted.name} in the archive without a restart", wanted.exists, 90)
+
+
+def test_pgdr_help_imports_no_heavy_module() -> None:
+    """`pgdr --help` stays fast by not importing what only commands need (bench_startup measures
+    the CPU; this guards the cause): psycopg, pydantic, Rich, FastAPI, zstandard."""
+    probe = ("import sys\nfrom pgdr.cli.main import app\n"
+             "try:\n    app(['--help'], standalone_mode=False)\nexcept SystemExit:\n    pass\n"
+             "heavy = ('psycopg', 'pydantic', 'rich', 'fastapi', 'zstandard', 'uvicorn')\n"
+             "print(sorted({m.split('.')[0] for m in sys.modules if m.split('.')[0] in heavy}))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"

@@ -63,18 +63,26 @@ def test_pitr_follows_the_new_timeline_and_names_its_missing_segment(make_sandbo
               "select pg_switch_wal()")
     ghosts = _archived(sandbox.repo.wal_dir, 1, tl1_before + 3)
     assert len(ghosts) >= tl1_before + 3
+    # and a last ghost write that stays in the old primary's open segment, which the
+    # archiver holds as a .partial: WAL past the fork point, on timeline 1
+    _exec(old, "insert into events select g, 'ghost' from generate_series(2000, 2099) g")
+    deadline = time.monotonic() + 30
+    while not list(sandbox.repo.incoming_dir.glob("00000001*.partial")) and time.monotonic() < deadline:
+        time.sleep(0.1)
 
     # Repoint the archiver: stop it, fence the old primary, start it against the new one.
     assert run_cli("archiver", "stop", config=sandbox.config_path).returncode == 0
     sandbox.instance(sandbox.primary, programs).kill9()
-    # pg_receivewal would resume from the abandoned timeline's open segment, which the new
-    # primary does not have; set that spool file aside as an operator would.
-    aside = sandbox.root / "abandoned-spool"
-    aside.mkdir()
-    for leftover in sandbox.repo.incoming_dir.glob("00000001*"):
-        shutil.move(str(leftover), aside / leftover.name)
+    # pg_receivewal would resume from the abandoned timeline's open segment, which starts
+    # past the fork point: the archiver sets it aside by itself and resumes on timeline 2.
+    stranded = sorted(p.name for p in sandbox.repo.incoming_dir.glob("00000001*.partial"))
+    assert stranded, "the old primary's open segment must be in the spool for this test to mean anything"
     started = run_cli("archiver", "start", config=sandbox.config_path)
     assert started.returncode == 0, started.stderr
+    diverged = sandbox.repo.archiver_dir / "diverged"
+    assert sorted(p.name for p in diverged.iterdir()) == stranded  # kept, never deleted
+    state = json.loads((sandbox.repo.archiver_dir / "state.json").read_text())
+    assert any(stranded[0] in line for line in state["diverged"]), state
 
     t1 = _exec(new, "insert into events select g, 'after' from generate_series(201, 300) g")
     time.sleep(0.2)

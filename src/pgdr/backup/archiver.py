@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from typing import Any
 import psycopg
 
 from pgdr.backup.relmap import RelmapRecorder
+from pgdr.backup.timeline_follow import follow_new_timeline, server_timeline
 from pgdr.config import Config
 from pgdr.errors import PgdrError
 from pgdr.fsutil import exclusive_lock, lock_is_held, write_json_durable
@@ -79,6 +80,8 @@ class ArchiverState:
     # What stops archiving right now (cleared once a segment is archived again), e.g.
     # "repository disk full: 4096 bytes free at /srv/pgdr/repo".
     problem: str | None = None
+    # Files set aside when the archiver followed a new timeline (what the failover lost).
+    diverged: list[str] = field(default_factory=list)
 
 
 def state_path(repo: Repository) -> Path:
@@ -210,6 +213,17 @@ class Archiver:
             log.warning("archiver: moved %s (%d bytes: its pre-allocation was cut short, no WAL in it) "
                         "to %s", path.name, length, rejected)
 
+    def _follow_timeline(self, conninfo: str) -> None:
+        """After a failover, resume on the new primary's timeline: files that start past its
+        fork point go to archiver/diverged/ (see timeline_follow)."""
+        self.sweep()  # completed segments of the old timeline are archived, not set aside
+        server = server_timeline(conninfo)
+        moved = follow_new_timeline(self.repo.incoming_dir, self.repo.archiver_dir / "diverged",
+                                    self.repo.wal_segment_size, server, self.programs.run_as.chown)
+        if moved:
+            self.state.diverged = [*self.state.diverged, *moved][-20:]
+            self._save()
+
     def _start_receiver(self) -> None:
         self._set_aside_torn_partials()
         primary = find_primary(self.config)
@@ -219,6 +233,7 @@ class Archiver:
         seg = query_one(conninfo, "select pg_size_bytes(current_setting('wal_segment_size')) as s")["s"]
         self.repo.claim(str(facts["system_identifier"]), int(facts["server_version_num"]), int(seg))
         ensure_physical_slot(conninfo, self.config.archive.slot)
+        self._follow_timeline(conninfo)
         plain, password = split_password(conninfo)
         self.upstream_conninfo = conninfo
         self.progress_value, self.progress_at = None, time.monotonic()

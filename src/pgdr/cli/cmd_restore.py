@@ -5,14 +5,16 @@ from __future__ import annotations
 import sys
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
 from pgdr.cli import output
 from pgdr.cli.context import AppContext
 from pgdr.errors import UsageError
-from pgdr.repo.manifest import BackupManifest
+
+if TYPE_CHECKING:  # pydantic: imported by the commands that use it, not by `pgdr --help`
+    from pgdr.repo.manifest import BackupManifest
 
 
 def restore(

@@ -68,17 +68,18 @@ def rewind_possible(node_facts: preflight.NodeFacts | None, old: NodeConfig, pro
 def run_failover(config: Config, programs: Programs, repo: Repository, *, to: str | None = None,
                  force: bool = False, no_fence: bool = False, dry_run: bool = False,
                  trigger: str = "manual", detected_at: float | None = None,
-                 still_allowed: Callable[[], str | None] | None = None) -> dict[str, Any]:
+                 still_allowed: Callable[[], str | None] | None = None, actor: str | None = None) -> dict[str, Any]:
     """detected_at (time.time()) starts the RTO clock when the failure was seen earlier (watch);
-    still_allowed is asked right before pg_promote (watch: is the lease still ours?)."""
+    still_allowed is asked right before pg_promote (watch: is the lease still ours?); actor
+    names who acted (a watcher's host:pid) in the record."""
     with exclusive_lock(repo.lock_path("failover"), "failover or switchover"):
         return _failover(config, programs, repo, to, force, no_fence, dry_run, trigger,
-                         detected_at, still_allowed)
+                         detected_at, still_allowed, actor)
 
 
 def _failover(config: Config, programs: Programs, repo: Repository, to: str | None, force: bool,
               no_fence: bool, dry_run: bool, trigger: str, detected_at: float | None,
-              still_allowed: Callable[[], str | None] | None) -> dict[str, Any]:
+              still_allowed: Callable[[], str | None] | None, actor: str | None) -> dict[str, Any]:
     started = time.time()
     clock_start = detected_at if detected_at is not None else started
     timeline = Timeline()
@@ -87,7 +88,7 @@ def _failover(config: Config, programs: Programs, repo: Repository, to: str | No
         step.evidence["nodes"] = [n.row() for n in nodes]
     table = [n.row() for n in nodes]
     topo = topology.read(config, repo)
-    record: dict[str, Any] = {"operation": "failover", "trigger": trigger, "started_at": started,
+    record: dict[str, Any] = {"operation": "failover", "trigger": trigger, "actor": actor, "started_at": started,
                               "preflight": table, "dry_run": dry_run, "topology_before": topo}
     healthy = [n for n in nodes if n.role == "primary"]
     old = previous_primary(config, repo, topo)

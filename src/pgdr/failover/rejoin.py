@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import psycopg
+
 from pgdr.config import Config, NodeConfig
 from pgdr.errors import PgdrError
 from pgdr.failover import promote, topology
@@ -18,6 +20,7 @@ from pgdr.failover.fence import local_instance
 from pgdr.failover.quorum import SyncSpec, parse_sync
 from pgdr.failover.slots import ensure_slot, slot_name
 from pgdr.failover.standby_setup import (
+    application_name,
     configure_as_standby,
     read_auto_conf,
     restore_own_config,
@@ -40,11 +43,22 @@ def intended_sync(config: Config, repo: Repository) -> SyncSpec:
     return spec if spec.synchronous else parse_sync(config.failover.synchronous_standby_names)
 
 
-def _standby_app_names(config: Config, primary: NodeConfig) -> list[str]:
-    with session(primary.conninfo) as conn:
-        rows = conn.execute("select application_name from pg_stat_replication "
-                            "where application_name <> %s", (config.archive.application_name,)).fetchall()
-    return [r["application_name"] for r in rows]
+def _standby_app_names(config: Config, primary: NodeConfig) -> dict[str, NodeConfig | None]:
+    """The configured standbys that answer, by the application_name the primary sees them
+    under — never another program that streams (an archiver's pg_receivewal)."""
+    out: dict[str, NodeConfig | None] = {}
+    for node in config.nodes:
+        if node.name == primary.name:
+            continue
+        try:
+            with session(node.conninfo, timeout=3) as conn:
+                row = conn.execute("select pg_is_in_recovery() as r, "
+                                   "current_setting('primary_conninfo') as ci").fetchone()
+        except (PgdrError, psycopg.Error):
+            continue
+        if row and row["r"]:
+            out[application_name(row["ci"] or "", node.name)] = node
+    return out
 
 
 def run_rejoin(config: Config, programs: Programs, repo: Repository, name: str) -> dict[str, Any]:
@@ -97,8 +111,9 @@ def run_rejoin(config: Config, programs: Programs, repo: Repository, name: str) 
     if spec.synchronous:
         # Back into the synchronous set now that it streams (never before: every commit would wait).
         with timeline.step("synchronous standbys", primary.name) as step:
-            streaming = promote.streaming_names(primary, _standby_app_names(config, primary))
-            sync = promote.set_synchronous(primary, spec, {**dict.fromkeys(streaming), app_name: node},
+            standbys = _standby_app_names(config, primary)
+            streaming = promote.streaming_names(primary, sorted(standbys))
+            sync = promote.set_synchronous(primary, spec, {**{n: standbys[n] for n in streaming}, app_name: node},
                                            config.failover.sync_wait)
             step.detail = str(sync["detail"])
         record["synchronous_after"] = sync

@@ -28,8 +28,9 @@ def clients_paused(timeline: Timeline, repointer: Repointer, record: dict[str, A
         with timeline.step("pause clients") as step:
             step.evidence["targets"] = [r.__dict__ for r in repointer.pause()]
         yield
-    except PgdrError as exc:
-        record.update(outcome="failed", reason=exc.message, timeline=timeline.as_list())
+    except (PgdrError, psycopg.Error) as exc:  # a server error mid-change is recorded too
+        reason = exc.message if isinstance(exc, PgdrError) else f"{type(exc).__name__}: {exc}".strip()
+        record.update(outcome="failed", reason=reason, timeline=timeline.as_list())
         save_record(repo, kind, record)
         raise
     finally:

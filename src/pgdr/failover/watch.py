@@ -238,7 +238,8 @@ class Watcher:
                  "standby hears from it: failing over")
         try:
             record = run_failover(self.config, self.programs, self.repo, trigger="watch",
-                                  detected_at=first_failure, still_allowed=self.keeper.still_ours)
+                                  detected_at=first_failure, still_allowed=self.keeper.still_ours,
+                                  actor=self.lease.holder)
         except PgdrError as exc:
             self.log("failover-refused", exc.message)
             self.failovers.append({"refused": exc.message})

@@ -25,12 +25,13 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import psycopg
-from psycopg import errors as pgerrors
+from typing import TYPE_CHECKING
 
 from pgdr.errors import AuthenticationFailed, PgdrError, PrivilegeMissing
 from pgdr.pg.conninfo import parse
+
+if TYPE_CHECKING:  # psycopg is imported where used: programs.py (on the CLI's start-up path) imports this
+    import psycopg
 
 # Programs that connect to a server and would otherwise prompt for a password (-w)…
 NO_PROMPT_PROGRAMS = frozenset({"pg_basebackup", "pg_receivewal", "pg_dump", "pg_dumpall",
@@ -223,6 +224,8 @@ def auth_error(text: str, target: dict[str, str]) -> PgdrError | None:
 
 def connect_error(conninfo: str, exc: psycopg.Error) -> PgdrError | None:
     """AuthenticationFailed for a psycopg connection error, by SQLSTATE or libpq's text."""
+    from psycopg import errors as pgerrors
+
     try:
         target = {k: v for k, v in parse(conninfo).items() if k in ("host", "port", "user")}
     except PgdrError:

@@ -144,7 +144,22 @@ class Instance:
                 "pg_ctl", ["-D", str(self.data_dir), "-l", str(self.logfile), "-w",
                            "-t", str(timeout), "start"], timeout=timeout + 10)
         except Exception as exc:
-            raise SandboxError(f"{self.name} did not start: {exc}; see {self.logfile}") from None
+            cause = self._log_cause()
+            raise SandboxError(f"{self.name} did not start: {exc}" + (f" ({cause})" if cause else "")
+                               + f"; see {self.logfile}") from None
+
+    def _log_cause(self) -> str | None:
+        """The server log's last FATAL/PANIC line (e.g. 'No space left on device')."""
+        try:
+            with open(self.logfile, "rb") as fh:
+                fh.seek(max(0, fh.seek(0, os.SEEK_END) - 16384))
+                lines = fh.read().decode(errors="replace").splitlines()
+        except OSError:
+            return None
+        bad = [ln for ln in lines if "FATAL:" in ln or "PANIC:" in ln]
+        if not bad:
+            return None
+        return bad[-1].split("FATAL:" if "FATAL:" in bad[-1] else "PANIC:", 1)[1].strip()
 
     def stop(self, *, mode: str = "fast", timeout: int = 60) -> None:
         if not self.is_running():

@@ -18,6 +18,7 @@ Every program runs:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -111,14 +112,16 @@ class _Pump(threading.Thread):
         self.lines = 0
 
     def run(self) -> None:
-        for line in iter(self.stream.readline, b""):
+        # stderr line by line (to the log); stdout in large reads (pg_waldump's can be big)
+        read = self.stream.readline if self.to_log else functools.partial(os.read, self.stream.fileno(), 1 << 16)
+        for chunk in iter(read, b""):
             self.lines += 1
-            self.size += len(line)
-            self.chunks.append(line)
+            self.size += len(chunk)
+            self.chunks.append(chunk)
             if self.size > self.keep_bytes and len(self.chunks) > 1:
                 self.size -= len(self.chunks.pop(0))
             if self.to_log:
-                log.debug("%s: %s", self.name_, mask_text(line.decode(errors="replace").rstrip()))
+                log.debug("%s: %s", self.name_, mask_text(chunk.decode(errors="replace").rstrip()))
         self.stream.close()
 
     def text(self) -> str:
