@@ -7,6 +7,7 @@ counted with SQL on the servers, never with pgdr's own report."""
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import threading
 import time
@@ -105,7 +106,7 @@ def story(base_dir: Path, programs: Programs) -> Iterator[Story]:
                          "select g, g % 7 + 1, g / 10.0, 'n' || g from generate_series(1, 300) g")
             conn.execute(f'create table {UMLAUT} ("Schlüssel" int primary key, "Wert" text)')
             conn.execute(f"insert into {UMLAUT} select g, 'w' || g from generate_series(1, 150) g")
-            conn.execute("create table fresh_log (id int primary key, msg text)")
+            conn.execute("create table fresh_log (id serial primary key, msg text default 'none')")
             conn.execute("insert into fresh_log select g, 'm' || g from generate_series(1, 250) g")
         _wait_named(sandbox, {"Sales Dept.Order Items", 'public.Ärger"Fälle', "public.fresh_log"})
         with session(primary) as conn:  # the second record starts ~10 MB into a segment, ends ~4 MB into the next
@@ -177,6 +178,15 @@ def test_a_record_reaching_far_into_the_next_segment_is_read_whole(story: Story,
     assert after.last_lsn is None or parse_lsn(after.last_lsn) >= (chunk.segment.segno + 1) * size
 
 
+def test_printed_salvage_line_pastes_into_a_shell(story: Story) -> None:
+    res = run_cli("find-disaster", "--table", ITEMS, config=story.sandbox.config_path)
+    assert res.returncode == 0, res.stderr
+    assert ITEMS in res.stdout   # the table column, quoted as SQL reads it
+    line = next(ln for ln in res.stdout.splitlines() if ln.startswith("then: pgdr salvage"))
+    words = shlex.split(line.removeprefix("then: "))
+    assert words[words.index("--table") + 1] == ITEMS
+
+
 def test_until_and_since_bound_the_findings(story: Story) -> None:
     everything = _find(story)
     drop_time = next(d["commit_time"] for d in everything if d["xid"] == story.xid_drop)
@@ -196,6 +206,10 @@ def test_dropped_new_table_is_restored_and_salvaged_by_its_printed_name(story: S
     target = json.loads(res.stdout)["target_table"]
     assert _value(story.primary, f"select count(*) from {target}") == 250
     assert _value(story.primary, f"select sum(id) from {target}") == sum(range(1, 251))
+    # its serial's sequence was dropped with it: the copy keeps the values and the plain default
+    with session(story.primary) as conn:
+        conn.execute(f"insert into {target} (id) values (1000)")
+    assert _value(story.primary, f"select msg from {target} where id = 1000") == "none"
 
 
 def test_merge_into_quoted_table_keeps_newer_rows_and_recomputes_generated(story: Story) -> None:

@@ -179,8 +179,13 @@ def find_disaster(
                      [(d.xid, d.commit_time.isoformat(sep=" ", timespec="seconds"), d.lsn, d.kind,
                        d.database or "", d.table, "all" if d.rows is None else d.rows) for d in result.disasters])
         if result.disasters:
+            import shlex
+
             last = result.disasters[-1]
-            output.console.print(f"undo one: pgdr restore --before-xid {last.xid} --target-dir DIR")
+            output.console.print(f"undo one: pgdr restore --before-xid {last.xid} --target-dir DIR", highlight=False)
+            if not last.table.startswith("(relation"):
+                output.console.print(f"then: pgdr salvage --from RESTORED_DSN --into PRIMARY_DSN --table "
+                                     f"{shlex.quote(last.table)}", highlight=False, markup=False)
     for err in result.errors:
         output.error_line(f"warning: {err}")
 

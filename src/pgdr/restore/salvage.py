@@ -3,8 +3,8 @@
 Rows stream with COPY (binary) from the source straight into the target, never
 through a file. By default they land in a NEW table `<table>_recovered_<timestamp>`
 (with _2, _3... when that name is taken, e.g. by a salvage in the same second) with
-the source table's columns - types, NOT NULL, defaults and generated columns, which
-PostgreSQL recomputes - so the live table is never touched; with merge,
+the source table's columns - types, NOT NULL, defaults (not a serial's nextval) and
+generated columns, which PostgreSQL recomputes - so the live table is never touched; with merge,
 they go through a temporary table into the live table, only the rows whose primary
 key is missing there, in one transaction.
 """
@@ -85,7 +85,17 @@ def _columns(conn: psycopg.Connection[Any], oid: int) -> list[_Column]:
         "from pg_attribute a left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum "
         "where a.attrelid = %s and a.attnum > 0 and not a.attisdropped order by a.attnum",
         (oid,)).fetchall()
-    return [_Column(r["attname"], r["type"], r["attnotnull"], r["expr"], r["generated"]) for r in rows]
+    return [_Column(r["attname"], r["type"], r["attnotnull"], _portable_default(r["expr"], r["generated"]),
+                    r["generated"]) for r in rows]
+
+
+def _portable_default(expr: str | None, generated: bool) -> str | None:
+    """A serial's nextval() default names the source's sequence, which a dropped table
+    took with it (and which would tie the copy to the live table's): the copy gets the
+    values, not the default."""
+    if expr is None or generated or "nextval(" not in expr:
+        return expr
+    return None
 
 
 MAX_IDENT = 63  # PostgreSQL truncates longer names, which would make distinct names collide
@@ -110,8 +120,8 @@ def _create_new_table(dst: psycopg.Connection[Any], schema: str, name: str, give
             dst.execute("release savepoint pgdr_create")
             return target
         # a concurrent salvage creating the same name makes this one wait, then fail on
-        # pg_type's unique index rather than with DuplicateTable
-        except (psycopg.errors.DuplicateTable, psycopg.errors.UniqueViolation):
+        # the table's row type ('type ... already exists') rather than with DuplicateTable
+        except (psycopg.errors.DuplicateTable, psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation):
             dst.execute("rollback to savepoint pgdr_create")
             if given:
                 raise UsageError(f"table {qualified(*target)} already exists in the target",
