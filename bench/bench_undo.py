@@ -9,7 +9,7 @@ A fresh sandbox (no standby, archiver running), one physical backup, then pgbenc
   record types, output discarded (the issue's baseline);
 and their ratio (the target is >= 0.8).
 
-    .venv/bin/python bench/bench_undo.py [--mb 512] [--scale 10]
+    .venv/bin/python bench/bench_undo.py [--mb 512] [--scale 10] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -68,6 +69,7 @@ def main() -> None:
     parser.add_argument("--mb", type=int, default=512)
     parser.add_argument("--scale", type=int, default=10)
     parser.add_argument("--pgbench-seconds", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--keep", help="keep the sandbox in this (new) folder, to measure again")
     args = parser.parse_args()
     programs = Programs()
@@ -106,16 +108,19 @@ def main() -> None:
         _wait_archived(sandbox, repo)
         print(f"{made / 2**20:.0f} MB of WAL after the backup, {len(WalArchive(repo).segments())} segments archived")
 
-        scan = find_disasters(programs, repo)
-        mb = scan.bytes_read / 2**20
-        fd_rate = mb / scan.seconds
-        print(f"find-disaster: {mb:.0f} MB in {scan.seconds:.1f}s = {fd_rate:.0f} MB/s "
-              f"({len(scan.disasters)} findings, {os.cpu_count()} cores)")
-        wd_s, wd_bytes = waldump_alone(base, repo, programs)
-        wd_rate = wd_bytes / 2**20 / wd_s
-        print(f"pg_waldump alone (one process, decompressed, all records): {wd_bytes / 2**20:.0f} MB in "
-              f"{wd_s:.1f}s = {wd_rate:.0f} MB/s")
-        print(f"ratio find-disaster / pg_waldump: {fd_rate / wd_rate:.2f}")
+        fd_rates, wd_rates = [], []
+        for _ in range(args.rounds):  # alternated, medians: the machine is shared
+            scan = find_disasters(programs, repo)
+            mb = scan.bytes_read / 2**20
+            fd_rates.append(mb / scan.seconds)
+            wd_s, wd_bytes = waldump_alone(base, repo, programs)
+            wd_rates.append(wd_bytes / 2**20 / wd_s)
+            print(f"  find-disaster {mb:.0f} MB in {scan.seconds:.1f}s = {fd_rates[-1]:.0f} MB/s "
+                  f"({len(scan.disasters)} findings); pg_waldump alone {wd_bytes / 2**20:.0f} MB in {wd_s:.1f}s = "
+                  f"{wd_rates[-1]:.0f} MB/s")
+        fd, wd = statistics.median(fd_rates), statistics.median(wd_rates)
+        print(f"median of {args.rounds}: find-disaster {fd:.0f} MB/s ({os.cpu_count()} cores), pg_waldump alone "
+              f"(one process, decompressed, all records) {wd:.0f} MB/s; ratio {fd / wd:.2f}")
     finally:
         if sandbox is not None and not args.keep:
             sb.down(sandbox.root, programs, purge=True)
