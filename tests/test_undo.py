@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from pgdr.backup.relmap import RelmapRecorder, record_snapshot, snapshots_dir
 from pgdr.errors import UsageError
 from pgdr.pg.connect import session
 from pgdr.pg.ident import parse_table, quote
@@ -304,3 +305,22 @@ def test_identifier_parsing_matches_postgresql(story: Story) -> None:
     for bad in ("a.b.c", '"x', "", "a b", "1abc", '""', "a.", "a-b", "t;drop"):
         with pytest.raises(UsageError):
             parse_table(bad)
+
+
+def test_relation_map_snapshots_are_stored_only_on_change_and_survive_a_dead_server(story: Story,
+                                                                                   tmp_path: Path) -> None:
+    repo = story.sandbox.repo
+    record_snapshot(repo, story.primary)                     # catches up with earlier tests' tables
+    assert record_snapshot(repo, story.primary) is None      # unchanged: nothing new
+    with session(story.primary) as conn:
+        conn.execute("create table snap_probe (x int)")
+    path = record_snapshot(repo, story.primary)
+    assert path is not None and "snap_probe" in path.read_text()
+    assert path.stat().st_mode & 0o777 == 0o644
+    # a server that refuses connections: the recorder reports once and never raises
+    recorder = RelmapRecorder(repo, interval=0.01)
+    recorder.tick("host=127.0.0.1 port=1 dbname=app user=postgres connect_timeout=2")
+    assert recorder.thread is not None
+    recorder.thread.join(30)
+    assert recorder.last_error and not recorder.thread.is_alive()
+    assert sorted(snapshots_dir(repo).glob("*.json"))[-1] == path
