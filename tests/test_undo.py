@@ -157,6 +157,8 @@ def test_table_filter_reads_names_as_postgresql_does(story: Story) -> None:
         assert [(d["xid"], d["kind"], d["rows"]) for d in hits] == [(story.xid_delete, "delete", 200)]
     assert [d["xid"] for d in _find(story, "--table", UMLAUT)] == [story.xid_truncate]
     assert _find(story, "--table", '"order items"') == []      # quoted: case matters
+    res = run_cli("find-disaster", "--table", "No_Such_Table", config=story.sandbox.config_path)
+    assert res.returncode == 0 and "no table no_such_table in any relation map" in res.stderr
     assert _find(story, "--table", '"Fresh_Log"') == []
     res = run_cli("find-disaster", "--table", "Sales Dept.Order Items", config=story.sandbox.config_path)
     assert res.returncode == 2 and "Traceback" not in res.stderr and '"Order Items"' in res.stderr

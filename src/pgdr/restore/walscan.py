@@ -241,6 +241,9 @@ def find_disasters(programs: Programs, repo: Repository, *, table: TableName | N
     found = _classify(result, names, table, since, until, kinds, min_rows)
     errors = [f"{c.segment}: {c.error}" for c in result.chunks
               if c.error and c is not result.chunks[-1] and c.end_lsn is None]
+    if table is not None and not any(table.matches(r.schema_name, r.name) for r in names.values()):
+        errors.append(f"no table {table} in any relation map (backups, archiver snapshots): "
+                      "check the spelling; quote names with capitals or spaces, e.g. '\"Order Items\"'")
     errors += [f"missing segments {wal.missing_name(lo)}"
                + (f"..{wal.missing_name(hi)}" if hi > lo else "") for lo, hi in wal.gaps]
     return DisasterScan(found, len(wal.chunks), result.bytes_read, result.seconds, errors)
