@@ -36,6 +36,7 @@ from typing import Any
 
 import psycopg
 
+from pgdr.backup.relmap import RelmapRecorder
 from pgdr.backup.timeline_follow import follow_new_timeline, server_timeline
 from pgdr.config import Config
 from pgdr.errors import PgdrError
@@ -112,6 +113,7 @@ class Archiver:
         self.progress_value: object = None
         self.progress_at = time.monotonic()
         self.stall_probe = dir_progress(repo.incoming_dir)
+        self.relmap = RelmapRecorder(repo, config.archive.relmap_interval)
 
     # ---- state -------------------------------------------------------------------
     def _save(self) -> None:
@@ -356,6 +358,7 @@ class Archiver:
                             backoff = min(backoff * 2, MAX_BACKOFF)
                     if self.child is not None and not self.state.receiving:
                         self._check_streaming()
+                    self.relmap.tick(self.upstream_conninfo)
                     if time.monotonic() >= next_sweep:
                         try:
                             self.sweep()
