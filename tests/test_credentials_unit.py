@@ -74,3 +74,20 @@ def test_private_passfiles_of_dead_processes_are_swept(tmp_path: Path) -> None:
         (folder / "pgpass").write_text("*:*:*:dba:secret\n")
     assert sweep_stale(tmp_path) == [stale]
     assert not stale.exists() and alive.exists()
+
+
+def test_permission_denied_names_object_and_grant() -> None:
+    err = auth_error('pg_dump: error: query failed: ERROR:  permission denied for table secret_stuff',
+                     {"user": "app", "host": "db", "port": "5432"})
+    assert isinstance(err, PrivilegeMissing)
+    assert err.message == "role app may not read table secret_stuff at db:5432"
+    assert err.hint is not None and "GRANT pg_read_all_data TO app" in err.hint
+
+
+def test_unreadable_passfile_is_dropped_from_the_childs_conninfo() -> None:
+    from pgdr.pg.credentials import _conninfo_passfile, _without_passfile
+
+    args = ["-D", "/x", "-d", "host=h user=dba passfile=/root/pgpass dbname=postgres", "-Ft"]
+    assert _conninfo_passfile(args) == Path("/root/pgpass")
+    rewritten = _without_passfile(args)
+    assert "passfile" not in rewritten[3] and "user=dba" in rewritten[3] and rewritten[4] == "-Ft"

@@ -57,8 +57,8 @@ def test_everything_works_with_passwords_only_outside_pgdr_toml(real_cluster: Re
             assert app_name in streaming.splitlines()
         cli("backup")
         cli("verify", "latest", timeout=300)
-        status = json.loads(cli("status", "--json"))
-        assert status["status"] == "ok", status["checks"]
+        status = json.loads(run_cli("status", "--json", config=config, env=env, timeout=60).stdout)
+        assert status["status"] == "ok", [c for c in status["checks"] if c["status"] != "ok"]
         standby = next(c for c in status["checks"] if c["name"] == "standby db2")
         assert standby["status"] == "ok"
         # a row written after the backup must come back through the archive
@@ -233,4 +233,19 @@ def test_archiver_is_not_streaming_when_its_replication_connection_is_refused(re
     finally:
         hba.write_text(original)
         real_cluster.psql("select pg_reload_conf()")
+        run_cli("archiver", "stop", config=config, env=env, timeout=60)
+
+
+def test_passfile_named_in_the_conninfo_reaches_the_programs(real_cluster: RealCluster) -> None:
+    """conninfo = "... passfile=/root-only/pgpass": libpq in pgdr reads it; pg_basebackup
+    and pg_receivewal, running as postgres, get a private copy instead of that path."""
+    passfile = real_cluster.root_passfile()
+    config = real_cluster.write_config("creds-conninfo-passfile")
+    config.write_text(config.read_text().replace("dbname=postgres", f"dbname=postgres passfile={passfile}"))
+    env = {k: v for k, v in real_cluster.env_with_password().items() if k != "PGPASSWORD"}
+    try:
+        for args in (["archiver", "start"], ["backup"]):
+            result = run_cli(*args, config=config, env=env, timeout=120)
+            assert result.returncode == 0, (args, result.stderr)
+    finally:
         run_cli("archiver", "stop", config=config, env=env, timeout=60)

@@ -100,3 +100,17 @@ def test_custom_format_dump_and_verify_keep_on_chosen_port(real_cluster: RealClu
         assert count.stdout.strip() == "3000"
     finally:
         stop_restored(Path(info["data_dir"]), real_cluster.programs)
+
+
+def test_a_table_the_role_cannot_read_names_the_grant(real_cluster: RealCluster) -> None:
+    real_cluster.psql("create table secret_stuff (id int); insert into secret_stuff values (1)", dbname="app")
+    try:
+        config = real_cluster.write_managed_config("managed-noread")
+        result = run_cli("backup", "--logical", config=config, env=real_cluster.env_with_database_url(),
+                         timeout=120)
+        assert result.returncode == 1, result.stdout
+        assert "secret_stuff" in result.stderr and "pg_read_all_data" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+        assert not list((config.parent / "repo" / "backups").glob("*[0-9]F")), "a partial dump was published"
+    finally:
+        real_cluster.psql("drop table secret_stuff", dbname="app")

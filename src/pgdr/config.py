@@ -102,6 +102,9 @@ class ArchiveConfig(_Strict):
     application_name: str = ""
     compression_level: Annotated[int, Field(ge=1, le=19)] = 1
     max_lag: Duration = 60.0
+    # how often the archiver snapshots relfilenode -> table names (find-disaster names
+    # tables created after the newest backup); 0 = never
+    relmap_interval: Duration = 10.0
 
 
 

@@ -36,6 +36,7 @@ from typing import Any
 
 import psycopg
 
+from pgdr.backup.relmap import RelmapRecorder
 from pgdr.backup.timeline_follow import follow_new_timeline, server_timeline
 from pgdr.config import Config
 from pgdr.errors import PgdrError
@@ -112,6 +113,7 @@ class Archiver:
         self.progress_value: object = None
         self.progress_at = time.monotonic()
         self.stall_probe = dir_progress(repo.incoming_dir)
+        self.relmap = RelmapRecorder(repo, config.archive.relmap_interval)
 
     # ---- state -------------------------------------------------------------------
     def _save(self) -> None:
@@ -214,7 +216,10 @@ class Archiver:
     def _follow_timeline(self, conninfo: str) -> None:
         """After a failover, resume on the new primary's timeline: files that start past its
         fork point go to archiver/diverged/ (see timeline_follow)."""
-        self.sweep()  # completed segments of the old timeline are archived, not set aside
+        try:
+            self.sweep()  # completed segments of the old timeline are archived, not set aside
+        except SweepBlocked:
+            pass  # recorded by sweep; a full disk must not keep pg_receivewal from starting
         server = server_timeline(conninfo)
         moved = follow_new_timeline(self.repo.incoming_dir, self.repo.archiver_dir / "diverged",
                                     self.repo.wal_segment_size, server, self.programs.run_as.chown)
@@ -353,6 +358,7 @@ class Archiver:
                             backoff = min(backoff * 2, MAX_BACKOFF)
                     if self.child is not None and not self.state.receiving:
                         self._check_streaming()
+                    self.relmap.tick(self.upstream_conninfo)
                     if time.monotonic() >= next_sweep:
                         try:
                             self.sweep()

@@ -144,14 +144,17 @@ def _restore_logical(obj: AppContext, manifest: BackupManifest, target_dir: Path
 
 def find_disaster(
     ctx: typer.Context,
-    table: Annotated[str | None, typer.Option("--table", help="name or schema.name")] = None,
+    table: Annotated[str | None, typer.Option("--table", help='table, schema.table or "Quoted"."Names"')] = None,
     since: Annotated[str | None, typer.Option("--since", help="only transactions committed after (ISO time)")] = None,
+    until: Annotated[str | None, typer.Option("--until", help="only transactions committed before (ISO time)")]
+    = None,
     kinds: Annotated[str, typer.Option("--kinds", help="comma list of drop,truncate,delete,update")]
     = "drop,truncate,delete,update",
     min_rows: Annotated[int, typer.Option("--min-rows", help="DELETE/UPDATE: at least this many rows")] = 100,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """List the transactions in the archived WAL that dropped, truncated, or deleted/updated many rows."""
+    from pgdr.pg.ident import parse_table
     from pgdr.restore.pitr import parse_time
     from pgdr.restore.walscan import KINDS, find_disasters
 
@@ -159,21 +162,30 @@ def find_disaster(
     bad = [k for k in wanted if k not in KINDS]
     if bad:
         raise UsageError(f"unknown kind {bad[0]!r}; use {','.join(KINDS)}")
+    name = parse_table(table) if table is not None else None
+    start, end = (parse_time(since) if since else None), (parse_time(until) if until else None)
+    if start and end and end < start:
+        raise UsageError("--until is before --since")
     obj: AppContext = ctx.obj
-    result = find_disasters(obj.programs, obj.repo, table=table, since=parse_time(since) if since else None,
-                            kinds=wanted, min_rows=min_rows)
+    with output.progress_bar("reading WAL", enabled=sys.stderr.isatty() and not json_out) as progress:
+        result = find_disasters(obj.programs, obj.repo, table=name, since=start, until=end,
+                                kinds=wanted, min_rows=min_rows, progress=progress)
     if json_out:
         output.print_json(result.as_dict())
     else:
         output.table(f"{len(result.disasters)} suspicious transactions in {result.segments} WAL segments "
                      f"({result.seconds:.1f}s)",
-                     ["xid", "commit time", "LSN", "kind", "table", "rows"],
+                     ["xid", "commit time", "LSN", "kind", "database", "table", "rows"],
                      [(d.xid, d.commit_time.isoformat(sep=" ", timespec="seconds"), d.lsn, d.kind,
-                       (f"{d.database}:" if d.database else "") + d.table,
-                       "all" if d.rows is None else d.rows) for d in result.disasters])
+                       d.database or "", d.table, "all" if d.rows is None else d.rows) for d in result.disasters])
         if result.disasters:
+            import shlex
+
             last = result.disasters[-1]
-            output.console.print(f"undo one: pgdr restore --before-xid {last.xid} --target-dir DIR")
+            output.console.print(f"undo one: pgdr restore --before-xid {last.xid} --target-dir DIR", highlight=False)
+            if not last.table.startswith("(relation"):
+                output.console.print(f"then: pgdr salvage --from RESTORED_DSN --into PRIMARY_DSN --table "
+                                     f"{shlex.quote(last.table)}", highlight=False, markup=False)
     for err in result.errors:
         output.error_line(f"warning: {err}")
 
@@ -182,9 +194,10 @@ def salvage_cmd(
     ctx: typer.Context,
     from_dsn: Annotated[str, typer.Option("--from", help="the restored instance (conninfo)")],
     into_dsn: Annotated[str, typer.Option("--into", help="the live primary (conninfo)")],
-    table: Annotated[str, typer.Option("--table")],
+    table: Annotated[str, typer.Option("--table", help='table, schema.table or "Quoted"."Names"')],
     where: Annotated[str | None, typer.Option("--where", help="SQL condition on the source rows")] = None,
-    as_table: Annotated[str | None, typer.Option("--as", help="new table name")] = None,
+    as_table: Annotated[str | None, typer.Option("--as", help="new table name (default "
+                                                 "TABLE_recovered_<time>)")] = None,
     merge: Annotated[bool, typer.Option("--merge", help="insert rows whose primary key is missing")] = False,
     yes: Annotated[bool, typer.Option("--yes", help="do not ask before writing into the live table")] = False,
     json_out: Annotated[bool, typer.Option("--json")] = False,

@@ -76,6 +76,18 @@ def _click_exception_classes() -> tuple[type[Exception], ...]:
     return tuple(found)
 
 
+def _missing_privilege(exc: Exception) -> PgdrError | None:
+    """SQLSTATE 42501 from any query: name the object and the grant, not 'unexpected'."""
+    from psycopg import errors as pgerrors
+
+    from pgdr.pg.credentials import auth_error
+
+    if not isinstance(exc, pgerrors.InsufficientPrivilege):
+        return None
+    return auth_error(str(exc), {}) or PgdrError(str(exc).strip().splitlines()[0],
+                                                 hint="grant the role in the conninfo the privilege named")
+
+
 def run() -> None:
     signals.install()
     try:
@@ -110,6 +122,10 @@ def _run() -> None:
             sys.exit(exc.exit_code)  # type: ignore[attr-defined]
         if debug:
             raise
+        missing = _missing_privilege(exc)
+        if missing is not None:
+            output.error_line(missing.message, missing.hint)
+            sys.exit(missing.exit_code)
         output.error_line(f"unexpected error: {type(exc).__name__}: {exc}", "rerun with --debug for a traceback")
         sys.exit(1)
     if code == 130:  # Typer turns Ctrl-C (and SIGTERM, see cli/signals.py) into exit code 130

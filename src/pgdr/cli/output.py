@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from pgdr.checks import Check
@@ -47,9 +48,29 @@ def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any
     t = _table(title)
     for col in columns:
         t.add_column(col)
-    for row in rows:
-        t.add_row(*["" if v is None else mask_text(str(v)) for v in row])
+    from rich.text import Text
+
+    for row in rows:  # Text: a value like a table named '[x]' is shown, not read as markup
+        t.add_row(*[Text("" if v is None else mask_text(str(v))) for v in row])
     __getattr__("console").print(t)
+
+
+@contextmanager
+def progress_bar(what: str, enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """A progress bar on stderr for long scans; None (no bar) off a terminal."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    with Progress(f"[bold]{what}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=__getattr__("err_console"), transient=True) as bar:
+        task = bar.add_task(what, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
 
 
 def checks_table(title: str, checks: Sequence[Check]) -> None:

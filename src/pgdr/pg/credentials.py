@@ -7,10 +7,11 @@ So each child gets, in this order:
 
 1. the password from the conninfo (callers split it out: never on argv),
 2. PGPASSWORD from pgdr's own environment,
-3. the entries of pgdr's passfile (PGPASSFILE, else ~/.pgpass) for the child's
-   user: handed over as is when the child runs as pgdr's own user, else copied into
-   a private passfile (0600 in a 0700 folder, both owned by the child's user) that
-   is removed when the child is done;
+3. the entries of pgdr's passfile (passfile= in the conninfo, else PGPASSFILE, else
+   ~/.pgpass) for the child's user: handed over as is when the child runs as pgdr's
+   own user, else copied into a private passfile (0600 in a 0700 folder, both owned
+   by the child's user) that is removed when the child is done (a passfile= the
+   child could not read is dropped from its conninfo);
 
 and `-w`, so a missing or wrong password fails at once instead of prompting.
 An authentication failure becomes one line naming user@host:port and what to fix.
@@ -54,6 +55,8 @@ class ChildCredentials:
 
     env: dict[str, str] = field(default_factory=dict)
     private_dir: Path | None = None
+    # the child's arguments when they had to change (a passfile= it cannot read, dropped)
+    args: list[str] | None = None
 
     def close(self) -> None:
         if self.private_dir is not None:
@@ -83,6 +86,54 @@ def target_of(args: Sequence[str]) -> dict[str, str]:
         elif arg in flags:
             out[flags[arg]] = value
     return out
+
+
+_CONNINFO_FLAGS = ("-d", "--dbname", "--source-server")
+
+
+def _conninfo_passfile(args: Sequence[str]) -> Path | None:
+    """passfile= in a conninfo argument: libpq prefers it to PGPASSFILE."""
+    items = list(args)
+    for i, arg in enumerate(items[:-1]):
+        if arg in _CONNINFO_FLAGS:
+            try:
+                found = parse(items[i + 1]).get("passfile")
+            except PgdrError:
+                continue
+            if found:
+                return Path(found)
+    return None
+
+
+def _readable_by(path: Path, uid: int, gid: int) -> bool:
+    """Whether uid/gid can read path (permission bits of the file and every parent)."""
+    import stat as st
+
+    def allowed(p: Path, user_bit: int, group_bit: int, other_bit: int) -> bool:
+        mode = p.stat()
+        if mode.st_uid == uid:
+            return bool(mode.st_mode & user_bit)
+        if mode.st_gid == gid:
+            return bool(mode.st_mode & group_bit)
+        return bool(mode.st_mode & other_bit)
+    try:
+        return allowed(path, st.S_IRUSR, st.S_IRGRP, st.S_IROTH) and all(
+            allowed(parent, st.S_IXUSR, st.S_IXGRP, st.S_IXOTH) for parent in path.absolute().parents)
+    except OSError:
+        return False
+
+
+def _without_passfile(args: Sequence[str]) -> list[str]:
+    from pgdr.pg.conninfo import with_params
+
+    items = list(args)
+    for i, arg in enumerate(items[:-1]):
+        if arg in _CONNINFO_FLAGS:
+            try:
+                items[i + 1] = with_params(items[i + 1], passfile=None)
+            except PgdrError:
+                continue
+    return items
 
 
 def _passfile_of_pgdr() -> Path | None:
@@ -162,8 +213,13 @@ def prepare(program: str, args: Sequence[str], password: str | None, *,
     from_env = os.environ.get("PGPASSWORD")
     if from_env:
         return ChildCredentials({"PGPASSWORD": from_env})
-    passfile = _passfile_of_pgdr()
-    if passfile is None:
+    named = _conninfo_passfile(args)
+    if named is not None and (child_ids is None or _readable_by(named, *child_ids)):
+        # the child reads it itself; and pg_basebackup -R must write it into the standby's
+        # primary_conninfo unchanged (a standby's own passfile)
+        return ChildCredentials()
+    passfile = named if named is not None else _passfile_of_pgdr()
+    if passfile is None or not os.access(passfile, os.R_OK):
         return ChildCredentials()
     if child_ids is None:
         return ChildCredentials({"PGPASSFILE": str(passfile)})
@@ -171,6 +227,8 @@ def prepare(program: str, args: Sequence[str], password: str | None, *,
     entries = _entries_for(passfile, user)
     if not entries:
         return ChildCredentials()
+    # a passfile= the child may not read is replaced by the private copy
+    new_args = _without_passfile(args) if named is not None else None
     sweep_stale()
     private = Path(tempfile.mkdtemp(prefix=f"{PRIVATE_PREFIX}{os.getpid()}-"))
     try:
@@ -184,7 +242,7 @@ def prepare(program: str, args: Sequence[str], password: str | None, *,
     except BaseException:
         shutil.rmtree(private, ignore_errors=True)
         raise
-    return ChildCredentials({"PGPASSFILE": str(target)}, private)
+    return ChildCredentials({"PGPASSFILE": str(target)}, private, new_args)
 
 
 # ---- errors that name what failed -----------------------------------------------------
@@ -193,6 +251,10 @@ _AUTH_RE = re.compile(r'(password|Peer|Ident|SCRAM|scram|md5) authentication fai
 _NO_PASSWORD = "no password supplied"
 _PRIVILEGE_RE = re.compile(r"must be superuser or (have the )?(replication|REPLICATION)|permission denied to "
                            r"start WAL sender|must be superuser or replication role")
+
+
+_DENIED_RE = re.compile(r'permission denied for (table|sequence|schema|view|materialized view|function|'
+                        r'large object|database) "?([^"\s]+)"?')
 
 
 def _where(target: dict[str, str]) -> str:
@@ -213,6 +275,17 @@ def auth_error(text: str, target: dict[str, str]) -> PgdrError | None:
     if _NO_PASSWORD in text:
         user = target.get("user") or "(default user)"
         return AuthenticationFailed(f"no password for user {user} at {_where(target)}", hint=AUTH_HINT)
+    denied = _DENIED_RE.search(text)
+    if denied:
+        kind, name = denied.group(1), denied.group(2)
+        user = target.get("user")
+        who = f"role {user}" if user else "the role pgdr connects as"
+        return PrivilegeMissing(
+            f"{who} may not read {kind} {name}"
+            + (f" at {_where(target)}" if target.get("port") else ""),
+            hint=f"GRANT pg_read_all_data TO {user or '<role>'} (every table, PostgreSQL 14+), or grant "
+                 f"{'USAGE' if kind == 'schema' else 'SELECT'} on {name}; on a managed database, "
+                 "back up as its admin role")
     if _PRIVILEGE_RE.search(text):
         user = target.get("user") or "(default user)"
         return PrivilegeMissing(

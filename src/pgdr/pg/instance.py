@@ -80,14 +80,18 @@ class Instance:
     # it if this one was SIGKILLed (pg_ctl puts the postmaster in a session of its own,
     # out of reach of the process-group guard). release() hands it over.
     supervised: bool = False
+    # The bootstrap superuser (initdb -U): "postgres" on Debian, POSTGRES_USER in the
+    # official container image. A restored copy is reached as its source's own.
+    superuser: str = "postgres"
     _watchdog: Watchdog | None = field(default=None, repr=False, compare=False)
 
     @property
     def logfile(self) -> Path:
         return self.log_file or self.data_dir.parent / f"{self.name}.log"
 
-    def conninfo(self, dbname: str = "postgres", user: str = "postgres") -> str:
-        return make_conninfo(host=str(self.socket_dir), port=self.port, dbname=dbname, user=user)
+    def conninfo(self, dbname: str = "postgres", user: str | None = None) -> str:
+        return make_conninfo(host=str(self.socket_dir), port=self.port, dbname=dbname,
+                             user=user or self.superuser)
 
     # ---- lifecycle -------------------------------------------------------------
     def initdb(self, *, checksums: bool = True) -> None:

@@ -210,7 +210,8 @@ class Programs:
         creds = self._credentials(program, args, password, as_server_user)
         try:
             return process.run(
-                [self.path(program), *credentials.no_prompt_args(program), *args], name=program,
+                [self.path(program), *credentials.no_prompt_args(program),
+                 *(creds.args if creds.args is not None else args)], name=program,
                 env={**self.env(None, env), **creds.env},
                 user_kwargs=self.user_kwargs(as_server_user), ok_codes=ok_codes, timeout=timeout,
                 stdout_path=stdout_path, input_bytes=input_text.encode() if input_text is not None else None,
@@ -243,7 +244,8 @@ class Programs:
         """Start a long-running program (pg_receivewal) in its own registered group."""
         creds = self._credentials(program, args, password, as_server_user)
         try:
-            child = process.spawn([self.path(program), *credentials.no_prompt_args(program), *args],
+            child = process.spawn([self.path(program), *credentials.no_prompt_args(program),
+                                   *(creds.args if creds.args is not None else args)],
                                   name=program, env={**self.env(None, None), **creds.env},
                                   user_kwargs=self.user_kwargs(as_server_user), log_path=log_path)
         except BaseException:

@@ -1,10 +1,13 @@
 """Reading WAL with pg_waldump: the records PITR and undo care about, per transaction.
 
-The archive is cut into one chunk per segment; each chunk is decompressed (with the
-next segment, so a record crossing the boundary is read whole) into a private temp
-folder and read with `pg_waldump -s <segment start> -e <next segment start>`, so every
-record is read exactly once. Chunks run in parallel processes: pg_waldump's output is
-parsed in Python, and parsing, not pg_waldump, is the slow part.
+The archive is cut into one chunk per segment; each chunk is decompressed into a
+private temp folder and read with `pg_waldump -s <segment start> -e <end>`. pg_waldump
+never reads past -e, so a record that starts in the segment and ends in the next one
+would be printed by no chunk with -e at the segment's end: the next segment's first
+page header says how long that record's remainder is (xlp_rem_len), so -e goes just
+past it, only that much of the next segment is decompressed, and records printed from
+the next segment are cut off - every record is read exactly once. Chunks run in
+parallel processes; their output is parsed with whole-text regular expressions.
 
 What is kept per chunk is small: counts of Heap DELETE / UPDATE per (xid, relation),
 storage created per xid, Heap TRUNCATE records, COMMIT/ABORT records (time, LSN,
@@ -18,13 +21,15 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import struct
 import tempfile
-from collections import defaultdict
-from collections.abc import Sequence
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO
 
 import zstandard
 
@@ -32,11 +37,6 @@ from pgdr.errors import RepositoryError
 from pgdr.pg.lsn import Segment, format_lsn, parse_lsn
 from pgdr.pg.programs import Programs
 
-_LINE_RE = re.compile(
-    r"^rmgr: (\S+)\s+len \(rec/tot\):\s*\d+/\s*\d+, tx:\s*(\d+), lsn: ([0-9A-F]+/[0-9A-F]+), "
-    r"prev [0-9A-F]+/[0-9A-F]+, desc: (\S+)\s?(.*)$")
-_TS_RE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC")
-_BLKREF_RE = re.compile(r"blkref #0: rel (\d+/\d+/\d+)")
 _END_RE = re.compile(r"(?:invalid record length|record with incorrect prev-link|invalid magic number|"
                      r"contrecord is requested|invalid resource manager ID|could not read file|"
                      r"could not find file|invalid record offset)[^\n]*?at ([0-9A-F]+/[0-9A-F]+)")
@@ -120,43 +120,71 @@ def path_to_key(path: str) -> str:
     return path
 
 
-def parse_lines(lines: Sequence[str], result: ChunkResult) -> None:
-    """Fold pg_waldump lines into result (module level so worker processes can run it)."""
-    for line in lines:
-        m = _LINE_RE.match(line)
+# Only the records that matter, found by C-level regex scans over pg_waldump's whole
+# output (one Python step per matching record, none per other line): Heap DELETE /
+# UPDATE / HOT_UPDATE counted per (xid, op, relation) with a Counter, and the rarer
+# records (commits, aborts, storage creates, heap truncates, restore points) one by one.
+_HEAD = r"tx: *(\d+), lsn: ([0-9A-F]+/[0-9A-F]+), prev [0-9A-F]+/[0-9A-F]+, desc: "
+# (over bytes: decoding megabytes of output to scan it costs as much as the scan)
+_ROW_RE = re.compile(rb"tx: *(\d+), lsn: [0-9A-F]+/[0-9A-F]+, prev [0-9A-F]+/[0-9A-F]+, "
+                     rb"desc: (DELETE|UPDATE|HOT_UPDATE) [^b\n]*(?:b(?!lkref #0: )[^b\n]*)*blkref #0: rel (\d+/\d+/\d+)")
+# the rare records: found by their literal "desc: OP" (a fast prefix scan), then read whole
+_RARE_RE = re.compile(rb"desc: (?:COMMIT|ABORT|CREATE|TRUNCATE|RESTORE_POINT)")
+_LINE_RE = re.compile(r"rmgr: (\S+) +len \(rec/tot\): *\d+/ *\d+, " + _HEAD + r"(\S+) ?([^\n]*)")
+_LAST_LSN_RE = re.compile(rb"lsn: ([0-9A-F]+/[0-9A-F]+), prev")
+
+
+def _commit_time(ts: str) -> datetime:
+    return datetime.fromisoformat(ts).replace(tzinfo=UTC)
+
+
+def parse_output(text: bytes, result: ChunkResult) -> None:
+    """Fold pg_waldump's output into result (module level so worker processes can run it)."""
+    counts = Counter(_ROW_RE.findall(text))
+    for (xid_s, op, rel_b), n in counts.items():
+        target = result.deletes if op == b"DELETE" else result.updates
+        rels = target.setdefault(int(xid_s), {})
+        rel = rel_b.decode()
+        rels[rel] = rels.get(rel, 0) + n
+    for hit in _RARE_RE.finditer(text):
+        begin = text.rfind(b"\n", 0, hit.start()) + 1
+        end = text.find(b"\n", hit.end())
+        m = _LINE_RE.match(text[begin:end if end >= 0 else len(text)].decode(errors="replace"))
         if m is None:
             continue
         rmgr, xid_s, lsn, op, rest = m.groups()
         xid = int(xid_s)
-        result.last_lsn = lsn
-        if rmgr == "Heap":
-            if op in ("DELETE", "UPDATE", "HOT_UPDATE"):
-                b = _BLKREF_RE.search(rest)
-                if b:
-                    target = result.deletes if op == "DELETE" else result.updates
-                    rels = target.setdefault(xid, {})
-                    rels[b.group(1)] = rels.get(b.group(1), 0) + 1
-            elif op == "TRUNCATE":
-                result.heap_truncates[xid] = result.heap_truncates.get(xid, 0) + 1
-        elif rmgr == "Transaction" and op in ("COMMIT", "ABORT", "COMMIT_PREPARED", "ABORT_PREPARED"):
-            ts = _TS_RE.match(rest)
-            if ts is None:
+        if rmgr == "Transaction" and op in ("COMMIT", "ABORT", "COMMIT_PREPARED", "ABORT_PREPARED"):
+            head, _, tail = rest.partition("; ")
+            if not head.endswith(" UTC"):
                 continue
-            when = datetime.strptime(ts.group(1), "%Y-%m-%d %H:%M:%S.%f" if "." in ts.group(1)
-                                     else "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+            try:
+                when = _commit_time(head[:-4])
+            except ValueError:
+                continue
             commit = Commit(xid, when, lsn, aborted=op.startswith("ABORT"))
-            for part in rest.split("; ")[1:]:
-                if part.startswith("rels: "):
-                    commit.rels = [path_to_key(p) for p in part[6:].split()]
-                elif part.startswith("dropped stats:"):
-                    commit.dropped_stats = True
-                elif part.startswith("subxacts: "):
-                    commit.subxacts = [int(x) for x in part[10:].split() if x.isdigit()]
+            if tail:
+                for part in tail.split("; "):
+                    if part.startswith("rels: "):
+                        commit.rels = [path_to_key(p) for p in part[6:].split()]
+                    elif part.startswith("dropped stats:"):
+                        commit.dropped_stats = True
+                    elif part.startswith("subxacts: "):
+                        commit.subxacts = [int(x) for x in part[10:].split() if x.isdigit()]
             result.commits[xid] = commit
         elif rmgr == "Storage" and op == "CREATE":
             result.creates.setdefault(xid, []).append(path_to_key(rest.strip().split()[0]))
+        elif rmgr == "Heap" and op == "TRUNCATE":
+            result.heap_truncates[xid] = result.heap_truncates.get(xid, 0) + 1
         elif rmgr == "XLOG" and op == "RESTORE_POINT":
             result.restore_points.append((rest.strip(), lsn))
+    last = _LAST_LSN_RE.match(text, max(0, text.rfind(b"lsn: ")))
+    if last is not None:
+        result.last_lsn = last.group(1).decode()
+
+
+def parse_lines(lines: Sequence[str], result: ChunkResult) -> None:
+    parse_output("\n".join(lines).encode(), result)
 
 
 @dataclass(frozen=True)
@@ -170,45 +198,107 @@ class Chunk:
     segment_size: int
 
 
-def _materialize(src: Path, dest: Path, segment_size: int) -> None:
-    if src.name.endswith(".zst"):
-        with open(src, "rb") as raw, open(dest, "wb") as out:
-            zstandard.ZstdDecompressor().copy_stream(raw, out)
-    else:
-        shutil.copyfile(src, dest)
-        if dest.stat().st_size < segment_size:
-            with open(dest, "r+b") as fh:
-                fh.truncate(segment_size)
+PAGE = 8192                         # XLOG_BLCKSZ
+LONG_HEADER, SHORT_HEADER = 40, 24  # XLogLongPageHeaderData / XLogPageHeaderData, MAXALIGNed
+XLP_FIRST_IS_CONTRECORD = 0x0001
+
+
+def _open_wal(src: Path) -> tuple[IO[bytes], IO[bytes]]:
+    raw = open(src, "rb")  # noqa: SIM115 - closed by the caller
+    return raw, (zstandard.ZstdDecompressor().stream_reader(raw) if src.name.endswith(".zst") else raw)
+
+
+def _materialize(src: Path, dest: Path, segment_size: int, limit: int | None = None) -> None:
+    """The segment as pg_waldump reads it: decompressed, padded (sparse) to its size;
+    with limit, only its first `limit` bytes are real."""
+    raw, reader = _open_wal(src)
+    try:
+        with open(dest, "wb") as out:
+            left = segment_size if limit is None else min(limit, segment_size)
+            while left > 0:
+                block = reader.read(min(left, 1 << 20))
+                if not block:
+                    break
+                out.write(block)
+                left -= len(block)
+            out.truncate(segment_size)
+    finally:
+        raw.close()
+
+
+def continuation_bytes(src: Path, segment_size: int) -> int:
+    """How many bytes of this segment the record crossing into it from the previous one
+    occupies (page headers included, rounded up to whole pages); 0 when none crosses."""
+    raw, reader = _open_wal(src)
+    try:
+        head = reader.read(LONG_HEADER)
+    finally:
+        raw.close()
+    if len(head) < LONG_HEADER:
+        return 0
+    info, = struct.unpack_from("<H", head, 2)
+    rem_len, = struct.unpack_from("<I", head, 16)
+    if not info & XLP_FIRST_IS_CONTRECORD:
+        return 0
+    first = PAGE - LONG_HEADER
+    pages = 1 if rem_len <= first else 1 + -(-(rem_len - first) // (PAGE - SHORT_HEADER))
+    return min(pages * PAGE, segment_size)
+
+
+def _cut_after(text: bytes, end_lsn: int) -> bytes:
+    """Drop the trailing lines of records that start at or after end_lsn (few: only those
+    on the next segment's pages read for the crossing record)."""
+    stop = len(text)
+    while stop > 0:
+        cut = text.rfind(b"\n", 0, stop - 1) + 1
+        m = _LAST_LSN_RE.search(text, cut, stop)
+        if m is None or parse_lsn(m.group(1).decode()) < end_lsn:
+            break
+        stop = cut
+    return text if stop == len(text) else text[:stop]
+
+
+def _dump(programs: Programs, tmp: Path, chunk: Chunk, rmgrs: tuple[str, ...],
+          xid: int | None) -> tuple[int, bytes, str]:
+    size = chunk.segment_size
+    _materialize(chunk.source, tmp / chunk.segment.name(size), size)
+    start = chunk.segment.start_lsn(size)
+    end = start + size
+    if chunk.next_source is not None and chunk.next_segment is not None:
+        extra = continuation_bytes(chunk.next_source, size)
+        if extra:
+            _materialize(chunk.next_source, tmp / chunk.next_segment.name(size), size, extra)
+            end += extra
+    args = ["-p", str(tmp), "-t", str(chunk.segment.timeline), "-s", format_lsn(start), "-e", format_lsn(end)]
+    for rmgr in rmgrs:
+        args += ["-r", rmgr]
+    if xid is not None:
+        args += ["-x", str(xid)]
+    # stdout to a file read back in one call: a pipe read line by line costs more
+    # Python time than pg_waldump itself (a segment prints ~100k lines)
+    dumped = tmp / "waldump.out"
+    res = programs.run("pg_waldump", args, ok_codes=(0, 1), as_server_user=False,
+                       env={"TZ": "UTC", "PGTZ": "UTC"}, timeout=600, stdout_path=dumped)
+    out = dumped.read_bytes()
+    return res.returncode, _cut_after(out, start + size) if end > start + size else out, res.stderr
 
 
 def read_chunk(programs: Programs, chunk: Chunk, rmgrs: tuple[str, ...], xid: int | None) -> ChunkResult:
-    size = chunk.segment_size
-    name = chunk.segment.name(size)
+    name = chunk.segment.name(chunk.segment_size)
     result = ChunkResult(name)
     tmp = Path(tempfile.mkdtemp(prefix="pgdr-waldump-"))
     try:
         try:
-            _materialize(chunk.source, tmp / name, size)
-            if chunk.next_source is not None and chunk.next_segment is not None:
-                _materialize(chunk.next_source, tmp / chunk.next_segment.name(size), size)
+            code, out, err_text = _dump(programs, tmp, chunk, rmgrs, xid)
         except (OSError, zstandard.ZstdError) as exc:
             result.error = f"cannot read {name}: {exc}"
             return result
-        start = chunk.segment.start_lsn(size)
-        args = ["-p", str(tmp), "-t", str(chunk.segment.timeline), "-s", format_lsn(start),
-                "-e", format_lsn(start + size)]
-        for rmgr in rmgrs:
-            args += ["-r", rmgr]
-        if xid is not None:
-            args += ["-x", str(xid)]
-        res = programs.run("pg_waldump", args, ok_codes=(0, 1), as_server_user=False,
-                           env={"TZ": "UTC", "PGTZ": "UTC"}, timeout=600)
-        result.bytes_read = size
-        parse_lines(res.stdout.splitlines(), result)
-        if res.returncode != 0:
-            err = res.stderr.strip().splitlines()
-            result.error = err[-1] if err else f"pg_waldump exit {res.returncode}"
-            m = _END_RE.search(res.stderr)
+        result.bytes_read = chunk.segment_size
+        parse_output(out, result)
+        if code != 0:
+            err = err_text.strip().splitlines()
+            result.error = err[-1] if err else f"pg_waldump exit {code}"
+            m = _END_RE.search(err_text)
             if m:
                 result.end_lsn = m.group(1)
         return result
@@ -220,21 +310,33 @@ def _read_chunk_job(args: tuple[Programs, Chunk, tuple[str, ...], int | None]) -
     return read_chunk(*args)
 
 
+Progress = Callable[[int, int], None]
+"""Called with (chunks done, chunks in all) as a scan advances."""
+
+
 def scan(programs: Programs, chunks: Sequence[Chunk], rmgrs: tuple[str, ...],
-         *, xid: int | None = None, jobs: int | None = None) -> ScanResult:
+         *, xid: int | None = None, jobs: int | None = None, progress: Progress | None = None) -> ScanResult:
     """Read chunks in parallel processes (one pg_waldump each); results in chunk order."""
     import time
 
     t0 = time.monotonic()
-    jobs = max(1, min(jobs or (os.cpu_count() or 2), len(chunks) or 1))
+    # two workers per core: each waits on its pg_waldump part of the time
+    jobs = max(1, min(jobs or 2 * (os.cpu_count() or 2), len(chunks) or 1))
     work = [(programs, c, rmgrs, xid) for c in chunks]
+    results: list[ChunkResult] = []
     if jobs == 1 or len(chunks) <= 1:
-        results = [_read_chunk_job(w) for w in work]
+        for w in work:
+            results.append(_read_chunk_job(w))
+            if progress:
+                progress(len(results), len(work))
     else:
         import multiprocessing
 
         with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("fork")) as pool:
-            results = list(pool.map(_read_chunk_job, work, chunksize=1))
+            for r in pool.map(_read_chunk_job, work, chunksize=1):
+                results.append(r)
+                if progress:
+                    progress(len(results), len(work))
     return ScanResult(results, time.monotonic() - t0)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import stat
+import struct
 from pathlib import Path
 
 from pgdr.errors import PgdrError
@@ -50,3 +51,46 @@ def grant_pgdr_access(data_dir: Path, socket_dir: Path, run_as: RunAs) -> dict[s
             path.touch(mode=0o600)
             run_as.chown(path)
     return {"hba_file": str(hba), "ident_file": str(data_dir / "pg_ident.conf")}
+
+
+# ---- who to connect as ------------------------------------------------------------------
+PG_AUTHID = 1260          # pg_authid's OID; its file is named in global/pg_filenode.map
+BOOTSTRAP_SUPERUSER = 10  # the role initdb creates (-U), whatever it is called
+_HEAP_XMAX_INVALID = 0x0800
+
+
+def bootstrap_superuser(data_dir: Path, default: str = "postgres") -> str:
+    """The name of role 10 in a (stopped) data directory, read from pg_authid's heap.
+
+    A restored copy of a cluster initdb'd with -U admin has no role "postgres", and
+    pgdr must connect before anything else can be asked; so the name is read from the
+    files, the way pg_filedump would. Anything unexpected falls back to `default`.
+    """
+    try:
+        mapping = (data_dir / "global" / "pg_filenode.map").read_bytes()
+        count = struct.unpack_from("<i", mapping, 4)[0]
+        filenode = next(node for oid, node in (struct.unpack_from("<II", mapping, 8 + 8 * i)
+                                               for i in range(max(0, min(count, 64))))
+                        if oid == PG_AUTHID)
+        heap = (data_dir / "global" / str(filenode)).read_bytes()
+    except (OSError, struct.error, StopIteration):
+        return default
+    live: list[str] = []
+    dead: list[str] = []
+    for start in range(0, len(heap) - 8191, 8192):
+        page = heap[start:start + 8192]
+        lower = struct.unpack_from("<H", page, 12)[0]
+        for lp in range(24, min(lower, 8192), 4):
+            word = struct.unpack_from("<I", page, lp)[0]
+            off, flags, length = word & 0x7FFF, (word >> 15) & 3, word >> 17
+            if flags != 1 or off + length > 8192 or length < 23 + 68:
+                continue
+            xmax = struct.unpack_from("<I", page, off + 4)[0]
+            infomask, hoff = struct.unpack_from("<HB", page, off + 20)
+            data = off + hoff
+            if data + 68 > off + length or struct.unpack_from("<I", page, data)[0] != BOOTSTRAP_SUPERUSER:
+                continue
+            name = page[data + 4:data + 68].split(b"\0", 1)[0].decode(errors="replace")
+            (live if xmax == 0 or infomask & _HEAP_XMAX_INVALID else dead).append(name)
+    found = live or dead
+    return found[-1] if found else default

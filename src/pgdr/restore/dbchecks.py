@@ -240,7 +240,7 @@ _AMCHECK_OBJECT = re.compile(r'^(heap table|btree index|toast table)\s+"([^"]+)"
 def amcheck(instance: Instance, programs: Programs, jobs: int = 2) -> tuple[bool, dict[str, Any]]:
     """pg_amcheck --all --heapallindexed (installing amcheck in the scratch copy)."""
     result = programs.run("pg_amcheck", [
-        "-h", str(instance.socket_dir), "-p", str(instance.port), "-U", "postgres",
+        "-h", str(instance.socket_dir), "-p", str(instance.port), "-U", instance.superuser,
         "--all", "--install-missing", "--heapallindexed", "-j", str(max(1, jobs))],
         ok_codes=(0, 1, 2), timeout=7200)
     objects: list[str] = []

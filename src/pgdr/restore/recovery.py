@@ -35,7 +35,7 @@ from pgdr.pg.programs import Programs, RunAs
 from pgdr.repo.layout import Repository
 from pgdr.repo.manifest import BackupManifest, read_manifest
 from pgdr.repo.wal import WAL_DAMAGED_EXIT
-from pgdr.restore.access import grant_pgdr_access
+from pgdr.restore.access import bootstrap_superuser, grant_pgdr_access
 from pgdr.restore.extract import (
     DEFAULT_METHOD,
     Extracted,
@@ -189,6 +189,7 @@ def restore_physical(backup_dir: Path, instance: Instance,
         configure_recovery(instance.data_dir, places, programs, config_path=config_path, target=target,
                            socket_dir=instance.socket_dir,
                            extra_settings=extra_settings, restore_command=restore_command)
+        instance.superuser = bootstrap_superuser(instance.data_dir)  # reached as its own superuser
     except BaseException:
         remove_restored(instance.data_dir, places)
         raise

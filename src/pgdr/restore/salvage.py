@@ -2,7 +2,9 @@
 
 Rows stream with COPY (binary) from the source straight into the target, never
 through a file. By default they land in a NEW table `<table>_recovered_<timestamp>`
-with the source table's columns, so the live table is never touched; with merge,
+(with _2, _3... when that name is taken, e.g. by a salvage in the same second) with
+the source table's columns - types, NOT NULL, defaults (not a serial's nextval) and
+generated columns, which PostgreSQL recomputes - so the live table is never touched; with merge,
 they go through a temporary table into the live table, only the rows whose primary
 key is missing there, in one transaction.
 """
@@ -20,6 +22,7 @@ from psycopg import sql
 from pgdr.errors import PgdrError, UsageError
 from pgdr.pg.connect import connect
 from pgdr.pg.conninfo import mask
+from pgdr.pg.ident import TableName, parse_table, qualified
 
 
 class SalvageFailed(PgdrError):
@@ -48,12 +51,28 @@ class SalvageResult:
 class _Column:
     name: str
     type: str
+    not_null: bool = False
+    default: str | None = None      # an expression, as pg_get_expr prints it
+    generated: bool = False         # GENERATED ALWAYS AS (default) STORED: never copied
+
+    def definition(self) -> sql.Composable:
+        parts: list[sql.Composable] = [sql.Identifier(self.name), sql.SQL(self.type)]
+        if self.generated and self.default:
+            parts.append(sql.SQL("generated always as ({}) stored").format(sql.SQL(self.default)))
+        elif self.default:
+            parts.append(sql.SQL("default {}").format(sql.SQL(self.default)))
+        if self.not_null:
+            parts.append(sql.SQL("not null"))
+        return sql.SQL(" ").join(parts)
 
 
-def _resolve(conn: psycopg.Connection[Any], table: str, where: str) -> tuple[str, str, int]:
+def _resolve(conn: psycopg.Connection[Any], table: TableName, where: str) -> tuple[str, str, int]:
+    """The table's schema, name and oid; without a schema, as the search_path finds it."""
+    ref = sql.Identifier(table.schema, table.name) if table.schema else sql.Identifier(table.name)
     row = conn.execute(
         "select c.oid::int as oid, n.nspname as schema_name, c.relname as name from pg_class c "
-        "join pg_namespace n on n.oid = c.relnamespace where c.oid = to_regclass(%s)", (table,)).fetchone()
+        "join pg_namespace n on n.oid = c.relnamespace where c.oid = to_regclass(%s)",
+        (ref.as_string(conn),)).fetchone()
     if row is None:
         raise UsageError(f"table {table} does not exist in the {where} database")
     return row["schema_name"], row["name"], row["oid"]
@@ -61,10 +80,53 @@ def _resolve(conn: psycopg.Connection[Any], table: str, where: str) -> tuple[str
 
 def _columns(conn: psycopg.Connection[Any], oid: int) -> list[_Column]:
     rows = conn.execute(
-        "select attname, format_type(atttypid, atttypmod) as type from pg_attribute "
-        "where attrelid = %s and attnum > 0 and not attisdropped and attgenerated = '' order by attnum",
+        "select a.attname, format_type(a.atttypid, a.atttypmod) as type, a.attnotnull, "
+        "a.attgenerated <> '' as generated, pg_get_expr(d.adbin, d.adrelid) as expr "
+        "from pg_attribute a left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum "
+        "where a.attrelid = %s and a.attnum > 0 and not a.attisdropped order by a.attnum",
         (oid,)).fetchall()
-    return [_Column(r["attname"], r["type"]) for r in rows]
+    return [_Column(r["attname"], r["type"], r["attnotnull"], _portable_default(r["expr"], r["generated"]),
+                    r["generated"]) for r in rows]
+
+
+def _portable_default(expr: str | None, generated: bool) -> str | None:
+    """A serial's nextval() default names the source's sequence, which a dropped table
+    took with it (and which would tie the copy to the live table's): the copy gets the
+    values, not the default."""
+    if expr is None or generated or "nextval(" not in expr:
+        return expr
+    return None
+
+
+MAX_IDENT = 63  # PostgreSQL truncates longer names, which would make distinct names collide
+
+
+def _new_table_name(base: str, attempt: int) -> str:
+    suffix = f"_recovered_{datetime.now(UTC).strftime('%Y%m%d%H%M%S')}" + (f"_{attempt}" if attempt > 1 else "")
+    head = base.encode()[:MAX_IDENT - len(suffix)].decode(errors="ignore")
+    return head + suffix
+
+
+def _create_new_table(dst: psycopg.Connection[Any], schema: str, name: str, given: TableName | None,
+                      cols: list[_Column]) -> tuple[str, str]:
+    """Create the target table; a default name that is taken (a salvage in the same
+    second) moves on to the next suffix, a name given with --as is refused."""
+    body = sql.SQL(", ").join(c.definition() for c in cols)
+    for attempt in range(1, 100):
+        target = (given.schema or schema, given.name) if given else (schema, _new_table_name(name, attempt))
+        dst.execute("savepoint pgdr_create")  # a name collision must not abort the salvage
+        try:
+            dst.execute(sql.SQL("create table {} ({})").format(sql.Identifier(*target), body))
+            dst.execute("release savepoint pgdr_create")
+            return target
+        # a concurrent salvage creating the same name makes this one wait, then fail on
+        # the table's row type ('type ... already exists') rather than with DuplicateTable
+        except (psycopg.errors.DuplicateTable, psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation):
+            dst.execute("rollback to savepoint pgdr_create")
+            if given:
+                raise UsageError(f"table {qualified(*target)} already exists in the target",
+                                 hint="choose another name with --as") from None
+    raise UsageError(f"no free name {name}_recovered_<time>_<n> in the target", hint="name one with --as")
 
 
 def _primary_key(conn: psycopg.Connection[Any], oid: int) -> list[str]:
@@ -79,41 +141,35 @@ def salvage(from_dsn: str, into_dsn: str, table: str, *, where: str | None = Non
             as_table: str | None = None, merge: bool = False) -> SalvageResult:
     if merge and as_table:
         raise UsageError("--as and --merge exclude each other")
+    wanted = parse_table(table)
+    given = parse_table(as_table, "--as") if as_table else None
     t0 = time.monotonic()
     src = connect(from_dsn, timeout=10, statement_timeout=0, autocommit=False)
     dst = connect(into_dsn, timeout=10, statement_timeout=0, autocommit=False)
     try:
-        schema, name, oid = _resolve(src, table, "source (restored)")
+        schema, name, oid = _resolve(src, wanted, "source (restored)")
         cols = _columns(src, oid)
-        qualified = sql.Identifier(schema, name)
-        col_list = sql.SQL(", ").join(sql.Identifier(c.name) for c in cols)
-        select = sql.SQL("select {} from {}").format(col_list, qualified)
+        copied_cols = [c for c in cols if not c.generated]  # PostgreSQL recomputes the others
+        qualified_id = sql.Identifier(schema, name)
+        col_list = sql.SQL(", ").join(sql.Identifier(c.name) for c in copied_cols)
+        select = sql.SQL("select {} from {}").format(col_list, qualified_id)
         if where:
             select = sql.SQL("{} where {}").format(select, sql.SQL(where))  # the operator's own SQL
         if merge:
-            _, _, target_oid = _resolve(dst, f"{sql.Identifier(schema, name).as_string(dst)}", "target")
+            _, _, target_oid = _resolve(dst, TableName(schema, name), "target")
             pk = _primary_key(dst, target_oid)
             if not pk:
-                raise UsageError(f"{schema}.{name} has no primary key in the target: --merge cannot tell "
-                                 "missing rows from present ones", hint="salvage into a new table (omit --merge)")
+                raise UsageError(f"{qualified(schema, name)} has no primary key in the target: --merge cannot "
+                                 "tell missing rows from present ones", hint="salvage into a new table (omit --merge)")
             dest = sql.Identifier("pgdr_salvage")
             dst.execute(sql.SQL("create temp table {} ({}) on commit drop").format(
                 dest, sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.type))
-                                         for c in cols)))
-            target_name = f"{schema}.{name}"
+                                         for c in copied_cols)))
+            target_name = qualified(schema, name)
         else:
-            new_name = as_table or f"{name}_recovered_{datetime.now(UTC).strftime('%Y%m%d%H%M%S')}"
-            new_schema, _, new_rel = new_name.rpartition(".")
-            dest = sql.Identifier(new_schema or schema, new_rel)
-            exists = dst.execute("select to_regclass(%s) is not null as e",
-                                 (dest.as_string(dst),)).fetchone()
-            if exists and exists["e"]:
-                raise UsageError(f"table {new_schema or schema}.{new_rel} already exists in the target",
-                                 hint="choose another name with --as")
-            dst.execute(sql.SQL("create table {} ({})").format(
-                dest, sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.type))
-                                         for c in cols)))
-            target_name = f"{new_schema or schema}.{new_rel}"
+            target = _create_new_table(dst, schema, name, given, cols)
+            dest = sql.Identifier(*target)
+            target_name = qualified(*target)
         copied = _copy(src, dst, select, dest, col_list)
         inserted, skipped = copied, 0
         if merge:
@@ -122,11 +178,11 @@ def salvage(from_dsn: str, into_dsn: str, table: str, *, where: str | None = Non
             cur = dst.execute(sql.SQL(
                 "insert into {t} ({cols}) overriding system value select {cols} from {s} s "
                 "where not exists (select 1 from {t} t where {cond})").format(
-                    t=qualified, cols=col_list, s=dest, cond=cond))
+                    t=qualified_id, cols=col_list, s=dest, cond=cond))
             inserted = cur.rowcount
             skipped = copied - inserted
         dst.commit()
-        return SalvageResult(f"{schema}.{name}", target_name, "merge" if merge else "new-table", copied,
+        return SalvageResult(qualified(schema, name), target_name, "merge" if merge else "new-table", copied,
                              inserted, skipped, time.monotonic() - t0, mask(from_dsn), mask(into_dsn))
     except psycopg.Error as exc:
         dst.rollback()

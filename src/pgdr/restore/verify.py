@@ -48,6 +48,7 @@ from pgdr.repo.locks import reading
 from pgdr.repo.manifest import BackupManifest, backup_dir, find_backup, list_backups
 from pgdr.repo.records import VERIFY_RECORD, read_verification
 from pgdr.restore import dbchecks
+from pgdr.restore.access import bootstrap_superuser
 from pgdr.restore.extract import (
     DEFAULT_METHOD,
     ExtractMethod,
@@ -312,6 +313,7 @@ def _verify_physical(run: _Run, config: Config, programs: Programs, repo: Reposi
                            socket_dir=inst.socket_dir,
                            target=RecoveryTarget("immediate"), extra_settings=scratch.settings(),
                            restore_command=lenient)
+        inst.superuser = bootstrap_superuser(inst.data_dir)  # reached as the source's own superuser
 
     if not run.step("configure", configure):
         return

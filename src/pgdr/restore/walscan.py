@@ -1,8 +1,9 @@
 """Questions answered from the archived WAL: where does the archive end, where did a
 transaction commit, and which transactions dropped, truncated or mass-deleted rows.
 
-Table names come from the relation maps recorded with every physical backup (newer
-backups win), so a table dropped since is still named.
+Table names come from the relation maps recorded with every physical backup and the
+archiver's snapshots between backups (newer maps win), so a table dropped since - even
+one created after the newest backup - is still named.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from pgdr.backup.relmap import snapshots
+from pgdr.pg.ident import TableName, qualified
 from pgdr.pg.lsn import Segment, format_lsn, parse_lsn, parse_segment_name
 from pgdr.pg.programs import Programs
-from pgdr.pg.waldump import Chunk, Commit, ScanResult, require_chunks, scan
+from pgdr.pg.waldump import Chunk, Commit, Progress, ScanResult, require_chunks, scan
 from pgdr.repo.layout import Repository
 from pgdr.repo.manifest import Relation, list_backups
 from pgdr.repo.timelines import TimelineHistory, histories, latest_descendant, newest
@@ -159,7 +162,7 @@ class Disaster:
     commit_time: datetime
     lsn: str
     kind: str
-    table: str
+    table: str                 # SQL-quoted where needed: paste it into `salvage --table`
     database: str | None
     rows: int | None
     relation: str
@@ -186,44 +189,68 @@ class DisasterScan:
 
 
 def relation_names(repo: Repository) -> dict[str, Relation]:
+    """Every map the repository holds, applied oldest first so the newest name wins."""
+    maps: list[tuple[datetime, dict[str, Relation]]] = [
+        (m.stop_time, m.relations) for m in list_backups(repo, "physical")]
+    maps += list(snapshots(repo))
     names: dict[str, Relation] = {}
-    for manifest in list_backups(repo, "physical"):  # oldest first: newer maps win
-        names.update(manifest.relations)
+    for _, rels in sorted(maps, key=lambda m: m[0]):
+        names.update(rels)
     return names
 
 
-def _wanted(rel: Relation | None, table: str | None) -> bool:
+def _wanted(rel: Relation | None, table: TableName | None) -> bool:
     if rel is None:
         return table is None
     if rel.schema_name in SYSTEM_SCHEMAS or rel.kind not in ("r", "m"):
         return False
-    return table is None or table in (rel.name, rel.qualified)
+    return table is None or table.matches(rel.schema_name, rel.name)
 
 
-def find_disasters(programs: Programs, repo: Repository, *, table: str | None = None,
-                   since: datetime | None = None, kinds: tuple[str, ...] = KINDS,
-                   min_rows: int = 100, jobs: int | None = None) -> DisasterScan:
-    from_segno = None
+def _segno_bounds(repo: Repository, since: datetime | None,
+                  until: datetime | None) -> tuple[int | None, int | None]:
+    """Segments that can hold commits in [since, until], judged by the backups' WAL
+    positions: WAL before a backup that ended before `since` is older; WAL after the
+    start segment of a backup that started after `until` is newer."""
+    backups = list_backups(repo, "physical")
+    size = repo.wal_segment_size
+    low = high = None
     if since is not None:
-        # WAL before the newest backup that ended before `since` cannot hold later commits.
-        before = [b for b in list_backups(repo, "physical") if b.stop_time <= since]
-        if before and before[-1].start_wal:
-            seg = parse_segment_name(before[-1].start_wal, repo.wal_segment_size)
-            from_segno = seg.segno if seg else None
+        before = [b for b in backups if b.stop_time <= since and b.start_wal]
+        if before and (seg := parse_segment_name(before[-1].start_wal or "", size)):
+            low = seg.segno
+    if until is not None:
+        after = [b for b in backups if b.start_time > until and b.start_wal]
+        if after and (seg := parse_segment_name(after[0].start_wal or "", size)):
+            high = seg.segno
+    return low, high
+
+
+def find_disasters(programs: Programs, repo: Repository, *, table: TableName | None = None,
+                   since: datetime | None = None, until: datetime | None = None,
+                   kinds: tuple[str, ...] = KINDS, min_rows: int = 100, jobs: int | None = None,
+                   progress: Progress | None = None) -> DisasterScan:
+    from_segno, to_segno = _segno_bounds(repo, since, until)
     wal = archive_wal(repo, from_segno)
+    if to_segno is not None:
+        wal.chunks = wal.upto(to_segno)
+        wal.gaps = [(lo, min(hi, to_segno)) for lo, hi in wal.gaps if lo <= to_segno]
     require_chunks(wal.chunks)
-    result = scan(programs, wal.chunks, ("Heap", "Transaction", "Storage"), jobs=jobs)
+    result = scan(programs, wal.chunks, ("Heap", "Transaction", "Storage"), jobs=jobs, progress=progress)
     names = relation_names(repo)
-    found = _classify(result, names, table, since, kinds, min_rows)
+    found = _classify(result, names, table, since, until, kinds, min_rows)
     errors = [f"{c.segment}: {c.error}" for c in result.chunks
               if c.error and c is not result.chunks[-1] and c.end_lsn is None]
+    if table is not None and not any(table.matches(r.schema_name, r.name) for r in names.values()):
+        errors.append(f"no table {table} in any relation map (backups, archiver snapshots): "
+                      "check the spelling; quote names with capitals or spaces, e.g. '\"Order Items\"'")
     errors += [f"missing segments {wal.missing_name(lo)}"
                + (f"..{wal.missing_name(hi)}" if hi > lo else "") for lo, hi in wal.gaps]
     return DisasterScan(found, len(wal.chunks), result.bytes_read, result.seconds, errors)
 
 
-def _classify(result: ScanResult, names: dict[str, Relation], table: str | None,
-              since: datetime | None, kinds: tuple[str, ...], min_rows: int) -> list[Disaster]:
+def _classify(result: ScanResult, names: dict[str, Relation], table: TableName | None,
+              since: datetime | None, until: datetime | None, kinds: tuple[str, ...], min_rows: int) -> list[Disaster]:
     commits = result.commits
     top_of: dict[int, int] = {}
     for c in commits.values():
@@ -236,7 +263,7 @@ def _classify(result: ScanResult, names: dict[str, Relation], table: str | None,
         commit = commits.get(top_of.get(xid, xid))
         if commit is None or commit.aborted or kind not in kinds:
             return
-        if since is not None and commit.time < since:
+        if (since is not None and commit.time < since) or (until is not None and commit.time > until):
             return
         rel = names.get(key)
         if not _wanted(rel, table):
@@ -247,7 +274,7 @@ def _classify(result: ScanResult, names: dict[str, Relation], table: str | None,
             if any(d.xid == commit.xid and d.kind == kind for d in out):
                 return  # one line per transaction for relations no backup names
         out.append(Disaster(commit.xid, commit.time, commit.lsn, kind,
-                            rel.qualified if rel else f"(relation {key})",
+                            qualified(rel.schema_name, rel.name) if rel else f"(relation {key})",
                             rel.database if rel else None, rows, key))
 
     for xid, rels in deletes.items():

@@ -11,4 +11,5 @@ from pg_class c
 join pg_namespace n on n.oid = c.relnamespace
 cross join (select oid, dattablespace from pg_database where datname = current_database()) d
 where c.relkind in ('r', 'i', 't', 'm', 'S')
+  and c.relpersistence <> 't'  -- temporary tables: not in WAL, and their churn is noise
   and pg_relation_filenode(c.oid) is not null
