@@ -133,3 +133,4 @@ def test_expanded_url_password_is_never_printed(tmp_path: Path) -> None:
         result = run_cli(*args, config=tmp_path / "pgdr.toml", env=env)
         assert result.returncode != 0
         assert "s3cretURL" not in result.stdout + result.stderr, args
+

@@ -59,7 +59,7 @@ def drill(
         def target(v: float | None, unit: str = "") -> str:
             return "-" if v is None else f"{v:g}{unit}"
         output.table("drill scorecard", ["scenario", "result", "RTO", "target", "RPO", "target", "slowest step", "wall"],
-                     [[s.name, "[green]pass[/green]" if s.passed else "[bold red]FAIL[/bold red]",
+                     [[s.name, output.styled("pass", "green") if s.passed else output.styled("FAIL", "bold red"),
                        target(s.rto_s, "s"), target(s.target.rto_s if s.target else None, "s"),
                        f"{target(s.rpo)} {s.rpo_unit}", target(s.target.rpo if s.target else None),
                        s.slowest_step, f"{s.wall_s:.1f}s"] for s in run.scenarios])

@@ -51,8 +51,16 @@ def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any
     from rich.text import Text
 
     for row in rows:  # Text: a value like a table named '[x]' is shown, not read as markup
-        t.add_row(*[Text("" if v is None else mask_text(str(v))) for v in row])
+        t.add_row(*[v if isinstance(v, Text) else Text("" if v is None else mask_text(str(v))) for v in row])
     __getattr__("console").print(t)
+
+
+def styled(text: str, style: str) -> Any:
+    """A table cell shown in a style (e.g. pass in green): the one way to colour a cell,
+    since plain strings are never read as markup."""
+    from rich.text import Text
+
+    return Text(text, style=style)
 
 
 @contextmanager

@@ -17,6 +17,7 @@ from pathlib import Path
 from psycopg import sql
 
 from pgdr.config import NodeConfig
+from pgdr.errors import PgdrError
 from pgdr.failover.fence import mark_standby
 from pgdr.failover.slots import ensure_slot, slot_name
 from pgdr.fsutil import replace_file_keeping_owner
@@ -32,8 +33,14 @@ RETRY_INTERVAL = "500ms"
 _ADDRESS_KEYS = ("host", "hostaddr", "port")
 
 
-def replication_conninfo(node: NodeConfig, primary: NodeConfig, current: str | None) -> str:
-    """What `node`'s primary_conninfo should be to follow `primary`."""
+def replication_conninfo(node: NodeConfig, primary: NodeConfig, current: str | None,
+                         borrowed: str | None = None) -> str:
+    """What `node`'s primary_conninfo should be to follow `primary`.
+
+    In order: the node's configured replication_conninfo; its own primary_conninfo; the
+    replication settings the cluster already uses (`borrowed`: another standby's, e.g.
+    the new primary's own from before its promotion, without its application_name) --
+    a former primary has none of its own; last, pgdr's user without its password."""
     from psycopg.conninfo import make_conninfo
 
     target = {k: v for k, v in parse(primary.conninfo).items() if k in _ADDRESS_KEYS}
@@ -41,6 +48,8 @@ def replication_conninfo(node: NodeConfig, primary: NodeConfig, current: str | N
         params = {k: v for k, v in parse(node.replication_conninfo).items() if k not in _ADDRESS_KEYS}
     elif current and current.strip():
         params = {k: v for k, v in parse(current).items() if k not in _ADDRESS_KEYS}
+    elif borrowed and borrowed.strip():
+        params = {k: v for k, v in parse(borrowed).items() if k not in _ADDRESS_KEYS + ("application_name",)}
     else:  # nothing to keep: pgdr's address and user, never its password
         plain, _ = split_password(primary.conninfo)
         params = {k: v for k, v in parse(plain).items() if k not in _ADDRESS_KEYS + ("dbname",)}
@@ -103,7 +112,9 @@ def rewrite_auto_conf(data_dir: Path, settings: dict[str, str]) -> None:
 def configure_as_standby(data_dir: Path, node: NodeConfig, primary: NodeConfig, programs: Programs) -> str:
     """A stopped data directory becomes a standby of `primary`; returns its application_name."""
     current = read_auto_conf(data_dir)
-    conninfo = replication_conninfo(node, primary, current.get("primary_conninfo"))
+    own = current.get("primary_conninfo")
+    borrowed = None if node.replication_conninfo or (own and own.strip()) else cluster_replication_settings(primary)
+    conninfo = replication_conninfo(node, primary, own, borrowed)
     slot = current.get("primary_slot_name") or slot_name(node.name)
     ensure_slot(primary.conninfo, slot)
     rewrite_auto_conf(data_dir, {"primary_conninfo": conninfo, "primary_slot_name": slot,
@@ -113,6 +124,17 @@ def configure_as_standby(data_dir: Path, node: NodeConfig, primary: NodeConfig, 
                                  "synchronous_standby_names": ""})
     mark_standby(data_dir, programs)
     return application_name(conninfo, node.name)
+
+
+def cluster_replication_settings(primary: NodeConfig) -> str | None:
+    """The primary_conninfo the (new) primary itself kept from its time as a standby: how
+    this cluster's standbys authenticate (replication role, passfile, sslmode)."""
+    try:
+        with session(primary.conninfo, what="the replication settings the cluster uses") as conn:
+            row = conn.execute("select current_setting('primary_conninfo') as ci").fetchone()
+    except PgdrError:
+        return None
+    return str(row["ci"]) if row and row["ci"] else None
 
 
 def follow(standby: NodeConfig, primary: NodeConfig) -> str:
