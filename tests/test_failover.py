@@ -113,13 +113,17 @@ def test_failover_after_kill9_through_pgbouncer_then_rejoin(make_sandbox, progra
         pidfile = sandbox.primary.data_dir / "postmaster.pid"
         lines = pidfile.read_text().splitlines()
         pidfile.write_text("\n".join([str(zombie.pid), *lines[1:]]) + "\n")
+        # and so does the unix socket's lock file, which the restart after pg_rewind checks
+        socket_lock = Path(lines[4].strip()) / f".s.PGSQL.{lines[3].strip()}.lock"
+        lock_lines = socket_lock.read_text().splitlines()
+        socket_lock.write_text("\n".join([str(zombie.pid), *lock_lines[1:]]) + "\n")
         rejoined = run_cli("rejoin", "primary", "--yes", "--json", config=sandbox.config_path)
         zombie.wait()
         assert rejoined.returncode == 0, rejoined.stderr
         rejoin_record = json.loads(rejoined.stdout)
         assert rejoin_record["method"] == "pg_rewind", rejoin_record.get("rewind_failed")
         stale = next(s for s in rejoin_record["timeline"] if s["name"] == "stale lock file")
-        assert f"pid {zombie.pid} is a zombie" in stale["detail"], stale
+        assert f"pid {zombie.pid} is a zombie" in stale["detail"] and socket_lock.name in stale["detail"], stale
         with session(new_primary) as conn:
             rep = conn.execute("select application_name, state from pg_stat_replication "
                                "where application_name = 'primary'").fetchone()

@@ -101,9 +101,33 @@ def clear_stale_pidfile(data_dir: Path) -> str | None:
     alive, why = postmaster_alive(data_dir)
     if alive or _orphans(data_dir):
         return None
+    socket_lock = _socket_lock_of(pidfile)
     pidfile.unlink(missing_ok=True)
     fsync_path(data_dir)
+    if socket_lock is not None:
+        # the same zombie named in the socket's lock file makes the next start fail with
+        # 'lock file ".s.PGSQL.<port>.lock" already exists'
+        socket_lock.unlink(missing_ok=True)
+        return f"removed a stale postmaster.pid and {socket_lock.name} ({why})"
     return f"removed a stale postmaster.pid ({why})"
+
+
+def _socket_lock_of(pidfile: Path) -> Path | None:
+    """The unix socket's lock file that names the same postmaster as postmaster.pid
+    (line 1 pid, line 4 port, line 5 socket directory), if there is one."""
+    try:
+        lines = pidfile.read_text().splitlines()
+        pid, port, socket_dir = lines[0].strip(), lines[3].strip(), lines[4].strip()
+    except (OSError, IndexError):
+        return None
+    if not socket_dir:
+        return None
+    lock = Path(socket_dir) / f".s.PGSQL.{port}.lock"
+    try:
+        holder = lock.read_text().splitlines()[0].strip()
+    except (OSError, IndexError):
+        return None
+    return lock if holder == pid else None
 
 
 def _children(pid: int) -> list[int]:
