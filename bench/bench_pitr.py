@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import waldump_alone  # bench/ is on sys.path when a bench is run
+from _common import wait_archived, waldump_alone  # bench/ is on sys.path when a bench is run
 
 from pgdr.backup.physical import take_physical_backup
 from pgdr.config import load_config
@@ -30,26 +30,11 @@ from pgdr.pg.connect import session
 from pgdr.pg.instance import Instance, free_port
 from pgdr.pg.programs import Programs
 from pgdr.repo.layout import Repository
-from pgdr.repo.wal import WalArchive
 from pgdr.restore.extract import extract_physical
 from pgdr.restore.pitr import restore_to_point, stop_restored
 from pgdr.restore.recovery import RecoveryTarget, wait_until_promoted, write_recovery
 from pgdr.restore.walscan import find_disasters
 from pgdr.sandbox import sandbox as sb
-
-
-def _wait_archived(sandbox: sb.Sandbox, repo: Repository, timeout: float = 300) -> None:
-    with session(sandbox.conninfo(sandbox.primary)) as conn:
-        row = conn.execute("select pg_walfile_name(pg_current_wal_lsn()) as f").fetchone()
-        conn.execute("select pg_switch_wal()")
-    assert row is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        names = [f.name for f in WalArchive(repo).files()]
-        if names and max(names) >= row["f"]:
-            return
-        time.sleep(0.2)
-    raise SystemExit("archive did not catch up")
 
 
 def plain_restore(base: Path, backup_path: Path, repo: Repository, programs: Programs) -> tuple[float, float]:
@@ -136,7 +121,7 @@ def main() -> None:
         with session(sandbox.conninfo(sandbox.primary)) as conn:
             wal = conn.execute("select pg_wal_lsn_diff(pg_current_wal_lsn(), %s) as d", (row["l"],)).fetchone()
         assert wal is not None
-        _wait_archived(sandbox, repo)
+        wait_archived(sandbox, repo)
         print(f"pgbench -T {args.seconds} -c 2: {float(wal['d']) / 2**20:.0f} MB of WAL after the backup")
 
         pitr_dir = base / "pitr"

@@ -19,10 +19,9 @@ import os
 import shutil
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
-from _common import waldump_alone  # bench/ is on sys.path when a bench is run
+from _common import wait_archived, waldump_alone  # bench/ is on sys.path when a bench is run
 
 from pgdr.backup.physical import take_physical_backup
 from pgdr.config import load_config
@@ -32,20 +31,6 @@ from pgdr.repo.layout import Repository
 from pgdr.repo.wal import WalArchive
 from pgdr.restore.walscan import find_disasters
 from pgdr.sandbox import sandbox as sb
-
-
-def _wait_archived(sandbox: sb.Sandbox, repo: Repository, timeout: float = 600) -> None:
-    with session(sandbox.conninfo(sandbox.primary)) as conn:
-        row = conn.execute("select pg_walfile_name(pg_current_wal_lsn()) as f").fetchone()
-        conn.execute("select pg_switch_wal()")
-    assert row is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        names = [f.name for f in WalArchive(repo).files()]
-        if names and max(names) >= row["f"]:
-            return
-        time.sleep(0.2)
-    raise SystemExit(f"the archive did not reach {row['f']} within {timeout:.0f}s")
 
 
 def main() -> None:
@@ -89,7 +74,7 @@ def main() -> None:
                 made = float(row["d"])
         with session(primary) as conn:
             conn.execute("delete from pgbench_history")
-        _wait_archived(sandbox, repo)
+        wait_archived(sandbox, repo)
         print(f"{made / 2**20:.0f} MB of WAL after the backup, {len(WalArchive(repo).segments())} segments archived")
 
         fd_rates, wd_rates = [], []

@@ -43,6 +43,18 @@ def run_cli(*args: str, config: Path | None = None, timeout: float = 300,
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
+def xid_of(conninfo: str, statement: str) -> int:
+    """Run one statement in its own transaction and return that transaction's id."""
+    from pgdr.pg.connect import session
+
+    with session(conninfo, autocommit=False) as conn:
+        conn.execute(statement)
+        row = conn.execute("select txid_current()::bigint as x").fetchone()
+        conn.commit()
+    assert row is not None
+    return int(row["x"])
+
+
 def _kill_servers_under(base: Path) -> None:
     """Last line of defence: no postmaster or pg_receivewal under base outlives the run."""
     for proc in Path("/proc").iterdir():

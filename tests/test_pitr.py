@@ -23,7 +23,7 @@ from pgdr.repo.wal import WalArchive
 from pgdr.restore.pitr import stop_restored
 from pgdr.sandbox import sandbox as sb
 from pgdr.sandbox.workload import Writer
-from tests.conftest import run_cli
+from tests.conftest import run_cli, xid_of
 
 
 @dataclass
@@ -36,15 +36,6 @@ class Story:
     between: str                 # a server time between markers 'a' and 'b'
     acknowledged: list[int]
     new_items: list[tuple[int, int]]
-
-
-def _xid_of(conninfo: str, statement: str) -> int:
-    with session(conninfo, autocommit=False) as conn:
-        conn.execute(statement)
-        row = conn.execute("select txid_current()::bigint as x").fetchone()
-        conn.commit()
-    assert row is not None
-    return int(row["x"])
 
 
 @pytest.fixture(scope="module")
@@ -71,11 +62,11 @@ def story(base_dir: Path, programs: Programs) -> Iterator[Story]:
                 time.sleep(0.3)
                 conn.execute("insert into markers (name) values ('b')")
             time.sleep(0.3)
-            xid_delete = _xid_of(primary, "delete from order_items")
+            xid_delete = xid_of(primary, "delete from order_items")
             time.sleep(0.3)
-            xid_truncate = _xid_of(primary, "truncate documents")
+            xid_truncate = xid_of(primary, "truncate documents")
             time.sleep(0.3)
-            xid_drop = _xid_of(primary, "drop table audit_log")
+            xid_drop = xid_of(primary, "drop table audit_log")
             time.sleep(0.3)
         finally:
             stats = writer.stop()

@@ -31,7 +31,7 @@ from pgdr.restore.pitr import stop_restored
 from pgdr.restore.salvage import salvage
 from pgdr.restore.walscan import archive_wal, relation_names
 from pgdr.sandbox import sandbox as sb
-from tests.conftest import run_cli
+from tests.conftest import run_cli, xid_of
 
 ITEMS = '"Sales Dept"."Order Items"'
 UMLAUT = 'public."Ärger""Fälle"'
@@ -46,15 +46,6 @@ class Story:
     xid_truncate: int
     restored: str          # the app database of an instance restored to just before xid_drop
     big_record_from: str   # insert position just before a 10 MB WAL record crossing a segment boundary
-
-
-def _xid_of(conninfo: str, statement: str) -> int:
-    with session(conninfo, autocommit=False) as conn:
-        conn.execute(statement)
-        row = conn.execute("select txid_current()::bigint as x").fetchone()
-        conn.commit()
-    assert row is not None
-    return int(row["x"])
 
 
 def _value(conninfo: str, sql: str) -> Any:
@@ -117,9 +108,9 @@ def story(base_dir: Path, programs: Programs) -> Iterator[Story]:
             assert row is not None
             big_from = row["l"]
             conn.execute("select pg_logical_emit_message(false, 'pgdr-test', repeat('x', 10000000))")
-        xid_drop = _xid_of(primary, "drop table fresh_log")
-        xid_delete = _xid_of(primary, f"delete from {ITEMS} where id <= 200")
-        xid_truncate = _xid_of(primary, f"truncate {UMLAUT}")
+        xid_drop = xid_of(primary, "drop table fresh_log")
+        xid_delete = xid_of(primary, f"delete from {ITEMS} where id <= 200")
+        xid_truncate = xid_of(primary, f"truncate {UMLAUT}")
         with session(primary) as conn:  # newer writes that undo must keep
             conn.execute(f"update {ITEMS} set qty = 99 where id = 250")
             conn.execute(f"insert into {UMLAUT} values (1000, 'neu')")
