@@ -107,7 +107,8 @@ def test_sigkilled_backup_leaves_no_pg_basebackup_and_no_walsender(make_sandbox)
     repo = str(backups)
     killed_while_running = 0
     for delay in (0.0, 0.3, 1.0, 2.0):
-        before = set(backups.glob("*.partial"))
+        # by time, not name: two tries within one second reuse the same backup id
+        started = time.time() - 0.01
         proc = _pgdr(sandbox.config_path, "backup")
         _wait_for("pg_basebackup to start", lambda p=proc: bool(_processes("pg_basebackup", repo))  # type: ignore[misc]
                   or p.poll() is not None)
@@ -120,7 +121,7 @@ def test_sigkilled_backup_leaves_no_pg_basebackup_and_no_walsender(make_sandbox)
         killed_while_running += 1
         # pg_basebackup and its -X stream child die with pgdr (the guard), before any other pgdr runs
         _wait_for("pg_basebackup to end", lambda: not _processes("pg_basebackup", repo), 30)
-        partial = set(backups.glob("*.partial")) - before
+        partial = {p for p in backups.glob("*.partial") if p.stat().st_mtime >= started}
         assert len(partial) == 1
         assert not (partial.pop() / "backup_manifest").exists(), "pg_basebackup finished instead of dying with pgdr"
         _wait_for("its walsenders to go", lambda: _walsenders(sandbox, "pgdr_backup") == 0, 10)
