@@ -208,13 +208,21 @@ def parse_lines(lines: Sequence[str], result: ChunkResult) -> None:
 
 @dataclass(frozen=True)
 class Chunk:
-    """One segment to read: its archived file, and the next one (for boundary records)."""
+    """One segment to read: its archived file, and the next one (for boundary records).
+
+    further: the files of the segments after the next one, consecutive, for a record
+    longer than a segment (up to PostgreSQL's 1 GB record limit); each is opened only
+    when the record before it fills the whole of the previous one."""
 
     segment: Segment
     source: Path                 # <name>.zst in the archive, or a .partial in incoming/
     next_source: Path | None
     next_segment: Segment | None
     segment_size: int
+    further: tuple[Path, ...] = ()
+
+
+MAX_RECORD = 1 << 30            # a WAL record is at most ~1 GB (XLogRecordMaxSize)
 
 
 PAGE = 8192                         # XLOG_BLCKSZ
@@ -284,10 +292,19 @@ def _dump(programs: Programs, tmp: Path, chunk: Chunk, rmgrs: tuple[str, ...],
     start = chunk.segment.start_lsn(size)
     end = start + size
     if chunk.next_source is not None and chunk.next_segment is not None:
-        extra = continuation_bytes(chunk.next_source, size)
-        if extra:
-            _materialize(chunk.next_source, tmp / chunk.next_segment.name(size), size, extra)
+        # The following segments are named on this chunk's timeline, whatever timeline
+        # their files are archived under: pg_waldump -t looks for one timeline's names,
+        # and the first segment of a new timeline begins with the old one's bytes.
+        sources = (chunk.next_source, *chunk.further)
+        for i, src in enumerate(sources):
+            extra = continuation_bytes(src, size)
+            if not extra:
+                break
+            name = Segment(chunk.segment.timeline, chunk.segment.segno + 1 + i).name(size)
+            _materialize(src, tmp / name, size, extra)
             end += extra
+            if extra < size:
+                break      # the crossing record ends in this segment
     args = ["-p", str(tmp), "-t", str(chunk.segment.timeline), "-s", format_lsn(start), "-e", format_lsn(end)]
     for rmgr in rmgrs:
         args += ["-r", rmgr]
