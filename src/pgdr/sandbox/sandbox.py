@@ -25,7 +25,7 @@ from typing import Any
 from psycopg.conninfo import make_conninfo
 
 from pgdr.backup import archiver
-from pgdr.errors import PgdrError, SandboxError
+from pgdr.errors import PgdrError, SandboxError, UsageError
 from pgdr.fsutil import write_json_durable
 from pgdr.pg.connect import session
 from pgdr.pg.instance import SOCKET_PATH_MAX, Instance, check_traversable, free_port
@@ -137,6 +137,16 @@ def render_config(sandbox: Sandbox) -> str:
         names = ", ".join(n.name for n in sandbox.nodes if n.role == "standby")
         lines += ["[failover]", f'synchronous_standby_names = "ANY 1 ({names})"', ""]
     return "\n".join(lines)
+
+
+def check_bindir(bindir: Path) -> Path:
+    """An absolute bindir holding PostgreSQL's server programs, or one line saying why not."""
+    bindir = bindir.resolve()
+    missing = [p for p in ("postgres", "initdb", "pg_ctl", "pg_basebackup") if not (bindir / p).is_file()]
+    if missing:
+        raise UsageError(f"--bindir {bindir}: no {', '.join(missing)} there",
+                           hint="name the bin/ folder of a PostgreSQL installation")
+    return bindir
 
 
 def up(root: Path, programs: Programs, standbys: int = 1, sync: bool = False) -> Sandbox:
