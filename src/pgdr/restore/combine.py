@@ -57,14 +57,18 @@ def extract_combined(backup_dir: Path, target: Path, programs: Programs, method:
             shutil.copy2(folder / "backup_manifest", dest / "backup_manifest")
             programs.run_as.chown(dest / "backup_manifest")
             parts.append(dest)
-        programs.run("pg_combinebackup", [*map(str, parts), "-o", str(target)], timeout=3600)
-        # pg_combinebackup does not carry the last backup's streamed WAL over: recovery
-        # needs it to reach consistency, and pg_verifybackup checks it.
-        wal = target / "pg_wal"
+        # Combined inside the work folder (the server user owns it; the target's parent
+        # may be root's), then renamed into place: the target appears only when whole.
+        combined = work / "combined"
+        programs.run("pg_combinebackup", [*map(str, parts), "-o", str(combined)], timeout=3600)
+        # Recovery needs the last backup's streamed WAL to reach consistency, and
+        # pg_verifybackup checks it: carry over whatever pg_combinebackup did not.
+        wal = combined / "pg_wal"
         for segment in sorted((parts[-1] / "pg_wal").iterdir()):
             if segment.is_file() and not (wal / segment.name).exists():
                 shutil.copy2(segment, wal / segment.name)
                 programs.run_as.chown(wal / segment.name)
+        combined.rename(target)
     except BaseException:
         shutil.rmtree(target, ignore_errors=True)
         raise
