@@ -128,31 +128,31 @@ def path_to_key(path: str) -> str:
 # an update-heavy segment (~50k matching lines): it starts on a literal, crosses the LSN
 # fields in one character-class run, and reads relation #0 from the first ", blkref"
 # (PostgreSQL 15's heap descriptions print no comma before it).
-_HEAD = r"tx: *(\d+), lsn: ([0-9A-F]+/[0-9A-F]+), prev [0-9A-F]+/[0-9A-F]+, desc: "
 # (over bytes: decoding megabytes of output to scan it costs as much as the scan)
 _ROW_RE = re.compile(rb"tx: +(\d+), [^d\n]+desc: (DELETE|UPDATE|HOT_UPDATE)(?:\+INIT)? "
                      rb"[^,\n]*, blkref #0: rel (\d+/\d+/\d+)")
-# the rare records: found by their rmgr at the start of a line (Transaction, Storage:
-# few lines) or their literal desc (Heap TRUNCATE, XLOG RESTORE_POINT), then read whole
-_RARE_RE = re.compile(rb"rmgr: (?:Transaction|Storage) ")
+# the rare records: Transaction and Storage lines (a few, or one per commit of an OLTP
+# load: ~1k per segment) read field by field by one findall; Heap TRUNCATE and XLOG
+# RESTORE_POINT (rarer still) found by their literal desc, then read whole
+_LINE = (rb"rmgr: (%s) +len \(rec/tot\): *\d+/ *\d+, tx: +(\d+), lsn: ([0-9A-F]+/[0-9A-F]+), "
+         rb"prev [0-9A-F]+/[0-9A-F]+, desc: (\S+) ?([^\n]*)")
+_RARE_RE = re.compile(_LINE % rb"Transaction|Storage")
+_LINE_RE = re.compile(_LINE % rb"\S+")
 _RARE_DESCS = (b"desc: TRUNCATE ", b"desc: RESTORE_POINT ")
-_LINE_RE = re.compile(r"rmgr: (\S+) +len \(rec/tot\): *\d+/ *\d+, " + _HEAD + r"(\S+) ?([^\n]*)")
 _LAST_LSN_RE = re.compile(rb"lsn: ([0-9A-F]+/[0-9A-F]+), prev")
 
 
-def _rare_lines(text: bytes) -> list[bytes]:
-    """The lines of the rare records, in output order."""
-    starts = [m.start() for m in _RARE_RE.finditer(text)]
+def _rare_records(text: bytes) -> list[tuple[bytes, bytes, bytes, bytes, bytes]]:
+    """(rmgr, xid, lsn, op, rest) of the rare records."""
+    found: list[tuple[bytes, bytes, bytes, bytes, bytes]] = _RARE_RE.findall(text)
     for desc in _RARE_DESCS:
         at = text.find(desc)
         while at >= 0:
-            starts.append(text.rfind(b"\n", 0, at) + 1)
+            m = _LINE_RE.match(text, text.rfind(b"\n", 0, at) + 1)
+            if m is not None and m.group(1) not in (b"Transaction", b"Storage"):
+                found.append((m[1], m[2], m[3], m[4], m[5]))
             at = text.find(desc, at + 1)
-    lines = []
-    for begin in sorted(set(starts)):
-        end = text.find(b"\n", begin)
-        lines.append(text[begin:end if end >= 0 else len(text)])
-    return lines
+    return found
 
 
 def _commit_time(ts: str) -> datetime:
@@ -167,11 +167,8 @@ def parse_output(text: bytes, result: ChunkResult) -> None:
         rels = target.setdefault(int(xid_s), {})
         rel = rel_b.decode()
         rels[rel] = rels.get(rel, 0) + n
-    for line in _rare_lines(text):
-        m = _LINE_RE.match(line.decode(errors="replace"))
-        if m is None:
-            continue
-        rmgr, xid_s, lsn, op, rest = m.groups()
+    for rmgr_b, xid_s, lsn_b, op_b, rest_b in _rare_records(text):
+        rmgr, op, lsn, rest = rmgr_b.decode(), op_b.decode(), lsn_b.decode(), rest_b.decode(errors="replace")
         xid = int(xid_s)
         if rmgr == "Transaction" and op in ("COMMIT", "ABORT", "COMMIT_PREPARED", "ABORT_PREPARED"):
             head, _, tail = rest.partition("; ")
