@@ -282,8 +282,9 @@ def _cut_after(text: bytes, end_lsn: int) -> bytes:
     return text if stop == len(text) else text[:stop]
 
 
-def _dump(programs: Programs, tmp: Path, chunk: Chunk, rmgrs: tuple[str, ...],
-          xid: int | None) -> tuple[int, bytes, str]:
+def _unpack(tmp: Path, chunk: Chunk) -> tuple[int, int]:
+    """The chunk's segment (and what the record crossing out of it needs of the next
+    ones) as pg_waldump reads them, in tmp; returns the LSNs to read from and to."""
     size = chunk.segment_size
     _materialize(chunk.source, tmp / chunk.segment.name(size), size)
     start = chunk.segment.start_lsn(size)
@@ -302,18 +303,39 @@ def _dump(programs: Programs, tmp: Path, chunk: Chunk, rmgrs: tuple[str, ...],
             end += extra
             if extra < size:
                 break      # the crossing record ends in this segment
+    return start, end
+
+
+def _dump(programs: Programs, tmp: Path, chunk: Chunk, span: tuple[int, int], rmgrs: tuple[str, ...],
+          xid: int | None, relation: str | None) -> tuple[int, bytes, str]:
+    start, end = span
     args = ["-p", str(tmp), "-t", str(chunk.segment.timeline), "-s", format_lsn(start), "-e", format_lsn(end)]
     for rmgr in rmgrs:
         args += ["-r", rmgr]
     if xid is not None:
         args += ["-x", str(xid)]
+    if relation is not None:
+        args += ["-R", relation]
     # stdout to a file read back in one call: a pipe read line by line costs more
     # Python time than pg_waldump itself (a segment prints ~100k lines)
     dumped = tmp / "waldump.out"
     res = programs.run("pg_waldump", args, ok_codes=(0, 1), as_server_user=False,
                        env={"TZ": "UTC", "PGTZ": "UTC"}, timeout=600, stdout_path=dumped)
     out = dumped.read_bytes()
+    size = chunk.segment_size
     return res.returncode, _cut_after(out, start + size) if end > start + size else out, res.stderr
+
+
+def passes(rmgrs: tuple[str, ...], relations: tuple[str, ...]) -> list[tuple[tuple[str, ...], str | None]]:
+    """The pg_waldump runs one chunk needs: one with every rmgr; or, when only some
+    relations matter, their Heap records one relation at a time (-R takes one) and the
+    other rmgrs' records (commits name dropped files and have no block to filter on) in
+    one more run. Each run decodes the whole segment but prints only what it keeps, and
+    printing, then parsing, is nearly all the cost."""
+    if not relations or "Heap" not in rmgrs:
+        return [(rmgrs, None)]
+    rest = tuple(r for r in rmgrs if r != "Heap")
+    return ([(rest, None)] if rest else []) + [(("Heap",), rel) for rel in relations]
 
 
 SHM = "/dev/shm"
@@ -333,31 +355,39 @@ def scratch_root(segment_size: int, jobs: int) -> str | None:
 
 
 def read_chunk(programs: Programs, chunk: Chunk, rmgrs: tuple[str, ...], xid: int | None,
-               scratch: str | None = None) -> ChunkResult:
-    """One segment's records (see the module docstring); scratch: the folder to unpack in."""
+               scratch: str | None = None, relations: tuple[str, ...] = ()) -> ChunkResult:
+    """One segment's records (see the module docstring); scratch: the folder to unpack
+    in; relations: when given, only these relations' Heap records are read (spc/db/node)."""
     name = chunk.segment.name(chunk.segment_size)
     result = ChunkResult(name)
     tmp = Path(tempfile.mkdtemp(prefix="pgdr-waldump-", dir=scratch))
     try:
         try:
-            code, out, err_text = _dump(programs, tmp, chunk, rmgrs, xid)
+            span = _unpack(tmp, chunk)
+            runs = [_dump(programs, tmp, chunk, span, r, xid, rel) for r, rel in passes(rmgrs, relations)]
         except (OSError, zstandard.ZstdError) as exc:
             result.error = f"cannot read {name}: {exc}"
             return result
         result.bytes_read = chunk.segment_size
-        parse_output(out, result)
-        if code != 0:
-            err = err_text.strip().splitlines()
-            result.error = err[-1] if err else f"pg_waldump exit {code}"
-            m = _END_RE.search(err_text)
-            if m:
-                result.end_lsn = m.group(1)
+        last: list[str] = []
+        for code, out, err_text in runs:
+            parse_output(out, result)
+            if result.last_lsn is not None:
+                last.append(result.last_lsn)
+            if code != 0 and result.error is None:
+                err = err_text.strip().splitlines()
+                result.error = err[-1] if err else f"pg_waldump exit {code}"
+                m = _END_RE.search(err_text)
+                if m:
+                    result.end_lsn = m.group(1)
+        result.last_lsn = max(last, key=parse_lsn) if last else None
         return result
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _read_chunk_job(args: tuple[Programs, Chunk, tuple[str, ...], int | None, str | None]) -> ChunkResult:
+def _read_chunk_job(args: tuple[Programs, Chunk, tuple[str, ...], int | None, str | None,
+                                tuple[str, ...]]) -> ChunkResult:
     return read_chunk(*args)
 
 
@@ -366,15 +396,17 @@ Progress = Callable[[int, int], None]
 
 
 def scan(programs: Programs, chunks: Sequence[Chunk], rmgrs: tuple[str, ...],
-         *, xid: int | None = None, jobs: int | None = None, progress: Progress | None = None) -> ScanResult:
-    """Read chunks in parallel processes (one pg_waldump each); results in chunk order."""
+         *, xid: int | None = None, jobs: int | None = None, progress: Progress | None = None,
+         relations: tuple[str, ...] = ()) -> ScanResult:
+    """Read chunks in parallel processes (see passes() for the pg_waldump runs per
+    chunk); results in chunk order."""
     import time
 
     t0 = time.monotonic()
     # two workers per core: each waits on its pg_waldump part of the time
     jobs = max(1, min(jobs or 2 * (os.cpu_count() or 2), len(chunks) or 1))
     scratch = scratch_root(chunks[0].segment_size, jobs) if chunks else None
-    work = [(programs, c, rmgrs, xid, scratch) for c in chunks]
+    work = [(programs, c, rmgrs, xid, scratch, relations) for c in chunks]
     results: list[ChunkResult] = []
     if jobs == 1 or len(chunks) <= 1:
         for w in work:

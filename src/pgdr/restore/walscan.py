@@ -301,9 +301,10 @@ def find_disasters(programs: Programs, repo: Repository, *, table: TableName | N
         last = kept[-1].segment.segno if kept else -1
         wal.chunks = kept
         wal.gaps = [(max(lo, first), min(hi, last)) for lo, hi in wal.gaps if hi >= first and lo <= last]
-    result = (scan(programs, wal.chunks, ("Heap", "Transaction", "Storage"), jobs=jobs, progress=progress)
-              if wal.chunks else ScanResult([]))
     names = relation_names(repo)
+    result = (scan(programs, wal.chunks, ("Heap", "Transaction", "Storage"), jobs=jobs, progress=progress,
+                   relations=_only(names, table))
+              if wal.chunks else ScanResult([]))
     found = _classify(result, names, table, since, until, kinds, min_rows)
     errors = [f"{c.segment}: {c.error}" for c in result.chunks
               if c.error and c is not result.chunks[-1] and c.end_lsn is None]
@@ -313,6 +314,20 @@ def find_disasters(programs: Programs, repo: Repository, *, table: TableName | N
     errors += [f"missing segments {wal.missing_name(lo)}"
                + (f"..{wal.missing_name(hi)}" if hi > lo else "") for lo, hi in wal.gaps]
     return DisasterScan(found, len(wal.chunks), result.bytes_read, result.seconds, errors)
+
+
+MAX_RELATION_PASSES = 4
+
+
+def _only(names: dict[str, Relation], table: TableName | None) -> tuple[str, ...]:
+    """With --table, the files (spc/db/node) whose Heap records are worth printing: the
+    ones any relation map names as that table (a file no map names cannot match the
+    filter anyway). Each is one more pg_waldump run per segment, so a table with many
+    files (rewritten often) is read in the one full run instead."""
+    if table is None:
+        return ()
+    keys = tuple(sorted(k for k, r in names.items() if _wanted(r, table)))
+    return keys if 0 < len(keys) <= MAX_RELATION_PASSES else ()
 
 
 def _inside(commit: Commit, since: Bound | None, until: Bound | None) -> bool:
