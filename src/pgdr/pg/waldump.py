@@ -18,6 +18,7 @@ recovery go").
 
 from __future__ import annotations
 
+import mmap
 import os
 import re
 import shutil
@@ -142,16 +143,20 @@ _RARE_DESCS = (b"desc: TRUNCATE ", b"desc: RESTORE_POINT ")
 _LAST_LSN_RE = re.compile(rb"lsn: ([0-9A-F]+/[0-9A-F]+), prev")
 
 
-def _rare_records(text: bytes) -> list[tuple[bytes, bytes, bytes, bytes, bytes]]:
-    """(rmgr, xid, lsn, op, rest) of the rare records."""
-    found: list[tuple[bytes, bytes, bytes, bytes, bytes]] = _RARE_RE.findall(text)
+Text = bytes | mmap.mmap
+"""pg_waldump's output: bytes, or the output file mapped (no copy of ~24 MB per segment)."""
+
+
+def _rare_records(text: Text, end: int) -> list[tuple[bytes, bytes, bytes, bytes, bytes]]:
+    """(rmgr, xid, lsn, op, rest) of the rare records before end."""
+    found: list[tuple[bytes, bytes, bytes, bytes, bytes]] = _RARE_RE.findall(text, 0, end)
     for desc in _RARE_DESCS:
-        at = text.find(desc)
+        at = text.find(desc, 0, end)
         while at >= 0:
-            m = _LINE_RE.match(text, text.rfind(b"\n", 0, at) + 1)
+            m = _LINE_RE.match(text, text.rfind(b"\n", 0, at) + 1, end)
             if m is not None and m.group(1) not in (b"Transaction", b"Storage"):
                 found.append((m[1], m[2], m[3], m[4], m[5]))
-            at = text.find(desc, at + 1)
+            at = text.find(desc, at + 1, end)
     return found
 
 
@@ -159,15 +164,17 @@ def _commit_time(ts: str) -> datetime:
     return datetime.fromisoformat(ts).replace(tzinfo=UTC)
 
 
-def parse_output(text: bytes, result: ChunkResult) -> None:
-    """Fold pg_waldump's output into result (module level so worker processes can run it)."""
-    counts = Counter(_ROW_RE.findall(text))
+def parse_output(text: Text, result: ChunkResult, end: int | None = None) -> None:
+    """Fold pg_waldump's output (up to end) into result (module level so worker
+    processes can run it)."""
+    end = len(text) if end is None else end
+    counts = Counter(_ROW_RE.findall(text, 0, end))
     for (xid_s, op, rel_b), n in counts.items():
         target = result.deletes if op == b"DELETE" else result.updates
         rels = target.setdefault(int(xid_s), {})
         rel = rel_b.decode()
         rels[rel] = rels.get(rel, 0) + n
-    for rmgr_b, xid_s, lsn_b, op_b, rest_b in _rare_records(text):
+    for rmgr_b, xid_s, lsn_b, op_b, rest_b in _rare_records(text, end):
         rmgr, op, lsn, rest = rmgr_b.decode(), op_b.decode(), lsn_b.decode(), rest_b.decode(errors="replace")
         xid = int(xid_s)
         if rmgr == "Transaction" and op in ("COMMIT", "ABORT", "COMMIT_PREPARED", "ABORT_PREPARED"):
@@ -194,7 +201,7 @@ def parse_output(text: bytes, result: ChunkResult) -> None:
             result.heap_truncates[xid] = result.heap_truncates.get(xid, 0) + 1
         elif rmgr == "XLOG" and op == "RESTORE_POINT":
             result.restore_points.append((rest.strip(), lsn))
-    last = _LAST_LSN_RE.match(text, max(0, text.rfind(b"lsn: ")))
+    last = _LAST_LSN_RE.match(text, max(0, text.rfind(b"lsn: ", 0, end)), end)
     if last is not None:
         result.last_lsn = last.group(1).decode()
 
@@ -269,9 +276,9 @@ def continuation_bytes(src: Path, segment_size: int) -> int:
     return min(pages * PAGE, segment_size)
 
 
-def _cut_after(text: bytes, end_lsn: int) -> bytes:
-    """Drop the trailing lines of records that start at or after end_lsn (few: only those
-    on the next segment's pages read for the crossing record)."""
+def _cut_point(text: Text, end_lsn: int) -> int:
+    """Where the trailing lines of records that start at or after end_lsn begin (few:
+    only those on the next segment's pages read for the crossing record)."""
     stop = len(text)
     while stop > 0:
         cut = text.rfind(b"\n", 0, stop - 1) + 1
@@ -279,7 +286,11 @@ def _cut_after(text: bytes, end_lsn: int) -> bytes:
         if m is None or parse_lsn(m.group(1).decode()) < end_lsn:
             break
         stop = cut
-    return text if stop == len(text) else text[:stop]
+    return stop
+
+
+def _cut_after(text: bytes, end_lsn: int) -> bytes:
+    return text[:_cut_point(text, end_lsn)]
 
 
 def _unpack(tmp: Path, chunk: Chunk) -> tuple[int, int]:
@@ -307,7 +318,8 @@ def _unpack(tmp: Path, chunk: Chunk) -> tuple[int, int]:
 
 
 def _dump(programs: Programs, tmp: Path, chunk: Chunk, span: tuple[int, int], rmgrs: tuple[str, ...],
-          xid: int | None, relation: str | None) -> tuple[int, bytes, str]:
+          xid: int | None, relation: str | None, result: ChunkResult) -> tuple[int, str]:
+    """One pg_waldump run over the unpacked chunk, its output folded into result."""
     start, end = span
     args = ["-p", str(tmp), "-t", str(chunk.segment.timeline), "-s", format_lsn(start), "-e", format_lsn(end)]
     for rmgr in rmgrs:
@@ -321,9 +333,13 @@ def _dump(programs: Programs, tmp: Path, chunk: Chunk, span: tuple[int, int], rm
     dumped = tmp / "waldump.out"
     res = programs.run("pg_waldump", args, ok_codes=(0, 1), as_server_user=False,
                        env={"TZ": "UTC", "PGTZ": "UTC"}, timeout=600, stdout_path=dumped)
-    out = dumped.read_bytes()
-    size = chunk.segment_size
-    return res.returncode, _cut_after(out, start + size) if end > start + size else out, res.stderr
+    with open(dumped, "rb") as fh:
+        if os.fstat(fh.fileno()).st_size:
+            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as text:
+                cut = start + chunk.segment_size
+                parse_output(text, result, _cut_point(text, cut) if end > cut else None)
+    dumped.unlink()
+    return res.returncode, res.stderr
 
 
 def passes(rmgrs: tuple[str, ...], relations: tuple[str, ...]) -> list[tuple[tuple[str, ...], str | None]]:
@@ -364,16 +380,17 @@ def read_chunk(programs: Programs, chunk: Chunk, rmgrs: tuple[str, ...], xid: in
     try:
         try:
             span = _unpack(tmp, chunk)
-            runs = [_dump(programs, tmp, chunk, span, r, xid, rel) for r, rel in passes(rmgrs, relations)]
+            runs = []
+            last: list[str] = []
+            for rmgrs_, rel in passes(rmgrs, relations):
+                runs.append(_dump(programs, tmp, chunk, span, rmgrs_, xid, rel, result))
+                if result.last_lsn is not None:
+                    last.append(result.last_lsn)
         except (OSError, zstandard.ZstdError) as exc:
             result.error = f"cannot read {name}: {exc}"
             return result
         result.bytes_read = chunk.segment_size
-        last: list[str] = []
-        for code, out, err_text in runs:
-            parse_output(out, result)
-            if result.last_lsn is not None:
-                last.append(result.last_lsn)
+        for code, err_text in runs:
             if code != 0 and result.error is None:
                 err = err_text.strip().splitlines()
                 result.error = err[-1] if err else f"pg_waldump exit {code}"
