@@ -185,12 +185,14 @@ def test_a_record_reaching_far_into_the_next_segment_is_read_whole(story: Story,
     assert after.last_lsn is None or parse_lsn(after.last_lsn) >= (chunk.segment.segno + 1) * size
 
 
-def test_table_filter_reads_only_that_table_and_finds_the_same(story: Story) -> None:
+def test_narrowed_reads_find_the_same_as_the_full_scan(story: Story) -> None:
     """--table reads only the named table's Heap records (pg_waldump -R per file) plus the
     commits: the findings must be exactly the full scan's for that table."""
     everything = _find(story)
     for name in (ITEMS, UMLAUT, "public.fresh_log"):
         assert _find(story, "--table", name) == [d for d in everything if d["table"] == name]
+    # and --kinds drop,truncate reads no Heap record at all (the commits name the files)
+    assert _find(story, "--kinds", "drop,truncate") == [d for d in everything if d["kind"] in ("drop", "truncate")]
 
 
 def test_a_record_longer_than_a_segment_is_read_whole(story: Story, programs: Programs) -> None:

@@ -302,8 +302,10 @@ def find_disasters(programs: Programs, repo: Repository, *, table: TableName | N
         wal.chunks = kept
         wal.gaps = [(max(lo, first), min(hi, last)) for lo, hi in wal.gaps if hi >= first and lo <= last]
     names = relation_names(repo)
-    result = (scan(programs, wal.chunks, ("Heap", "Transaction", "Storage"), jobs=jobs, progress=progress,
-                   relations=_only(names, table))
+    # DROP and TRUNCATE are in the commit records alone: without DELETE/UPDATE to count,
+    # pg_waldump need not print a single Heap record
+    rmgrs = (("Heap",) if {"delete", "update"} & set(kinds) else ()) + ("Transaction", "Storage")
+    result = (scan(programs, wal.chunks, rmgrs, jobs=jobs, progress=progress, relations=_only(names, table))
               if wal.chunks else ScanResult([]))
     found = _classify(result, names, table, since, until, kinds, min_rows)
     errors = [f"{c.segment}: {c.error}" for c in result.chunks
