@@ -19,9 +19,20 @@ def backup(
     json_out: Annotated[bool, typer.Option("--json")] = False,
     fmt: Annotated[str | None, typer.Option("--format", help="logical: directory (parallel) or custom "
                                                           "(one pg_dump -Fc file per database)")] = None,
+    redis: Annotated[bool, typer.Option("--redis", help="an RDB snapshot of [[redis]] NAME (default: each)")]
+    = False,
+    redis_name: Annotated[str | None, typer.Argument(help="with --redis: which [[redis]]")]
+    = None,
 ) -> None:
     """Take a physical base backup (or a logical dump) of the primary into the repository."""
     obj: AppContext = ctx.obj
+    if redis or redis_name is not None:
+        if not redis or logical or fmt is not None:
+            raise UsageError("a NAME is for Redis: `pgdr backup --redis [NAME]` (without --logical/--format)")
+        from pgdr.cli import cmd_redis
+
+        cmd_redis.backup(obj, redis_name, json_out)
+        return
     if fmt is not None and (not logical or fmt not in ("directory", "custom")):
         raise UsageError("--format is for logical backups: --logical --format directory|custom")
     if not logical:

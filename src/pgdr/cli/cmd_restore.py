@@ -45,9 +45,17 @@ def restore(
     no_owner: Annotated[bool, typer.Option("--no-owner", help="logical: do not restore owners and grants")]
     = False,
     role: Annotated[str | None, typer.Option("--role", help="logical: pg_restore as this role")] = None,
+    redis: Annotated[str | None, typer.Option("--redis", metavar="NAME", help="start a NEW redis-server from "
+                                              "a snapshot of this [[redis]] (--backup ID, default newest)")]
+    = None,
 ) -> None:
     """Restore to a point in time into a NEW instance that keeps running (local only);
     a logical backup (--backup ID) to a new instance or --into an empty database."""
+    if redis is not None:
+        from pgdr.cli import cmd_redis
+
+        cmd_redis.restore(ctx.obj, redis, backup_id, target_dir, port, json_out)
+        return
     from pgdr.restore.pitr import restore_to_point
     from pgdr.restore.recovery import RecoveryTarget
 

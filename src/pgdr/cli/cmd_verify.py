@@ -21,8 +21,15 @@ def verify(
     keep: Annotated[bool, typer.Option("--keep", help="leave the scratch instance running for a look")] = False,
     port: Annotated[int | None, typer.Option("--port", help="the scratch instance's port (default: verify.ports "
                                                             "or any free port)")] = None,
+    redis: Annotated[str | None, typer.Option("--redis", metavar="NAME",
+                                              help="verify a snapshot of this [[redis]] instead")] = None,
 ) -> None:
     """Restore a backup into a scratch instance and prove it (exit 1 when any check fails)."""
+    if redis is not None:
+        from pgdr.cli import cmd_redis
+
+        cmd_redis.verify(ctx.obj, redis, backup_id, json_out)
+        return
     from pgdr.restore.verify import verify_backup
 
     obj: AppContext = ctx.obj
