@@ -224,6 +224,10 @@ def test_status_fails_when_the_newest_snapshot_is_older_than_its_limit(setup: Pa
     ages = {s.labels["redis"]: s.value for s in metrics["pgdr_redis_newest_snapshot_age_seconds"].samples}
     assert ages["remote"] > 3 * 3600 - 60
     assert {s.labels["redis"]: s.value for s in metrics["pgdr_redis_up"].samples} == {"local": 1.0, "remote": 1.0}
+    # diagnose reports it too, as a critical finding
+    diag = json.loads(run_cli("diagnose", "--json", config=setup).stdout)
+    assert any(f["concern"] == "redis" and f["node"] == "remote" and f["severity"] == "critical"
+               and "snapshot" in f["summary"] for f in diag["findings"])
     assert run_cli("backup", "--redis", "remote", config=setup).returncode == 0
     assert run_cli("status", "--redis", "remote", config=setup).returncode == 0
 
@@ -376,3 +380,125 @@ url = "http://127.0.0.1:6379/0"
     assert res.returncode == 2 and "NOT_SET_ANYWHERE_19" in res.stderr
     res = run_cli("backup", "--redis", "nope", config=setup)
     assert res.returncode == 2 and "no [[redis]] named 'nope'" in res.stderr
+
+
+def _pgdr(config: Path, *args: str) -> Any:
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PGDR_CONFIG": str(config)}
+    return subprocess.Popen([sys.executable, "-m", "pgdr", *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _kill_when(proc: Any, seen: Any, what: str) -> bool:
+    """SIGKILL proc the moment seen() is true; False when it finished first."""
+    import signal
+
+    while proc.poll() is None:
+        if seen():
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+            return True
+    return False
+
+
+def _cwd_users(folder: Path) -> list[int]:
+    out = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                if Path(os.readlink(p / "cwd")) == folder:
+                    out.append(int(p.name))
+            except OSError:
+                continue
+    return out
+
+
+def test_sigkill_during_backup_and_verify_publishes_nothing_and_leaves_no_server(rbase: Path) -> None:
+    srv = RedisServer(rbase / "kill")
+    try:
+        pipe = srv.client(7).pipeline()
+        for i in range(40):
+            pipe.set(f"big:{i}", os.urandom(1024 * 1024))  # incompressible: storing takes a while
+        pipe.execute()
+        scratch = rbase / "kill-scratch"
+        config = write_config(rbase / "kill.toml", rbase / "kill-repo", f"""
+[[redis]]
+name = "k"
+url = "{srv.url()}"
+data_dir = "{srv.dir}"
+""", extra=f'[verify]\nscratch_dir = "{scratch}"\n')
+        root = rbase / "kill-repo" / "redis" / "k"
+        moments = {
+            "copying the RDB": lambda: any(scratch.glob("redis/k-*.rdb")),
+            "storing the object": lambda: any(root.glob("*/.dump.rdb.zst.tmp.*")),
+        }
+        hit = []
+        for what, seen in moments.items():
+            for _attempt in range(5):
+                if _kill_when(_pgdr(config, "backup", "--redis", "k"), seen, what):
+                    hit.append(what)
+                    break
+                for folder in list(root.iterdir()) if root.exists() else []:  # finished first: again
+                    shutil.rmtree(folder)
+            # killed: nothing is published
+            assert not list(root.glob("*/snapshot.json"))
+        assert hit == list(moments), f"caught a backup only while {hit}"
+        res = run_cli("backup", "--redis", "k", "--json", config=config)
+        assert res.returncode == 0, res.stderr
+        new_id = json.loads(res.stdout)[0]["id"]
+        assert sorted(p.name for p in root.iterdir()) == [new_id]  # debris removed
+        assert not list(scratch.glob("redis/k-*.rdb"))
+        # SIGKILL verify while its scratch redis-server runs: the server dies with pgdr
+        folders: list[Path] = []
+
+        def scratch_up() -> bool:
+            folders[:] = [f for f in scratch.glob("redis/verify-k-*") if (f / "redis.log").exists()]
+            return bool(folders)
+
+        assert _kill_when(_pgdr(config, "verify", "--redis", "k"), scratch_up, "scratch server running")
+        import time
+
+        deadline = time.monotonic() + 20
+        while _cwd_users(folders[0]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _cwd_users(folders[0]) == []
+        assert not (root / new_id / "verify.json").exists()  # no verdict from a killed run
+        res = run_cli("verify", "--redis", "k", config=config)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert not folders[0].exists()
+    finally:
+        srv.stop()
+
+
+def test_schedule_redis_backup_job_takes_a_snapshot_and_is_due_after_the_newest(rbase: Path,
+                                                                                 server: RedisServer) -> None:
+    import time
+
+    from pgdr.config import ScheduleConfig, load_config
+    from pgdr.repo.layout import Repository
+    from pgdr.server.scheduler import Scheduler
+
+    path = write_config(rbase / "sched.toml", rbase / "sched-repo", f"""
+[[redis]]
+name = "sched"
+url = "{server.url()}"
+data_dir = "{server.dir}"
+
+[[schedule]]
+job = "redis-backup"
+every = "1h"
+redis = "sched"
+""", extra=f'[verify]\nscratch_dir = "{rbase / "scratch"}"\n')
+    config = load_config(path)
+    sched = Scheduler(config, None, Repository(config.repository.path))  # type: ignore[arg-type]
+    job: ScheduleConfig = config.schedule[0]
+    assert sched._first_due(job) <= time.time()  # no snapshot yet: due now
+    snapshot_id = sched._run_job(job)
+    assert (rbase / "sched-repo" / "redis" / "sched" / snapshot_id / "snapshot.json").is_file()
+    assert sched._first_due(job) > time.time() + 3500  # due an hour after the newest
+    # a schedule naming an unknown Redis is a config error (one line, exit 2)
+    path.write_text(path.read_text().replace('redis = "sched"', 'redis = "nope"'))
+    res = run_cli("status", "--redis", "all", config=path)
+    assert res.returncode == 2 and "nope" in res.stderr

@@ -91,9 +91,15 @@ def restore_snapshot(config: Config, repo: Repository, rc: RedisConfig, which: s
     store = SnapshotStore(repo.root, rc.name)
     meta = find_snapshot(store, rc.name, which)
     result = RedisRestoreResult(rc.name, meta["id"], target_dir, port)
+    created = not target_dir.exists()
     target_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
     rdb = target_dir / "dump.rdb"
-    materialize(store, meta, rdb)  # SnapshotDamaged: nothing started
+    try:
+        materialize(store, meta, rdb)  # SnapshotDamaged: nothing started
+    except BaseException:
+        if created:
+            target_dir.rmdir()
+        raise
     result.checks.append(Check("checksum", "ok", "the snapshot's sha256 matches"))
     expected: dict[str, dict[str, int]] = meta.get("databases") or {}
     databases = max(16, max((int(db) for db in expected), default=0) + 1)

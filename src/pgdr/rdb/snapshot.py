@@ -64,7 +64,11 @@ def take_snapshot(config: Config, repo: Repository, rc: RedisConfig) -> Snapshot
     with exclusive_lock(repo.lock_path(f"redis-{rc.name}"), f"backup of redis {rc.name}"):
         for debris in store.unpublished():  # under the lock: nobody else is writing it
             store.delete(debris)
-        rdb = incoming_dir(config) / f"{rc.name}-{os.getpid()}.rdb"
+        work = incoming_dir(config)
+        for stale in work.glob(f"{rc.name}-*.rdb"):  # left by a killed backup of this Redis
+            if stale.name[len(rc.name) + 1:-4].isdigit():
+                stale.unlink(missing_ok=True)
+        rdb = work / f"{rc.name}-{os.getpid()}.rdb"
         try:
             meta = _take(rc, target, store, rdb)
         finally:

@@ -15,6 +15,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from pgdr.checks import Check
@@ -54,7 +55,9 @@ def verify_snapshot(config: Config, repo: Repository, rc: RedisConfig, which: st
     meta = find_snapshot(store, rc.name, which)
     result = RedisVerifyResult(rc.name, meta["id"])
     started = time.monotonic()
-    folder = incoming_dir(config) / f"verify-{rc.name}-{os.getpid()}"
+    work = incoming_dir(config)
+    _remove_dead_scratch(work, rc.name)
+    folder = work / f"verify-{rc.name}-{os.getpid()}"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(mode=0o700)
     try:
@@ -64,6 +67,16 @@ def verify_snapshot(config: Config, repo: Repository, rc: RedisConfig, which: st
     result.total_s = time.monotonic() - started
     store.put_json(f"{meta['id']}/{VERIFY}", {**result.as_dict(), "finished_at": datetime.now(UTC).isoformat()})
     return result
+
+
+def _remove_dead_scratch(work: Path, name: str) -> None:
+    """Scratch folders of verifications whose pgdr died (their redis-server died with it)."""
+    prefix = f"verify-{name}-"
+    for folder in work.glob(f"{prefix}*"):
+        pid = folder.name[len(prefix):]
+        if not pid.isdigit() or Path(f"/proc/{pid}").exists():
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _run_checks(rc: RedisConfig, store: SnapshotStore, meta: dict[str, Any], folder: Any,
@@ -126,7 +139,7 @@ def _compare(rdb: Any, expected: dict[str, dict[str, int]], info: dict[str, Any]
         high = want - (counted.expired_at[0] if counted else 0)
         if not low <= got <= high:
             problems.append(f"db{db}: {got} keys loaded, metadata says {want}"
-                            + (f" ({high - want} expired)" if high != want else ""))
+                            + (f" ({want - high} to {want - low} of them expired by now)" if low != want else ""))
     evidence = {"expected": expected, "loaded": loaded}
     if problems:
         return Check("key counts", "fail", "; ".join(problems), evidence=evidence,
