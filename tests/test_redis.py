@@ -139,6 +139,7 @@ def _stored(config: Path, name: str) -> tuple[Path, dict[str, Any]]:
 
 
 def test_verify_catches_a_flipped_byte_a_truncation_and_a_bad_rdb_behind_good_checksums(setup: Path) -> None:
+
     assert run_cli("backup", "--redis", "local", config=setup).returncode == 0
     data, meta = _stored(setup, "local")
     good = data.read_bytes()
@@ -149,6 +150,12 @@ def test_verify_catches_a_flipped_byte_a_truncation_and_a_bad_rdb_behind_good_ch
         res = run_cli("verify", "--redis", "local", config=setup)
         assert res.returncode == 1
         assert "checksum" in res.stderr and "does not match" in res.stderr and "Traceback" not in res.stderr
+        # restore refuses the damaged snapshot before starting anything
+        target, port = setup.parent / "from-damaged", free_port()
+        res = run_cli("restore", "--redis", "local", "--target-dir", str(target), "--port", str(port),
+                      config=setup)
+        assert res.returncode == 1 and "does not match" in res.stderr
+        assert not target.exists()
 
         data.write_bytes(good[: len(good) // 2])
         res = run_cli("verify", "--redis", "local", meta["id"], config=setup)
