@@ -339,6 +339,9 @@ keep_within = "1h"
     (debris / "dump.rdb.zst").write_bytes(b"partial")
     assert run_cli("backup", "--redis", "ret", config=config).returncode == 0
     left = sorted(p.name for p in (rbase / "ret-repo" / "redis" / "ret").iterdir())
+    listed = json.loads(run_cli("list", "--redis", "ret", "--json", config=config).stdout)
+    assert [r["id"] for r in listed] == left
+    assert [r["verified"] for r in listed] == ["verified", "never", "never"]
     # newest two (one of them new, under 1h) + the newest verified; 5h and 3h old ones gone; debris gone
     assert folders[1].name in left and folders[3].name in left
     assert folders[0].name not in left and folders[2].name not in left and debris.name not in left

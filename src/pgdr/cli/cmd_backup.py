@@ -67,11 +67,18 @@ def backup(
         f"LSN {m.start_lsn}–{m.stop_lsn}")
 
 
-def list_cmd(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+def list_cmd(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] = False,
+             redis: Annotated[str | None, typer.Option("--redis", metavar="NAME",
+                                                       help="snapshots of this [[redis]] instead")] = None) -> None:
     """Backups in the repository (the repository is the source of truth)."""
     from pgdr.repo.records import verification_status
 
     obj: AppContext = ctx.obj
+    if redis is not None:
+        from pgdr.cli import cmd_redis
+
+        cmd_redis.list_snapshots(obj, redis, json_out)
+        return
     from pgdr.repo.manifest import scan_backups
 
     backups, damaged = scan_backups(obj.repo)

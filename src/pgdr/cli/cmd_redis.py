@@ -105,3 +105,25 @@ def status(obj: AppContext, name: str | None, json_out: bool) -> None:
         output.checks_table(f"redis status: {state}", found)
     if state == "fail":
         raise typer.Exit(1)
+
+
+def list_snapshots(obj: AppContext, name: str, json_out: bool) -> None:
+    """Snapshots of one Redis in the repository, oldest first."""
+    from pgdr.rdb.retention import snapshots
+    from pgdr.rdb.store import META, SnapshotStore
+
+    rc = obj.config.redis_named(name)
+    store = SnapshotStore(obj.repo.root, rc.name)
+    rows: list[dict[str, Any]] = []
+    for snap in snapshots(store):
+        meta = store.get_json(f"{snap.id}/{META}") or {}
+        rows.append({"id": snap.id, "age_s": round(snap.age_s, 1), "keys": meta.get("keys"),
+                     "databases": meta.get("databases"), "rdb_bytes": meta.get("rdb_bytes"),
+                     "stored_bytes": (meta.get("stored") or {}).get("bytes"), "method": meta.get("method"),
+                     "verified": {None: "never", True: "verified", False: "failed"}[snap.verified]})
+    if json_out:
+        output.print_json(rows)
+        return
+    output.table(f"{len(rows)} snapshot(s) of redis {name}", ["id", "age", "keys", "RDB", "stored", "verified"],
+                 [[r["id"], f"{r['age_s'] / 3600:.1f}h", r["keys"], output.human_bytes(r["rdb_bytes"]),
+                   output.human_bytes(r["stored_bytes"]), r["verified"]] for r in rows])

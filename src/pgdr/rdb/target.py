@@ -36,8 +36,6 @@ class RedisUrl:
 
 def parse_url(url: str) -> RedisUrl:
     """redis://[[user]:password@]host[:port][/db]; one line naming the problem, no secret."""
-    if "${" in url:  # an unexpanded ${ENV}: checked when loaded, accepted as a shape here
-        return RedisUrl("localhost", 6379, 0, None, None, False)
     try:
         parts = urlsplit(url)
         port = parts.port or 6379
