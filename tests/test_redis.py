@@ -442,7 +442,7 @@ data_dir = "{srv.dir}"
         root = rbase / "kill-repo" / "redis" / "k"
         moments = {
             "copying the RDB": lambda: any(scratch.glob("redis/k-*.rdb")),
-            "storing the object": lambda: any(root.glob("*/.dump.rdb.zst.tmp.*")),
+            "storing the object": lambda: any(root.glob("*/.dump.rdb.zst.tmp*")),
         }
         hit = []
         for what, seen in moments.items():

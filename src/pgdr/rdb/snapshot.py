@@ -14,7 +14,6 @@ import hashlib
 import os
 import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -93,7 +92,8 @@ def _take(rc: RedisConfig, target: RedisTarget, store: SnapshotStore, rdb: Path)
         raise BackupFailed(f"redis {rc.name}: the snapshot is not a complete RDB: {exc.message}") from None
     rdb_bytes = rdb.stat().st_size
     raw_sha = hashlib.sha256()
-    stored = store.put(f"{snapshot_id}/{DATA}", _compressed(rdb, raw_sha))
+    with open(rdb, "rb") as fh:
+        stored = store.put(f"{snapshot_id}/{DATA}", _Compressing(fh, raw_sha))
     finished = time.time()
     offset = summary.aux.get("repl-offset")
     meta: dict[str, Any] = {
@@ -116,21 +116,32 @@ def _take(rc: RedisConfig, target: RedisTarget, store: SnapshotStore, rdb: Path)
     return meta
 
 
-def _compressed(path: Path, raw_sha: Any) -> Iterator[bytes]:
-    import zstandard
+class _Compressing:
+    """A stream of the zstd-compressed file, hashing the raw bytes on the way (the store
+    reads it like a file and hashes what it stores)."""
 
-    class _Hashing:
-        def __init__(self, fh: Any) -> None:
-            self.fh = fh
+    def __init__(self, fh: Any, raw_sha: Any) -> None:
+        import zstandard
 
-        def read(self, n: int = -1) -> bytes:
-            data: bytes = self.fh.read(n)
-            raw_sha.update(data)
-            return data
+        self.fh = fh
+        self.raw_sha = raw_sha
+        self.compressor = zstandard.ZstdCompressor(level=COMPRESSION_LEVEL).compressobj()
+        self.buffer = bytearray()
+        self.done = False
 
-    with open(path, "rb") as fh:
-        yield from zstandard.ZstdCompressor(level=COMPRESSION_LEVEL).read_to_iter(_Hashing(fh),  # type: ignore[arg-type]
-                                                                                read_size=1 << 20)
+    def read(self, n: int = -1) -> bytes:
+        want = n if n is not None and n > 0 else 1 << 62
+        while len(self.buffer) < want and not self.done:
+            raw = self.fh.read(1 << 20)
+            if raw:
+                self.raw_sha.update(raw)
+                self.buffer += self.compressor.compress(raw)
+            else:
+                self.buffer += self.compressor.flush()
+                self.done = True
+        out = bytes(self.buffer[:want])
+        del self.buffer[:want]
+        return out
 
 
 def _persistence(target: RedisTarget) -> dict[str, Any]:
