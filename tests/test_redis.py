@@ -40,6 +40,9 @@ def server(rbase: Path) -> Iterator[RedisServer]:
     for i in range(20):
         pipe.xadd("stream", {"n": i})
     pipe.execute()
+    # a consumer group with pending entries: the RDB's stream PEL and consumers
+    c0.xgroup_create("stream", "workers", id="0")
+    c0.xreadgroup("workers", "w1", {"stream": ">"}, count=5)
     c2.set("other", "db")
     yield srv
     srv.stop()
@@ -138,9 +141,19 @@ def _stored(config: Path, name: str) -> tuple[Path, dict[str, Any]]:
     return latest / "dump.rdb.zst", json.loads((latest / "snapshot.json").read_text())
 
 
-def test_verify_catches_a_flipped_byte_a_truncation_and_a_bad_rdb_behind_good_checksums(setup: Path) -> None:
+def test_verify_catches_a_flipped_byte_a_truncation_and_a_bad_rdb_behind_good_checksums(
+        setup: Path, server: RedisServer) -> None:
+    import time
 
+    # a key whose TTL passes between backup and verify: redis drops it when loading,
+    # and verify must not call that a loss
+    server.client(0).set("short-lived", 1, px=1500)
     assert run_cli("backup", "--redis", "local", config=setup).returncode == 0
+    deadline = time.monotonic() + 20
+    while server.client(0).exists("short-lived") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not server.client(0).exists("short-lived")
+    assert run_cli("verify", "--redis", "local", config=setup).returncode == 0
     data, meta = _stored(setup, "local")
     good = data.read_bytes()
     try:
@@ -512,3 +525,36 @@ redis = "sched"
     path.write_text(path.read_text().replace('redis = "sched"', 'redis = "nope"'))
     res = run_cli("status", "--redis", "all", config=path)
     assert res.returncode == 2 and "nope" in res.stderr
+
+
+def test_status_fails_when_a_replica_loses_its_master(rbase: Path) -> None:
+    import time
+
+    master = RedisServer(rbase / "master")
+    replica = RedisServer(rbase / "replica", extra=["--replicaof", "127.0.0.1", str(master.port)])
+    try:
+        master.client().set("k", "v")
+        deadline = time.monotonic() + 20
+        while replica.client().get("k") != b"v" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        config = write_config(rbase / "repl.toml", rbase / "repl-repo", f"""
+[[redis]]
+name = "replica"
+url = "{replica.url()}"
+""")
+        assert run_cli("backup", "--redis", "replica", config=config).returncode == 0
+        up = run_cli("status", "--redis", "replica", "--json", config=config)
+        assert up.returncode == 0, up.stdout
+        row = json.loads(up.stdout)["redis"][0]
+        assert row["role"] == "slave" and row["master_link_status"] == "up"
+        master.stop()
+        deadline = time.monotonic() + 20
+        while replica.client().info("replication")["master_link_status"] == "up" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        down = run_cli("status", "--redis", "replica", "--json", config=config)
+        assert down.returncode == 1
+        check = next(c for c in json.loads(down.stdout)["checks"] if c["name"] == "redis replica")
+        assert check["status"] == "fail" and "replication link down" in check["summary"]
+    finally:
+        replica.stop()
+        master.stop()

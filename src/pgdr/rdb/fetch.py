@@ -32,10 +32,11 @@ def materialize(store: SnapshotStore, meta: dict[str, Any], dest: Path) -> None:
 
     stored = meta["stored"]
     raw_sha = hashlib.sha256()
+    chunks = store.open(stored["key"], stored["sha256"])
     try:
         decompressor = zstandard.ZstdDecompressor().decompressobj()
         with open(dest, "wb") as out:
-            for chunk in store.open(stored["key"], stored["sha256"]):
+            for chunk in chunks:
                 data = decompressor.decompress(chunk)
                 raw_sha.update(data)
                 out.write(data)
@@ -43,6 +44,8 @@ def materialize(store: SnapshotStore, meta: dict[str, Any], dest: Path) -> None:
             raise SnapshotDamaged(f"{stored['key']}: the decompressed RDB does not match its recorded sha256")
     except zstandard.ZstdError as exc:
         dest.unlink(missing_ok=True)
+        for _ in chunks:  # read to the end: the stored object's own sha256 says more than zstd
+            pass
         raise SnapshotDamaged(f"{stored['key']}: cannot decompress: {exc}") from None
     except BaseException:
         dest.unlink(missing_ok=True)
