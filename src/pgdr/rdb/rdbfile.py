@@ -9,11 +9,13 @@ which is a structural check independent of redis-check-rdb's CRC.
 
 from __future__ import annotations
 
+import bisect
+import mmap
+import os
 import struct
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import Any
 
 from pgdr.errors import PgdrError
 
@@ -32,9 +34,16 @@ class RdbDamaged(PgdrError):
 @dataclass
 class DbCount:
     keys: int = 0
-    expires: int = 0
     resize_keys: int | None = None  # what RESIZEDB announced
-    expired_at: list[int] = field(default_factory=list)  # per `at_ms`: keys already expired then
+    expiry_ms: list[int] = field(default_factory=list)  # sorted expiry times of the keys with a TTL
+
+    @property
+    def expires(self) -> int:
+        return len(self.expiry_ms)
+
+    def expired_by(self, at_ms: int) -> int:
+        """Keys whose TTL has passed at at_ms (redis drops them when it loads the file)."""
+        return bisect.bisect_right(self.expiry_ms, at_ms)
 
 
 @dataclass
@@ -49,29 +58,31 @@ class RdbSummary:
 
 
 class _Reader:
-    def __init__(self, fh: IO[bytes]) -> None:
-        self.fh = fh
+    """Reads an RDB mapped into memory: one index, no call per byte into the file layer."""
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
+        self.end = len(data)
         self.pos = 0
 
     def read(self, n: int) -> bytes:
-        data = self.fh.read(n)
-        if len(data) != n:
-            raise RdbDamaged(f"RDB file ends early (truncated at byte {self.pos + len(data)})")
+        if self.pos + n > self.end:
+            raise RdbDamaged(f"RDB file ends early (truncated at byte {self.end})")
+        out = bytes(self.data[self.pos:self.pos + n])
         self.pos += n
-        return data
+        return out
 
     def skip(self, n: int) -> None:
-        if n > 0:
-            self.read(n) if n < 65536 else self._skip_big(n)
-
-    def _skip_big(self, n: int) -> None:
-        while n:
-            chunk = min(n, 1 << 20)
-            self.read(chunk)
-            n -= chunk
+        if self.pos + n > self.end:
+            raise RdbDamaged(f"RDB file ends early (truncated at byte {self.end})")
+        self.pos += n
 
     def byte(self) -> int:
-        return self.read(1)[0]
+        if self.pos >= self.end:
+            raise RdbDamaged(f"RDB file ends early (truncated at byte {self.end})")
+        value: int = self.data[self.pos]
+        self.pos += 1
+        return value
 
     def length(self) -> tuple[int, bool]:
         """(length, is_encoded): RDB's length encoding."""
@@ -167,57 +178,62 @@ def _skip_stream(r: _Reader, v: int) -> None:
                 r.skip(16)
 
 
-def scan(path: Path, at_ms: Sequence[int] = ()) -> RdbSummary:
-    """Walk the file; count keys (and keys with a TTL, and those expired at each of at_ms)
-    per database. RdbDamaged when it is not a complete RDB."""
-    with open(path, "rb", buffering=1 << 20) as fh:
-        r = _Reader(fh)
-        magic = r.read(9)
-        if magic[:5] != b"REDIS" or not magic[5:].isdigit():
-            raise RdbDamaged("not an RDB file (no REDIS header)")
-        version = int(magic[5:])
-        aux: dict[str, str] = {}
-        dbs: dict[int, DbCount] = {}
-        current = dbs.setdefault(0, DbCount(expired_at=[0] * len(at_ms)))
-        expire: int | None = None
-        while True:
-            op = r.byte()
-            if op == _EOF:
-                break
-            if op == _AUX:
-                key = r.string(keep=True) or b""
-                value = r.string(keep=True) or b""
-                aux[key.decode(errors="replace")] = value.decode(errors="replace")
-            elif op == _SELECTDB:
-                current = dbs.setdefault(r.plain_length(), DbCount(expired_at=[0] * len(at_ms)))
-            elif op == _RESIZEDB:
-                current.resize_keys = r.plain_length()
-                r.plain_length()
-            elif op == _EXPIRETIME_MS:
-                expire = int(struct.unpack("<q", r.read(8))[0])
-            elif op == _EXPIRETIME:
-                expire = int(struct.unpack("<i", r.read(4))[0]) * 1000
-            elif op == _IDLE:
-                r.plain_length()
-            elif op == _FREQ:
-                r.byte()
-            elif op == _FUNCTION2:
-                r.string()
-            elif op in (_MODULE_AUX, _FUNCTION_PRE_GA):
-                raise RdbDamaged(f"opcode {op} (module data / pre-GA functions) at byte {r.pos} is not understood")
-            else:
-                r.string()  # the key
-                _skip_value(r, op)
-                current.keys += 1
-                if expire is not None:
-                    current.expires += 1
-                    for i, t in enumerate(at_ms):
-                        if expire <= t:
-                            current.expired_at[i] += 1
-                expire = None
-        if version >= 5:
-            r.read(8)  # CRC64 (checked by redis-check-rdb)
-        # an empty database 0 that was only the starting point is not a database
-        if not dbs[0].keys and dbs[0].resize_keys is None:
-            del dbs[0]
-        return RdbSummary(version, aux, dbs, r.pos)
+def scan(path: Path) -> RdbSummary:
+    """Walk the file; count keys (and keys with a TTL, with their expiry times) per
+    database. RdbDamaged when it is not a complete RDB."""
+    with open(path, "rb") as fh:
+        if os.fstat(fh.fileno()).st_size == 0:
+            raise RdbDamaged("empty file")
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            return _walk(_Reader(data))
+
+
+def _walk(r: _Reader) -> RdbSummary:
+    magic = r.read(9)
+    if magic[:5] != b"REDIS" or not magic[5:].isdigit():
+        raise RdbDamaged("not an RDB file (no REDIS header)")
+    version = int(magic[5:])
+    aux: dict[str, str] = {}
+    dbs: dict[int, DbCount] = {}
+    current = dbs.setdefault(0, DbCount())
+    expire: int | None = None
+    while True:
+        op = r.byte()
+        if op == _EOF:
+            break
+        if op == _AUX:
+            key = r.string(keep=True) or b""
+            value = r.string(keep=True) or b""
+            aux[key.decode(errors="replace")] = value.decode(errors="replace")
+        elif op == _SELECTDB:
+            current = dbs.setdefault(r.plain_length(), DbCount())
+        elif op == _RESIZEDB:
+            current.resize_keys = r.plain_length()
+            r.plain_length()
+        elif op == _EXPIRETIME_MS:
+            expire = int(struct.unpack("<q", r.read(8))[0])
+        elif op == _EXPIRETIME:
+            expire = int(struct.unpack("<i", r.read(4))[0]) * 1000
+        elif op == _IDLE:
+            r.plain_length()
+        elif op == _FREQ:
+            r.byte()
+        elif op == _FUNCTION2:
+            r.string()
+        elif op in (_MODULE_AUX, _FUNCTION_PRE_GA):
+            raise RdbDamaged(f"opcode {op} (module data / pre-GA functions) at byte {r.pos} is not understood")
+        else:
+            r.string()  # the key
+            _skip_value(r, op)
+            current.keys += 1
+            if expire is not None:
+                current.expiry_ms.append(expire)
+            expire = None
+    if version >= 5:
+        r.read(8)  # CRC64 (checked by redis-check-rdb)
+    # an empty database 0 that was only the starting point is not a database
+    if not dbs[0].keys and dbs[0].resize_keys is None:
+        del dbs[0]
+    for count in dbs.values():
+        count.expiry_ms.sort()
+    return RdbSummary(version, aux, dbs, r.pos)

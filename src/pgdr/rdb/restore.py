@@ -10,6 +10,7 @@ for), and its key counts compared with the metadata. The server keeps running.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import time
 from dataclasses import dataclass, field
@@ -21,9 +22,10 @@ from pgdr.config import Config, RedisConfig
 from pgdr.errors import PgdrError, UsageError
 from pgdr.rdb import programs
 from pgdr.rdb.fetch import find_snapshot, materialize
+from pgdr.rdb.rdbfile import RdbDamaged, scan
 from pgdr.rdb.scratch import wait_loaded
 from pgdr.rdb.store import SnapshotStore
-from pgdr.rdb.verify import _compare
+from pgdr.rdb.verify import compare_counts
 from pgdr.repo.layout import Repository
 
 
@@ -96,9 +98,13 @@ def restore_snapshot(config: Config, repo: Repository, rc: RedisConfig, which: s
     rdb = target_dir / "dump.rdb"
     try:
         materialize(store, meta, rdb)  # SnapshotDamaged: nothing started
+        summary = scan(rdb)
+    except RdbDamaged as exc:
+        _remove_created(target_dir, created)
+        raise RdbDamaged(f"snapshot {meta['id']} is not a complete RDB: {exc.message}; nothing was started",
+                         hint="verify it (`pgdr verify --redis`) and restore an older one") from None
     except BaseException:
-        if created:
-            target_dir.rmdir()
+        _remove_created(target_dir, created)
         raise
     result.checks.append(Check("checksum", "ok", "the snapshot's sha256 matches"))
     expected: dict[str, dict[str, int]] = meta.get("databases") or {}
@@ -134,9 +140,15 @@ def restore_snapshot(config: Config, repo: Repository, rc: RedisConfig, which: s
     alive()
     result.checks.append(Check("load", "ok", f"redis-server {info.get('redis_version')} (pid {result.pid}) "
                                f"serves it on 127.0.0.1:{port}"))
-    result.checks.append(_compare(rdb, expected, info, before_ms, after_ms))
+    result.checks.append(compare_counts(summary, expected, info, before_ms, after_ms))
     result.duration_s = time.monotonic() - started
     return result
+
+
+def _remove_created(target_dir: Path, created: bool) -> None:
+    """Undo our own folder (it holds only the file we fetched) after a refusal."""
+    if created:
+        shutil.rmtree(target_dir, ignore_errors=True)
 
 
 def _refuse_unsafe_port_again(port: int) -> None:

@@ -23,7 +23,7 @@ from pgdr.config import Config, RedisConfig
 from pgdr.errors import PgdrError
 from pgdr.rdb import programs
 from pgdr.rdb.fetch import find_snapshot, materialize
-from pgdr.rdb.rdbfile import RdbDamaged, scan
+from pgdr.rdb.rdbfile import RdbDamaged, RdbSummary, scan
 from pgdr.rdb.scratch import scratch_server
 from pgdr.rdb.snapshot import incoming_dir
 from pgdr.rdb.store import VERIFY, SnapshotDamaged, SnapshotStore
@@ -98,12 +98,12 @@ def _run_checks(rc: RedisConfig, store: SnapshotStore, meta: dict[str, Any], fol
         result.checks.append(Check("redis-check-rdb", "fail", cause, evidence={"output": lines[-12:]}))
         return
     result.checks.append(Check("redis-check-rdb", "ok", next((ln for ln in lines if "looks OK" in ln), "ok")))
-    before_ms = int(time.time() * 1000)
     try:
-        scan(rdb)  # structure before we start a server on it
+        summary = scan(rdb)  # structure, and the TTLs, before a server loads it
     except RdbDamaged as exc:
         result.checks.append(Check("structure", "fail", exc.message))
         return
+    before_ms = int(time.time() * 1000)
     expected: dict[str, dict[str, int]] = meta.get("databases") or {}
     highest = max((int(db) for db in expected), default=0)
     try:
@@ -113,7 +113,7 @@ def _run_checks(rc: RedisConfig, store: SnapshotStore, meta: dict[str, Any], fol
         result.checks.append(Check("load", "fail", exc.message, hint=exc.hint))
         return
     result.checks.append(Check("load", "ok", f"a scratch redis-server {info.get('redis_version')} loaded it"))
-    result.checks.append(_compare(rdb, expected, info, before_ms, after_ms))
+    result.checks.append(compare_counts(summary, expected, info, before_ms, after_ms))
 
 
 def _loaded_counts(info: dict[str, Any]) -> dict[str, int]:
@@ -124,19 +124,18 @@ def _loaded_counts(info: dict[str, Any]) -> dict[str, int]:
     return out
 
 
-def _compare(rdb: Any, expected: dict[str, dict[str, int]], info: dict[str, Any],
-             before_ms: int, after_ms: int) -> Check:
+def compare_counts(summary: RdbSummary, expected: dict[str, dict[str, int]], info: dict[str, Any],
+                   before_ms: int, after_ms: int) -> Check:
     """Loaded keys per database == recorded, less keys whose TTL passed before loading
-    (between the counts expired before the start and after the load)."""
-    summary = scan(rdb, (before_ms, after_ms))
+    (between the counts expired at the start and after the load)."""
     loaded = _loaded_counts(info)
     problems = []
     for db in sorted(set(expected) | set(loaded), key=int):
         want = int(expected.get(db, {}).get("keys", 0))
         got = loaded.get(db, 0)
         counted = summary.databases.get(int(db))
-        low = want - (counted.expired_at[1] if counted else 0)
-        high = want - (counted.expired_at[0] if counted else 0)
+        low = want - (counted.expired_by(after_ms) if counted else 0)
+        high = want - (counted.expired_by(before_ms) if counted else 0)
         if not low <= got <= high:
             problems.append(f"db{db}: {got} keys loaded, metadata says {want}"
                             + (f" ({want - high} to {want - low} of them expired by now)" if low != want else ""))
