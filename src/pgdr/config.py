@@ -373,6 +373,8 @@ class Config(_Strict):
         for job in self.schedule:
             if job.job == "redis-backup" and not self.redis:
                 raise ValueError("schedule job redis-backup needs a [[redis]] entry")
+            if job.redis is not None and job.job != "redis-backup":
+                raise ValueError(f"schedule job {job.job} takes no redis = (only redis-backup does)")
             if job.redis is not None and job.redis not in redis_names:
                 raise ValueError(f"schedule names redis {job.redis!r}, which is not a [[redis]] name")
         return self
