@@ -173,15 +173,15 @@ class Archiver:
             src = self.repo.incoming_dir / name
             try:
                 outcome = self.archive.store(src)
+            except OSError as exc:  # a full disk or the object store away: keep it, retry later
+                self._fail(self._os_failure(f"cannot archive {name}", exc), receiver=False)
+                raise SweepBlocked from None
             except PgdrError as exc:
                 rejected = self.repo.archiver_dir / "rejected"
                 rejected.mkdir(exist_ok=True)
                 os.replace(src, rejected / name)
                 self._fail(f"rejected {name}: {exc.message}", receiver=False)
                 continue
-            except OSError as exc:  # a full disk: keep the segment, retry later
-                self._fail(self._os_failure(f"cannot archive {name}", exc), receiver=False)
-                raise SweepBlocked from None
             src.unlink()
             if outcome == "stored":
                 stored += 1

@@ -29,6 +29,7 @@ class PendingBackup:
     final: Path
     removed_partials: list[str]
     t0: float
+    repo: Repository | None = None
 
     @property
     def elapsed(self) -> float:
@@ -38,6 +39,13 @@ class PendingBackup:
         # Sealed: pgdr.json carries the sha256 of its own content, so an edit is caught.
         write_json_durable(self.partial / MANIFEST_NAME, manifest.seal().model_dump(mode="json"))
         fsync_path(self.partial)
+        if self.repo is not None and self.repo.store is not None:
+            from pgdr.repo.remote import purge_backup, upload_backup
+
+            upload_backup(self.repo.store, self.partial, self.id)  # pgdr.json last: then it exists
+            durable_rename(self.partial, self.final)
+            purge_backup(self.repo, self.id)  # the cache keeps only pgdr.json
+            return
         durable_rename(self.partial, self.final)
 
 
@@ -45,6 +53,10 @@ class PendingBackup:
 def pending_backup(repo: Repository, kind: str) -> Iterator[PendingBackup]:
     with exclusive_lock(repo.lock_path("backup"), "backup"):
         removed = remove_stale_partials(repo)
+        if repo.store is not None:
+            from pgdr.repo.remote import remove_incomplete
+
+            removed += [f"{bid} (in {repo.store.url})" for bid in remove_incomplete(repo.store)]
         started = datetime.now(UTC)
         final = repo.backups_dir / new_backup_id(kind, started)
         while final.exists():  # two backups within one second
@@ -54,7 +66,7 @@ def pending_backup(repo: Repository, kind: str) -> Iterator[PendingBackup]:
         partial = final.with_name(final.name + PARTIAL_SUFFIX)
         partial.mkdir()
         repo.run_as.chown(partial)
-        pending = PendingBackup(final.name, started, partial, final, removed, time.monotonic())
+        pending = PendingBackup(final.name, started, partial, final, removed, time.monotonic(), repo)
         try:
             yield pending
         except PgdrError as exc:

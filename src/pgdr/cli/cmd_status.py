@@ -15,7 +15,7 @@ def status(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")]
     obj: AppContext = ctx.obj
     from pgdr.status import gather_status
 
-    report = gather_status(obj.config, obj.repo)
+    report = gather_status(obj.config, obj.repo_with_wal())
     if json_out:
         output.print_json(report.as_dict())
     else:

@@ -17,6 +17,7 @@ class AppContext:
     config_path: Path | None = None
     debug: bool = False
     _config: Config | None = field(default=None, repr=False)
+    _repo: Repository | None = field(default=None, repr=False)
 
     @property
     def config(self) -> Config:
@@ -46,7 +47,40 @@ class AppContext:
 
     @property
     def repo(self) -> Repository:
+        """The repository; an object store's catalog is synced into the local cache once."""
+        if self._repo is None:
+            from pgdr.pg.programs import RunAs
+            from pgdr.repo.layout import Repository
+            from pgdr.repo.remote import open_store, sync_catalog
+
+            run_as = RunAs(self.config.pg.os_user)
+            repo = Repository(self.config.repository.path, run_as, open_store(self.config.repository, run_as))
+            if repo.store is not None:
+                sync_catalog(repo)
+            self._repo = repo
+        return self._repo
+
+    def local_cache(self) -> Repository:
+        """The local folder alone (restore_command: the WAL was fetched before recovery began)."""
         from pgdr.pg.programs import RunAs
         from pgdr.repo.layout import Repository
 
         return Repository(self.config.repository.path, RunAs(self.config.pg.os_user))
+
+    def drop_cached_backups(self) -> None:
+        """After a verify or restore from an object store: no backup files left in the cache."""
+        if self._repo is not None and self._repo.store is not None and self._repo.backups_dir.is_dir():
+            from pgdr.repo.remote import purge_backup
+
+            for entry in self._repo.backups_dir.iterdir():
+                if not entry.name.endswith(".partial"):  # a backup being written: not a cache
+                    purge_backup(self._repo, entry.name)
+
+    def repo_with_wal(self) -> Repository:
+        """The repository with an object store's WAL archive fetched into the local cache."""
+        repo = self.repo
+        if repo.store is not None:
+            from pgdr.repo.remote import sync_wal
+
+            sync_wal(repo)
+        return repo

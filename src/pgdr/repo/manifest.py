@@ -183,6 +183,11 @@ def find_backup(repo: Repository, backup_id: str) -> BackupManifest:
 
 
 def backup_dir(repo: Repository, backup_id: str) -> Path:
+    """The backup's folder; from an object store, its files are fetched (and checked) first."""
+    if repo.store is not None:
+        from pgdr.repo.remote import fetch_backup
+
+        return fetch_backup(repo, backup_id)
     return repo.backups_dir / backup_id
 
 

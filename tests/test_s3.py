@@ -1,0 +1,267 @@
+"""An S3 repository against a real S3-protocol server (moto_server over HTTP), with faults.
+
+The bucket is read back with boto3 directly (an independent look, not pgdr's own report).
+Faults are injected with a TCP proxy between pgdr and the server: cutting it is the store
+going away mid-request (connection refused/reset), while the server keeps its objects so
+what the bucket holds afterwards can be counted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pgdr.pg.connect import session
+from pgdr.pg.lsn import parse_segment_name
+from pgdr.pg.programs import Programs
+from pgdr.restore.pitr import stop_restored
+from pgdr.sandbox import sandbox as sb
+from tests.conftest import run_cli
+
+BUCKET = "pgdr-test"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait(what: str, predicate: Any, timeout: float = 60, step: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"waited {timeout}s for {what}")
+
+
+class Proxy:
+    """A TCP relay to the S3 server that the test can cut (and restore) at will; with
+    cut_after set, it cuts itself once that many request bytes went through."""
+
+    def __init__(self, upstream: int) -> None:
+        self.upstream, self.port = upstream, _free_port()
+        self.lock = threading.Lock()
+        self.conns: list[socket.socket] = []
+        self.sent = 0
+        self.cut_after: int | None = None
+        self.listener: socket.socket | None = None
+        self.start()
+
+    def start(self) -> None:
+        lst = socket.socket()
+        lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        lst.bind(("127.0.0.1", self.port))
+        lst.listen(64)
+        self.listener = lst
+        threading.Thread(target=self._accept, args=(lst,), daemon=True).start()
+
+    def _accept(self, lst: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = lst.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(("127.0.0.1", self.upstream))
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.conns += [client, server]
+            threading.Thread(target=self._pipe, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, False), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, upward: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if upward:
+                    with self.lock:
+                        self.sent += len(data)
+                        over = self.cut_after is not None and self.sent > self.cut_after
+                    if over:
+                        self.cut()
+                        return
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def cut(self) -> None:
+        with self.lock:
+            self.cut_after = None
+            if self.listener is not None:
+                self.listener.close()
+                self.listener = None
+            for s in self.conns:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+            self.conns = []
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[tuple[int, Any]]:
+    import boto3
+
+    port = _free_port()
+    log = open(f"/tmp/pgdr-moto-{port}.log", "wb")  # noqa: SIM115 (open for the server's lifetime)
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1",
+                             "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    os.environ.update(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1")
+    try:
+        def up() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return True
+            except OSError:
+                return False
+
+        _wait("moto_server to listen", up, timeout=30)
+        client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1")
+        client.create_bucket(Bucket=BUCKET)
+        yield port, client
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        log.close()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def sandbox(base_dir: Path, programs: Programs) -> Iterator[sb.Sandbox]:
+    box = sb.up(base_dir / "s3", programs, standbys=0)
+    yield box
+    sb.down(box.root, programs, purge=True)
+
+
+def s3_config(box: sb.Sandbox, name: str, endpoint_port: int, prefix: str, key_env: str | None = None,
+              url: bool = True) -> Path:
+    """The sandbox's pgdr.toml with its repository in the bucket (local work folder `name`)."""
+    repo = [f'path = "{name}"']
+    if url:
+        repo += [f'url = "s3://{BUCKET}/{prefix}"', f'endpoint = "http://127.0.0.1:{endpoint_port}"',
+                 'region = "us-east-1"']
+    if key_env:
+        repo.append(f'encryption_key_env = "{key_env}"')
+    text = box.config_path.read_text().replace('[repository]\npath = "repo"', "[repository]\n" + "\n".join(repo))
+    path = box.root / f"{name}.toml"
+    path.write_text(text)
+    return path
+
+
+def keys(client: Any, prefix: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
+        out.update({o["Key"]: o["Size"] for o in page.get("Contents", [])})
+    return out
+
+
+def current_segment(box: sb.Sandbox) -> int:
+    with session(box.conninfo(box.primary)) as conn:
+        row = conn.execute("select pg_walfile_name(pg_current_wal_lsn()) as f").fetchone()
+    assert row is not None
+    seg = parse_segment_name(row["f"])
+    assert seg is not None
+    return seg.segno
+
+
+def archived_segnos(client: Any, prefix: str) -> list[int]:
+    segs = (parse_segment_name(k.rsplit("/", 1)[1].removesuffix(".zst")) for k in keys(client, f"{prefix}wal/"))
+    return sorted(s.segno for s in segs if s is not None and s.timeline == 1)
+
+
+def switch_wal(box: sb.Sandbox, times: int) -> None:
+    with session(box.conninfo(box.primary)) as conn:
+        for _ in range(times):
+            conn.execute("insert into orders (customer_id) values (1)")
+            conn.execute("select pg_switch_wal()")
+
+
+def one_line(err: str) -> str:
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) <= 2 and "Traceback" not in err, err  # the error line (+ its hint)
+    return lines[0]
+
+
+# ---- backup, list, verify, restore from the bucket -----------------------------------------
+
+def test_backup_verify_and_pitr_from_s3(sandbox: sb.Sandbox, moto: tuple[int, Any], base_dir: Path) -> None:
+    port, client = moto
+    cfg = s3_config(sandbox, "work-a", port, "plain")
+    assert run_cli("archiver", "start", config=cfg).returncode == 0
+    try:
+        with session(sandbox.conninfo(sandbox.primary)) as conn:
+            conn.execute("create table s3_marker (n int)")
+            conn.execute("insert into s3_marker select generate_series(1, 100)")
+        result = run_cli("backup", "--json", config=cfg)
+        assert result.returncode == 0, result.stderr
+        bid = json.loads(result.stdout)["id"]
+        stored = keys(client, f"plain/backups/{bid}/")
+        assert {f"plain/backups/{bid}/{n}" for n in ("pgdr.json", "base.tar.zst", "backup_manifest")} <= set(stored)
+        # nothing of the backup stays in the local folder but its pgdr.json
+        assert [p.name for p in (sandbox.root / "work-a" / "backups" / bid).iterdir()] == ["pgdr.json"]
+        with session(sandbox.conninfo(sandbox.primary)) as conn:
+            conn.execute("insert into s3_marker select generate_series(101, 250)")
+        switch_wal(sandbox, 1)
+        last = current_segment(sandbox) - 1
+        _wait("the archiver to upload the switched segment", lambda: last in archived_segnos(client, "plain/"))
+
+        # another machine: an empty working folder, the same bucket
+        other = s3_config(sandbox, "work-b", port, "plain")
+        listed = json.loads(run_cli("list", "--json", config=other).stdout)
+        assert [b["id"] for b in listed] == [bid]
+        verified = run_cli("verify", "latest", "--json", config=other)
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        assert f"plain/backups/{bid}/verify.json" in keys(client, f"plain/backups/{bid}/")
+        assert json.loads(run_cli("list", "--json", config=cfg).stdout)[0]["verified"] == "verified"
+
+        target = base_dir / "s3-restored"
+        restored = run_cli("restore", "--latest", "--target-dir", str(target), "--json", config=other)
+        assert restored.returncode == 0, restored.stdout + restored.stderr
+        try:
+            conninfo = str(json.loads(restored.stdout)["conninfo"]).replace("dbname=postgres", "dbname=app")
+            with session(conninfo) as c:
+                row = c.execute("select count(*) as n from s3_marker").fetchone()
+            assert row is not None and row["n"] == 250
+        finally:
+            stop_restored(target, Programs())
+        # the working folder's cache holds no backup file after verify and restore
+        cached = sorted(p.name for p in (sandbox.root / "work-b" / "backups" / bid).iterdir())
+        assert cached == ["pgdr.json", "verify.json"]
+
+        # a flipped byte in the bucket: verify refuses the backup, naming the object
+        key = f"plain/backups/{bid}/base.tar.zst"
+        body = bytearray(client.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+        body[len(body) // 2] ^= 0x01
+        client.put_object(Bucket=BUCKET, Key=key, Body=bytes(body))
+        third = s3_config(sandbox, "work-c", port, "plain")
+        damaged = run_cli("verify", bid, config=third)
+        assert damaged.returncode == 1
+        assert "base.tar.zst" in one_line(damaged.stderr) and "does not match" in damaged.stderr
+    finally:
+        run_cli("archiver", "stop", config=cfg)
