@@ -223,8 +223,9 @@ def test_backup_verify_and_pitr_from_s3(sandbox: sb.Sandbox, moto: tuple[int, An
         bid = json.loads(result.stdout)["id"]
         stored = keys(client, f"plain/backups/{bid}/")
         assert {f"plain/backups/{bid}/{n}" for n in ("pgdr.json", "base.tar.zst", "backup_manifest")} <= set(stored)
-        # nothing of the backup stays in the local folder but its pgdr.json
-        assert [p.name for p in (sandbox.root / "work-a" / "backups" / bid).iterdir()] == ["pgdr.json"]
+        # nothing of the backup stays in the local folder but its pgdr.json and backup_manifest
+        cached = sorted(p.name for p in (sandbox.root / "work-a" / "backups" / bid).iterdir())
+        assert cached == ["backup_manifest", "pgdr.json"]
         with session(sandbox.conninfo(sandbox.primary)) as conn:
             conn.execute("insert into s3_marker select generate_series(101, 250)")
         switch_wal(sandbox, 1)
@@ -252,7 +253,7 @@ def test_backup_verify_and_pitr_from_s3(sandbox: sb.Sandbox, moto: tuple[int, An
             stop_restored(target, Programs())
         # the working folder's cache holds no backup file after verify and restore
         cached = sorted(p.name for p in (sandbox.root / "work-b" / "backups" / bid).iterdir())
-        assert cached == ["pgdr.json", "verify.json"]
+        assert cached == ["backup_manifest", "pgdr.json", "verify.json"]
 
         # a flipped byte in the bucket: verify refuses the backup, naming the object
         key = f"plain/backups/{bid}/base.tar.zst"
@@ -357,12 +358,43 @@ def test_archiver_catches_up_without_gap_after_store_outage(sandbox: sb.Sandbox,
         proxy.start()
         switch_wal(sandbox, 1)
         last = current_segment(sandbox) - 1
-        segnos = _wait("the archiver to catch up", lambda: [s for s in archived_segnos(client, "arch/")
-                                                           if s <= last and last in archived_segnos(client, "arch/")],
-                       timeout=90)
+        def caught_up() -> list[int]:
+            listed = archived_segnos(client, "arch/")  # one listing: a consistent view
+            return [s for s in listed if s <= last] if last in listed else []
+
+        segnos = _wait("the archiver to catch up", caught_up, timeout=90)
         start = segnos[0]
         assert segnos == list(range(start, last + 1)) and start <= first  # no gap, nothing skipped
         assert json.loads(state.read_text()).get("problem") is None
     finally:
         run_cli("archiver", "stop", config=cfg)
         proxy.cut()
+
+
+def test_tar_streams_up_while_written_and_leaves_no_local_copy(moto: tuple[int, Any], base_dir: Path) -> None:
+    """The uploader follows a growing file (as pg_basebackup writes base.tar.zst) and frees
+    what it sent: the local disk never holds the whole file."""
+    import hashlib
+
+    from pgdr.repo.store import S3Store
+    from pgdr.repo.streamup import StreamingUpload
+
+    port, client = moto
+    folder = base_dir / "streamup"
+    folder.mkdir()
+    store = S3Store(f"s3://{BUCKET}/stream", f"http://127.0.0.1:{port}", "us-east-1")
+    upload = StreamingUpload(store, folder, "B1").start()
+    digest, chunk = hashlib.sha256(), os.urandom(1 << 20)
+    path = folder / "base.tar.zst"
+    with open(path, "wb") as fh:
+        for i in range(40):
+            fh.write(chunk)
+            fh.flush()
+            digest.update(chunk)
+            if i % 10 == 9:  # let the uploader catch up, then look at the disk
+                _wait("the uploader to catch up", lambda: path.stat().st_blocks * 512 < 20 << 20, timeout=60)
+    results = upload.finish()
+    assert results == {"base.tar.zst": (40 << 20, digest.hexdigest())}
+    assert path.stat().st_size == 40 << 20 and path.stat().st_blocks * 512 < 20 << 20
+    body = client.get_object(Bucket=BUCKET, Key="stream/backups/B1/base.tar.zst")["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == digest.hexdigest()

@@ -14,11 +14,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pgdr.errors import BackupFailed, PgdrError
 from pgdr.fsutil import durable_rename, exclusive_lock, fsync_path, write_json_durable
 from pgdr.repo.layout import PARTIAL_SUFFIX, Repository
-from pgdr.repo.manifest import MANIFEST_NAME, BackupManifest, new_backup_id, remove_stale_partials
+from pgdr.repo.manifest import MANIFEST_NAME, BackupManifest, FileEntry, new_backup_id, remove_stale_partials
+
+if TYPE_CHECKING:
+    from pgdr.repo.streamup import StreamingUpload
 
 
 @dataclass
@@ -30,6 +34,7 @@ class PendingBackup:
     removed_partials: list[str]
     t0: float
     repo: Repository | None = None
+    stream: StreamingUpload | None = None  # tars going up while pg_basebackup writes them
 
     @property
     def elapsed(self) -> float:
@@ -37,12 +42,20 @@ class PendingBackup:
 
     def publish(self, manifest: BackupManifest) -> None:
         # Sealed: pgdr.json carries the sha256 of its own content, so an edit is caught.
+        sent: dict[str, FileEntry] = {}
+        if self.stream is not None:  # what was uploaded is what pgdr.json vouches for
+            sent = {name: FileEntry(size=size, sha256=digest)
+                    for name, (size, digest) in self.stream.finish().items()}
+            files = {**manifest.files, **sent}
+            manifest = manifest.model_copy(update={"files": files,
+                                                   "bytes_on_disk": sum(f.size for f in files.values())})
         write_json_durable(self.partial / MANIFEST_NAME, manifest.seal().model_dump(mode="json"))
         fsync_path(self.partial)
         if self.repo is not None and self.repo.store is not None:
             from pgdr.repo.remote import purge_backup, upload_backup
 
-            upload_backup(self.repo.store, self.partial, self.id)  # pgdr.json last: then it exists
+            # pgdr.json last: from then on the backup exists
+            upload_backup(self.repo.store, self.partial, self.id, skip=set(sent))
             durable_rename(self.partial, self.final)
             purge_backup(self.repo, self.id)  # the cache keeps only pgdr.json
             return
@@ -67,11 +80,19 @@ def pending_backup(repo: Repository, kind: str) -> Iterator[PendingBackup]:
         partial.mkdir()
         repo.run_as.chown(partial)
         pending = PendingBackup(final.name, started, partial, final, removed, time.monotonic(), repo)
+        if repo.store is not None:
+            from pgdr.repo.streamup import StreamingUpload
+
+            pending.stream = StreamingUpload(repo.store, partial, pending.id).start()
         try:
             yield pending
         except PgdrError as exc:
+            if pending.stream is not None:
+                pending.stream.abort()
             shutil.rmtree(partial, ignore_errors=True)
             raise BackupFailed(f"backup {pending.id} failed: {exc.message}", hint=exc.hint) from None
         except BaseException:
+            if pending.stream is not None:
+                pending.stream.abort()
             shutil.rmtree(partial, ignore_errors=True)
             raise

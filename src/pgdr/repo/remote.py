@@ -211,12 +211,12 @@ def fetch_backup(repo: Repository, backup_id: str) -> Path:
 
 
 def purge_backup(repo: Repository, backup_id: str) -> None:
-    """Drop a backup's cached files (pgdr.json and verify.json stay)."""
+    """Drop a backup's cached files (pgdr.json, verify.json and backup_manifest stay)."""
     folder = repo.backups_dir / backup_id
     if repo.store is None or not folder.is_dir():
         return
     for entry in folder.iterdir():
-        if entry.name in (MANIFEST, VERIFY):
+        if entry.name in (MANIFEST, VERIFY, "backup_manifest"):  # an incremental's parent needs it
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
@@ -230,10 +230,12 @@ def push_verification(repo: Repository, backup_id: str) -> None:
         repo.store.put_bytes(f"backups/{backup_id}/{VERIFY}", path.read_bytes())
 
 
-def upload_backup(store: Store, folder: Path, backup_id: str, workers: int = 2) -> None:
-    """Every file of a finished backup folder, then pgdr.json last: the backup exists in the
-    store only once everything it lists is there."""
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+def upload_backup(store: Store, folder: Path, backup_id: str, workers: int = 2,
+                  skip: set[str] | None = None) -> None:
+    """Every file of a finished backup folder (but those already streamed up), then pgdr.json
+    last: the backup exists in the store only once everything it lists is there."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST
+                   and p.relative_to(folder).as_posix() not in (skip or set()))
 
     def one(path: Path) -> None:
         with open(path, "rb") as fh:
