@@ -251,6 +251,16 @@ def test_backup_verify_and_pitr_from_s3(sandbox: sb.Sandbox, moto: tuple[int, An
             assert row is not None and row["n"] == 250
         finally:
             stop_restored(target, Programs())
+        # find-disaster reads the bucket's WAL: a mass DELETE, named from the backup's relation map
+        with session(sandbox.conninfo(sandbox.primary)) as conn:
+            conn.execute("delete from s3_marker where n > 200")
+        switch_wal(sandbox, 1)
+        last = current_segment(sandbox) - 1
+        _wait("the archiver to upload the DELETE", lambda: last in archived_segnos(client, "plain/"))
+        found = run_cli("find-disaster", "--json", "--min-rows", "10", "--kinds", "delete", config=other)
+        assert found.returncode == 0, found.stderr
+        hits = [(d["table"], d["rows"]) for d in json.loads(found.stdout)["disasters"]]
+        assert hits == [("public.s3_marker", 50)]
         # the working folder's cache holds no backup file after verify and restore
         cached = sorted(p.name for p in (sandbox.root / "work-b" / "backups" / bid).iterdir())
         assert cached == ["backup_manifest", "pgdr.json", "verify.json"]
