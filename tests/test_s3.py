@@ -302,9 +302,27 @@ def test_encrypted_repository_s3_and_local(sandbox: sb.Sandbox, moto: tuple[int,
     plain = run_cli("list", config=s3_config(sandbox, "work-enc2", port, "enc"), env=env)
     assert plain.returncode == 2 and "is encrypted" in one_line(plain.stderr)
 
-    # the right key from another working folder lists it; a flipped byte fails authentication
-    other = s3_config(sandbox, "work-enc3", port, "enc", key_env="PGDR_TEST_KEY")
-    assert [b["id"] for b in json.loads(run_cli("list", "--json", config=other, env=env).stdout)] == [bid]
+    # the archiver seals each segment and keeps no decrypted copy; verify with the key passes
+    # from another working folder and leaves no decrypted file behind
+    assert run_cli("archiver", "start", config=cfg, env=env).returncode == 0
+    try:
+        switch_wal(sandbox, 1)
+        last = current_segment(sandbox) - 1
+        _wait("a sealed segment", lambda: last in archived_segnos(client, "enc/"))
+        seg = next(k for k in keys(client, "enc/wal/") if k.endswith(".zst"))
+        assert client.get_object(Bucket=BUCKET, Key=seg)["Body"].read().startswith(b"PGDRAE1\0")
+        assert not list((sandbox.root / "work-enc" / "wal").glob("*.zst"))
+        other = s3_config(sandbox, "work-enc3", port, "enc", key_env="PGDR_TEST_KEY")
+        assert [b["id"] for b in json.loads(run_cli("list", "--json", config=other, env=env).stdout)] == [bid]
+        verified = run_cli("verify", bid, "--json", config=other, env=env)
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        assert not list((sandbox.root / "work-enc3" / "wal").glob("*.zst"))
+        assert sorted(p.name for p in (sandbox.root / "work-enc3" / "backups" / bid).iterdir()) == [
+            "backup_manifest", "pgdr.json", "verify.json"]
+    finally:
+        run_cli("archiver", "stop", config=cfg, env=env)
+
+    # a flipped byte fails authentication, naming the object
     key = f"enc/backups/{bid}/base.tar.zst"
     body = bytearray(client.get_object(Bucket=BUCKET, Key=key)["Body"].read())
     body[len(body) // 3] ^= 0x40
@@ -360,6 +378,10 @@ def test_archiver_catches_up_without_gap_after_store_outage(sandbox: sb.Sandbox,
         first = current_segment(sandbox) - 1
         _wait("the first upload", lambda: first in archived_segnos(client, "arch/"))
         proxy.cut()
+        # the archiver also (re)starts while the store is away
+        assert run_cli("archiver", "stop", config=cfg).returncode == 0
+        restarted = run_cli("archiver", "start", config=cfg)
+        assert restarted.returncode == 0, restarted.stderr
         switch_wal(sandbox, 4)
         during = current_segment(sandbox) - 1
         _wait("the archiver to record the outage",

@@ -171,8 +171,11 @@ def find_disaster(
         raise UsageError("--until is before --since")
     obj: AppContext = ctx.obj
     with output.progress_bar("reading WAL", enabled=sys.stderr.isatty() and not json_out) as progress:
-        result = find_disasters(obj.programs, obj.repo_with_wal(), table=name, since=start, until=end,
-                                kinds=wanted, min_rows=min_rows, progress=progress)
+        try:
+            result = find_disasters(obj.programs, obj.repo_with_wal(), table=name, since=start, until=end,
+                                    kinds=wanted, min_rows=min_rows, progress=progress)
+        finally:
+            obj.drop_cached_backups()
     if json_out:
         output.print_json(result.as_dict())
     else:

@@ -47,17 +47,15 @@ class AppContext:
 
     @property
     def repo(self) -> Repository:
-        """The repository; an object store's catalog is synced into the local cache once."""
+        """The repository (with its object store, if configured; the catalog is synced on first read)."""
         if self._repo is None:
             from pgdr.pg.programs import RunAs
             from pgdr.repo.layout import Repository
-            from pgdr.repo.remote import open_store, sync_catalog
+            from pgdr.repo.remote import open_store
 
             run_as = RunAs(self.config.pg.os_user)
-            repo = Repository(self.config.repository.path, run_as, open_store(self.config.repository, run_as))
-            if repo.store is not None:
-                sync_catalog(repo)
-            self._repo = repo
+            self._repo = Repository(self.config.repository.path, run_as,
+                                    open_store(self.config.repository, run_as))
         return self._repo
 
     def local_cache(self) -> Repository:
@@ -68,13 +66,12 @@ class AppContext:
         return Repository(self.config.repository.path, RunAs(self.config.pg.os_user))
 
     def drop_cached_backups(self) -> None:
-        """After a verify or restore from an object store: no backup files left in the cache."""
-        if self._repo is not None and self._repo.store is not None and self._repo.backups_dir.is_dir():
-            from pgdr.repo.remote import purge_backup
+        """After a verify or restore from an object store: no backup files left in the cache
+        (and, for an encrypted repository, no decrypted WAL either)."""
+        if self._repo is not None and self._repo.store is not None:
+            from pgdr.repo.remote import drop_cache
 
-            for entry in self._repo.backups_dir.iterdir():
-                if not entry.name.endswith(".partial"):  # a backup being written: not a cache
-                    purge_backup(self._repo, entry.name)
+            drop_cache(self._repo)
 
     def repo_with_wal(self) -> Repository:
         """The repository with an object store's WAL archive fetched into the local cache."""

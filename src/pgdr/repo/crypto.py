@@ -17,10 +17,11 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import IO, Any, cast
 
 from pgdr.errors import ConfigError, RepositoryError
-from pgdr.repo.store import ObjectInfo, ObjectMissing, Store, read_blocks
+from pgdr.repo.store import ObjectInfo, ObjectMissing, Store, StoreUnavailable, read_blocks
 
 MAGIC = b"PGDRAE1\0"
 HEADER_SIZE = 16
@@ -148,16 +149,38 @@ class EncryptedStore:
         self.inner.delete(keys)
 
 
-def open_encrypted(inner: Store, env_name: str | None) -> Store:
+def _params(inner: Store, local: Path) -> dict[str, Any] | None:
+    """pgdr-encryption.json from the store; its copy in the working folder while the store is
+    away (the archiver must start, and keep encrypting, during an outage)."""
+    cached = local / ENCRYPTION_FILE
+    try:
+        raw = inner.get_bytes(ENCRYPTION_FILE)
+    except ObjectMissing:
+        return None
+    except StoreUnavailable:
+        if not cached.exists():
+            raise
+        raw = cached.read_bytes()
+    try:
+        params = dict(json.loads(raw))
+    except (ValueError, TypeError):
+        raise RepositoryError(f"{ENCRYPTION_FILE} in {inner.url} is unreadable") from None
+    if local.is_dir() and not cached.exists():
+        cached.write_bytes(raw)  # not secret: a salt and a key check
+    return params
+
+
+def open_encrypted(inner: Store, env_name: str | None, local: Path) -> Store:
     """The store as configured: encrypted with the passphrase from $env_name, refused in one
     line (exit 2) when the variable is unset or empty, the passphrase is wrong, or the
     repository's encryption does not match the configuration."""
+    cached = local / ENCRYPTION_FILE
     try:
-        params: dict[str, Any] | None = json.loads(inner.get_bytes(ENCRYPTION_FILE))
-    except ObjectMissing:
-        params = None
-    except ValueError:
-        raise RepositoryError(f"{ENCRYPTION_FILE} in {inner.url} is unreadable") from None
+        params = _params(inner, local)
+    except StoreUnavailable:
+        if env_name is None:
+            return inner  # nothing known says it is encrypted; readers fail on the store anyway
+        raise
     if env_name is None:
         if params is not None:
             raise ConfigError(f"repository {inner.url} is encrypted; set [repository] encryption_key_env "
@@ -179,6 +202,8 @@ def open_encrypted(inner: Store, env_name: str | None) -> Store:
         params = {"format": 1, "cipher": "AES-256-GCM", "kdf": "scrypt", **SCRYPT, "salt": salt.hex(),
                   "check": (nonce + AESGCM(key).encrypt(nonce, _CHECK, ENCRYPTION_FILE.encode())).hex()}
         inner.put_bytes(ENCRYPTION_FILE, json.dumps(params, indent=2).encode())
+        if local.is_dir():
+            cached.write_bytes(json.dumps(params, indent=2).encode())
         return EncryptedStore(inner, key)
     try:
         key = derive_key(passphrase, bytes.fromhex(params["salt"]), int(params["n"]), int(params["r"]),

@@ -144,6 +144,10 @@ def scan_backups(repo: Repository) -> tuple[list[BackupManifest], list[DamagedBa
     """Every complete backup folder: readable ones (oldest first) and damaged ones."""
     found: list[BackupManifest] = []
     damaged: list[DamagedBackup] = []
+    if repo.store is not None:  # the bucket's listing is the truth: bring the cache up to it
+        from pgdr.repo.remote import sync_catalog_once
+
+        sync_catalog_once(repo)
     if not repo.backups_dir.is_dir():
         return found, damaged
     for entry in sorted(repo.backups_dir.iterdir()):

@@ -53,7 +53,7 @@ def open_store(cfg: RepositoryConfig, run_as: RunAs) -> Store | None:
     if cfg.url is None and cfg.encryption_key_env is None:
         from pgdr.repo.crypto import ENCRYPTION_FILE
 
-        if (local_objects / ENCRYPTION_FILE).exists():
+        if (local_objects / ENCRYPTION_FILE).exists() or (cfg.path / ENCRYPTION_FILE).exists():
             raise ConfigError(f"repository {cfg.path} is encrypted; set [repository] encryption_key_env "
                               "to the variable that holds its passphrase")
         return None
@@ -66,7 +66,7 @@ def open_store(cfg: RepositoryConfig, run_as: RunAs) -> Store | None:
     else:
         local_objects.mkdir(parents=True, exist_ok=True)
         inner = LocalStore(local_objects, run_as)
-    return open_encrypted(inner, cfg.encryption_key_env)
+    return open_encrypted(inner, cfg.encryption_key_env, cfg.path)
 
 
 def _parallel(fn: Callable[[T], None], items: list[T]) -> None:
@@ -208,6 +208,33 @@ def fetch_backup(repo: Repository, backup_id: str) -> Path:
         raise BackupObjectDamaged(f"backup {backup_id}: {missing[0]} is missing from {store.url}")
     _parallel(one, names)
     return folder
+
+
+_synced: set[int] = set()
+
+
+def sync_catalog_once(repo: Repository) -> None:
+    """sync_catalog, once per process and store."""
+    if id(repo.store) not in _synced:
+        sync_catalog(repo)
+        _synced.add(id(repo.store))
+
+
+def drop_cache(repo: Repository) -> None:
+    """Every cached backup file; for an encrypted repository also the decrypted WAL."""
+    if repo.backups_dir.is_dir():
+        for entry in repo.backups_dir.iterdir():
+            if not entry.name.endswith(PARTIAL_SUFFIX):  # a backup being written: not a cache
+                purge_backup(repo, entry.name)
+    if encrypted(repo) and repo.wal_dir.is_dir():
+        for path in repo.wal_dir.glob("*.zst"):
+            path.unlink(missing_ok=True)
+
+
+def encrypted(repo: Repository) -> bool:
+    from pgdr.repo.crypto import EncryptedStore
+
+    return isinstance(repo.store, EncryptedStore)
 
 
 def purge_backup(repo: Repository, backup_id: str) -> None:

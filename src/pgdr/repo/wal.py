@@ -98,7 +98,11 @@ class WalArchive:
         compressed = zstandard.ZstdCompressor(level=self.level, write_checksum=True,
                                               write_content_size=True).compress(data)
         if store is not None:  # the store is the archive; the local copy below is its cache
+            from pgdr.repo.remote import encrypted
+
             store.put_bytes(key, compressed)
+            if encrypted(self.repo):  # no decrypted copy kept at rest
+                return "stored"
         tmp = dest.with_name(f".{dest.name}.tmp")
         try:
             with open(tmp, "wb") as fh:
