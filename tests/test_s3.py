@@ -398,6 +398,23 @@ def test_archiver_catches_up_without_gap_after_store_outage(sandbox: sb.Sandbox,
         start = segnos[0]
         assert segnos == list(range(start, last + 1)) and start <= first  # no gap, nothing skipped
         assert json.loads(state.read_text()).get("problem") is None
+
+        # expire in the bucket: the older backup and the WAL only it needed go, the rest stays
+        ids = [json.loads(run_cli("backup", "--json", config=cfg).stdout)["id"] for _ in range(2)]
+        switch_wal(sandbox, 1)
+        last = current_segment(sandbox) - 1
+        _wait("the WAL after the backups", lambda: last in archived_segnos(client, "arch/"))
+        with open(cfg, "a") as fh:
+            fh.write('\n[retention]\nkeep_last = 1\nkeep_within = "0s"\n')
+        expired = run_cli("expire", "--yes", config=cfg)
+        assert expired.returncode == 0, expired.stdout + expired.stderr
+        assert {k.split("/")[2] for k in keys(client, "arch/backups/")} == {ids[1]}
+        newest = json.loads(client.get_object(Bucket=BUCKET, Key=f"arch/backups/{ids[1]}/pgdr.json")["Body"].read())
+        kept = archived_segnos(client, "arch/")
+        start_seg = parse_segment_name(newest["start_wal"])
+        # from the kept backup's first segment on, without a gap (more may have arrived since)
+        assert start_seg is not None and last in kept and kept == list(range(start_seg.segno, kept[-1] + 1))
+        assert start_seg.segno > segnos[0]  # older WAL did go
     finally:
         run_cli("archiver", "stop", config=cfg)
         proxy.cut()
