@@ -207,6 +207,9 @@ def fetch_backup(repo: Repository, backup_id: str) -> Path:
     if missing:
         raise BackupObjectDamaged(f"backup {backup_id}: {missing[0]} is missing from {store.url}")
     _parallel(one, names)
+    for link in getattr(manifest, "chain", []):  # an incremental backup's parents (pg_combinebackup)
+        if (repo.backups_dir / link / MANIFEST).exists():
+            fetch_backup(repo, link)
     return folder
 
 
