@@ -447,3 +447,26 @@ def test_tar_streams_up_while_written_and_leaves_no_local_copy(moto: tuple[int, 
     assert path.stat().st_size == 40 << 20 and path.stat().st_blocks * 512 < 20 << 20
     body = client.get_object(Bucket=BUCKET, Key="stream/backups/B1/base.tar.zst")["Body"].read()
     assert hashlib.sha256(body).hexdigest() == digest.hexdigest()
+
+
+def test_logical_backup_to_s3_restores_from_another_folder(sandbox: sb.Sandbox, moto: tuple[int, Any],
+                                                           base_dir: Path) -> None:
+    port, client = moto
+    cfg = s3_config(sandbox, "work-l1", port, "logical")
+    result = run_cli("backup", "--logical", "--json", config=cfg)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    stored = keys(client, f"logical/backups/{summary['id']}/")
+    assert any(k.endswith("/toc.dat") for k in stored)  # pg_dump's directory format, file by file
+    other = s3_config(sandbox, "work-l2", port, "logical")
+    target = base_dir / "s3-logical-restored"
+    restored = run_cli("restore", "--backup", summary["id"], "--target-dir", str(target), "--json", config=other)
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    try:
+        info = json.loads(restored.stdout)
+        got = Programs().run("psql", ["-X", "-A", "-t", "-h", info["socket_dir"], "-p", str(info["port"]),
+                                      "-U", "postgres", "-d", "app", "-c", "select count(*) from customers"],
+                             timeout=30)
+        assert int(got.stdout.strip()) == summary["tables"]["app"]["public.customers"] == 20000
+    finally:
+        stop_restored(target, Programs())
