@@ -240,6 +240,10 @@ def test_backup_verify_and_pitr_from_s3(sandbox: sb.Sandbox, moto: tuple[int, An
         assert verified.returncode == 0, verified.stdout + verified.stderr
         assert f"plain/backups/{bid}/verify.json" in keys(client, f"plain/backups/{bid}/")
         assert json.loads(run_cli("list", "--json", config=cfg).stdout)[0]["verified"] == "verified"
+        status = run_cli("status", "--json", config=cfg)
+        checks = {c["name"]: c for c in json.loads(status.stdout)["checks"]}
+        for name in ("backup", "verified backup", "archive gaps", "archive lag"):
+            assert checks[name]["status"] == "ok", (name, checks[name])
 
         target = base_dir / "s3-restored"
         restored = run_cli("restore", "--latest", "--target-dir", str(target), "--json", config=other)
