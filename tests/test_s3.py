@@ -282,6 +282,29 @@ def test_backup_verify_and_pitr_from_s3(sandbox: sb.Sandbox, moto: tuple[int, An
         run_cli("archiver", "stop", config=cfg)
 
 
+def test_a_local_repository_is_never_taken_for_a_cache(sandbox: sb.Sandbox, moto: tuple[int, Any]) -> None:
+    """Syncing prunes the working folder's backups/ and wal/ to the bucket's listing: pointing
+    url at a config whose path holds a real local repository must refuse, not prune it."""
+    port, _client = moto
+    repo = sandbox.root / "repo"
+    before = sorted(p.name for p in (repo / "wal").glob("*.zst"))
+    assert before  # the sandbox's own archiver filled it
+    text = sandbox.config_path.read_text().replace(
+        '[repository]\npath = "repo"', f'[repository]\npath = "repo"\nurl = "s3://{BUCKET}/hijack"\n'
+        f'endpoint = "http://127.0.0.1:{port}"')
+    cfg = sandbox.root / "hijack.toml"
+    cfg.write_text(text)
+    refused = run_cli("list", config=cfg)
+    assert refused.returncode == 2 and "holds a local repository" in one_line(refused.stderr)
+    assert set(before) <= {p.name for p in (repo / "wal").glob("*.zst")}
+    # and a working folder stays with its bucket
+    s3_config(sandbox, "work-owned", port, "owned")
+    assert run_cli("list", config=sandbox.root / "work-owned.toml").returncode == 0
+    s3_config(sandbox, "work-owned", port, "elsewhere")
+    other = run_cli("list", config=sandbox.root / "work-owned.toml")
+    assert other.returncode == 2 and "is the working folder of" in one_line(other.stderr)
+
+
 # ---- encryption ------------------------------------------------------------------------------
 
 def test_encrypted_repository_s3_and_local(sandbox: sb.Sandbox, moto: tuple[int, Any]) -> None:

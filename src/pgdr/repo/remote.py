@@ -56,6 +56,9 @@ def open_store(cfg: RepositoryConfig, run_as: RunAs) -> Store | None:
         if (local_objects / ENCRYPTION_FILE).exists() or (cfg.path / ENCRYPTION_FILE).exists():
             raise ConfigError(f"repository {cfg.path} is encrypted; set [repository] encryption_key_env "
                               "to the variable that holds its passphrase")
+        if (cfg.path / CACHE_MARKER).exists():  # a cache is not a repository: its files are pruned
+            raise ConfigError(f"{cfg.path} is the working folder of an object-store repository "
+                              f"({(cfg.path / CACHE_MARKER).read_text().strip()}); set [repository] url")
         return None
     from pgdr.repo.crypto import open_encrypted
 
@@ -66,7 +69,37 @@ def open_store(cfg: RepositoryConfig, run_as: RunAs) -> Store | None:
     else:
         local_objects.mkdir(parents=True, exist_ok=True)
         inner = LocalStore(local_objects, run_as)
+    claim_working_folder(cfg.path, inner.url)
     return open_encrypted(inner, cfg.encryption_key_env, cfg.path)
+
+
+CACHE_MARKER = "pgdr-cache.json"
+
+
+def claim_working_folder(path: Path, url: str) -> None:
+    """The working folder's backups/ and wal/ are a cache that syncing prunes: refuse a folder
+    that holds a local repository (its backups would be pruned as "not in the store") or the
+    cache of another store."""
+    import json
+
+    marker = path / CACHE_MARKER
+    try:
+        owner = json.loads(marker.read_text()).get("cache_of")
+    except FileNotFoundError:
+        owner = None
+    except (OSError, ValueError, AttributeError):
+        raise ConfigError(f"{marker} is unreadable; remove it if {path} is only pgdr's cache") from None
+    if owner == url:
+        return
+    if owner is not None:
+        raise ConfigError(f"{path} is the working folder of {owner}, not of {url}",
+                          hint="give each repository its own [repository] path")
+    holds = [*(path / "backups").glob("*"), *(path / "wal").glob("*.zst")]
+    if holds:
+        raise ConfigError(f"{path} holds a local repository ({holds[0].name} …); an object-store repository "
+                          "needs its own working folder", hint="set [repository] path to a new folder")
+    path.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"cache_of": url}) + "\n")
 
 
 def _parallel(fn: Callable[[T], None], items: list[T]) -> None:
