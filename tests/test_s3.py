@@ -304,6 +304,14 @@ def test_a_local_repository_is_never_taken_for_a_cache(sandbox: sb.Sandbox, moto
     other = run_cli("list", config=sandbox.root / "work-owned.toml")
     assert other.returncode == 2 and "is the working folder of" in one_line(other.stderr)
 
+    # a bucket another cluster owns: refused from a fresh working folder, its identity untouched
+    foreign = json.dumps({"system_identifier": "1", "pg_version_num": 150000, "wal_segment_size": 16 << 20})
+    _client.put_object(Bucket=BUCKET, Key="foreign/pgdr-repo.json", Body=foreign.encode())
+    refused = run_cli("backup", config=s3_config(sandbox, "work-foreign", port, "foreign"))
+    assert refused.returncode == 1 and "belongs to cluster 1" in one_line(refused.stderr)
+    assert _client.get_object(Bucket=BUCKET, Key="foreign/pgdr-repo.json")["Body"].read() == foreign.encode()
+    assert not keys(_client, "foreign/backups/")
+
 
 # ---- encryption ------------------------------------------------------------------------------
 

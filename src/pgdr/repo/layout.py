@@ -76,7 +76,11 @@ class Repository:
         try:
             return dict(json.loads(self.identity_path.read_text()))
         except FileNotFoundError:
-            return None
+            if self.store is None:
+                return None
+            from pgdr.repo.remote import fetch_identity
+
+            return fetch_identity(self)  # the store's, so claim() compares with the bucket's owner
         except (OSError, ValueError) as exc:
             raise RepositoryError(f"unreadable {self.identity_path}: {exc}") from None
 

@@ -163,10 +163,23 @@ def sync_catalog(repo: Repository) -> None:
 
     _parallel(one, todo)
     if not repo.identity_path.exists():
-        try:
-            _write_local(repo.identity_path, store.get_bytes(repo.identity_path.name), repo.run_as)
-        except ObjectMissing:
-            pass
+        fetch_identity(repo)
+
+
+def fetch_identity(repo: Repository) -> dict[str, object] | None:
+    """pgdr-repo.json from the store into the working folder (None when the store has none)."""
+    import json
+
+    try:
+        data = _store(repo).get_bytes(repo.identity_path.name)
+    except ObjectMissing:
+        return None
+    repo.root.mkdir(parents=True, exist_ok=True)
+    _write_local(repo.identity_path, data, repo.run_as)
+    try:
+        return dict(json.loads(data))
+    except (ValueError, TypeError):
+        raise RepositoryError(f"pgdr-repo.json in {_store(repo).url} is unreadable") from None
 
 
 def sync_wal(repo: Repository) -> int:
