@@ -285,7 +285,7 @@ def test_backup_verify_and_pitr_from_s3(sandbox: sb.Sandbox, moto: tuple[int, An
 def test_a_local_repository_is_never_taken_for_a_cache(sandbox: sb.Sandbox, moto: tuple[int, Any]) -> None:
     """Syncing prunes the working folder's backups/ and wal/ to the bucket's listing: pointing
     url at a config whose path holds a real local repository must refuse, not prune it."""
-    port, _client = moto
+    port, client = moto
     repo = sandbox.root / "repo"
     before = sorted(p.name for p in (repo / "wal").glob("*.zst"))
     assert before  # the sandbox's own archiver filled it
@@ -306,11 +306,11 @@ def test_a_local_repository_is_never_taken_for_a_cache(sandbox: sb.Sandbox, moto
 
     # a bucket another cluster owns: refused from a fresh working folder, its identity untouched
     foreign = json.dumps({"system_identifier": "1", "pg_version_num": 150000, "wal_segment_size": 16 << 20})
-    _client.put_object(Bucket=BUCKET, Key="foreign/pgdr-repo.json", Body=foreign.encode())
+    client.put_object(Bucket=BUCKET, Key="foreign/pgdr-repo.json", Body=foreign.encode())
     refused = run_cli("backup", config=s3_config(sandbox, "work-foreign", port, "foreign"))
     assert refused.returncode == 1 and "belongs to cluster 1" in one_line(refused.stderr)
-    assert _client.get_object(Bucket=BUCKET, Key="foreign/pgdr-repo.json")["Body"].read() == foreign.encode()
-    assert not keys(_client, "foreign/backups/")
+    assert client.get_object(Bucket=BUCKET, Key="foreign/pgdr-repo.json")["Body"].read() == foreign.encode()
+    assert not keys(client, "foreign/backups/")
 
 
 # ---- encryption ------------------------------------------------------------------------------
