@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from pgdr.errors import BackupFailed, PgdrError
 from pgdr.fsutil import durable_rename, exclusive_lock, fsync_path, write_json_durable
 from pgdr.repo.layout import PARTIAL_SUFFIX, Repository
-from pgdr.repo.manifest import MANIFEST_NAME, BackupManifest, FileEntry, new_backup_id, remove_stale_partials
+from pgdr.repo.manifest import MANIFEST_NAME, BackupManifest, new_backup_id, remove_stale_partials
 
 if TYPE_CHECKING:
     from pgdr.repo.streamup import StreamingUpload
@@ -41,24 +41,17 @@ class PendingBackup:
         return time.monotonic() - self.t0
 
     def publish(self, manifest: BackupManifest) -> None:
+        if self.repo is not None and self.repo.store is not None:
+            from pgdr.repo.remote import publish_to_store, purge_backup
+
+            # pgdr.json uploaded last: from then on the backup exists
+            publish_to_store(self.repo, self.partial, self.id, manifest, self.stream)
+            durable_rename(self.partial, self.final)
+            purge_backup(self.repo, self.id)  # the cache keeps pgdr.json and backup_manifest
+            return
         # Sealed: pgdr.json carries the sha256 of its own content, so an edit is caught.
-        sent: dict[str, FileEntry] = {}
-        if self.stream is not None:  # what was uploaded is what pgdr.json vouches for
-            sent = {name: FileEntry(size=size, sha256=digest)
-                    for name, (size, digest) in self.stream.finish().items()}
-            files = {**manifest.files, **sent}
-            manifest = manifest.model_copy(update={"files": files,
-                                                   "bytes_on_disk": sum(f.size for f in files.values())})
         write_json_durable(self.partial / MANIFEST_NAME, manifest.seal().model_dump(mode="json"))
         fsync_path(self.partial)
-        if self.repo is not None and self.repo.store is not None:
-            from pgdr.repo.remote import purge_backup, upload_backup
-
-            # pgdr.json last: from then on the backup exists
-            upload_backup(self.repo.store, self.partial, self.id, skip=set(sent))
-            durable_rename(self.partial, self.final)
-            purge_backup(self.repo, self.id)  # the cache keeps only pgdr.json
-            return
         durable_rename(self.partial, self.final)
 
 

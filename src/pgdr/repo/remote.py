@@ -33,6 +33,8 @@ from pgdr.repo.store import ObjectInfo, ObjectMissing, Store
 
 if TYPE_CHECKING:
     from pgdr.config import RepositoryConfig
+    from pgdr.repo.manifest import BackupManifest
+    from pgdr.repo.streamup import StreamingUpload
 
 MANIFEST = "pgdr.json"
 VERIFY = "verify.json"
@@ -306,12 +308,10 @@ def push_verification(repo: Repository, backup_id: str) -> None:
         repo.store.put_bytes(f"backups/{backup_id}/{VERIFY}", path.read_bytes())
 
 
-def upload_backup(store: Store, folder: Path, backup_id: str, workers: int = 2,
-                  skip: set[str] | None = None) -> None:
-    """Every file of a finished backup folder (but those already streamed up), then pgdr.json
-    last: the backup exists in the store only once everything it lists is there."""
+def upload_files(store: Store, folder: Path, backup_id: str, skip: set[str], workers: int = 2) -> None:
+    """Every file of a finished backup folder but pgdr.json and those in skip."""
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST
-                   and p.relative_to(folder).as_posix() not in (skip or set()))
+                   and p.relative_to(folder).as_posix() not in skip)
 
     def one(path: Path) -> None:
         with open(path, "rb") as fh:
@@ -321,7 +321,31 @@ def upload_backup(store: Store, folder: Path, backup_id: str, workers: int = 2,
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for _ in pool.map(one, files):
                 pass
+
+
+def publish_to_store(repo: Repository, folder: Path, backup_id: str, manifest: BackupManifest,
+                     stream: StreamingUpload | None) -> BackupManifest:
+    """The rest of the files go up while the streamed tars finish; pgdr.json (with the size and
+    sha256 of the bytes actually sent) goes last: only then does the backup exist in the store."""
+    from pgdr.fsutil import write_json_durable
+    from pgdr.repo.manifest import FileEntry
+    from pgdr.repo.streamup import STREAMED
+
+    store = _store(repo)
+    streamed = {p.name for p in folder.iterdir() if STREAMED.match(p.name)} if stream is not None else set()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        rest = pool.submit(upload_files, store, folder, backup_id, streamed)
+        try:
+            sent = stream.finish() if stream is not None else {}
+        finally:
+            rest.exception()  # wait for the other uploads, whatever happened
+        rest.result()  # and raise their failure, if any
+    entries = {name: FileEntry(size=size, sha256=digest) for name, (size, digest) in sent.items()}
+    files = {**manifest.files, **entries}
+    sealed = manifest.model_copy(update={"files": files, "bytes_on_disk": sum(f.size for f in files.values())}).seal()
+    write_json_durable(folder / MANIFEST, sealed.model_dump(mode="json"))
     store.put_bytes(f"backups/{backup_id}/{MANIFEST}", (folder / MANIFEST).read_bytes())
+    return sealed
 
 
 def remove_incomplete(store: Store) -> list[str]:
