@@ -70,6 +70,20 @@ class NodeConfig(_Strict):
 
 class RepositoryConfig(_Strict):
     path: Path
+    # s3://BUCKET/PREFIX: the bucket is the repository and `path` the local working folder
+    # (locks, archiver state, WAL spool, a cache of what commands read); see repo/remote.py
+    url: str | None = None
+    endpoint: str | None = None
+    region: str | None = None
+    # the environment variable holding the passphrase; set = every object encrypted
+    encryption_key_env: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _valid_url(cls, value: str | None) -> str | None:
+        if value is not None and (not value.startswith("s3://") or not value[5:].split("/", 1)[0]):
+            raise ValueError(f"url {value!r}: expected s3://BUCKET or s3://BUCKET/PREFIX")
+        return value
 
 
 class BackupConfig(_Strict):

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import sys
 from contextlib import nullcontext
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from pgdr.cli import output
 from pgdr.cli.context import AppContext
 from pgdr.errors import UsageError
+
+if TYPE_CHECKING:
+    from pgdr.config import RetentionConfig
+    from pgdr.repo.layout import Repository
 
 
 def backup(
@@ -111,9 +115,17 @@ def expire(
 ) -> None:
     """Apply retention (count and age from the config); never removes WAL a kept backup needs."""
     obj: AppContext = ctx.obj
+    repo = obj.repo_with_wal()  # an object store's WAL listing decides what WAL can go
+    try:
+        _expire(repo, obj.config.retention, dry_run=dry_run, yes=yes, json_out=json_out)
+    finally:
+        obj.drop_cached_backups()
+
+
+def _expire(repo: Repository, policy: RetentionConfig, *, dry_run: bool, yes: bool, json_out: bool) -> None:
     from pgdr.repo.retention import apply_expire, plan_expire
 
-    plan = plan_expire(obj.repo, obj.config.retention)
+    plan = plan_expire(repo, policy)
     if json_out:
         output.print_json({**plan.as_dict(), "dry_run": dry_run or not (yes or not plan.remove and not plan.wal_remove)})
     else:
@@ -130,7 +142,7 @@ def expire(
         if not sys.stdin.isatty():
             raise UsageError("expire removes backups: pass --yes to confirm (or --dry-run to look)")
         typer.confirm("remove these backups and WAL?", abort=True)
-    done = apply_expire(obj.repo, plan)
+    done = apply_expire(repo, plan)
     if not json_out:
         output.console.print(f"removed {len(done.remove)} backup(s) and {len(done.wal_remove)} WAL segment(s)")
     for note in done.notes:

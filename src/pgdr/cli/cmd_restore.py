@@ -93,8 +93,11 @@ def restore(
             raise UsageError(f"--tablespace-map {item!r}: expected OID=PATH, e.g. 16384=/srv/ts1")
         places[oid.strip()] = Path(path.strip())
     with output.console.status("restoring…") if (sys.stdout.isatty() and not json_out) else nullcontext():
-        result = restore_to_point(obj.config, obj.programs, obj.repo, target, target_dir,
-                                  backup_id=backup_id, port=port, force=force, tablespace_map=places)
+        try:
+            result = restore_to_point(obj.config, obj.programs, obj.repo_with_wal(), target, target_dir,
+                                      backup_id=backup_id, port=port, force=force, tablespace_map=places)
+        finally:
+            obj.drop_cached_backups()
     data = result.as_dict()
     if json_out:
         output.print_json(data)
@@ -176,8 +179,11 @@ def find_disaster(
         raise UsageError("--until is before --since")
     obj: AppContext = ctx.obj
     with output.progress_bar("reading WAL", enabled=sys.stderr.isatty() and not json_out) as progress:
-        result = find_disasters(obj.programs, obj.repo, table=name, since=start, until=end,
-                                kinds=wanted, min_rows=min_rows, progress=progress)
+        try:
+            result = find_disasters(obj.programs, obj.repo_with_wal(), table=name, since=start, until=end,
+                                    kinds=wanted, min_rows=min_rows, progress=progress)
+        finally:
+            obj.drop_cached_backups()
     if json_out:
         output.print_json(result.as_dict())
     else:

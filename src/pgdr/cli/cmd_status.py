@@ -22,7 +22,10 @@ def status(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")]
         return
     from pgdr.status import gather_status
 
-    report = gather_status(obj.config, obj.repo)
+    try:
+        report = gather_status(obj.config, obj.repo_with_wal())
+    finally:
+        obj.drop_cached_backups()
     if json_out:
         output.print_json(report.as_dict())
     else:

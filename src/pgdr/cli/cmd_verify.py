@@ -36,7 +36,11 @@ def verify(
     # SIGTERM (systemd, a CI timeout) cleans up like Ctrl-C: cli/signals.py unwinds through finally.
     with output.console.status(f"verifying {backup_id}…") if (sys.stdout.isatty() and not json_out) \
             else nullcontext():
-        result = verify_backup(obj.config, obj.programs, obj.repo, backup_id, keep=keep, port=port)
+        repo = obj.repo_with_wal()
+        try:
+            result = verify_backup(obj.config, obj.programs, repo, backup_id, keep=keep, port=port)
+        finally:
+            obj.drop_cached_backups()
     if json_out:
         output.print_json(result.as_dict())
     else:
@@ -71,7 +75,7 @@ def wal_fetch(
     if obj.config_path is None:
         raise UsageError("wal-fetch needs --config (restore_command must name the config)")
     try:
-        found = WalArchive(obj.repo).fetch(name, dest)
+        found = WalArchive(obj.local_cache()).fetch(name, dest)
     except SegmentDamaged as exc:
         output.error_line(f"wal-fetch: {exc.message}")
         raise typer.Exit(WAL_DAMAGED_EXIT) from None
