@@ -265,7 +265,7 @@ READ_AHEAD = 2  # segments past the last one recovery needs: PostgreSQL reads ah
 class Prefetcher:
     """Decompress the archived segments recovery will ask for into spool/, in order, on
     threads that run beside recovery, so restore_command is a `mv` instead of a Python
-    start per segment (0.2–1 s each). restore_command copies (not moves) from the spool:
+    start per segment (0.2–1 s each), the open .partial segment included. restore_command copies (not moves) from the spool:
     at the end of recovery PostgreSQL asks again for the segment it ends on.
 
     From the backup's first segment (recovery asks the archive before pg_wal, even for the
@@ -282,7 +282,7 @@ class Prefetcher:
         first = _segno(chosen.backup.start_wal or chosen.backup.stop_wal, size)
         gap = wal.first_gap_after(first)
         last = chosen.last_segno if chosen.target.kind != "immediate" else _segno(chosen.backup.stop_wal, size)
-        self.wanted = [c for c in wal.chunks if c.segment.segno >= first and c.source.name.endswith(".zst")
+        self.wanted = [c for c in wal.chunks if c.segment.segno >= first
                        and (gap is None or c.segment.segno < gap)
                        and (last is None or c.segment.segno <= last + READ_AHEAD)]
         self.names = [c.segment.name(size) for c in self.wanted]
@@ -322,6 +322,12 @@ class Prefetcher:
 
     def _one(self, chunk: Chunk, name: str) -> str | None:
         try:
+            if not chunk.source.name.endswith(".zst"):
+                # the newest WAL, still in incoming/ (the open .partial padded to a segment,
+                # as wal-fetch would serve it, read now rather than when recovery asks)
+                if self.archive.fetch(name, self.spool / name):
+                    self.programs.run_as.chown(self.spool / name)
+                return None
             data = self.archive.read(name)
         except SegmentDamaged:
             return name
