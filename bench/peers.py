@@ -144,7 +144,7 @@ class Bench:
             # base64 of random bytes: ~6 bits of entropy per character; 672 characters a
             # row stays below the TOAST threshold, so PostgreSQL does not compress it
             self.psql("insert into noise select g, (select encode(decode(string_agg(md5(random()::text "
-                      f"|| g::text), ''), 'hex'), 'base64') from generate_series(1, 32)) "
+                      "|| k::text || g::text), ''), 'hex'), 'base64') from generate_series(1, 32) k) "
                       f"from generate_series(1, {rows}) g")
         self.psql("checkpoint")
         return self.psql("select pg_size_pretty(pg_database_size('app'))").strip()
@@ -303,12 +303,16 @@ def interleaved(rounds: int, methods: dict[str, Callable[[], float]]) -> dict[st
     return series
 
 
-def run(data: str, scale: int, rounds: int, wal_seconds: int) -> list[Row]:
+PARTS = ("backup", "restore", "pitr")
+
+
+def run(data: str, scale: int, rounds: int, wal_seconds: int, parts: tuple[str, ...] = PARTS) -> list[Row]:
     base = Path(tempfile.mkdtemp(prefix=f"pgdr-bench-peers-{data}-", dir="/tmp"))
     os.chmod(base, 0o755)
     bench = None
     rows: list[Row] = []
-    cmd = f"bench/peers.py --data {data} --scale {scale} --rounds {rounds}"
+    cmd = (f".venv/bin/python bench/peers.py --data {data} --scale {scale} --rounds {rounds} "
+           f"--wal-seconds {wal_seconds} --parts {','.join(parts)}")
     try:
         bench = Bench(base, data, scale)
         size = bench.fill()
@@ -316,28 +320,33 @@ def run(data: str, scale: int, rounds: int, wal_seconds: int) -> list[Row]:
         bench.setup_pgbackrest()
         label = f"{data} {size}"
 
-        lo = load()
-        s = interleaved(rounds, {"pgdr backup": bench.pgdr_backup, "pg_basebackup": bench.pg_basebackup,
-                                 "pgBackRest backup": bench.pgbackrest_backup})
-        lo = f"{lo}→{load()}"
-        rows.append(Row(f"backup, whole command ({label})", s["pgdr backup"], s["pg_basebackup"],
-                        "≤ 1.05", cmd, lo))
-        rows.append(Row(f"backup ({label})", s["pgdr backup"], s["pgBackRest backup"], "—", cmd, lo))
+        if "restore" in parts or "pitr" in parts:
+            bench.pgdr("backup")  # what the restores start from, whatever the parts
+            sh(f"{bench.pgbr} --type=full backup")
+        if "backup" in parts:
+            lo = load()
+            s = interleaved(rounds, {"pgdr backup": bench.pgdr_backup, "pg_basebackup": bench.pg_basebackup,
+                                     "pgBackRest backup": bench.pgbackrest_backup})
+            lo = f"{lo}→{load()}"
+            rows.append(Row(f"backup, whole command ({label})", s["pgdr backup"], s["pg_basebackup"],
+                            "≤ 1.05", cmd, lo))
+            rows.append(Row(f"backup ({label})", s["pgdr backup"], s["pgBackRest backup"], "—", cmd, lo))
 
-        lo = load()
-        s = interleaved(rounds, {"pgdr restore --immediate": lambda: bench.pgdr_restore("--immediate"),
-                                 "pgBackRest restore + start": bench.pgbackrest_restore,
-                                 "zstd | tar + start": bench.tar_restore,
-                                 "pgdr verify": bench.pgdr_verify})
-        lo = f"{lo}→{load()}"
-        rows.append(Row(f"restore --immediate → first query ({label})", s["pgdr restore --immediate"],
-                        s["pgBackRest restore + start"], "≤ 1.0", cmd, lo))
-        rows.append(Row(f"restore --immediate → first query ({label})", s["pgdr restore --immediate"],
-                        s["zstd | tar + start"], "≤ 1.2", cmd, lo))
-        rows.append(Row(f"verify, every check ({label})", s["pgdr verify"], s["zstd | tar + start"],
-                        "≤ 1.5", cmd, lo))
+        if "restore" in parts:
+            lo = load()
+            s = interleaved(rounds, {"pgdr restore --immediate": lambda: bench.pgdr_restore("--immediate"),
+                                     "pgBackRest restore + start": bench.pgbackrest_restore,
+                                     "zstd | tar + start": bench.tar_restore,
+                                     "pgdr verify": bench.pgdr_verify})
+            lo = f"{lo}→{load()}"
+            rows.append(Row(f"restore --immediate → first query ({label})", s["pgdr restore --immediate"],
+                            s["pgBackRest restore + start"], "≤ 1.0", cmd, lo))
+            rows.append(Row(f"restore --immediate → first query ({label})", s["pgdr restore --immediate"],
+                            s["zstd | tar + start"], "≤ 1.2", cmd, lo))
+            rows.append(Row(f"verify, every check ({label})", s["pgdr verify"], s["zstd | tar + start"],
+                            "≤ 1.5", cmd, lo))
 
-        if wal_seconds > 0:
+        if "pitr" in parts and wal_seconds > 0:
             bench.wal_load(wal_seconds)
             lo = load()
             s = interleaved(rounds, {"pgdr restore --latest": lambda: bench.pgdr_restore("--latest"),
@@ -345,9 +354,9 @@ def run(data: str, scale: int, rounds: int, wal_seconds: int) -> list[Row]:
                                      "pgBackRest restore (end of archive)":
                                          lambda: bench.pgbackrest_restore(immediate=False)})
             lo = f"{lo}→{load()}"
-            rows.append(Row(f"PITR to the end of {wal_seconds} s of pgbench WAL ({label})",
+            rows.append(Row(f"PITR to the end of {wal_seconds} s of write load ({label})",
                             s["pgdr restore --latest"], s["plain recovery"], "—", cmd, lo))
-            rows.append(Row(f"PITR to the end of {wal_seconds} s of pgbench WAL ({label})",
+            rows.append(Row(f"PITR to the end of {wal_seconds} s of write load ({label})",
                             s["pgdr restore --latest"], s["pgBackRest restore (end of archive)"], "—", cmd, lo))
     finally:
         if bench is not None:
@@ -365,10 +374,14 @@ def main() -> None:
     ap.add_argument("--scale", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--wal-seconds", type=int, default=20)
+    ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
     args = ap.parse_args()
     if args.rounds < 3:
         raise SystemExit("--rounds: at least 3 interleaved rounds")
-    rows = run(args.data, args.scale, args.rounds, args.wal_seconds)
+    parts = tuple(p for p in args.parts.split(",") if p)
+    if not set(parts) <= set(PARTS):
+        raise SystemExit(f"--parts: of {', '.join(PARTS)}")
+    rows = run(args.data, args.scale, args.rounds, args.wal_seconds, parts)
     print(HEADER)
     for row in rows:
         print(row.markdown())
