@@ -71,7 +71,8 @@ class Row:
 
     def markdown(self) -> str:
         ratio = self.pgdr.median / self.peer.median
-        return (f"| {self.what} | {self.pgdr.cell()} | {self.peer.name}: {self.peer.cell()} | "
+        peer = self.peer.name.replace("|", "\\|")  # a pipe inside a markdown cell
+        return (f"| {self.what} | {self.pgdr.cell()} | {peer}: {self.peer.cell()} | "
                 f"**{ratio:.2f}** | {self.goal} | {self.load} |")
 
 
@@ -244,6 +245,7 @@ class Bench:
         def run() -> None:
             out = json.loads(self.pgdr("restore", *how, "--target-dir", str(data), "--port", str(port), "--json"))
             first_query(port, Path(_find_key(out, "socket_dir")))
+            print(f"    pgdr restore {' '.join(how)} phases: {out.get('phases')}", file=sys.stderr, flush=True)
         t = timed(run)
         self._stop(data)
         return t
