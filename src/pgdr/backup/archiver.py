@@ -116,7 +116,7 @@ class Archiver:
         self.progress_value: object = None
         self.progress_at = time.monotonic()
         self.stall_probe = dir_progress(repo.incoming_dir)
-        self.relmap = RelmapRecorder(repo, config.archive.relmap_interval)
+        self.relmap = RelmapRecorder(repo, config.archive.relmap_interval, programs)
 
     # ---- state -------------------------------------------------------------------
     def _save(self) -> None:

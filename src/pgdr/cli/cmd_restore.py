@@ -156,9 +156,10 @@ def _restore_logical(obj: AppContext, manifest: BackupManifest, target_dir: Path
 def find_disaster(
     ctx: typer.Context,
     table: Annotated[str | None, typer.Option("--table", help='table, schema.table or "Quoted"."Names"')] = None,
-    since: Annotated[str | None, typer.Option("--since", help="only transactions committed after (ISO time)")] = None,
-    until: Annotated[str | None, typer.Option("--until", help="only transactions committed before (ISO time)")]
-    = None,
+    since: Annotated[str | None, typer.Option("--since", help="only transactions committed at or after this ISO "
+                                              "time or LSN; WAL before it is not read")] = None,
+    until: Annotated[str | None, typer.Option("--until", help="only transactions committed at or before this ISO "
+                                              "time or LSN; WAL after it is not read")] = None,
     kinds: Annotated[str, typer.Option("--kinds", help="comma list of drop,truncate,delete,update")]
     = "drop,truncate,delete,update",
     min_rows: Annotated[int, typer.Option("--min-rows", help="DELETE/UPDATE: at least this many rows")] = 100,
@@ -166,16 +167,16 @@ def find_disaster(
 ) -> None:
     """List the transactions in the archived WAL that dropped, truncated, or deleted/updated many rows."""
     from pgdr.pg.ident import parse_table
-    from pgdr.restore.pitr import parse_time
-    from pgdr.restore.walscan import KINDS, find_disasters
+    from pgdr.restore.walscan import KINDS, find_disasters, parse_bound
 
     wanted = tuple(k.strip() for k in kinds.split(",") if k.strip())
     bad = [k for k in wanted if k not in KINDS]
     if bad:
         raise UsageError(f"unknown kind {bad[0]!r}; use {','.join(KINDS)}")
     name = parse_table(table) if table is not None else None
-    start, end = (parse_time(since) if since else None), (parse_time(until) if until else None)
-    if start and end and end < start:
+    start, end = (parse_bound(since) if since else None), (parse_bound(until) if until else None)
+    if start and end and ((start.time and end.time and end.time < start.time)
+                          or (start.lsn is not None and end.lsn is not None and end.lsn < start.lsn)):
         raise UsageError("--until is before --since")
     obj: AppContext = ctx.obj
     with output.progress_bar("reading WAL", enabled=sys.stderr.isatty() and not json_out) as progress:
