@@ -45,9 +45,17 @@ def restore(
     no_owner: Annotated[bool, typer.Option("--no-owner", help="logical: do not restore owners and grants")]
     = False,
     role: Annotated[str | None, typer.Option("--role", help="logical: pg_restore as this role")] = None,
+    redis: Annotated[str | None, typer.Option("--redis", metavar="NAME", help="start a NEW redis-server from "
+                                              "a snapshot of this [[redis]] (--backup ID, default newest)")]
+    = None,
 ) -> None:
     """Restore to a point in time into a NEW instance that keeps running (local only);
     a logical backup (--backup ID) to a new instance or --into an empty database."""
+    if redis is not None:
+        from pgdr.cli import cmd_redis
+
+        cmd_redis.restore(ctx.obj, redis, backup_id, target_dir, port, json_out)
+        return
     from pgdr.restore.pitr import restore_to_point
     from pgdr.restore.recovery import RecoveryTarget
 
@@ -85,8 +93,11 @@ def restore(
             raise UsageError(f"--tablespace-map {item!r}: expected OID=PATH, e.g. 16384=/srv/ts1")
         places[oid.strip()] = Path(path.strip())
     with output.console.status("restoring…") if (sys.stdout.isatty() and not json_out) else nullcontext():
-        result = restore_to_point(obj.config, obj.programs, obj.repo, target, target_dir,
-                                  backup_id=backup_id, port=port, force=force, tablespace_map=places)
+        try:
+            result = restore_to_point(obj.config, obj.programs, obj.repo_with_wal(), target, target_dir,
+                                      backup_id=backup_id, port=port, force=force, tablespace_map=places)
+        finally:
+            obj.drop_cached_backups()
     data = result.as_dict()
     if json_out:
         output.print_json(data)
@@ -169,8 +180,11 @@ def find_disaster(
         raise UsageError("--until is before --since")
     obj: AppContext = ctx.obj
     with output.progress_bar("reading WAL", enabled=sys.stderr.isatty() and not json_out) as progress:
-        result = find_disasters(obj.programs, obj.repo, table=name, since=start, until=end,
-                                kinds=wanted, min_rows=min_rows, progress=progress)
+        try:
+            result = find_disasters(obj.programs, obj.repo_with_wal(), table=name, since=start, until=end,
+                                    kinds=wanted, min_rows=min_rows, progress=progress)
+        finally:
+            obj.drop_cached_backups()
     if json_out:
         output.print_json(result.as_dict())
     else:
