@@ -135,7 +135,7 @@ class NewFiles:
         self.start: str | None = None     # LSN where the last look stopped
 
     def seen(self) -> bool:
-        from pgdr.pg.waldump import _END_RE
+        from pgdr.pg.waldump import end_of_wal
         from pgdr.repo.wal import WalArchive
 
         open_segment = WalArchive(self.repo).partial()
@@ -151,9 +151,7 @@ class NewFiles:
             res = self.programs.run("pg_waldump", ["-p", tmp, "-t", str(seg.timeline), "-s", self.start or "",
                                                    "-r", "Storage"],
                                     ok_codes=(0, 1), as_server_user=False, timeout=60)
-        end = _END_RE.search(res.stderr)
-        if end is not None:
-            self.start = end.group(1)
+        self.start = end_of_wal(res.stderr) or self.start
         return "desc: CREATE " in res.stdout
 
 

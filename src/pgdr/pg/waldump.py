@@ -43,6 +43,12 @@ _END_RE = re.compile(r"(?:invalid record length|record with incorrect prev-link|
                      r"could not find file|invalid record offset)[^\n]*?at ([0-9A-F]+/[0-9A-F]+)")
 
 
+def end_of_wal(stderr: str) -> str | None:
+    """The LSN where pg_waldump stopped because the WAL ends there (None: another error)."""
+    m = _END_RE.search(stderr)
+    return m.group(1) if m else None
+
+
 @dataclass
 class Commit:
     xid: int
