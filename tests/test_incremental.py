@@ -188,3 +188,36 @@ def test_expire_never_breaks_a_chain(chain: Chain) -> None:
 def _every_chain_whole(sandbox: sb.Sandbox) -> None:
     for manifest in list_backups(sandbox.repo):
         chain_of(sandbox.repo.backups_dir, manifest)  # raises when a link is missing
+
+
+def test_incremental_without_wal_summaries_refuses_with_one_line(chain: Chain) -> None:
+    """Last in this module: turning summarize_wal off leaves a gap no later incremental
+    backup could span."""
+    primary = chain.sandbox.conninfo(chain.sandbox.primary, "postgres")
+    before = [b.id for b in list_backups(chain.sandbox.repo)]
+    with session(primary) as conn:
+        conn.execute("alter system set summarize_wal = off")
+        conn.execute("select pg_reload_conf()")
+    _wait_setting(primary, "summarize_wal", "off")
+    try:
+        res = run_cli("backup", "--incremental", config=chain.sandbox.config_path)
+        assert res.returncode == 2
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and "summarize_wal" in lines[0]
+        assert [b.id for b in list_backups(chain.sandbox.repo)] == before
+    finally:
+        with session(primary) as conn:
+            conn.execute("alter system reset summarize_wal")
+            conn.execute("select pg_reload_conf()")
+
+
+def _wait_setting(conninfo: str, name: str, value: str, timeout: float = 20) -> None:
+    """pg_reload_conf() only signals: new sessions see the value once the postmaster reloaded."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with session(conninfo) as conn:
+            row = conn.execute("select current_setting(%s) as v", (name,)).fetchone()
+        if row is not None and row["v"] == value:
+            return
+        assert time.monotonic() < deadline, f"{name} did not become {value} within {timeout:.0f}s"
+        time.sleep(0.1)
