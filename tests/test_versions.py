@@ -65,3 +65,32 @@ def test_incremental_on_a_server_before_17_refuses_with_one_line(shared_sandbox:
     after = sorted(p.name for p in shared_sandbox.repo.backups_dir.iterdir()) \
         if shared_sandbox.repo.backups_dir.is_dir() else []
     assert after == before
+
+
+# pg_waldump lines as PostgreSQL 15 and 18 print them (18's copied from a real run).
+_WALDUMP_15 = (
+    "rmgr: Heap        len (rec/tot):     54/    54, tx:        762, lsn: 0/03000060, prev 0/03000028, "
+    "desc: DELETE off 1 flags 0x00 KEYS_UPDATED , blkref #0: rel 1663/16384/16490 blk 0\n"
+    "rmgr: Heap        len (rec/tot):     72/    72, tx:        762, lsn: 0/03000098, prev 0/03000060, "
+    "desc: HOT_UPDATE off 75 xmax 762 flags 0x60 ; new off 2 xmax 0, blkref #0: rel 1663/16384/16490 blk 1\n"
+    "rmgr: Transaction len (rec/tot):     34/    34, tx:        762, lsn: 0/030000E0, prev 0/03000098, "
+    "desc: COMMIT 2026-11-24 10:18:43.167832 UTC\n")
+_WALDUMP_18 = (
+    "rmgr: Heap        len (rec/tot):     54/    54, tx:        776, lsn: 0/091D3818, prev 0/091D37E0, "
+    "desc: DELETE xmax: 776, off: 1, infobits: [KEYS_UPDATED], flags: 0x00, blkref #0: rel 1663/16384/16490 blk 0\n"
+    "rmgr: Heap        len (rec/tot):    120/   120, tx:        776, lsn: 0/0A00B9C0, prev 0/0A00B988, "
+    "desc: HOT_UPDATE old_xmax: 778, old_off: 65, old_infobits: [], flags: 0x21, new_xmax: 0, new_off: 1, "
+    "blkref #0: rel 1663/16384/16490 blk 1, blkref #3: rel 1663/16384/16490 fork vm blk 0\n"
+    "rmgr: Transaction len (rec/tot):     34/    34, tx:        776, lsn: 0/0A00BA38, prev 0/0A00B9C0, "
+    "desc: COMMIT 2026-11-24 10:19:17.652785 UTC\n")
+
+
+def test_heap_rows_are_counted_in_each_majors_pg_waldump_format() -> None:
+    from pgdr.pg.waldump import ChunkResult, parse_output
+
+    for xid, text in ((762, _WALDUMP_15), (776, _WALDUMP_18)):
+        result = ChunkResult("000000010000000000000003")
+        parse_output(text.encode(), result)
+        assert result.deletes == {xid: {"1663/16384/16490": 1}}
+        assert result.updates == {xid: {"1663/16384/16490": 1}}
+        assert xid in result.commits
