@@ -60,8 +60,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         module = item.module.__name__.rsplit(".", 1)[-1] if getattr(item, "module", None) else ""
         name = getattr(item, "originalname", item.name)
-        if (module in CORE or f"{module}::{name}" in CORE
-                or module.startswith(("test_versions", "test_incremental"))):
+        if module in CORE or f"{module}::{name}" in CORE:
             item.add_marker(pytest.mark.core)
 
 
