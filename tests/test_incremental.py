@@ -30,6 +30,7 @@ from pgdr.restore.pitr import stop_restored
 from pgdr.sandbox import sandbox as sb
 from tests.conftest import run_cli
 from tests.pg18 import pg18_programs
+from tests.test_s3 import keys, moto, s3_config  # noqa: F401 (moto: the S3 server fixture)
 
 
 @dataclass
@@ -188,6 +189,37 @@ def test_expire_never_breaks_a_chain(chain: Chain) -> None:
 def _every_chain_whole(sandbox: sb.Sandbox) -> None:
     for manifest in list_backups(sandbox.repo):
         chain_of(sandbox.repo.backups_dir, manifest)  # raises when a link is missing
+
+
+def test_incremental_chain_in_s3_verifies_from_an_empty_working_folder(
+        chain: Chain, request: pytest.FixtureRequest) -> None:
+    """The same chain in an S3 bucket (moto_server): the incremental backup is built on the
+    bucket's full one, and another machine (an empty working folder) verifies it, fetching
+    the whole chain."""
+    port, client = request.getfixturevalue("moto")  # tests/test_s3.py's moto_server
+    cfg = s3_config(chain.sandbox, "work-s3", port, "inc")
+    assert run_cli("archiver", "start", config=cfg).returncode == 0
+    try:
+        full = _backup_with(cfg)
+        with session(chain.sandbox.conninfo(chain.sandbox.primary)) as conn:
+            conn.execute("insert into inc_rows select g, 5, 's3' from generate_series(5001, 5400) g")
+        inc = _backup_with(cfg, "--incremental")
+        assert inc["kind"] == "incremental" and inc["parent"] == full["id"]
+        assert f"inc/backups/{inc['id']}/pgdr.json" in keys(client, f"inc/backups/{inc['id']}/")
+        other = s3_config(chain.sandbox, "work-s3-other", port, "inc")
+        listed = {r["id"]: r for r in json.loads(run_cli("list", "--json", config=other).stdout)}
+        assert listed[inc["id"]]["parent"] == full["id"]
+        verified = run_cli("verify", inc["id"], "--json", config=other)
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+    finally:
+        run_cli("archiver", "stop", config=cfg)
+
+
+def _backup_with(config: Path, *args: str) -> dict[str, Any]:
+    res = run_cli("backup", *args, "--json", config=config)
+    assert res.returncode == 0, res.stderr
+    out: dict[str, Any] = json.loads(res.stdout)
+    return out
 
 
 def test_incremental_without_wal_summaries_refuses_with_one_line(chain: Chain) -> None:

@@ -114,9 +114,11 @@ def take_physical_backup(config: Config, programs: Programs, repo: Repository, *
         parent = incremental_parent(repo, facts) if incremental else None
         parent_dir = None
         if parent is not None:
-            # pg_basebackup reads the parent's backup_manifest; from an object store the
-            # parent is fetched into the working folder first, every file checked.
-            parent_dir = backup_dir(repo, parent.id)
+            # pg_basebackup reads the parent's backup_manifest; an object store's working
+            # folder keeps it, else the parent is fetched first (every file checked).
+            parent_dir = repo.backups_dir / parent.id
+            if not (parent_dir / "backup_manifest").is_file():
+                parent_dir = backup_dir(repo, parent.id)
         with session(conninfo) as conn:
             spaces = {r["oid"]: (r["name"], r["location"]) for r in conn.execute(TABLESPACES_SQL)}
         if parent is not None and spaces:
