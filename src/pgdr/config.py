@@ -283,6 +283,16 @@ class DrillConfig(_Strict):
 
 
 
+class CutoverConfig(_Strict):
+    """`pgdr cutover`: commands that stop and restart the application around the change,
+    besides pgbouncer's PAUSE/RESUME (e.g. ["kubectl", "scale", "deployment/api",
+    "--replicas=0"]). Run without a shell; a failing pause command stops the cutover."""
+
+    pause_command: list[str] | None = None
+    resume_command: list[str] | None = None
+    command_timeout: PositiveDuration = 120.0
+
+
 class ClusterConfig(_Strict):
     name: str = "main"
     # "logical": a managed database reached by a role without REPLICATION or superuser
@@ -306,6 +316,7 @@ class Config(_Strict):
     watch: WatchConfig = WatchConfig()
     drill: DrillConfig = DrillConfig()
     verify: VerifyConfig = VerifyConfig()
+    cutover: CutoverConfig = CutoverConfig()
     source: Path | None = Field(default=None, exclude=True)
 
     @model_validator(mode="before")
