@@ -133,6 +133,10 @@ class PgConfig(_Strict):
 class StatusConfig(_Strict):
     max_backup_age: Duration = 26 * 3600.0
     max_standby_lag: Duration = 10.0
+    # The runbooks' weekly restore test and quarterly drill: status fails when the newest
+    # successful verification / the last passed drill is older than this.
+    max_verify_age: Duration = 8 * 86400.0
+    max_drill_age: Duration = 95 * 86400.0
 
 
 
@@ -171,10 +175,13 @@ class ServeConfig(_Strict):
 
 
 class ScheduleConfig(_Strict):
-    """A job `pgdr serve --schedule` runs: [[schedule]] job = "backup", every = "24h"."""
+    """A job `pgdr serve --schedule` runs: [[schedule]] job = "backup", every = "24h".
+    "verify" proves the newest backup; "drill" runs the drill scenarios on copies."""
 
-    job: Literal["backup", "logical-backup"]
+    job: Literal["backup", "logical-backup", "verify", "drill"]
     every: PositiveDuration
+    # drill: which scenarios (default all)
+    scenarios: list[str] = []
 
 
 
