@@ -3,9 +3,10 @@ cluster's own recoveries measured — before the incident, not during it.
 
 The rates are read from records pgdr already keeps (nothing is estimated from elsewhere):
 - restore throughput: each passed verification of a physical backup (verify.json, written
-  by `pgdr verify`, scheduled verifications and the drill's backup-validation) times its
-  whole "restore" phase — extract, start-up and recovery to consistency — for the
-  backup's restored size (bytes_logical). The newest verification is used.
+  by `pgdr verify`, scheduled verifications and the drill's backup-validation): the
+  backup's restored size (bytes_logical) over the phases a real restore has too —
+  "extract" and "restore" (start-up and recovery to consistency); the checks that only
+  a verification runs are left out. The newest verification is used.
 - WAL replay throughput: each successful `pgdr restore` record, the WAL it replayed (the
   LSN it reached minus its backup's stop LSN) over its prefetch + recovery phases
   (start-up included). The newest restore that replayed at least MIN_REPLAY_BYTES is
@@ -74,7 +75,8 @@ def restore_rate(repo: Repository, backups: list[BackupManifest]) -> Rate | None
         record = read_verification(repo, backup.id)
         if not record or not record.get("passed"):
             continue
-        seconds = float((record.get("phases") or {}).get("restore") or 0.0)
+        phases = record.get("phases") or {}
+        seconds = float(phases.get("extract") or 0.0) + float(phases.get("restore") or 0.0)
         if seconds > 0 and backup.bytes_logical > 0:
             return Rate(backup.bytes_logical / seconds, backup.bytes_logical, seconds,
                         f"verification of {backup.id} ({record.get('finished_at')})")
