@@ -75,10 +75,10 @@ def test_restore_before_a_mistake_then_cutover_backup_verify_and_rejoin(real_clu
     repo = Repository(config.parent / "repo")
     outputs: list[str] = []
 
-    def cli(*args: str, ok: int = 0, timeout: float = 300) -> str:
+    def cli(*args: str, ok: int | None = 0, timeout: float = 300) -> str:
         result = run_cli(*args, config=config, env=env, timeout=timeout)
         outputs.extend([result.stdout, result.stderr])
-        assert result.returncode == ok, (args, result.stdout[-3000:], result.stderr[-3000:])
+        assert ok is None or result.returncode == ok, (args, result.stdout[-3000:], result.stderr[-3000:])
         return result.stdout
 
     cli("archiver", "start")
@@ -114,6 +114,13 @@ def _cutover_and_after(cluster: RealCluster, config: Path, repo: Repository, tar
     assert _writable(cluster.tcp(db1)) and not pause_log.exists()
     cli("cutover", "--to-dir", str(target), ok=2)  # no --yes, no terminal: refused
     assert {p: p.read_bytes() for p in files} == files and _writable(cluster.tcp(db1))
+    # a smoke check that fails on the restored instance: refused before anything changes
+    good = config.read_text()
+    config.write_text(good.replace("count(*) >= 500 from customers", "count(*) > 500 from customers"))
+    cli("cutover", "--to-dir", str(target), "--yes", ok=1)
+    config.write_text(good)
+    assert {p: p.read_bytes() for p in files} == files and _writable(cluster.tcp(db1))
+    assert not pause_log.exists()
 
     record = json.loads(cli("cutover", "--to-dir", str(target), "--yes", "--json"))
     restored = record["new_primary"]
@@ -143,6 +150,15 @@ def _cutover_and_after(cluster: RealCluster, config: Path, repo: Repository, tar
     newest = scan_backups(repo)[0][-1]
     assert newest.timeline == record["new_timeline"] > 1
     cli("verify", timeout=600)
+    # the forecast now has both rates (this verification, the restore above), and the
+    # cutover's measured RTO/RPO reach /metrics
+    forecast = json.loads(cli("status", "--json", ok=None))["forecast"]
+    assert forecast["restore_rate"]["bytes_per_s"] > 0 and forecast["replay_rate"]["bytes_per_s"] > 0
+    assert forecast["pitr_s"] >= forecast["full_restore_s"] > 0
+    metrics = _metrics(config)
+    assert metrics[("pgdr_last_operation_rto_seconds", (("operation", "cutover"),))] == record["rto_seconds"]
+    assert metrics[("pgdr_last_operation_rpo", (("operation", "cutover"), ("unit", "commits")))] \
+        == record["rpo"]["commits"]
 
     # the old primary becomes a standby of the restored instance
     cli("rejoin", "db1", "--yes", timeout=300)
@@ -156,6 +172,20 @@ def _cutover_and_after(cluster: RealCluster, config: Path, repo: Repository, tar
     assert cluster.psql("select count(*) from orders", dbname="app", instance=db1) in ("3000",)
     for secret in cluster.secrets():
         assert not any(secret in text for text in outputs)
+
+
+def _metrics(config: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from pgdr.config import load_config
+    from pgdr.server.metrics import PgdrCollector
+
+    cfg = load_config(config)
+    registry = CollectorRegistry()
+    registry.register(PgdrCollector(cfg, Repository(cfg.repository.path)))
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(generate_latest(registry).decode()) for s in f.samples}
 
 
 def _streams(cluster: RealCluster, primary_conninfo: str) -> str:
