@@ -103,8 +103,11 @@ def primary_from_backup(config: Config, repo: Repository, backup: BackupManifest
         inst.start(timeout=600)
         _wait_promoted(inst, timeout)
         # recovery is over: the cluster's archive is never read again, and a target left
-        # in place would stop a standby made from this copy
-        rewrite_auto_conf(inst.data_dir, dict.fromkeys(RESTORE_ONLY_SETTINGS))
+        # in place would stop a standby made from this copy. The port moves to
+        # postgresql.conf, where each standby's own port (sandbox.up) overrides it: in
+        # postgresql.auto.conf, which pg_basebackup copies, it would win on every standby.
+        rewrite_auto_conf(inst.data_dir, {**dict.fromkeys(RESTORE_ONLY_SETTINGS), "port": None})
+        inst.configure({"port": inst.port})
         with session(inst.conninfo(user=superuser)) as conn:
             if superuser != "postgres" and not conn.execute(
                     "select 1 from pg_roles where rolname = 'postgres'").fetchone():
