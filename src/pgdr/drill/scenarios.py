@@ -65,17 +65,26 @@ class DrillEnv:
         from pgdr.drill import copy
 
         root = self.base / name
+        if sb.load_sandbox(root) is not None:
+            # left by a drill that failed while building it: sb.up would start it again
+            # as it is; a scenario always starts from a new one
+            sb.down(root, self.programs, purge=True)
         on_copy = self.cluster is not None and not self.sample_data
-        if on_copy:
-            assert self.cluster is not None
-            cluster_config, cluster_repo = self.cluster
-            backup = copy.newest_verified(cluster_repo)
-            self.data_on = copy.copy_note(backup, cluster_config.cluster.name)
-            sandbox = sb.up(root, self.programs, standbys=standbys, sync=sync,
-                            primary_from=copy.primary_from_backup(cluster_config, cluster_repo, backup))
-        else:
-            self.data_on = "a throwaway sandbox with sample data"
-            sandbox = sb.up(root, self.programs, standbys=standbys, sync=sync)
+        try:
+            if on_copy:
+                assert self.cluster is not None
+                cluster_config, cluster_repo = self.cluster
+                backup = copy.newest_verified(cluster_repo)
+                self.data_on = copy.copy_note(backup, cluster_config.cluster.name)
+                sandbox = sb.up(root, self.programs, standbys=standbys, sync=sync,
+                                primary_from=copy.primary_from_backup(cluster_config, cluster_repo, backup))
+            else:
+                self.data_on = "a throwaway sandbox with sample data"
+                sandbox = sb.up(root, self.programs, standbys=standbys, sync=sync)
+        except BaseException:
+            if sb.load_sandbox(root) is not None:
+                sb.down(root, self.programs, purge=True)
+            raise
         try:
             self.data_bytes = copy.data_bytes(sandbox.conninfo(sandbox.primary, "postgres"), copy=on_copy)
             config = load_config(sandbox.config_path)
