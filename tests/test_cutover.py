@@ -94,8 +94,9 @@ def test_restore_before_a_mistake_then_cutover_backup_verify_and_rejoin(real_clu
         for i in range(LOST - 1):
             conn.execute("insert into after_mistake values (%s)", (i,))
     target = cluster.root / "restored"
-    new_port = int(json.loads(cli("restore", "--before-xid", str(mistake), "--target-dir", str(target),
-                                  "--json"))["port"])
+    restored = json.loads(cli("restore", "--before-xid", str(mistake), "--target-dir", str(target), "--json"))
+    new_port = int(restored["port"])
+    _recycle_past(cluster, app, restored["reached"]["lsn"])
     try:
         _cutover_and_after(cluster, config, repo, target, new_port, pause_log, env_file, cli, outputs)
     finally:
@@ -107,6 +108,9 @@ def _cutover_and_after(cluster: RealCluster, config: Path, repo: Repository, tar
                        pause_log: Path, env_file: Path, cli: Callable[..., str], outputs: list[str]) -> None:
     db1 = cluster.primary
 
+    # the independent count of what the cutover gives up: every row after the mistake, the
+    # CREATE TABLE, the DELETE itself
+    given_up = int(cluster.psql("select count(*) from after_mistake", dbname="app")) + 2
     files = {p: p.read_bytes() for p in (config, env_file, cluster.start_pgbouncer().ini)}
     plan = json.loads(cli("cutover", "--to-dir", str(target), "--dry-run", "--json"))
     assert plan["outcome"] == "planned" and plan["old_primary"] == "db1"
@@ -135,7 +139,8 @@ def _cutover_and_after(cluster: RealCluster, config: Path, repo: Repository, tar
     assert _count(through_bouncer, "select count(*) from orders") == 3000
     assert _count(through_bouncer, "select count(*) from kept") == 5
     assert _count(through_bouncer, "select count(*) from pg_tables where tablename = 'after_mistake'") == 0
-    assert record["rpo"]["known"] and record["rpo"]["commits"] >= LOST + 1  # + the DELETE itself
+    assert given_up >= LOST + 1 and record["rpo"]["known"] and record["rpo"]["commits"] >= given_up
+    assert "in the archive" in record["rpo"]["detail"]
     # the old primary no longer accepts writes; its data directory is kept
     assert not _writable(cluster.tcp(db1))
     assert (db1.data_dir / "PG_VERSION").exists() and (db1.data_dir / "standby.signal").exists()
@@ -172,6 +177,24 @@ def _cutover_and_after(cluster: RealCluster, config: Path, repo: Repository, tar
     assert cluster.psql("select count(*) from orders", dbname="app", instance=db1) in ("3000",)
     for secret in cluster.secrets():
         assert not any(secret in text for text in outputs)
+
+
+def _recycle_past(cluster: RealCluster, app: str, lsn: str) -> None:
+    """Until the old primary's pg_wal no longer holds the segment of the restore point
+    (switches, writes, checkpoints: recycled), so the cutover must count what it gives up
+    from the repository's archive. The writes count as lost too."""
+    hi, lo = (int(x, 16) for x in lsn.split("/"))
+    segno = ((hi << 32) + lo) // (16 << 20)
+    name = f"00000001{segno // 256:08X}{segno % 256:08X}"
+    pg_wal = cluster.primary.data_dir / "pg_wal"
+    for i in range(20):
+        if not (pg_wal / name).exists():
+            return
+        with session(app) as conn:
+            conn.execute("insert into after_mistake values (%s)", (1000 + i,))
+        cluster.psql("select pg_switch_wal(); checkpoint;")
+        time.sleep(0.2)  # the standby and the archiver confirm, so their slots let go
+    raise AssertionError(f"{name} is still in the old primary's pg_wal")
 
 
 def _metrics(config: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

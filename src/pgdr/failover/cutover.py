@@ -8,10 +8,10 @@ promote it if it was left paused at the target → run the user's smoke checks
 fence the current primary (stopped, standby.signal; its data directory is kept, never
 deleted) → record the restored instance as a node (appended to pgdr.toml) and as the
 primary (topology) → drop the restore's recovery settings so it can later follow as a
-standby → repoint clients with failover's targets → resume → wait for clients → restart
-the background archiver so WAL archiving continues from the new primary, on its new
-timeline, into the same repository → measure what the old primary wrote after the
-restore point (the data this cutover gives up, shown) → the incident record.
+standby → repoint clients with failover's targets → resume → wait for clients → measure
+what the old primary wrote after the restore point (the data this cutover gives up,
+shown) → restart the background archiver so WAL archiving continues from the new
+primary, on its new timeline, into the same repository → the incident record.
 
 Afterwards `pgdr rejoin <old primary>` makes the old primary a standby of the new one.
 """
@@ -269,11 +269,9 @@ def _cutover(config: Config, programs: Programs, repo: Repository, to_dir: Path,
     with timeline.step("clients reach the new primary") as step:
         step.evidence["targets"] = [r.__dict__ for r in repointer.clients_reach()]
     rto = time.time() - started
-    with timeline.step("archiving continues", node_name) as step:
-        try:
-            step.detail = _restart_archiver(config, repo)
-        except PgdrError as exc:  # the cutover is done; say what is not, do not undo it
-            step.result, step.detail = "failed", f"{exc.message} (start it: pgdr archiver start)"
+    # Measured before the archiver restarts: once it follows the new timeline it sets the
+    # old timeline's open segment aside and archives the new timeline's history, and the
+    # old timeline's WAL after the restore point is what is counted here.
     with timeline.step("measure data loss") as step:
         fork = promote.fork_point(new_node, new_timeline)
         step.evidence.update(fork_point=fork, old_timeline=old_timeline)
@@ -282,6 +280,11 @@ def _cutover(config: Config, programs: Programs, repo: Repository, to_dir: Path,
         else:
             lost = rpo.lost_since(programs, repo, old.data_dir, fork, int(old_timeline))
         step.detail = lost.detail
+    with timeline.step("archiving continues", node_name) as step:
+        try:
+            step.detail = _restart_archiver(config, repo)
+        except PgdrError as exc:  # the cutover is done; say what is not, do not undo it
+            step.result, step.detail = "failed", f"{exc.message} (start it: pgdr archiver start)"
     record.update(outcome="cut over", new_timeline=new_timeline, restore_point_lsn=fork,
                   rto_seconds=round(rto, 3), rto_measured="from the start of the command until clients "
                   "reached the new primary", rpo={**lost.as_dict(), "what": "everything after the restore point"},

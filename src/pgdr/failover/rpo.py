@@ -101,7 +101,8 @@ def lost_since(programs: Programs, repo: Repository, old_data_dir: Path | None, 
                                      f"{from_lsn}: loss unknown")
     result = scan(programs, wal.chunks, ("Transaction",))
     start = parse_lsn(from_lsn)
-    commits = [c for c in result.commits.values() if not c.aborted and parse_lsn(c.lsn) > start]
+    # the switchpoint is the first position of the new timeline: a record starting there is lost
+    commits = [c for c in result.commits.values() if not c.aborted and parse_lsn(c.lsn) >= start]
     end = max([start, *(parse_lsn(c.last_lsn) for c in result.chunks if c.last_lsn)])
     return LostWal(True, end - start, len(commits), format_lsn(end),
                    f"{end - start} bytes and {len(commits)} commits after {from_lsn} in the archive "
