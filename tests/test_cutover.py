@@ -21,6 +21,7 @@ import pytest
 from pgdr.pg.connect import session
 from pgdr.repo.layout import Repository
 from pgdr.repo.manifest import scan_backups
+from pgdr.repo.records import list_records
 from pgdr.restore.pitr import stop_restored
 from tests.conftest import run_cli, xid_of
 from tests.real_cluster import RealCluster
@@ -122,9 +123,14 @@ def _cutover_and_after(cluster: RealCluster, config: Path, repo: Repository, tar
     good = config.read_text()
     config.write_text(good.replace("count(*) >= 500 from customers", "count(*) > 500 from customers"))
     cli("cutover", "--to-dir", str(target), "--yes", ok=1)
+    # the application's pause command fails: stopped before the fence, nothing changed
+    config.write_text(good.replace('pause_command = ["sh", "-c", "echo pause', 'pause_command = ["sh", "-c", "exit 3; echo'))
+    cli("cutover", "--to-dir", str(target), "--yes", ok=1)
     config.write_text(good)
     assert {p: p.read_bytes() for p in files} == files and _writable(cluster.tcp(db1))
     assert not pause_log.exists()
+    refused = [r["outcome"] for r in list_records(repo, "cutover")]
+    assert refused == ["refused", "failed"], refused
 
     record = json.loads(cli("cutover", "--to-dir", str(target), "--yes", "--json"))
     restored = record["new_primary"]

@@ -249,23 +249,29 @@ def _cutover(config: Config, programs: Programs, repo: Repository, to_dir: Path,
         save_record(repo, "cutover", record)
         raise
     new_timeline = promote.timeline_of(new_node)
-    with _app_paused(config, timeline), clients_paused(timeline, repointer, record, repo, "cutover"):
-        with timeline.step("fence old primary", old.name) as step:
-            fenced = fencing.fence(config, old, programs, no_fence=no_fence)
-            step.detail = fenced.detail
-            step.evidence["method"] = fenced.method
-        with timeline.step("record the new node", node_name) as step:
-            if existing is None:
-                config = add_node(config, node_name, written, to_dir)
-                new_node = config.node(node_name)
-                step.detail = f"added to {config.source}"
-            rewrite_auto_conf(to_dir, dict.fromkeys(RESTORE_ONLY_SETTINGS))
-            topology.write(config, repo, {"primary": node_name, "timeline": new_timeline, "fenced": [old.name],
-                                          "synchronous_standby_names": "", "cutover_from": str(to_dir)})
-        with timeline.step("prove write", node_name) as step:
-            step.detail = promote.prove_writable(new_node)
-        with timeline.step("repoint clients") as step:
-            step.evidence["targets"] = [r.__dict__ for r in repointer.apply(new_node)]
+    try:
+        with _app_paused(config, timeline), clients_paused(timeline, repointer, record, repo, "cutover"):
+            with timeline.step("fence old primary", old.name) as step:
+                fenced = fencing.fence(config, old, programs, no_fence=no_fence)
+                step.detail = fenced.detail
+                step.evidence["method"] = fenced.method
+            with timeline.step("record the new node", node_name) as step:
+                if existing is None:
+                    config = add_node(config, node_name, written, to_dir)
+                    new_node = config.node(node_name)
+                    step.detail = f"added to {config.source}"
+                rewrite_auto_conf(to_dir, dict.fromkeys(RESTORE_ONLY_SETTINGS))
+                topology.write(config, repo, {"primary": node_name, "timeline": new_timeline, "fenced": [old.name],
+                                              "synchronous_standby_names": "", "cutover_from": str(to_dir)})
+            with timeline.step("prove write", node_name) as step:
+                step.detail = promote.prove_writable(new_node)
+            with timeline.step("repoint clients") as step:
+                step.evidence["targets"] = [r.__dict__ for r in repointer.apply(new_node)]
+    except PgdrError as exc:
+        if record.get("outcome") != "failed":  # clients_paused records what fails inside it
+            record.update(outcome="failed", reason=exc.message, timeline=timeline.as_list())
+            save_record(repo, "cutover", record)
+        raise
     with timeline.step("clients reach the new primary") as step:
         step.evidence["targets"] = [r.__dict__ for r in repointer.clients_reach()]
     rto = time.time() - started
