@@ -52,6 +52,10 @@ class PgdrCollector(Collector):
             yield from self._primary(primary)
         yield from self._repository()
         yield from self._forecast(primary.node.conninfo if primary is not None else None)
+        if self.config.redis:
+            from pgdr.rdb.metrics import collect as redis_metrics
+
+            yield from redis_metrics(self.config, self.repo)
         if self.extra is not None:
             yield from self.extra()
 

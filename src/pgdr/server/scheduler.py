@@ -1,11 +1,12 @@
 """Scheduled jobs ([[schedule]] in pgdr.toml) run inside `pgdr serve --schedule`: no cron needed.
 
 One asyncio task per job. A job is due `every` seconds after the newest result of its
-kind — backup, verification or drill — so a restart does not run an extra one; the work
-runs in a thread with the same function `pgdr backup` / `pgdr verify latest` /
-`pgdr drill` calls. Results are kept for /ready and /metrics; verifications and drills
-also renew the proof ages `status` checks (pgdr/proof.py). A verification or drill that
-ran but failed counts as a failure of its job.
+kind — backup, verification, drill (redis-backup: after the newest snapshot of each Redis
+it covers) — so a restart does not run an extra one; the work runs in a thread with the
+same function `pgdr backup` / `pgdr verify latest` / `pgdr drill` calls. Results are
+kept for /ready and /metrics; verifications and drills also renew the proof ages
+`status` checks (pgdr/proof.py). A verification or drill that ran but failed counts as
+a failure of its job.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pgdr.config import Config, ScheduleConfig
+from pgdr.config import Config, RedisConfig, ScheduleConfig
 from pgdr.errors import PgdrError
 from pgdr.pg.programs import Programs
 from pgdr.repo.layout import Repository
@@ -53,6 +54,9 @@ class Scheduler:
     # one backup exclude each other (and would share two cores with the database).
     _one_at_a_time: asyncio.Lock = field(default_factory=asyncio.Lock)
 
+    def _redis_entries(self, job: ScheduleConfig) -> list[RedisConfig]:
+        return [self.config.redis_named(job.redis)] if job.redis else list(self.config.redis)
+
     def _run_job(self, job: ScheduleConfig) -> str:
         if job.job == "verify":
             from pgdr.restore.verify import verify_backup
@@ -72,6 +76,11 @@ class Scheduler:
                 raise PgdrError("drill failed: " + "; ".join(f"{s.name}: {s.reason}" for s in run.scenarios
                                                              if not s.passed))
             return f"drill passed ({len(run.scenarios)} scenarios)"
+        if job.job == "redis-backup":
+            from pgdr.rdb.snapshot import take_snapshot
+
+            # each Redis in turn; the first failure fails the run (and is retried next time)
+            return ", ".join(take_snapshot(self.config, self.repo, rc).meta["id"] for rc in self._redis_entries(job))
         if job.job == "backup":
             from pgdr.backup.physical import take_physical_backup
 
@@ -86,6 +95,16 @@ class Scheduler:
 
             age = (proof.verify_age(self.repo) if job.job == "verify" else proof.drill_age(self.repo))[0]
             return time.time() if age is None else time.time() - age + job.every
+        if job.job == "redis-backup":
+            from pgdr.rdb.retention import snapshots
+            from pgdr.rdb.store import SnapshotStore
+
+            ages = []
+            for rc in self._redis_entries(job):
+                found = snapshots(SnapshotStore(self.repo.root, rc.name))
+                ages.append(found[-1].age_s if found else float("inf"))
+            oldest = max(ages, default=float("inf"))
+            return time.time() if oldest == float("inf") else time.time() - oldest + job.every
         kind = "physical" if job.job == "backup" else "logical"
         try:
             backups = list_backups(self.repo, kind)
