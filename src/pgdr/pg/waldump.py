@@ -127,11 +127,13 @@ def path_to_key(path: str) -> str:
 # op, relation) with a Counter, and the rarer records (commits, aborts, storage creates,
 # heap truncates, restore points) one by one. The row pattern is the whole parse cost of
 # an update-heavy segment (~50k matching lines): it starts on a literal, crosses the LSN
-# fields in one character-class run, and reads relation #0 from the first ", blkref"
-# (PostgreSQL 15's heap descriptions print no comma before it).
+# fields in one character-class run, and reads relation #0 from the first ", blkref".
+# Per major: PostgreSQL 15's heap descriptions print no comma before it ("off 3 flags
+# 0x00 KEYS_UPDATED , blkref"); 16+ print "key: value, " fields ("xmax: 776, off: 1,
+# infobits: [KEYS_UPDATED], flags: 0x00, blkref"), skipped one comma-field at a time.
 # (over bytes: decoding megabytes of output to scan it costs as much as the scan)
 _ROW_RE = re.compile(rb"tx: +(\d+), [^d\n]+desc: (DELETE|UPDATE|HOT_UPDATE)(?:\+INIT)? "
-                     rb"[^,\n]*, blkref #0: rel (\d+/\d+/\d+)")
+                     rb"(?:[^,\n]*, )*?blkref #0: rel (\d+/\d+/\d+)")
 # the rare records: Transaction and Storage lines (a few, or one per commit of an OLTP
 # load: ~1k per segment) read field by field by one findall; Heap TRUNCATE and XLOG
 # RESTORE_POINT (rarer still) found by their literal desc, then read whole
