@@ -7,6 +7,7 @@ a known key name or the metadata shows through in plaintext, and a byte flipped 
 from __future__ import annotations
 
 import io
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -219,3 +220,77 @@ def test_plain_s3_repository_catches_a_flipped_byte_by_sha256(rbase: Path, serve
     _flip("s3", rbase / "plain", client, f"redis/c/{snapshot_id}/{DATA}")
     res = run_cli("verify", "--redis", "c", config=config)
     assert res.returncode == 1 and "sha256" in res.stderr, res.stdout + res.stderr
+
+
+@pytest.fixture(scope="module")
+def big(rbase: Path) -> Iterator[RedisServer]:
+    """A Redis whose snapshot takes several 8 MiB multipart parts (incompressible values)."""
+    srv = RedisServer(rbase / "big-srv")
+    pipe = srv.client(0).pipeline()
+    for i in range(24):
+        pipe.set(f"big:{i}", os.urandom(1 << 20))
+    pipe.execute()
+    yield srv
+    srv.stop()
+
+
+def test_sigkill_mid_upload_to_s3_publishes_nothing(rbase: Path, big: RedisServer, moto: tuple[int, Any]) -> None:
+    """pgdr SIGKILLed while the snapshot's multipart upload is in flight: the bucket lists
+    no snapshot (nothing published), and the next backup publishes exactly one."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    port, client = moto
+    config = _s3_config(rbase, big, port, "kill")
+    env = _env("kill passphrase")
+    proc = subprocess.Popen([sys.executable, "-m", "pgdr", "backup", "--redis", "c"],
+                            env={**env, "PGDR_CONFIG": str(config)}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    killed = False
+    while proc.poll() is None:
+        if client.list_multipart_uploads(Bucket=BUCKET, Prefix="kill/redis/c/").get("Uploads"):
+            os.kill(proc.pid, signal.SIGKILL)
+            killed = True
+            break
+        time.sleep(0.02)
+    proc.wait(10)
+    assert killed, "the backup finished before its upload could be caught in flight"
+    assert not [k for k in bucket_keys(client, "kill/redis/c/") if k.endswith(f"/{META}")]
+    res = run_cli("list", "--redis", "c", "--json", config=config, env=env)
+    assert res.returncode == 0 and res.stdout.strip() == "[]", res.stdout + res.stderr
+
+    res = run_cli("backup", "--redis", "c", config=config, env=env)
+    assert res.returncode == 0, res.stderr
+    assert len({k.split("/")[3] for k in bucket_keys(client, "kill/redis/c/")}) == 1
+    assert run_cli("verify", "--redis", "c", config=config, env=env).returncode == 0
+
+
+def test_store_cut_mid_upload_fails_in_one_line_and_publishes_nothing(rbase: Path, big: RedisServer,
+                                                                     moto: tuple[int, Any]) -> None:
+    """The object store goes away (connections cut) inside the snapshot's upload: exit 1 with
+    one line, the bucket lists no snapshot; once it is back, the next backup publishes one
+    and removes unpublished data (a snapshot's object without its metadata)."""
+    from tests.test_s3 import Proxy
+
+    port, client = moto
+    proxy = Proxy(port)
+    try:
+        config = _s3_config(rbase, big, proxy.port, "cut", key_env=None)
+        proxy.cut_after = 12_000_000  # past the listing requests: inside the multipart upload
+        failed = run_cli("backup", "--redis", "c", config=config, timeout=240)
+        assert failed.returncode == 1, failed.stdout + failed.stderr
+        assert len(failed.stderr.strip().splitlines()) == 1 and "object store" in failed.stderr, failed.stderr
+        assert proxy.listener is None and proxy.sent > 12_000_000  # it really was cut mid-upload
+        assert not [k for k in bucket_keys(client, "cut/redis/c/") if k.endswith(f"/{META}")]
+        proxy.start()
+        assert run_cli("list", "--redis", "c", "--json", config=config).stdout.strip() == "[]"
+        # and what a backup killed between its data and its metadata would leave
+        client.put_object(Bucket=BUCKET, Key=f"cut/redis/c/20200101T000000000Z/{DATA}", Body=b"half")
+        again = run_cli("backup", "--redis", "c", "--json", config=config)
+        assert again.returncode == 0, again.stderr
+        new_id = json.loads(again.stdout)[0]["id"]
+        assert {k.split("/")[3] for k in bucket_keys(client, "cut/redis/c/")} == {new_id}
+    finally:
+        proxy.cut()
