@@ -175,6 +175,11 @@ def test_encrypted_s3_repository_backup_verify_restore(rbase: Path, server: Redi
     verified = run_cli("verify", "--redis", "c", "latest", config=config, env=env)
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert f"e2e/redis/c/{snapshot_id}/verify.json" in bucket_keys(client, "e2e/")
+    # status reads the same store: the snapshot and its verification are seen there
+    status = run_cli("status", "--redis", "c", "--json", config=config, env=env)
+    assert status.returncode == 0, status.stdout + status.stderr
+    facts = json.loads(status.stdout)["redis"][0]
+    assert facts["newest_snapshot"]["id"] == facts["newest_verified"]["id"] == snapshot_id
 
     target = rbase / "restored"
     rport = free_port()
