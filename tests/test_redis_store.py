@@ -38,20 +38,21 @@ def rbase(base_dir: Path) -> Path:
 def _repository(kind: str, root: Path, port: int) -> Repository:
     """A Repository whose store is what [repository] would give for `kind`."""
     from pgdr.repo.crypto import open_encrypted
-    from pgdr.repo.store import S3Store
+    from pgdr.repo.store import LocalStore, S3Store
 
     root.mkdir(parents=True)
     if kind == "local":
         return Repository(root)
-    inner: Store = S3Store(f"s3://{BUCKET}/{root.name}", f"http://127.0.0.1:{port}", "us-east-1")
+    inner: Store = (LocalStore(root / "objects") if kind == "local-encrypted"
+                    else S3Store(f"s3://{BUCKET}/{root.name}", f"http://127.0.0.1:{port}", "us-east-1"))
     os.environ[KEY_ENV] = "correct horse"
-    return Repository(root, RunAs(), open_encrypted(inner, KEY_ENV if kind == "s3-encrypted" else None, root))
+    return Repository(root, RunAs(), open_encrypted(inner, KEY_ENV if kind.endswith("encrypted") else None, root))
 
 
 def _flip(kind: str, root: Path, client: Any, key: str) -> None:
     """Change one byte of the stored object, where it is stored."""
-    if kind == "local":
-        path = root / key
+    if kind.startswith("local"):
+        path = root / ("objects" if kind == "local-encrypted" else "") / key
         body = bytearray(path.read_bytes())
         body[len(body) // 2] ^= 0x01
         path.write_bytes(bytes(body))
@@ -62,7 +63,7 @@ def _flip(kind: str, root: Path, client: Any, key: str) -> None:
     client.put_object(Bucket=BUCKET, Key=s3_key, Body=bytes(body))
 
 
-@pytest.mark.parametrize("kind", ["local", "s3", "s3-encrypted"])
+@pytest.mark.parametrize("kind", ["local", "local-encrypted", "s3", "s3-encrypted"])
 def test_snapshot_store_publishes_last_and_checks_every_read(kind: str, rbase: Path,
                                                              moto: tuple[int, Any]) -> None:
     port, client = moto
@@ -76,7 +77,7 @@ def test_snapshot_store_publishes_last_and_checks_every_read(kind: str, rbase: P
     assert store.list() == ["a"] and store.unpublished() == []
     assert store.get_json(f"a/{META}") == {"id": "a"} and store.get_json(f"b/{META}") is None
     assert b"".join(store.open(f"a/{DATA}", stored.sha256)) == payload
-    if kind != "local":  # where it is: under redis/<name>/ of the repository's prefix, in the bucket
+    if kind.startswith("s3"):  # where it is: under redis/<name>/ of the repository's prefix, in the bucket
         held = bucket_keys(client, f"{root.name}/redis/")
         assert set(held) == {f"{root.name}/redis/cache/a/{DATA}", f"{root.name}/redis/cache/a/{META}"}
         sealed = client.get_object(Bucket=BUCKET, Key=f"{root.name}/redis/cache/a/{META}")["Body"].read()
@@ -92,16 +93,18 @@ def test_snapshot_store_publishes_last_and_checks_every_read(kind: str, rbase: P
     assert store.objects.listing("redis/") == []
     with pytest.raises(SnapshotDamaged, match="missing"):
         b"".join(store.open(f"a/{DATA}", stored.sha256))
-    if kind == "local":
-        assert not (root / "redis/cache/a").exists() and not (root / "redis/cache/b").exists()
+    if kind.startswith("local"):
+        objects = root / ("objects" if kind == "local-encrypted" else "")
+        assert not (objects / "redis/cache/a").exists() and not (objects / "redis/cache/b").exists()
     else:
         assert bucket_keys(client, f"{root.name}/redis/") == {}
 
 
-def test_a_killed_local_writer_leaves_nothing_after_the_next_backup(rbase: Path) -> None:
-    root = rbase / "unit-debris"
-    store = SnapshotStore(_repository("local", root, 0), "cache")
-    dead = root / "redis/cache/20200101T000000000Z"
+@pytest.mark.parametrize("kind", ["local", "local-encrypted"])
+def test_a_killed_local_writer_leaves_nothing_after_the_next_backup(kind: str, rbase: Path) -> None:
+    root = rbase / f"unit-debris-{kind}"
+    store = SnapshotStore(_repository(kind, root, 0), "cache")
+    dead = root / ("objects" if kind == "local-encrypted" else "") / "redis/cache/20200101T000000000Z"
     dead.mkdir(parents=True)
     (dead / f".{DATA}.tmp").write_bytes(b"half")  # what SIGKILL mid-put leaves (the listing hides it)
     assert store.unpublished() == []

@@ -51,7 +51,9 @@ def repository_store(repo: Repository) -> Store:
 def _local_root(objects: Store) -> Path | None:
     """The folder behind a local store (encrypted or not): killed writers leave temp files
     there that the listing does not show (S3 aborts its uploads, or lifecycle rules do)."""
-    inner = getattr(objects, "inner", objects)
+    from pgdr.repo.crypto import EncryptedStore
+
+    inner = objects.inner if isinstance(objects, EncryptedStore) else objects
     return inner.root if isinstance(inner, LocalStore) else None
 
 
