@@ -188,3 +188,12 @@ def real_cluster(base_dir: Path, programs: Programs, request: pytest.FixtureRequ
     cluster = build_real_cluster(base_dir / name, programs)
     yield cluster
     remove_real_cluster(cluster)
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[tuple[int, object]]:
+    """A real S3-protocol server (moto_server) per test module: (port, boto3 client)."""
+    from tests.s3_server import moto_server
+
+    with moto_server() as server:
+        yield server

@@ -30,7 +30,7 @@ from pgdr.restore.pitr import stop_restored
 from pgdr.sandbox import sandbox as sb
 from tests.conftest import run_cli
 from tests.pg18 import pg18_programs
-from tests.test_s3 import keys, moto, s3_config  # noqa: F401 (moto: the S3 server fixture)
+from tests.test_s3 import keys, s3_config
 
 
 @dataclass
@@ -196,7 +196,7 @@ def test_incremental_chain_in_s3_verifies_from_an_empty_working_folder(
     """The same chain in an S3 bucket (moto_server): the incremental backup is built on the
     bucket's full one, and another machine (an empty working folder) verifies it, fetching
     the whole chain."""
-    port, client = request.getfixturevalue("moto")  # tests/test_s3.py's moto_server
+    port, client = request.getfixturevalue("moto")  # conftest.py: a moto_server per module
     cfg = s3_config(chain.sandbox, "work-s3", port, "inc")
     assert run_cli("archiver", "start", config=cfg).returncode == 0
     try:

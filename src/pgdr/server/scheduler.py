@@ -101,7 +101,7 @@ class Scheduler:
 
             ages = []
             for rc in self._redis_entries(job):
-                found = snapshots(SnapshotStore(self.repo.root, rc.name))
+                found = snapshots(SnapshotStore(self.repo, rc.name))
                 ages.append(found[-1].age_s if found else float("inf"))
             oldest = max(ages, default=float("inf"))
             return time.time() if oldest == float("inf") else time.time() - oldest + job.every
