@@ -254,20 +254,25 @@ def _archive_status(config: Config, repo: Repository, primary: NodeState | None,
                     receiver: dict[str, Any] | None, slots: dict[str, dict[str, Any]],
                     physical: list[BackupManifest]) -> tuple[dict[str, Any], list[Check]]:
     archive = WalArchive(repo)
-    # Finished segments waiting in incoming/ for the archiver count as archived.
-    segments = sorted(set(archive.segments()) | set(archive.waiting()))
-    state = archiver_state_dict(repo)
     seg_size = repo.wal_segment_size
+    # Each backup carries the WAL of its own start..stop range (pg_wal.tar), so the
+    # archive must hold everything from the oldest backup's stop segment onwards, on the
+    # timeline path recovery follows (a segment on another timeline does not count).
+    needed_from = min((parse_lsn(b.stop_lsn) // seg_size for b in physical), default=None)
+    if repo.store is not None:  # the bucket's listing: nothing fetched, no segment read
+        from pgdr.repo.remote import check_listing
+
+        found, segments = check_listing(repo, needed_from if needed_from is not None else 0)
+    else:
+        # Finished segments waiting in incoming/ for the archiver count as archived.
+        segments = sorted(set(archive.segments()) | set(archive.waiting()))
+        found = check_archive(repo, needed_from if needed_from is not None else 0, cached=True)
+    state = archiver_state_dict(repo)
     info: dict[str, Any] = {"segments": len(segments), "archiver": state}
     checks: list[Check] = []
     if segments:
         info["oldest"] = segments[0].name(seg_size)
         info["newest"] = segments[-1].name(seg_size)
-    # Each backup carries the WAL of its own start..stop range (pg_wal.tar), so the
-    # archive must hold everything from the oldest backup's stop segment onwards, on the
-    # timeline path recovery follows (a segment on another timeline does not count).
-    needed_from = min((parse_lsn(b.stop_lsn) // seg_size for b in physical), default=None)
-    found = check_archive(repo, needed_from if needed_from is not None else 0, cached=True)
     info["timeline"] = found.timeline
     info["gaps"] = found.gaps
     info["damaged"] = found.damaged

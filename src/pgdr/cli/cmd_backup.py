@@ -115,7 +115,7 @@ def expire(
 ) -> None:
     """Apply retention (count and age from the config); never removes WAL a kept backup needs."""
     obj: AppContext = ctx.obj
-    repo = obj.repo_with_wal()  # an object store's WAL listing decides what WAL can go
+    repo = obj.repo  # an object store's WAL listing decides what WAL can go (nothing fetched)
     try:
         _expire(repo, obj.config.retention, dry_run=dry_run, yes=yes, json_out=json_out)
     finally:

@@ -94,7 +94,10 @@ def restore(
         places[oid.strip()] = Path(path.strip())
     with output.console.status("restoring…") if (sys.stdout.isatty() and not json_out) else nullcontext():
         try:
-            result = restore_to_point(obj.config, obj.programs, obj.repo_with_wal(), target, target_dir,
+            from pgdr.repo.remote import restore_range
+
+            repo = obj.repo_with_wal(lambda r: restore_range(r, backup_id, target))
+            result = restore_to_point(obj.config, obj.programs, repo, target, target_dir,
                                       backup_id=backup_id, port=port, force=force, tablespace_map=places)
         finally:
             obj.drop_cached_backups()
@@ -181,7 +184,10 @@ def find_disaster(
     obj: AppContext = ctx.obj
     with output.progress_bar("reading WAL", enabled=sys.stderr.isatty() and not json_out) as progress:
         try:
-            result = find_disasters(obj.programs, obj.repo_with_wal(), table=name, since=start, until=end,
+            from pgdr.repo.remote import scan_range
+
+            repo = obj.repo_with_wal(lambda r: scan_range(r, start, end))
+            result = find_disasters(obj.programs, repo, table=name, since=start, until=end,
                                     kinds=wanted, min_rows=min_rows, progress=progress)
         finally:
             obj.drop_cached_backups()

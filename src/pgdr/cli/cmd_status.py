@@ -23,7 +23,7 @@ def status(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")]
     from pgdr.status import gather_status
 
     try:
-        report = gather_status(obj.config, obj.repo_with_wal())
+        report = gather_status(obj.config, obj.repo)
     finally:
         obj.drop_cached_backups()
     if json_out:

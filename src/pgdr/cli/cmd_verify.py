@@ -36,7 +36,9 @@ def verify(
     # SIGTERM (systemd, a CI timeout) cleans up like Ctrl-C: cli/signals.py unwinds through finally.
     with output.console.status(f"verifying {backup_id}…") if (sys.stdout.isatty() and not json_out) \
             else nullcontext():
-        repo = obj.repo_with_wal()
+        from pgdr.repo.remote import backup_range
+
+        repo = obj.repo_with_wal(lambda r: backup_range(r, backup_id))  # nothing older than the backup
         try:
             result = verify_backup(obj.config, obj.programs, repo, backup_id, keep=keep, port=port)
         finally:

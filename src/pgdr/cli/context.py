@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -10,6 +11,7 @@ if TYPE_CHECKING:  # imported when first used: `pgdr --help` must not pay for py
     from pgdr.config import Config
     from pgdr.pg.programs import Programs
     from pgdr.repo.layout import Repository
+    from pgdr.repo.remote import WalRange
 
 
 @dataclass
@@ -81,11 +83,14 @@ class AppContext:
 
             drop_cache(self._repo)
 
-    def repo_with_wal(self) -> Repository:
-        """The repository with an object store's WAL archive fetched into the local cache."""
+    def repo_with_wal(self, wanted: Callable[[Repository], WalRange] | None = None) -> Repository:
+        """The repository with the part of an object store's WAL archive a command needs
+        (`wanted(repo)`: remote.restore_range, backup_range…; default all of it) fetched
+        into the local cache. Commands that decide from names and sizes (status, expire)
+        use the store's listing instead (remote.check_listing, listed_files)."""
         repo = self.repo
         if repo.store is not None:
-            from pgdr.repo.remote import sync_wal
+            from pgdr.repo.remote import ALL_WAL, sync_wal
 
-            sync_wal(repo)
+            sync_wal(repo, wanted(repo) if wanted is not None else ALL_WAL)
         return repo

@@ -9,7 +9,8 @@ restore and find-disaster work unchanged on it:
 
 - `sync_catalog`: every complete backup's pgdr.json (+ verify.json), and the identity;
   cached backups the store no longer has are dropped;
-- `sync_wal`: the archived WAL, fetched in parallel (decrypted; still zstd with its frame
+- `sync_wal`: the archived WAL a command needs (`WalRange`: a backup's start onward, up
+  to a target), fetched in parallel (decrypted; still zstd with its frame
   checksum, so a damaged segment is caught when read; one that fails authentication is
   cached empty, which reads as damaged);
 - `fetch_backup`: a backup's files, each checked against pgdr.json's size and sha256 as
@@ -23,10 +24,12 @@ import os
 import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from pgdr.errors import ConfigError, RepositoryError
+from pgdr.errors import ConfigError, RepositoryError, UsageError
+from pgdr.pg.lsn import Segment, parse_lsn, parse_segment_name
 from pgdr.pg.programs import RunAs
 from pgdr.repo.layout import PARTIAL_SUFFIX, Repository
 from pgdr.repo.store import ObjectInfo, ObjectMissing, Store
@@ -35,6 +38,10 @@ if TYPE_CHECKING:
     from pgdr.config import RepositoryConfig
     from pgdr.repo.manifest import BackupManifest
     from pgdr.repo.streamup import StreamingUpload
+    from pgdr.repo.wal import ArchivedFile
+    from pgdr.restore.recovery import RecoveryTarget
+    from pgdr.restore.walcheck import ArchiveCheck
+    from pgdr.restore.walscan import Bound
 
 MANIFEST = "pgdr.json"
 VERIFY = "verify.json"
@@ -184,16 +191,48 @@ def fetch_identity(repo: Repository) -> dict[str, object] | None:
         raise RepositoryError(f"pgdr-repo.json in {_store(repo).url} is unreadable") from None
 
 
-def sync_wal(repo: Repository) -> int:
-    """Fetch archived WAL the cache lacks (in parallel); drop what the store no longer has.
-    Returns how many files were fetched."""
+@dataclass(frozen=True)
+class WalRange:
+    """Which archived segments a command needs: segment numbers start..end (inclusive; None
+    is open) on timeline min_timeline or later. History files are always fetched (tiny, and
+    the timeline path needs them); segments=False fetches nothing else."""
+
+    start: int | None = None
+    end: int | None = None
+    min_timeline: int | None = None
+    segments: bool = True
+
+    def wants(self, seg: Segment) -> bool:
+        return (self.segments and (self.start is None or seg.segno >= self.start)
+                and (self.end is None or seg.segno <= self.end)
+                and (self.min_timeline is None or seg.timeline >= self.min_timeline))
+
+
+ALL_WAL = WalRange()
+
+
+def wal_listing(repo: Repository) -> dict[str, int]:
+    """The store's archived WAL files (name without .zst -> object size): the truth."""
+    return {o.key[4:-4]: o.size for o in _store(repo).listing("wal/")
+            if o.key.endswith(".zst") and "/" not in o.key[4:]}
+
+
+def sync_wal(repo: Repository, wanted: WalRange = ALL_WAL) -> int:
+    """Fetch the archived WAL in `wanted` the cache lacks (in parallel); drop what the store
+    no longer has. Returns how many files were fetched."""
     store = _store(repo)
     repo.ensure()
-    names = {o.key[4:] for o in store.listing("wal/") if o.key.endswith(".zst") and "/" not in o.key[4:]}
+    names = {f"{n}.zst" for n in wal_listing(repo)}
     local = {p.name for p in repo.wal_dir.glob("*.zst")}
     for gone in local - names:
         (repo.wal_dir / gone).unlink(missing_ok=True)
-    todo = sorted(names - local)
+    size = repo.wal_segment_size
+
+    def needed(name: str) -> bool:
+        seg = parse_segment_name(name[:-4], size)
+        return seg is None or wanted.wants(seg)  # history (and any other) files always
+
+    todo = sorted(n for n in names - local if needed(n))
 
     def one(name: str) -> None:
         try:
@@ -208,6 +247,114 @@ def sync_wal(repo: Repository) -> int:
 
     _parallel(one, todo)
     return len(todo)
+
+
+def listed_files(repo: Repository) -> list[ArchivedFile]:
+    """The archive's files as the store lists them (expire decides from names and sizes)."""
+    from pgdr.repo.wal import ArchivedFile
+
+    return sorted((ArchivedFile(name, repo.wal_dir / f"{name}.zst", size)
+                   for name, size in wal_listing(repo).items()), key=lambda f: f.name)
+
+
+def listed_segments(repo: Repository) -> list[Segment]:
+    size = repo.wal_segment_size
+    segs = (parse_segment_name(name, size) for name in wal_listing(repo))
+    return sorted(s for s in segs if s is not None)
+
+
+def check_listing(repo: Repository, from_segno: int) -> tuple[ArchiveCheck, list[Segment]]:
+    """The archive's continuity from from_segno on the newest timeline's path, from the
+    store's listing (plus finished segments still in the local spool) and the history files:
+    no segment is read, so damage inside one is found by verify and restore, not here."""
+    from pgdr.repo.timelines import TimelineHistory, histories, newest
+    from pgdr.repo.wal import WalArchive
+    from pgdr.restore.walcheck import ArchiveCheck
+
+    sync_wal(repo, WalRange(segments=False))
+    size = repo.wal_segment_size
+    archive = WalArchive(repo)
+    segments = sorted(set(listed_segments(repo)) | set(archive.waiting()))
+    known = histories(archive)
+    for seg in segments:
+        known.setdefault(seg.timeline, TimelineHistory(seg.timeline))
+    history = newest(known)
+    path = sorted({s.segno for s in segments
+                   if s.segno >= from_segno and history.timeline_at(s.segno, size) == s.timeline})
+    result = ArchiveCheck(history.tli, checked=len(path))
+
+    def name(segno: int) -> str:
+        return Segment(history.timeline_at(segno, size), segno).name(size)
+
+    if path:
+        result.first, result.last = name(path[0]), name(path[-1])
+    gaps = [(from_segno, path[0] - 1)] if path and path[0] > from_segno else []
+    gaps += [(a + 1, b - 1) for a, b in zip(path, path[1:], strict=False) if b > a + 1]
+    for low, high in gaps:
+        result.missing.append(name(low))
+        result.gaps.append({"from": name(low), "to": name(high), "segments": high - low + 1})
+        result.missing_count += high - low + 1
+    return result, segments
+
+
+def restore_range(repo: Repository, backup_id: str | None, target: RecoveryTarget) -> WalRange:
+    """The WAL a restore toward target needs: from the start of the backup it will use (the
+    one given, else each backup the choice could fall on: the newest ending before the
+    target, and the newest such one not known to be bad), its timeline and later ones, up
+    to an LSN target's segment. An xid or restore-point target is searched for in the whole
+    archive from the oldest backup on."""
+    from pgdr.repo.manifest import find_backup, list_backups
+    from pgdr.repo.records import known_bad
+    from pgdr.restore.pitr import parse_time
+
+    size = repo.wal_segment_size
+    physical = list_backups(repo, "physical")
+    end: int | None = None
+    if backup_id is not None:
+        given = find_backup(repo, backup_id)
+        if given.kind != "physical":
+            return WalRange(segments=False)
+        candidates = [given]
+    elif target.kind in ("xid", "name"):
+        candidates = physical[:1]
+    else:
+        try:
+            when = parse_time(target.value) if target.kind == "time" and target.value else None
+            lsn = parse_lsn(target.value) if target.kind == "lsn" and target.value else None
+        except (ValueError, RepositoryError, UsageError):
+            return ALL_WAL  # the restore refuses the target with its own message
+        ends = [b for b in physical if (when is None or b.stop_time <= when)
+                and (lsn is None or parse_lsn(b.stop_lsn) <= lsn)]
+        good = [b for b in ends if not known_bad(repo, b.id)]
+        candidates = [*ends[-1:], *good[-1:]]
+    if target.kind == "lsn" and target.value:
+        try:
+            end = parse_lsn(target.value) // size + 1  # the record at the target may cross into the next
+        except ValueError:
+            end = None
+    if not candidates:
+        return ALL_WAL  # no backup fits: the restore says so
+    first = min(candidates, key=lambda b: parse_lsn(b.start_lsn))
+    return WalRange(parse_lsn(first.start_lsn) // size, end, min(b.timeline for b in candidates))
+
+
+def scan_range(repo: Repository, since: Bound | None, until: Bound | None) -> WalRange:
+    """find-disaster: the whole archive, as the local path scans (toward the newest
+    timeline), narrowed by LSN bounds, which name their segments; a time bound is found by
+    reading the WAL itself (walscan._window), so it narrows nothing here."""
+    size = repo.wal_segment_size
+    return WalRange(since.lsn // size if since is not None and since.lsn is not None else None,
+                    until.lsn // size if until is not None and until.lsn is not None else None)
+
+
+def backup_range(repo: Repository, backup_id: str) -> WalRange:
+    """Verify: the backup's start to the archive's end on its timeline and later ones."""
+    from pgdr.repo.manifest import find_backup
+
+    backup = find_backup(repo, backup_id)
+    if backup.kind != "physical":
+        return WalRange(segments=False)
+    return WalRange(parse_lsn(backup.start_lsn) // repo.wal_segment_size, None, backup.timeline)
 
 
 def fetch_backup(repo: Repository, backup_id: str) -> Path:

@@ -71,7 +71,13 @@ def plan_expire(repo: Repository, policy: RetentionConfig) -> ExpirePlan:
         seg_size = repo.wal_segment_size
         boundary = parse_lsn(oldest.start_lsn) // seg_size
         plan.wal_keep_from = oldest.start_wal
-        for f in archive.files():
+        if repo.store is not None:
+            from pgdr.repo.remote import listed_files
+
+            files = listed_files(repo)  # the bucket's names and sizes: no WAL fetched
+        else:
+            files = archive.files()
+        for f in files:
             seg = parse_segment_name(f.name, seg_size)
             if seg is not None and seg.segno < boundary:
                 plan.wal_remove.append(f.name)
