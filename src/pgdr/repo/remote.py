@@ -322,7 +322,7 @@ def restore_range(repo: Repository, backup_id: str | None, target: RecoveryTarge
             when = parse_time(target.value) if target.kind == "time" and target.value else None
             lsn = parse_lsn(target.value) if target.kind == "lsn" and target.value else None
         except (ValueError, RepositoryError, UsageError):
-            return ALL_WAL  # the restore refuses the target with its own message
+            return WalRange(segments=False)  # the restore refuses the target with its own message
         ends = [b for b in physical if (when is None or b.stop_time <= when)
                 and (lsn is None or parse_lsn(b.stop_lsn) <= lsn)]
         good = [b for b in ends if not known_bad(repo, b.id)]
@@ -333,7 +333,7 @@ def restore_range(repo: Repository, backup_id: str | None, target: RecoveryTarge
         except ValueError:
             end = None
     if not candidates:
-        return ALL_WAL  # no backup fits: the restore says so
+        return WalRange(segments=False)  # no backup fits: the restore says so, reading no WAL
     first = min(candidates, key=lambda b: parse_lsn(b.start_lsn))
     return WalRange(parse_lsn(first.start_lsn) // size, end, min(b.timeline for b in candidates))
 
@@ -344,7 +344,8 @@ def scan_range(repo: Repository, since: Bound | None, until: Bound | None) -> Wa
     reading the WAL itself (walscan._window), so it narrows nothing here."""
     size = repo.wal_segment_size
     return WalRange(since.lsn // size if since is not None and since.lsn is not None else None,
-                    until.lsn // size if until is not None and until.lsn is not None else None)
+                    # +1: a record crossing out of the last segment is read from the next
+                    until.lsn // size + 1 if until is not None and until.lsn is not None else None)
 
 
 def backup_range(repo: Repository, backup_id: str) -> WalRange:
