@@ -235,7 +235,7 @@ def _verified_check(config: Config, repo: Repository, backups: list[BackupManife
             info["newest_verified"] = {"id": backup.id, "kind": backup.kind,
                                        "age_s": round(backup.age_seconds, 1),
                                        "verified_at": record.get("finished_at")}
-            summary = (f"newest verified backup {backup.id} ({backup.kind}), "
+            summary = (f"newest verified backup {backup.id} ({backup.display_kind}), "
                        f"{_fmt_age(backup.age_seconds)} old")
             if newest_record is not None and not newest_record.get("passed"):
                 return Check("verified backup", "warn", f"newest backup {newest.id} FAILED verification; "
