@@ -151,5 +151,31 @@ def test_wal_is_fetched_only_where_needed(sandbox: sb.Sandbox, moto: tuple[int, 
         assert hits == [("public.lazy_marker", 50)]
         fetched = cached_segnos(sandbox, "lazy-scan")
         assert fetched and min(fetched) == target_seg and max(fetched) >= newest
+
+        # a newer backup whose verification found it damaged: restore --latest falls back to the
+        # older one, so the WAL from the older one's start must be fetched (and only from there)
+        second = run_cli("backup", "--json", config=cfg)
+        assert second.returncode == 0, second.stderr
+        bad = json.loads(second.stdout)["id"]
+        client.put_object(Bucket=BUCKET, Key=f"{PREFIX}/backups/{bad}/verify.json",
+                          Body=json.dumps({"passed": False, "backup_ok": False}).encode())
+        with session(sandbox.conninfo(sandbox.primary)) as conn:
+            conn.execute("insert into lazy_marker values (1000)")
+        switch_wal(sandbox, 1)
+        wait_archived(sandbox, client)
+        target3 = base_dir / "lazy-restored-fallback"
+        fallback = run_cli("restore", "--latest", "--target-dir", str(target3), "--json",
+                           config=s3_config(sandbox, "lazy-fallback", port, PREFIX))
+        assert fallback.returncode == 0, fallback.stdout + fallback.stderr
+        try:
+            assert json.loads(fallback.stdout)["backup_id"] == bid
+            conninfo = str(json.loads(fallback.stdout)["conninfo"]).replace("dbname=postgres", "dbname=app")
+            with session(conninfo) as c:
+                row3 = c.execute("select count(*) as n from lazy_marker").fetchone()
+            assert row3 is not None and row3["n"] == 201  # 200 after the DELETE, + the last insert
+        finally:
+            stop_restored(target3, Programs())
+        fetched = cached_segnos(sandbox, "lazy-fallback")
+        assert fetched and min(fetched) == start
     finally:
         run_cli("archiver", "stop", config=cfg)
