@@ -179,3 +179,40 @@ def test_wal_is_fetched_only_where_needed(sandbox: sb.Sandbox, moto: tuple[int, 
         assert fetched and min(fetched) == start
     finally:
         run_cli("archiver", "stop", config=cfg)
+
+
+def test_status_gaps_follow_the_timeline_path_from_the_listing(moto: tuple[int, Any], base_dir: Path) -> None:
+    """After a timeline switch, a segment number counts only on the timeline recovery reads
+    (the history file says which): a gap on timeline 2 is a gap even when timeline 1 holds
+    that number. Objects are put straight into the bucket; none is a readable segment, which
+    proves no segment is read."""
+    import zstandard
+
+    from pgdr.repo.layout import Repository
+    from pgdr.repo.remote import check_listing
+    from pgdr.repo.store import S3Store
+
+    port, client = moto
+    prefix = "tlpath"
+    client.put_object(Bucket=BUCKET, Key=f"{prefix}/pgdr-repo.json", Body=json.dumps(
+        {"system_identifier": "7", "pg_version_num": 150000, "wal_segment_size": 16 << 20}).encode())
+    names = [f"00000001{0:08X}{n:08X}" for n in range(1, 8)]            # timeline 1: 1..7
+    names += [f"00000002{0:08X}{n:08X}" for n in (5, 6, 8, 9)]          # timeline 2 from 5: 7 missing
+    for name in names:
+        client.put_object(Bucket=BUCKET, Key=f"{prefix}/wal/{name}.zst", Body=b"not a segment")
+    history = zstandard.ZstdCompressor(write_checksum=True).compress(b"1\t0/5000000\tno recovery target\n")
+    client.put_object(Bucket=BUCKET, Key=f"{prefix}/wal/00000002.history.zst", Body=history)
+    repo = Repository(base_dir / "tlpath-work", store=S3Store(f"s3://{BUCKET}/{prefix}",
+                                                              f"http://127.0.0.1:{port}", "us-east-1"))
+    found, segments = check_listing(repo, 3)
+    assert found.timeline == 2 and len(segments) == len(names)
+    assert found.missing == ["000000020000000000000007"] and found.missing_count == 1
+    assert (found.first, found.last) == ("000000010000000000000003", "000000020000000000000009")
+    assert found.checked == 6  # 3, 4 on timeline 1; 5, 6, 8, 9 on timeline 2
+    assert sorted(p.name for p in (repo.wal_dir).glob("*.zst")) == ["00000002.history.zst"]
+    # from a point after the gap: none
+    after, _ = check_listing(repo, 8)
+    assert after.missing == [] and after.checked == 2
+    # a gap at the start of the needed range is one too
+    early, _ = check_listing(repo, 0)
+    assert early.missing[0] == "000000010000000000000000" and early.missing_count == 2
