@@ -128,6 +128,10 @@ def gather_status(config: Config, repo: Repository) -> StatusReport:
     if drill is not None:
         checks.append(drill)
     checks.extend(_interrupted_restores(repo))
+    if config.redis:
+        from pgdr.rdb.health import status_checks
+
+        checks.extend(status_checks(config, repo))
     return StatusReport(config.cluster.name, nodes, backups_info, archive_info, checks)
 
 
