@@ -18,6 +18,7 @@ from pgdr.pg.lsn import parse_lsn
 # (at POLL seconds) while no WAL receiver streams: what remains is a torn tail.
 STABLE_POLLS = 10
 POLL = 0.02
+PROMOTE_POLL = 0.005
 
 
 class PromotionFailed(PgdrError):
@@ -79,9 +80,11 @@ def promote(node: NodeConfig, timeout: float = 30, still_allowed: Callable[[], s
         if why_not:
             raise PromotionFailed(f"not promoting {node.name}: {why_not}")
     with session(node.conninfo) as conn:
-        row = conn.execute("select pg_promote(true, %s) as ok", (int(timeout),)).fetchone()
+        # pg_promote(wait => true) checks for the end of recovery every 100 ms on the server;
+        # asking ourselves every PROMOTE_POLL seconds ends the wait up to ~0.1 s sooner
+        row = conn.execute("select pg_promote(false) as ok").fetchone()
         if not row or not row["ok"]:
-            raise PromotionFailed(f"{node.name} did not finish promotion within {timeout:.0f}s")
+            raise PromotionFailed(f"{node.name} refused the promotion signal")
         deadline = time.monotonic() + timeout
         while True:
             row = conn.execute("select pg_is_in_recovery() as r").fetchone()
@@ -89,8 +92,8 @@ def promote(node: NodeConfig, timeout: float = 30, still_allowed: Callable[[], s
             if not row["r"]:
                 break
             if time.monotonic() > deadline:
-                raise PromotionFailed(f"{node.name} is still in recovery after promotion")
-            time.sleep(0.02)
+                raise PromotionFailed(f"{node.name} did not finish promotion within {timeout:.0f}s")
+            time.sleep(PROMOTE_POLL)
     return timeline_of(node)
 
 

@@ -3,7 +3,7 @@
 Steps (each timed): choose the backup (the newest that ends before the target),
 prove the target is reachable from it with the WAL in the archive (gaps, the
 archive's end, timelines) so impossible restores fail in seconds with the reason,
-extract, start recovery with restore_command = a `mv` from the prefetch spool (`pgdr wal-fetch`
+extract, start recovery with restore_command = a copy from the prefetch spool (`pgdr wal-fetch`
 when a segment is not there), wait until the
 target is reached, then promote (or stay paused). A failure stops the server and
 removes what was restored, so nothing is left running. Every attempt is recorded.

@@ -22,6 +22,7 @@ import stat
 import sys
 import sysconfig
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -184,8 +185,11 @@ def restore_physical(backup_dir: Path, instance: Instance,
                             manifest=manifest, tablespaces=places, checks=checks)
     try:
         if checks:
-            require_verified(backup_dir, instance.data_dir, programs)
-            require_consistent(backup_dir, instance.data_dir, manifest, programs)
+            # both only read the extracted files: side by side, pg_verifybackup's verdict first
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pgdr-prove") as pool:
+                consistent = pool.submit(require_consistent, backup_dir, instance.data_dir, manifest, programs)
+                require_verified(backup_dir, instance.data_dir, programs)
+                consistent.result()
         configure_recovery(instance.data_dir, places, programs, config_path=config_path, target=target,
                            socket_dir=instance.socket_dir,
                            extra_settings=extra_settings, restore_command=restore_command)
