@@ -390,7 +390,8 @@ def test_archiver_catches_up_without_gap_after_store_outage(sandbox: sb.Sandbox,
         segnos = _wait("the archiver to catch up", caught_up, timeout=90)
         start = segnos[0]
         assert segnos == list(range(start, last + 1)) and start <= first  # no gap, nothing skipped
-        assert json.loads(state.read_text()).get("problem") is None
+        # the sweep records success after its uploads are visible in the bucket: wait for it
+        _wait("the archiver to clear its problem", lambda: json.loads(state.read_text()).get("problem") is None, timeout=30)
 
         # expire in the bucket: the older backup and the WAL only it needed go, the rest stays
         ids = [json.loads(run_cli("backup", "--json", config=cfg).stdout)["id"] for _ in range(2)]
