@@ -1,0 +1,303 @@
+"""`pgdr migrate` end to end: a real Alembic project (written here, SQLAlchemy + psycopg)
+against a real sandbox primary with its WAL archive.
+
+The story, in order (one sandbox for the module):
+1. an additive revision: the freeze point is in the server's own log before the DDL;
+2. a revision blocked by a lock another session holds: lock_timeout ends it;
+3. `alembic upgrade head` where r2 (additive) succeeds and r3 fails halfway: reported
+   with the schema diff, rolled back by the tool's downgrade;
+4. r3 fixed into a destructive one (drops a column with data): rolled back by PITR to
+   the freeze point, the column's data back, the rows written since counted and salvaged;
+5. a rehearsal of a rewriting revision on a restored copy: the primary's schema is
+   unchanged (pg_dump hashed by the test), locks and rewritten rows reported.
+Outcomes are counted with SQL and pg_dump on the servers, never with pgdr's own record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+from pgdr.pg.connect import session
+from pgdr.pg.programs import Programs
+from pgdr.restore.pitr import stop_restored
+from pgdr.sandbox import sandbox as sb
+from tests.conftest import CliResult, run_cli
+
+ENV_PY = '''
+import os
+
+import psycopg
+from alembic import context
+from sqlalchemy import create_engine, pool
+
+engine = create_engine("postgresql+psycopg://", poolclass=pool.NullPool,
+                       creator=lambda: psycopg.connect(os.environ["DATABASE_URL"]))
+with engine.connect() as connection:
+    context.configure(connection=connection, target_metadata=None, transaction_per_migration=True)
+    with context.begin_transaction():
+        context.run_migrations()
+'''
+
+REVISION = '''
+import sqlalchemy as sa
+from alembic import op
+
+revision = {rev!r}
+down_revision = {down!r}
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+{upgrade}
+
+
+def downgrade():
+{downgrade}
+'''
+
+R1 = ("r1", None, """    op.create_table("members", sa.Column("id", sa.Integer, primary_key=True),
+                    sa.Column("name", sa.Text, nullable=False), sa.Column("email", sa.Text))""",
+      '    op.drop_table("members")')
+R2 = ("r2", "r1", '    op.add_column("members", sa.Column("phone", sa.Text))',
+      '    op.drop_column("members", "phone")')
+R3_FAILING = ("r3", "r2", """    op.add_column("members", sa.Column("tier", sa.Integer))
+    op.add_column("no_such_table", sa.Column("x", sa.Integer))""",
+              '    op.drop_column("members", "tier")')
+R3_DESTRUCTIVE = ("r3", "r2", '    op.drop_column("members", "email")',
+                  '    op.add_column("members", sa.Column("email", sa.Text))')
+# holds its ACCESS EXCLUSIVE lock a while after the rewrite (slow work in the same transaction)
+R4_REWRITE = ("r4", "r3", """    op.alter_column("members", "id", type_=sa.BigInteger)
+    op.execute("select pg_sleep(0.6)")""",
+              '    op.alter_column("members", "id", type_=sa.Integer)')
+
+
+@dataclass
+class Project:
+    sandbox: sb.Sandbox
+    root: Path
+    ini: Path
+    env: dict[str, str]
+    primary: str                                   # the app database on the primary (conninfo)
+    records: dict[str, Any] = field(default_factory=dict)
+
+    def write_revision(self, spec: tuple[str, str | None, str, str]) -> None:
+        rev, down, up, back = spec
+        (self.root / "migrations" / "versions" / f"{rev}.py").write_text(
+            REVISION.format(rev=rev, down=down, upgrade=up, downgrade=back))
+
+    def alembic(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "alembic", "-c", str(self.ini), *args]
+
+    def pgdr(self, *args: str, timeout: float = 300) -> CliResult:
+        return run_cli(*args, config=self.sandbox.config_path, env=self.env, timeout=timeout)
+
+
+def _url(sandbox: sb.Sandbox) -> str:
+    node = sandbox.primary
+    return f"postgresql://postgres@/app?host={quote(str(sandbox.socket_dir), safe='')}&port={node.port}"
+
+
+def _value(conninfo: str, query: str) -> Any:
+    with session(conninfo) as conn:
+        row = conn.execute(query).fetchone()
+    return None if row is None else next(iter(row.values()))
+
+
+def _columns(conninfo: str, table: str = "members") -> list[str]:
+    with session(conninfo) as conn:
+        return [r["column_name"] for r in conn.execute(
+            "select column_name from information_schema.columns where table_schema = 'public' "
+            "and table_name = %s order by ordinal_position", (table,))]
+
+
+def _schema_hash(programs: Programs, conninfo: str) -> str:
+    """The test's own fingerprint: pg_dump --schema-only, hashed."""
+    done = subprocess.run(["runuser", "-u", "postgres", "--", str(Path(programs.path("pg_dump"))),
+                           "--schema-only", "--restrict-key=pgdrtest", "-d", conninfo], capture_output=True, text=True, check=True)
+    return hashlib.sha256(done.stdout.encode()).hexdigest()
+
+
+def _record(result: CliResult) -> dict[str, Any]:
+    return dict(json.loads(result.stdout))
+
+
+@pytest.fixture(scope="module")
+def project(base_dir: Path, programs: Programs) -> Iterator[Project]:
+    sandbox = sb.up(base_dir / "migrate", programs, standbys=0)
+    primary = sandbox.conninfo(sandbox.primary)
+    with session(sandbox.conninfo(sandbox.primary, "postgres")) as conn:
+        conn.execute("alter system set log_statement = 'ddl'")
+        conn.execute("select pg_reload_conf()")
+    root = base_dir / "alembic-project"
+    (root / "migrations" / "versions").mkdir(parents=True)
+    (root / "migrations" / "env.py").write_text(ENV_PY)
+    ini = root / "alembic.ini"
+    ini.write_text(f"[alembic]\nscript_location = {root / 'migrations'}\n")
+    down = json.dumps([sys.executable, "-m", "alembic", "-c", str(ini), "downgrade", "{revision}"])
+    with open(sandbox.config_path, "a") as fh:
+        fh.write(f'\n[migrate]\ndatabase = "app"\nlock_timeout = "2s"\ndowngrade_command = {down}\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env["DATABASE_URL"] = _url(sandbox)
+    proj = Project(sandbox, root, ini, env, primary)
+    for spec in (R1, R2, R3_FAILING):
+        proj.write_revision(spec)
+    backup = proj.pgdr("backup")
+    assert backup.returncode == 0, backup.stderr
+    yield proj
+    sb.down(sandbox.root, programs, purge=True)
+
+
+def test_additive_migration_takes_the_freeze_point_first(project: Project) -> None:
+    result = project.pgdr("migrate", "--json", "--", *project.alembic("upgrade", "r1"))
+    assert result.returncode == 0, result.stderr + result.stdout
+    record = _record(result)
+    project.records["r1"] = record
+    point = record["freeze"]["restore_point"]
+    # The server's own log: the restore point was created before the migration's DDL ran.
+    log = (project.sandbox.root / "nodes" / "primary.log").read_text()
+    created = log.find(f'restore point "{point}" created')
+    ddl = log.find("CREATE TABLE members")
+    assert 0 <= created < ddl, (created, ddl)
+    assert _columns(project.primary) == ["id", "name", "email"]
+    assert _value(project.primary, "select version_num from alembic_version") == "r1"
+    assert record["revision_before"] is None and record["revision_after"] == "r1"
+    assert record["diff"]["tables_added"] == ["public.members"]
+    assert record["diff"]["destructive"] is False
+    assert record["duration_s"] > 0
+    with session(project.primary) as conn:
+        conn.execute("insert into members (name, email) select 'c' || i, 'c' || i || '@example.com' "
+                     "from generate_series(1, 200) i")
+
+
+def test_lock_timeout_ends_a_blocked_migration(project: Project) -> None:
+    """Another session holds a lock on the table: the migration gives up after lock_timeout
+    (2 s here) instead of queueing every query behind its ACCESS EXCLUSIVE request."""
+    with session(project.primary, autocommit=False) as holder:
+        holder.execute("lock table members in access share mode")
+        result = project.pgdr("migrate", "--json", "--", *project.alembic("upgrade", "r2"))
+        holder.rollback()
+    assert result.returncode == 1, result.stderr
+    record = _record(result)
+    assert record["outcome"] == "failed"
+    assert any("lock timeout" in line for line in record["output_tail"]), record["output_tail"]
+    assert "phone" not in _columns(project.primary)
+    assert _value(project.primary, "select version_num from alembic_version") == "r1"
+
+
+def test_refuses_without_a_wal_archive(project: Project, tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    stopped = project.pgdr("archiver", "stop")
+    assert stopped.returncode == 0, stopped.stderr
+    try:
+        result = project.pgdr("migrate", "--", sys.executable, "-c", f"open({str(marker)!r}, 'w')")
+    finally:
+        started = project.pgdr("archiver", "start")
+    assert started.returncode == 0, started.stderr
+    assert result.returncode == 1
+    assert "archiver is not running" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 2
+    assert not marker.exists()
+
+
+def test_failed_migration_is_reported_and_rolled_back_by_downgrade(project: Project) -> None:
+    result = project.pgdr("migrate", "--json", "--", *project.alembic("upgrade", "head"))
+    assert result.returncode == 1, result.stderr
+    record = _record(result)
+    assert record["outcome"] == "failed"
+    assert any("no_such_table" in line for line in record["output_tail"])
+    # r2 committed (one transaction per revision), r3 rolled back by PostgreSQL
+    assert record["revision_after"] == "r2"
+    assert record["diff"]["columns_added"] == ["public.members.phone"]
+    assert _columns(project.primary) == ["id", "name", "email", "phone"]
+
+    plan = project.pgdr("migrate", "--rollback", "latest", "--dry-run")
+    assert plan.returncode == 0 and "downgrade" in plan.stdout, plan
+    assert "phone" in _columns(project.primary)   # a dry run changes nothing
+    unconfirmed = project.pgdr("migrate", "--rollback", "latest")
+    assert unconfirmed.returncode == 2 and "--yes" in unconfirmed.stderr
+    done = project.pgdr("migrate", "--rollback", "latest", "--yes", "--json")
+    assert done.returncode == 0, done.stderr
+    assert _columns(project.primary) == ["id", "name", "email"]
+    assert _value(project.primary, "select version_num from alembic_version") == "r1"
+    assert _value(project.primary, "select count(*) from members where email is not null") == 200
+    assert [s["name"] for s in _record(done)["timeline"]] == ["downgrade", "schema is the freeze point's"]
+
+
+def test_destructive_migration_is_rolled_back_by_pitr(project: Project, programs: Programs) -> None:
+    project.write_revision(R3_DESTRUCTIVE)
+    result = project.pgdr("migrate", "--json", "--", *project.alembic("upgrade", "head"))
+    assert result.returncode == 0, result.stderr + result.stdout
+    record = _record(result)
+    assert record["diff"]["columns_dropped"] == ["public.members.email"]
+    assert record["diff"]["destructive"] is True
+    assert "email" not in _columns(project.primary)
+    with session(project.primary) as conn:   # the application keeps writing after the migration
+        conn.execute("insert into members (id, name) values (1001, 'late1'), (1002, 'late2'), (1003, 'late3')")
+
+    missing_dir = project.pgdr("migrate", "--rollback", "latest", "--yes")
+    assert missing_dir.returncode == 2 and "--target-dir" in missing_dir.stderr
+    target = project.sandbox.root / "rolled-back"
+    cutover = project.pgdr("migrate", "--rollback", "latest", "--yes", "--cutover", "--target-dir", str(target))
+    assert cutover.returncode == 2 and "pgdr cutover --to-dir DIR" in cutover.stderr
+    assert len(cutover.stderr.strip().splitlines()) == 1 and not target.exists()
+
+    done = project.pgdr("migrate", "--rollback", record["id"], "--yes", "--json", "--target-dir", str(target))
+    assert done.returncode == 0, done.stderr
+    rollback = _record(done)
+    restored = rollback["restored"]["conninfo"]
+    try:
+        # the dropped column's data is back, as it was at the freeze point
+        assert _columns(restored) == ["id", "name", "email"]
+        assert _value(restored, "select count(*) from members where email = name || '@example.com'") == 200
+        assert _value(restored, "select count(*) from members where id > 1000") == 0
+        assert _value(restored, "select version_num from alembic_version") == "r1"
+        # the rows written since the freeze point are listed, and salvageable into the copy
+        assert rollback["written_since"][0]["table"] == "public.members"
+        assert rollback["written_since"][0]["rows"] == 3
+        line = shlex.split(rollback["written_since"][0]["salvage"])
+        assert line[:2] == ["pgdr", "salvage"] and line[line.index("--into") + 1] == restored
+        copied = json.loads(project.pgdr(*line[1:], "--json").stdout)["target_table"]
+        assert _value(restored, "select count(*) from members where id > 1000") == 0
+        assert _value(restored, f"select string_agg(name, ',' order by id) from {copied}") == "late1,late2,late3"
+        # the primary itself was not touched by the rollback
+        assert "email" not in _columns(project.primary)
+    finally:
+        stop_restored(target, programs)
+    steps = [s["name"] for s in rollback["timeline"]]
+    assert steps[0] == "restore to the freeze point" and steps[-1] == "cutover"
+
+
+def test_rehearsal_never_touches_the_primary(project: Project, programs: Programs) -> None:
+    verified = project.pgdr("verify", "latest")
+    assert verified.returncode == 0, verified.stderr
+    project.write_revision(R4_REWRITE)
+    before = _schema_hash(programs, project.primary)
+    result = project.pgdr("migrate", "--rehearse", "--json", "--", *project.alembic("upgrade", "head"))
+    assert result.returncode == 0, result.stderr + result.stdout
+    record = _record(result)
+    assert _schema_hash(programs, project.primary) == before
+    assert _value(project.primary, "select version_num from alembic_version") == "r3"
+    assert _value(project.primary, "select format_type(atttypid, atttypmod) from pg_attribute "
+                  "where attrelid = 'members'::regclass and attname = 'id'") == "integer"
+    assert record["revision_before"] == "r3" and record["revision_after"] == "r4"
+    assert record["duration_s"] > 0
+    assert record["diff"]["columns_altered"][0].startswith("public.members.id: type integer -> bigint")
+    assert record["rewritten"] == [{"table": "public.members", "rows": 203}]
+    assert any(lock["relation"] == "public.members" and lock["mode"] == "AccessExclusiveLock"
+               for lock in record["locks"])
+    # the copy's URL went to the command through the environment only
+    assert "postgresql://" not in result.stdout
+    assert not any(p.name.startswith("rehearse-") for p in (project.sandbox.root / "scratch").glob("*"))
