@@ -19,8 +19,10 @@ import hashlib
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,6 +243,7 @@ def test_destructive_migration_is_rolled_back_by_pitr(project: Project, programs
     result = project.pgdr("migrate", "--json", "--", *project.alembic("upgrade", "head"))
     assert result.returncode == 0, result.stderr + result.stdout
     record = _record(result)
+    project.records["destructive"] = record
     assert record["diff"]["columns_dropped"] == ["public.members.email"]
     assert record["diff"]["destructive"] is True
     assert "email" not in _columns(project.primary)
@@ -301,3 +304,83 @@ def test_rehearsal_never_touches_the_primary(project: Project, programs: Program
     # the copy's URL went to the command through the environment only
     assert "postgresql://" not in result.stdout
     assert not any(p.name.startswith("rehearse-") for p in (project.sandbox.root / "scratch").glob("*"))
+
+
+def test_status_metrics_and_report_show_the_last_migration(project: Project) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from pgdr.config import load_config
+    from pgdr.server.metrics import PgdrCollector
+
+    last = project.records["destructive"]
+    status = project.pgdr("status", "--json")
+    check = next(c for c in json.loads(status.stdout)["checks"] if c["name"] == "last migration")
+    assert check["status"] == "ok" and check["evidence"]["id"] == last["id"]
+    assert check["evidence"]["restore_point"] == last["freeze"]["restore_point"]
+    assert check["evidence"]["revision"] == "r3"
+
+    registry = CollectorRegistry()
+    registry.register(PgdrCollector(load_config(project.sandbox.config_path), project.sandbox.repo))
+    text = generate_latest(registry).decode()
+    assert 'pgdr_migration_last_outcome{outcome="ok"} 1.0' in text
+    assert 'pgdr_migration_last_outcome{outcome="failed"} 0.0' in text
+
+    report = project.pgdr("report", last["id"])
+    assert report.returncode == 0, report.stderr
+    assert "schema migration" in report.stdout and last["freeze"]["restore_point"] in report.stdout
+    assert "columns dropped: public.members.email" in report.stdout
+
+
+def test_secrets_stay_out_of_output_and_records_with_a_backup_freeze(project: Project) -> None:
+    """The command prints and takes a password (a SQLAlchemy URL, a conninfo): neither reaches
+    pgdr's output nor the record; --freeze backup adds a new backup to the repository."""
+    before = {p.name for p in project.sandbox.repo.backups_dir.iterdir()}
+    secret = "s3cretPw"
+    script = "import sys; print(sys.argv[1]); print(sys.argv[2], file=sys.stderr)"
+    result = project.pgdr("migrate", "--freeze", "backup", "--", sys.executable, "-c", script,
+                          f"postgresql+psycopg://app:{secret}@db.example/app", f"host=db password={secret}")
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "postgresql+psycopg://app:********@db.example/app" in result.stdout
+    assert secret not in result.stdout + result.stderr
+    records = sorted((project.sandbox.repo.root / "records").glob("*-migrate.json"))
+    record_text = records[-1].read_text()
+    assert secret not in record_text
+    new = {p.name for p in project.sandbox.repo.backups_dir.iterdir()} - before
+    assert json.loads(record_text)["freeze"]["backup_id"] in new
+    assert (project.sandbox.repo.backups_dir / json.loads(record_text)["freeze"]["backup_id"] / "pgdr.json").exists()
+
+
+def test_sigkill_mid_migration_ends_the_command_and_keeps_the_freeze_point(project: Project, tmp_path: Path) -> None:
+    pid_file = tmp_path / "child.pid"
+    script = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(300)"
+    env = {**project.env, "PGDR_CONFIG": str(project.sandbox.config_path)}
+    pgdr = subprocess.Popen([sys.executable, "-m", "pgdr", "migrate", "--", sys.executable, "-c", script],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline and pgdr.poll() is None, "the command never started"
+            time.sleep(0.05)
+        child = int(pid_file.read_text())
+        pgdr.send_signal(signal.SIGKILL)
+        pgdr.wait(10)
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{child}").exists() and "Z" not in _proc_state(child):
+            assert time.monotonic() < deadline, f"the command {child} outlived the SIGKILLed pgdr"
+            time.sleep(0.05)
+    finally:
+        if pgdr.poll() is None:
+            pgdr.kill()
+    status = json.loads(project.pgdr("status", "--json").stdout)
+    check = next(c for c in status["checks"] if c["name"] == "last migration")
+    assert check["status"] == "warn" and check["evidence"]["outcome"] == "interrupted"
+    assert check["evidence"]["restore_point"]
+    plan = project.pgdr("migrate", "--rollback", "latest", "--dry-run")
+    assert plan.returncode == 0 and "nothing to roll back" in plan.stdout, plan
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "gone"

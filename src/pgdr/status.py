@@ -128,6 +128,11 @@ def gather_status(config: Config, repo: Repository) -> StatusReport:
     if drill is not None:
         checks.append(drill)
     checks.extend(_interrupted_restores(repo))
+    from pgdr.migrate.visibility import status_check
+
+    migration = status_check(repo)
+    if migration is not None:
+        checks.append(migration)
     return StatusReport(config.cluster.name, nodes, backups_info, archive_info, checks)
 
 

@@ -25,6 +25,7 @@ from pgdr.migrate import records, schema
 from pgdr.pg import process
 from pgdr.pg.conninfo import mask, mask_text, parse
 from pgdr.pg.programs import Programs
+from pgdr.repo import unfinished
 from pgdr.repo.layout import Repository
 from pgdr.runbook.timeline import Timeline
 
@@ -89,7 +90,7 @@ def new_record(argv: Sequence[str], cwd: Path, conninfo: str, *, rehearsal: bool
     return {"id": f"{fz.stamp()}-{records.KIND}", "kind": records.KIND, "rehearsal": rehearsal,
             "command": mask_text(shlex.join(argv)), "argv": [mask_text(a) for a in argv], "cwd": str(cwd),
             "database": parse(conninfo).get("dbname"), "server": mask(conninfo),
-            "started_at": datetime.now(UTC).isoformat(), "outcome": "running"}
+            "started_at": datetime.now(UTC).isoformat(), "outcome": "running", "owner": unfinished.owner()}
 
 
 def migrate(config: Config, programs: Programs, repo: Repository, argv: Sequence[str], *,

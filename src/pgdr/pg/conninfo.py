@@ -41,7 +41,8 @@ def mask_text(text: str) -> str:
     import re
 
     text = re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1********", text)
-    return re.sub(r"(postgres(?:ql)?://[^:/@\s]+:)[^@\s]+@", r"\1********@", text)
+    # postgresql+psycopg://: SQLAlchemy's URLs, which migration tools print
+    return re.sub(r"(postgres(?:ql)?(?:\+\w+)?://[^:/@\s]+:)[^@\s]+@", r"\1********@", text)
 
 
 def split_password(conninfo: str) -> tuple[str, str | None]:

@@ -160,6 +160,9 @@ class PgdrCollector(Collector):
         fails.add_metric([], float(state.get("failures") or 0))
         yield from (running, fails)
         yield from self._last_drill()
+        from pgdr.migrate.visibility import metrics as migration_metrics
+
+        yield from migration_metrics(self.repo)
 
     def _last_drill(self) -> Iterator[Metric]:
         """The last drill's measured RTO/RPO per scenario, and whether each passed."""
