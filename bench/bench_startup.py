@@ -2,6 +2,8 @@
 
 Run: .venv/bin/python bench/bench_startup.py [--runs 10] [--no-failover]
 
+0. Wall time of `pgdr --help` and `pgdr --version` (the console script, a new process
+   each run), median and range of --runs.
 1. CPU time (user + system, from the kernel's rusage of the child) of `pgdr --help`
    beside `pg_ctl --help` (and `pgbackrest help` when installed), medians of --runs.
 2. The Python share of a guided failover: CPU of importing everything `pgdr failover`
@@ -27,6 +29,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 PGDR = [sys.executable, "-m", "pgdr"]
+
+
+def wall_of(argv: list[str]) -> float:
+    """Wall seconds of one run of argv in a new process, start to exit."""
+    t0 = time.monotonic()
+    subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    return time.monotonic() - t0
+
+
+def median_wall(argv: list[str], runs: int) -> tuple[float, float, float]:
+    """(median, min, max) wall seconds over runs, after one warm-up run."""
+    wall_of(argv)
+    times = [wall_of(argv) for _ in range(runs)]
+    return statistics.median(times), min(times), max(times)
 
 
 def cpu_of(argv: list[str], env: dict[str, str] | None = None) -> float:
@@ -86,6 +102,11 @@ def main() -> None:
     args = parser.parse_args()
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
+    pgdr_bin = str(Path(sys.executable).parent / "pgdr")  # the console script users run
+    for what in ("--help", "--version"):
+        med, lo, hi = median_wall([pgdr_bin, what], args.runs)
+        print(f"pgdr {what:<10} wall median {med * 1000:.0f} ms  range {lo * 1000:.0f}-{hi * 1000:.0f} ms  "
+              f"(target < 100 ms)")
     pgdr_help = median_cpu([*PGDR, "--help"], args.runs)
     pg_ctl = shutil.which("pg_ctl") or "/usr/lib/postgresql/15/bin/pg_ctl"
     pg_ctl_help = median_cpu([pg_ctl, "--help"], args.runs)

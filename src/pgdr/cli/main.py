@@ -20,11 +20,23 @@ app = typer.Typer(help="PostgreSQL disaster recovery, rehearsed: backup, verify,
                   rich_markup_mode=None)  # plain click help: Rich's help renderer costs ~70 ms to import
 
 
+def _print_version(value: bool) -> None:
+    """Eager: answers before the other options are parsed and before any command module
+    does its work, so `pgdr --version` costs only the interpreter and the CLI's imports."""
+    if value:
+        from pgdr import __version__
+
+        typer.echo(f"pgdr {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def main(
     ctx: typer.Context,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="pgdr.toml (default: $PGDR_CONFIG, ./pgdr.toml)")] = None,
     debug: Annotated[bool, typer.Option("--debug", help="verbose logs and tracebacks")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="print pgdr's version and exit")] = False,
 ) -> None:
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -12,7 +12,7 @@ import psycopg
 from pgdr.backup import archiver
 from pgdr.backup.physical import take_physical_backup
 from pgdr.drill.model import ScenarioResult, Target
-from pgdr.drill.probe import missing_ids
+from pgdr.drill.probe import missing_rows
 from pgdr.drill.scenarios import DrillEnv
 from pgdr.errors import PgdrError
 from pgdr.pg.conninfo import with_params
@@ -104,7 +104,7 @@ def accidental_delete(env: DrillEnv, result: ScenarioResult) -> None:
         result.rto_s = round(time.monotonic() - started, 3)
         stats = writer.stop()
         items_after, docs_after = _count(app, "order_items"), _count(app, "documents")
-        lost_writes = missing_ids(app, stats.acknowledged)
+        lost_writes = missing_rows(app, stats.rows)
         result.rpo = float((items_before - items_after) + (docs_before - docs_after))
         result.timeline = timeline.as_list()
         result.evidence.update(order_items=[items_before, items_after], documents=[docs_before, docs_after],
@@ -150,7 +150,7 @@ def corruption(env: DrillEnv, result: ScenarioResult) -> None:
             rto = time.monotonic() - started
             with timeline.step("check recovered data") as step:
                 source = with_params(restored.conninfo, dbname="app")
-                lost = missing_ids(source, stats.acknowledged)
+                lost = missing_rows(source, stats.rows)
                 with psycopg.connect(source, autocommit=True) as conn:
                     conn.execute("select sum(length(status)) from orders")  # reads every page
                 step.evidence["lost"] = len(lost)

@@ -29,6 +29,7 @@ from pgdr.failover.standby_setup import (
 from pgdr.pg.connect import session
 from pgdr.pg.conninfo import split_password
 from pgdr.pg.probe import find_primary
+from pgdr.pg.process import dir_progress
 from pgdr.pg.programs import Programs
 from pgdr.repo.layout import Repository
 from pgdr.repo.records import save_record
@@ -66,6 +67,10 @@ def run_rejoin(config: Config, programs: Programs, repo: Repository, name: str) 
     primary = find_primary(config).node
     if primary.name == name:
         raise FailoverRefused(f"{name} is the current primary; nothing to rejoin")
+    if node.data_dir is not None:
+        # pg_rewind and pg_basebackup of the node's own major version (PG_VERSION), never
+        # the newest installed: a 15 cluster rewound by 18's pg_rewind is refused anyway.
+        programs = programs.for_server(data_dir=node.data_dir, what=name)
     inst = local_instance(node, programs)
     if inst is None:
         raise FailoverRefused(f"{name}'s data directory is not on this machine",
@@ -102,7 +107,9 @@ def run_rejoin(config: Config, programs: Programs, repo: Repository, name: str) 
             programs.run_as.chown(inst.data_dir)
             ensure_slot(primary.conninfo, read_auto_conf(aside).get("primary_slot_name") or slot_name(name))
             programs.run("pg_basebackup", ["-d", plain, "-D", str(inst.data_dir), "-X", "stream",
-                                           "--checkpoint=fast"], password=password, timeout=3600)
+                                           "--checkpoint=fast"], password=password, timeout=3600,
+                         stall_timeout=config.pg.stall_timeout, progress=dir_progress(inst.data_dir),
+                         stalled_what=f"nothing written to {inst.data_dir} by {primary.name}")
     restore_own_config(inst.data_dir, saved, programs)
     with timeline.step("start as standby", name):
         app_name = configure_as_standby(inst.data_dir, node, primary, programs)

@@ -116,6 +116,11 @@ def describe_failure(exc: BaseException) -> str:
 
 def _bounded(conninfo: str, bounds: Bounds) -> str:
     params: dict[str, str | int | None] = {"connect_timeout": max(1, round(bounds.connect))}
+    # UTF-8 on every session: a SQL_ASCII database would otherwise hand psycopg bytes
+    # instead of str (and refuse non-ASCII names in queries); the server converts other
+    # encodings (LATIN1, EUC_JP…) to UTF-8 itself. A conninfo that sets its own wins.
+    if "client_encoding" not in parse(conninfo):
+        params["client_encoding"] = "UTF8"
     if bounds.tcp_user:  # libpq ignores these on a unix socket
         idle = max(1, round(bounds.tcp_user / 3))
         params.update(keepalives=1, keepalives_idle=idle, keepalives_interval=idle, keepalives_count=3,

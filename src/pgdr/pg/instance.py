@@ -20,7 +20,7 @@ from psycopg.conninfo import make_conninfo
 
 from pgdr.errors import SandboxError
 from pgdr.pg.children import REGISTRY
-from pgdr.pg.process import Watchdog
+from pgdr.pg.process import Watchdog, dir_progress
 from pgdr.pg.programs import Programs
 
 # A restored or scratch copy must never act as part of the cluster it came from: no
@@ -195,13 +195,16 @@ class Instance:
                                      "promote"], timeout=timeout + 10)
 
     # ---- replication -----------------------------------------------------------
-    def init_standby_from(self, primary: Instance, slot: str) -> None:
-        """pg_basebackup -R from a running primary, with a physical slot of its own."""
+    def init_standby_from(self, primary: Instance, slot: str, *, stall_timeout: float = 120) -> None:
+        """pg_basebackup -R from a running primary, with a physical slot of its own; a copy
+        that writes nothing for stall_timeout seconds (a stopped primary) is ended."""
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         self.programs.run_as.chown(self.data_dir.parent)
         self.programs.run("pg_basebackup", [
             "-d", primary.conninfo(), "-D", str(self.data_dir), "-R", "-X", "stream",
-            "-C", "-S", slot, "--checkpoint=fast", "--no-sync"], timeout=600)
+            "-C", "-S", slot, "--checkpoint=fast", "--no-sync"], timeout=600,
+            stall_timeout=stall_timeout, progress=dir_progress(self.data_dir),
+            stalled_what=f"nothing written to {self.data_dir} by {primary.name}")
         # primary_conninfo written by -R names the primary's socket; add our name so
         # pg_stat_replication shows which standby is which.
         auto = self.data_dir / "postgresql.auto.conf"

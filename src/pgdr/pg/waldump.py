@@ -122,16 +122,37 @@ def path_to_key(path: str) -> str:
 
 # Only the records that matter, found by C-level regex scans over pg_waldump's whole
 # output (one Python step per matching record, none per other line): Heap DELETE /
-# UPDATE / HOT_UPDATE counted per (xid, op, relation) with a Counter, and the rarer
-# records (commits, aborts, storage creates, heap truncates, restore points) one by one.
+# UPDATE / HOT_UPDATE (and UPDATE+INIT, an update onto a fresh page) counted per (xid,
+# op, relation) with a Counter, and the rarer records (commits, aborts, storage creates,
+# heap truncates, restore points) one by one. The row pattern is the whole parse cost of
+# an update-heavy segment (~50k matching lines): it starts on a literal, crosses the LSN
+# fields in one character-class run, and reads relation #0 from the first ", blkref"
+# (PostgreSQL 15's heap descriptions print no comma before it).
 _HEAD = r"tx: *(\d+), lsn: ([0-9A-F]+/[0-9A-F]+), prev [0-9A-F]+/[0-9A-F]+, desc: "
 # (over bytes: decoding megabytes of output to scan it costs as much as the scan)
-_ROW_RE = re.compile(rb"tx: *(\d+), lsn: [0-9A-F]+/[0-9A-F]+, prev [0-9A-F]+/[0-9A-F]+, "
-                     rb"desc: (DELETE|UPDATE|HOT_UPDATE) [^b\n]*(?:b(?!lkref #0: )[^b\n]*)*blkref #0: rel (\d+/\d+/\d+)")
-# the rare records: found by their literal "desc: OP" (a fast prefix scan), then read whole
-_RARE_RE = re.compile(rb"desc: (?:COMMIT|ABORT|CREATE|TRUNCATE|RESTORE_POINT)")
+_ROW_RE = re.compile(rb"tx: +(\d+), [^d\n]+desc: (DELETE|UPDATE|HOT_UPDATE)(?:\+INIT)? "
+                     rb"[^,\n]*, blkref #0: rel (\d+/\d+/\d+)")
+# the rare records: found by their rmgr at the start of a line (Transaction, Storage:
+# few lines) or their literal desc (Heap TRUNCATE, XLOG RESTORE_POINT), then read whole
+_RARE_RE = re.compile(rb"rmgr: (?:Transaction|Storage) ")
+_RARE_DESCS = (b"desc: TRUNCATE ", b"desc: RESTORE_POINT ")
 _LINE_RE = re.compile(r"rmgr: (\S+) +len \(rec/tot\): *\d+/ *\d+, " + _HEAD + r"(\S+) ?([^\n]*)")
 _LAST_LSN_RE = re.compile(rb"lsn: ([0-9A-F]+/[0-9A-F]+), prev")
+
+
+def _rare_lines(text: bytes) -> list[bytes]:
+    """The lines of the rare records, in output order."""
+    starts = [m.start() for m in _RARE_RE.finditer(text)]
+    for desc in _RARE_DESCS:
+        at = text.find(desc)
+        while at >= 0:
+            starts.append(text.rfind(b"\n", 0, at) + 1)
+            at = text.find(desc, at + 1)
+    lines = []
+    for begin in sorted(set(starts)):
+        end = text.find(b"\n", begin)
+        lines.append(text[begin:end if end >= 0 else len(text)])
+    return lines
 
 
 def _commit_time(ts: str) -> datetime:
@@ -146,10 +167,8 @@ def parse_output(text: bytes, result: ChunkResult) -> None:
         rels = target.setdefault(int(xid_s), {})
         rel = rel_b.decode()
         rels[rel] = rels.get(rel, 0) + n
-    for hit in _RARE_RE.finditer(text):
-        begin = text.rfind(b"\n", 0, hit.start()) + 1
-        end = text.find(b"\n", hit.end())
-        m = _LINE_RE.match(text[begin:end if end >= 0 else len(text)].decode(errors="replace"))
+    for line in _rare_lines(text):
+        m = _LINE_RE.match(line.decode(errors="replace"))
         if m is None:
             continue
         rmgr, xid_s, lsn, op, rest = m.groups()
@@ -283,10 +302,28 @@ def _dump(programs: Programs, tmp: Path, chunk: Chunk, rmgrs: tuple[str, ...],
     return res.returncode, _cut_after(out, start + size) if end > start + size else out, res.stderr
 
 
-def read_chunk(programs: Programs, chunk: Chunk, rmgrs: tuple[str, ...], xid: int | None) -> ChunkResult:
+SHM = "/dev/shm"
+
+
+def scratch_root(segment_size: int, jobs: int) -> str | None:
+    """Where the workers unpack segments and keep pg_waldump's output: memory (/dev/shm)
+    when it has room for every worker's files (a segment, part of the next, and ~1.5
+    segments of text each), else the temp folder (None). On disk, writing and unlinking
+    ~3 segments' worth per segment costs a third of the scan's CPU."""
+    try:
+        st = os.statvfs(SHM)
+    except OSError:
+        return None
+    need = jobs * 4 * segment_size + (64 << 20)
+    return SHM if os.access(SHM, os.W_OK) and st.f_bavail * st.f_frsize >= need else None
+
+
+def read_chunk(programs: Programs, chunk: Chunk, rmgrs: tuple[str, ...], xid: int | None,
+               scratch: str | None = None) -> ChunkResult:
+    """One segment's records (see the module docstring); scratch: the folder to unpack in."""
     name = chunk.segment.name(chunk.segment_size)
     result = ChunkResult(name)
-    tmp = Path(tempfile.mkdtemp(prefix="pgdr-waldump-"))
+    tmp = Path(tempfile.mkdtemp(prefix="pgdr-waldump-", dir=scratch))
     try:
         try:
             code, out, err_text = _dump(programs, tmp, chunk, rmgrs, xid)
@@ -306,7 +343,7 @@ def read_chunk(programs: Programs, chunk: Chunk, rmgrs: tuple[str, ...], xid: in
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _read_chunk_job(args: tuple[Programs, Chunk, tuple[str, ...], int | None]) -> ChunkResult:
+def _read_chunk_job(args: tuple[Programs, Chunk, tuple[str, ...], int | None, str | None]) -> ChunkResult:
     return read_chunk(*args)
 
 
@@ -322,7 +359,8 @@ def scan(programs: Programs, chunks: Sequence[Chunk], rmgrs: tuple[str, ...],
     t0 = time.monotonic()
     # two workers per core: each waits on its pg_waldump part of the time
     jobs = max(1, min(jobs or 2 * (os.cpu_count() or 2), len(chunks) or 1))
-    work = [(programs, c, rmgrs, xid) for c in chunks]
+    scratch = scratch_root(chunks[0].segment_size, jobs) if chunks else None
+    work = [(programs, c, rmgrs, xid, scratch) for c in chunks]
     results: list[ChunkResult] = []
     if jobs == 1 or len(chunks) <= 1:
         for w in work:

@@ -80,6 +80,11 @@ class BackupManifest(BaseModel):
     relations: dict[str, Relation] = {}
     databases: dict[str, LogicalDatabase] = {}
     tablespaces: dict[str, Tablespace] = {}
+    # A native incremental backup (pg_basebackup --incremental, PostgreSQL 17+): the backup
+    # whose backup_manifest it was taken against, and the whole chain it needs, oldest (a
+    # full backup) first, ending with that parent. Empty for a full backup.
+    parent: str | None = None
+    chain: list[str] = []
     # sha256 of the canonical JSON of everything above (see seal()); None only in
     # manifests written before it existed.
     manifest_sha256: str | None = None
@@ -94,13 +99,47 @@ class BackupManifest(BaseModel):
         return self.model_copy(update={"manifest_sha256": self.content_digest()})
 
     @property
+    def incremental(self) -> bool:
+        return self.parent is not None
+
+    @property
+    def display_kind(self) -> str:
+        """What `list` shows: physical, incremental or logical (kind stays "physical" for an
+        incremental backup, so everything that restores physical backups takes it)."""
+        return "incremental" if self.parent is not None else self.kind
+
+    @property
     def age_seconds(self) -> float:
         return (datetime.now(UTC) - self.stop_time).total_seconds()
 
 
 def new_backup_id(kind: str, now: datetime | None = None) -> str:
     stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S")
-    return f"{stamp}{'F' if kind == 'physical' else 'L'}"
+    return f"{stamp}{ {'physical': 'F', 'incremental': 'I'}.get(kind, 'L')}"
+
+
+def chain_of(backups_dir: Path, manifest: BackupManifest) -> list[tuple[Path, BackupManifest]]:
+    """The backups an incremental backup needs, oldest (the full one) first and itself last,
+    each pgdr.json read and checked; a missing or mismatched link raises ManifestDamaged."""
+    links = [*manifest.chain, manifest.id] if manifest.parent is not None else [manifest.id]
+    if manifest.parent is not None and (not manifest.chain or manifest.chain[-1] != manifest.parent):
+        raise ManifestDamaged(f"backup {manifest.id}: its chain {manifest.chain} does not end with its "
+                              f"parent {manifest.parent}")
+    found: list[tuple[Path, BackupManifest]] = []
+    for link in links[:-1]:
+        folder = backups_dir / link
+        if not folder.is_dir():
+            raise ManifestDamaged(f"backup {manifest.id} is incremental and needs {link}, which is "
+                                  "not in the repository", hint="restore or verify an older full backup")
+        found.append((folder, read_manifest(folder)))
+    found.append((backups_dir / manifest.id, manifest))
+    for (_f, older), (_g, newer) in zip(found, found[1:], strict=False):
+        if newer.parent != older.id or older.system_identifier != newer.system_identifier:
+            raise ManifestDamaged(f"backup {newer.id}: its parent should be {older.id}, "
+                                  f"pgdr.json says {newer.parent}")
+    if found[0][1].parent is not None:
+        raise ManifestDamaged(f"backup {manifest.id}: the chain's first backup {found[0][1].id} is not a full backup")
+    return found
 
 
 class ManifestDamaged(RepositoryError):

@@ -5,7 +5,8 @@ A backup is kept when it is among the newest `keep_last` of its kind OR younger 
 each kind are always kept. WAL is removed only below the oldest kept physical backup's
 start segment, so every kept backup can still be recovered to any later point; while
 a backup's pgdr.json is unreadable no WAL is removed at all (its needs are unknown).
-History files are always kept.
+History files are always kept. An incremental backup's chain (repo/manifest.py) is kept
+whole: every backup a kept incremental backup needs is kept with it.
 
 Restore and verify hold shared locks (repo/locks.py) on the backup and the archive
 they read; expire takes each exclusively without waiting, and skips what is held.
@@ -59,6 +60,7 @@ def plan_expire(repo: Repository, policy: RetentionConfig) -> ExpirePlan:
                 plan.notes.append(f"kept {backup.id}: the newest verified {kind} backup")
             else:
                 plan.remove.append(backup)
+    _keep_chains_whole(plan)
     kept_physical = [b for b in plan.keep if b.kind == "physical"]
     archive = WalArchive(repo)
     if plan.damaged:
@@ -79,16 +81,52 @@ def plan_expire(repo: Repository, policy: RetentionConfig) -> ExpirePlan:
     return plan
 
 
+def _keep_chains_whole(plan: ExpirePlan) -> None:
+    """An incremental backup is only restorable with every backup of its chain: each one a
+    kept backup needs is kept too. A damaged pgdr.json of an incremental backup (its id
+    ends in I) hides its chain, so every physical backup older than it is kept."""
+    by_id = {b.id: b for b in plan.keep + plan.remove}
+    needed: dict[str, str] = {}
+    for backup in plan.keep:
+        for link in backup.chain:
+            needed.setdefault(link, backup.id)
+    for damaged in plan.damaged:
+        if damaged.id.endswith("I"):
+            for b in plan.remove:
+                if b.kind == "physical" and b.id < damaged.id:
+                    needed.setdefault(b.id, damaged.id)
+    for backup in list(plan.remove):
+        if backup.id in needed:
+            plan.remove.remove(backup)
+            plan.keep.append(backup)
+            plan.notes.append(f"kept {backup.id}: incremental backup {needed[backup.id]} needs it")
+    missing = sorted({link for b in plan.keep for link in b.chain if link not in by_id})
+    if missing:
+        plan.notes.append("incremental backup chain(s) already broken: " + ", ".join(missing)
+                          + " missing from the repository")
+    plan.keep.sort(key=lambda b: b.stop_time)
+
+
 def apply_expire(repo: Repository, plan: ExpirePlan) -> ExpirePlan:
     """Remove what the plan says, except what a running restore or verify holds (skipped
     and noted in the returned plan)."""
     with exclusive_lock(repo.lock_path("backup"), "backup or expire"):
         removed = []
-        for backup in plan.remove:
+        # Newest first: a restore or verify of an incremental backup locks that backup
+        # only, so when it is skipped, the backups of its chain are skipped with it.
+        held_chains: dict[str, str] = {}
+        for backup in sorted(plan.remove, key=lambda b: b.stop_time, reverse=True):
+            if backup.id in held_chains:
+                plan.skipped.append(backup.id)
+                plan.notes.append(f"skipped {backup.id}: a restore or verify is reading "
+                                  f"{held_chains[backup.id]}, which needs it")
+                continue
             lock = Exclusive(backup_lock(repo, backup.id))
             if not lock.acquire():
                 plan.skipped.append(backup.id)
                 plan.notes.append(f"skipped {backup.id}: a restore or verify is reading it")
+                for link in backup.chain:
+                    held_chains.setdefault(link, backup.id)
                 continue
             try:
                 target = repo.backups_dir / backup.id

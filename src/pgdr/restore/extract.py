@@ -301,15 +301,21 @@ def _mkdir_for_server(path: Path, programs: Programs) -> None:
 
 def extract_physical(backup_dir: Path, target: Path, programs: Programs,
                      method: ExtractMethod = DEFAULT_METHOD, *, manifest: BackupManifest | None = None,
-                     tablespaces: dict[str, Path] | None = None, checks: bool = True) -> Extracted:
+                     tablespaces: dict[str, Path] | None = None, checks: bool = True,
+                     combine: bool = True) -> Extracted:
     """Unpack base.tar* into target, pg_wal.tar* into target/pg_wal and each tablespace's
     tar into its place, hashing every byte read; link the tablespaces to their places.
 
     target must not exist yet: a restore never writes over a data directory. With a
     manifest and checks on, every file is compared with pgdr.json and a mismatch raises
     BackupDamaged (after removing what was extracted). checks=False is the benchmark's
-    "restore as it was before the checks" and nothing else.
+    "restore as it was before the checks" and nothing else. An incremental backup's whole
+    chain is unpacked and combined (restore/combine.py; combine=False is its own call).
     """
+    if combine and manifest is not None and manifest.parent is not None:
+        from pgdr.restore.combine import extract_combined
+
+        return extract_combined(backup_dir, target, programs, method, manifest=manifest, checks=checks)
     if target.exists():
         raise RepositoryError(f"refusing to restore into existing {target}",
                               hint="restores always go to a new, empty folder")

@@ -38,8 +38,12 @@ class Mismatch:
 
 
 def verify_backup_files(backup_dir: Path, data_dir: Path, programs: Programs) -> tuple[bool, list[str]]:
-    """pg_verifybackup on the extracted directory; (ok, its output lines)."""
-    args = ["-m", str(backup_dir / "backup_manifest"), "-w", str(data_dir / "pg_wal")]
+    """pg_verifybackup on the extracted directory; (ok, its output lines). A directory
+    rebuilt from an incremental chain is checked against the manifest pg_combinebackup
+    wrote for it (restore/combine.py), not the incremental backup's own."""
+    combined = data_dir / "backup_manifest"
+    manifest = combined if combined.is_file() else backup_dir / "backup_manifest"
+    args = ["-m", str(manifest), "-w", str(data_dir / "pg_wal")]
     for name in IGNORED:
         args += ["-i", name]
     res = programs.run("pg_verifybackup", [*args, str(data_dir)], ok_codes=(0, 1), timeout=3600)

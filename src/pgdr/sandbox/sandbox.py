@@ -25,11 +25,11 @@ from typing import Any
 from psycopg.conninfo import make_conninfo
 
 from pgdr.backup import archiver
-from pgdr.errors import PgdrError, SandboxError
+from pgdr.errors import PgdrError, SandboxError, UsageError
 from pgdr.fsutil import write_json_durable
 from pgdr.pg.connect import session
 from pgdr.pg.instance import SOCKET_PATH_MAX, Instance, check_traversable, free_port
-from pgdr.pg.programs import Programs
+from pgdr.pg.programs import Programs, bindir_major
 from pgdr.repo.layout import Repository
 
 APP_DB = "app"
@@ -63,6 +63,9 @@ class Sandbox:
     socket_dir: Path
     nodes: list[SandboxNode]
     sync: bool = False
+    # `pgdr sandbox up --bindir DIR`: the PostgreSQL programs the sandbox was made with;
+    # written to its pgdr.toml ([pg] bindir) so every later command uses the same major.
+    bindir: Path | None = None
 
     @property
     def config_path(self) -> Path:
@@ -96,12 +99,14 @@ def load_sandbox(root: Path) -> Sandbox | None:
     except (OSError, ValueError) as exc:
         raise SandboxError(f"unreadable {_state_path(root)}: {exc}") from None
     nodes = [SandboxNode(n["name"], n["role"], int(n["port"]), Path(n["data_dir"])) for n in raw["nodes"]]
-    return Sandbox(Path(raw["root"]), Path(raw["socket_dir"]), nodes, bool(raw.get("sync")))
+    bindir = Path(raw["bindir"]) if raw.get("bindir") else None
+    return Sandbox(Path(raw["root"]), Path(raw["socket_dir"]), nodes, bool(raw.get("sync")), bindir)
 
 
 def _save(sandbox: Sandbox) -> None:
     write_json_durable(_state_path(sandbox.root), {
         "root": str(sandbox.root), "socket_dir": str(sandbox.socket_dir), "sync": sandbox.sync,
+        "bindir": str(sandbox.bindir) if sandbox.bindir else None,
         "nodes": [{"name": n.name, "role": n.role, "port": n.port, "data_dir": str(n.data_dir)}
                   for n in sandbox.nodes]})
 
@@ -120,6 +125,8 @@ def render_config(sandbox: Sandbox) -> str:
         "[cluster]", 'name = "sandbox"', "",
         "[repository]", 'path = "repo"', "",
     ]
+    if sandbox.bindir is not None:
+        lines += ["[pg]", f"bindir = {json.dumps(str(sandbox.bindir))}", ""]
     for node in sandbox.nodes:
         lines += ["[[nodes]]", f'name = "{node.name}"', f'role = "{node.role}"',
                   f"conninfo = \"{sandbox.conninfo(node, 'postgres')}\"",
@@ -132,11 +139,23 @@ def render_config(sandbox: Sandbox) -> str:
     return "\n".join(lines)
 
 
+def check_bindir(bindir: Path) -> Path:
+    """An absolute bindir holding PostgreSQL's server programs, or one line saying why not."""
+    bindir = bindir.resolve()
+    missing = [p for p in ("postgres", "initdb", "pg_ctl", "pg_basebackup") if not (bindir / p).is_file()]
+    if missing:
+        raise UsageError(f"--bindir {bindir}: no {', '.join(missing)} there",
+                           hint="name the bin/ folder of a PostgreSQL installation")
+    return bindir
+
+
 def up(root: Path, programs: Programs, standbys: int = 1, sync: bool = False) -> Sandbox:
     """Create the sandbox, or start an existing one again."""
     root = root.resolve()
     existing = load_sandbox(root)
     if existing is not None:
+        if existing.bindir is not None and programs.configured is None:
+            programs = Programs(existing.bindir, programs.run_as)
         _start_existing(existing, programs)
         return existing
     if standbys < 0 or standbys > 5:
@@ -158,7 +177,7 @@ def up(root: Path, programs: Programs, standbys: int = 1, sync: bool = False) ->
         used.add(port)
         nodes.append(SandboxNode(name, "primary" if i == 0 else "standby", port,
                                  root / "nodes" / name / "data"))
-    sandbox = Sandbox(root, socket_dir, nodes, sync)
+    sandbox = Sandbox(root, socket_dir, nodes, sync, programs.configured)
     try:
         _create(sandbox, programs)
     except BaseException:
@@ -173,6 +192,9 @@ def _create(sandbox: Sandbox, programs: Programs) -> None:
     programs.run_as.chown(primary.data_dir.parent)
     primary.initdb(checksums=True)
     settings = dict(SERVER_SETTINGS)
+    if (bindir_major(programs.bindir) or 0) >= 17:
+        # WAL summaries are what `pg_basebackup --incremental` (pgdr backup --incremental) reads.
+        settings["summarize_wal"] = "on"
     settings.update(primary.local_settings())
     primary.configure(settings)
     _save(sandbox)
