@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -199,12 +200,23 @@ def test_lock_timeout_ends_a_blocked_migration(project: Project) -> None:
     assert _value(project.primary, "select version_num from alembic_version") == "r1"
 
 
-def test_refuses_without_a_wal_archive(project: Project, tmp_path: Path) -> None:
+def test_refuses_without_a_wal_archive_space_or_verified_backup(project: Project, tmp_path: Path) -> None:
+    """Nothing runs when the freeze point (or the rehearsal's copy) cannot be had."""
     marker = tmp_path / "ran"
+    touch = [sys.executable, "-c", f"open({str(marker)!r}, 'w')"]
+    no_copy = project.pgdr("migrate", "--rehearse", "--", *touch)
+    assert no_copy.returncode == 1 and "no verified physical backup" in no_copy.stderr, no_copy.stderr
+    free = shutil.disk_usage(project.sandbox.repo.root).free
+    tight = project.sandbox.root / "pgdr-tight.toml"   # same folder: same relative repository path
+    tight.write_text(project.sandbox.config_path.read_text().replace(
+        "[migrate]\n", f"[migrate]\nmin_free_bytes = {free * 2}\n"))
+    no_space = run_cli("migrate", "--", *touch, config=tight, env=project.env)
+    assert no_space.returncode == 1 and "MiB needed" in no_space.stderr, no_space.stderr
+    assert not marker.exists()
     stopped = project.pgdr("archiver", "stop")
     assert stopped.returncode == 0, stopped.stderr
     try:
-        result = project.pgdr("migrate", "--", sys.executable, "-c", f"open({str(marker)!r}, 'w')")
+        result = project.pgdr("migrate", "--", *touch)
     finally:
         started = project.pgdr("archiver", "start")
     assert started.returncode == 0, started.stderr

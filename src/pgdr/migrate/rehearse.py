@@ -4,8 +4,8 @@ The newest verified physical backup is restored with all archived WAL (after wai
 for the archive to reach the primary's current position) into a scratch instance that
 listens on a private unix socket and 127.0.0.1 only. The command gets the copy's libpq
 URL in one environment variable ([migrate] url_env, DATABASE_URL by default) - never
-in argv - and every other libpq variable that could name a server is removed from its
-environment. While it runs, pg_locks is sampled (every 50 ms) to find the locks it took
+in argv - and every other variable that could name a server (the libpq ones, and
+DATABASE_URL when url_env is another) is removed from its environment. While it runs, pg_locks is sampled (every 50 ms) to find the locks it took
 and how long it held them - a lock held for less than that can go unseen, and does not
 matter for production either; afterwards the tables it rewrote (new relfilenode) and the rows it wrote
 are counted. The primary's schema fingerprint is taken before and after: a rehearsal
@@ -21,6 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
+
+from psycopg import sql
 
 from pgdr.config import Config
 from pgdr.errors import PgdrError
@@ -118,8 +120,6 @@ def _rewrites(conninfo: str, before: dict[int, dict[str, Any]]) -> tuple[list[di
         for oid, row in after.items():
             old = before.get(oid)
             if old is not None and old["filenode"] != row["filenode"]:
-                from psycopg import sql
-
                 schema_name, _, table = row["name"].partition(".")
                 counted = conn.execute(sql.SQL("select count(*) as n from {}").format(
                     sql.Identifier(schema_name, table))).fetchone()
@@ -135,6 +135,7 @@ def rehearse(config: Config, programs: Programs, repo: Repository, argv: Sequenc
     record = new_record(argv, cwd, primary, rehearsal=True)
     timeline = Timeline()
     database = parse(primary).get("dbname") or "postgres"
+    backup_id = newest_verified(repo)
     with timeline.step("primary fingerprint"):
         primary_before = schema.fingerprint(programs, primary)
     with timeline.step("archive to now") as step:
@@ -143,51 +144,56 @@ def rehearse(config: Config, programs: Programs, repo: Repository, argv: Sequenc
         assert row is not None
         fz.wait_archived(config, primary, row["lsn"], config.migrate.archive_wait)
         step.detail = f"LSN {row['lsn']}"
-    root = scratch_root(config)
-    reap_stale(root)
-    scratch = Scratch.create(root, "rehearse", programs)
     try:
-        with timeline.step("restore copy") as step:
-            backup_id = newest_verified(repo)
-            restored = restore_to_point(config, programs, repo, RecoveryTarget("latest", None),
-                                        scratch.folder / "data", backup_id=backup_id)
-            copy = with_params(restored.conninfo, dbname=database,
-                               user=parse(primary).get("user") or parse(restored.conninfo).get("user"))
-            step.detail = f"backup {backup_id} + WAL to LSN {restored.reached.get('lsn')}"
-            step.evidence["seconds"] = restored.phases
-        revision = fz.read_revision(copy, config.migrate.revision_query)
-        before = schema.snapshot(copy, config.migrate.ignore_tables)
-        tables_before = _tables(copy)
-        sampler = LockSampler(copy)
-        with timeline.step("migration on the copy", record["command"]) as step:
-            sampler.start()
-            try:
-                env = command_env(config, {config.migrate.url_env: copy_url(copy)}, isolate=True)
-                result = run_command(config, argv, env, cwd, on_line)
-            finally:
-                sampler.stop.set()
-                sampler.join(10)
-            step.evidence.update(result.as_dict())
-            if not result.ok:
+        root = scratch_root(config)
+        reap_stale(root)
+        scratch = Scratch.create(root, "rehearse", programs)
+        try:
+            with timeline.step("restore copy") as step:
+                restored = restore_to_point(config, programs, repo, RecoveryTarget("latest", None),
+                                            scratch.folder / "data", backup_id=backup_id)
+                copy = with_params(restored.conninfo, dbname=database,
+                                   user=parse(primary).get("user") or parse(restored.conninfo).get("user"))
+                step.detail = f"backup {backup_id} + WAL to LSN {restored.reached.get('lsn')}"
+                step.evidence["seconds"] = restored.phases
+            revision = fz.read_revision(copy, config.migrate.revision_query)
+            before = schema.snapshot(copy, config.migrate.ignore_tables)
+            tables_before = _tables(copy)
+            sampler = LockSampler(copy)
+            with timeline.step("migration on the copy", record["command"]) as step:
+                sampler.start()
+                try:
+                    env = command_env(config, {config.migrate.url_env: copy_url(copy)}, isolate=True)
+                    result = run_command(config, argv, env, cwd, on_line)
+                finally:
+                    sampler.stop.set()
+                    sampler.join(10)
+                step.evidence.update(result.as_dict())
+                if not result.ok:
+                    step.result = "failed"
+                    step.detail = result.error or ""
+            with timeline.step("measure"):
+                rewritten, written = _rewrites(copy, tables_before)
+                changes = schema.diff(before, schema.snapshot(copy, config.migrate.ignore_tables))
+                revision_after = fz.read_revision(copy, config.migrate.revision_query)
+        finally:
+            problems = scratch.destroy()
+        with timeline.step("primary untouched") as step:
+            primary_after = schema.fingerprint(programs, primary)
+            if primary_after != primary_before:
                 step.result = "failed"
-                step.detail = result.error or ""
-        with timeline.step("measure"):
-            rewritten, written = _rewrites(copy, tables_before)
-            changes = schema.diff(before, schema.snapshot(copy, config.migrate.ignore_tables))
-            revision_after = fz.read_revision(copy, config.migrate.revision_query)
-    finally:
-        problems = scratch.destroy()
-    with timeline.step("primary untouched") as step:
-        primary_after = schema.fingerprint(programs, primary)
-        if primary_after != primary_before:
-            step.result = "failed"
-            step.detail = "the primary's schema fingerprint CHANGED during the rehearsal"
-    record.update(outcome="ok" if result.ok else "failed", **result.as_dict(), duration_s=round(result.seconds, 3),
-                  backup_id=backup_id, revision_before=revision, revision_after=revision_after,
-                  diff=changes.as_dict(), locks=sampler.held(), lock_sampling_error=sampler.error,
-                  rewritten=rewritten, rows_rewritten=sum(r["rows"] for r in rewritten), rows_written=written,
-                  primary_fingerprint_before=primary_before, primary_fingerprint_after=primary_after,
-                  primary_untouched=primary_after == primary_before, cleanup_problems=problems,
-                  finished_at=datetime.now(UTC).isoformat(), timeline=timeline.as_list())
+                step.detail = "the primary's schema fingerprint CHANGED during the rehearsal"
+        record.update(outcome="ok" if result.ok else "failed", **result.as_dict(), duration_s=round(result.seconds, 3),
+                      backup_id=backup_id, revision_before=revision, revision_after=revision_after,
+                      diff=changes.as_dict(), locks=sampler.held(), lock_sampling_error=sampler.error,
+                      rewritten=rewritten, rows_rewritten=sum(r["rows"] for r in rewritten), rows_written=written,
+                      primary_fingerprint_before=primary_before, primary_fingerprint_after=primary_after,
+                      primary_untouched=primary_after == primary_before, cleanup_problems=problems,
+                      finished_at=datetime.now(UTC).isoformat(), timeline=timeline.as_list())
+    except BaseException as exc:
+        record.update(outcome="failed", error=getattr(exc, "message", str(exc)) or type(exc).__name__,
+                      finished_at=datetime.now(UTC).isoformat(), timeline=timeline.as_list())
+        records.write(repo, record)
+        raise
     records.write(repo, record)
     return record

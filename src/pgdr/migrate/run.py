@@ -31,7 +31,7 @@ from pgdr.runbook.timeline import Timeline
 
 # Variables that could point a rehearsal's command at production: removed for it.
 LIBPQ_TARGET_ENV = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE", "PGSERVICEFILE",
-                    "PGPASSWORD", "PGPASSFILE")
+                    "PGPASSWORD", "PGPASSFILE", "DATABASE_URL")
 ALL_CODES = tuple(range(-64, 256))
 TAIL_LINES = 30
 
@@ -55,11 +55,14 @@ class CommandResult:
 def command_env(config: Config, extra: Mapping[str, str] | None = None, *,
                 isolate: bool = False) -> dict[str, str]:
     """The user's environment (their PATH, virtualenv, DATABASE_URL) plus the timeouts in
-    PGOPTIONS; isolate drops every libpq variable that could reach another server."""
+    PGOPTIONS; isolate drops every variable that could reach another server. A timeout of
+    0 is not set at all, so a role's own setting still applies."""
     env = {k: v for k, v in os.environ.items() if not (isolate and k in LIBPQ_TARGET_ENV)}
-    options = [env.get("PGOPTIONS", "").strip(),
-               f"-c lock_timeout={round(config.migrate.lock_timeout * 1000)}",
-               f"-c statement_timeout={round(config.migrate.statement_timeout * 1000)}"]
+    options = [env.get("PGOPTIONS", "").strip()]
+    for name, seconds in (("lock_timeout", config.migrate.lock_timeout),
+                          ("statement_timeout", config.migrate.statement_timeout)):
+        if seconds:
+            options.append(f"-c {name}={round(seconds * 1000)}")
     env["PGOPTIONS"] = " ".join(o for o in options if o)
     env.update(extra or {})
     return env
@@ -114,21 +117,28 @@ def migrate(config: Config, programs: Programs, repo: Repository, argv: Sequence
     record["freeze"] = point.as_dict()
     record["timeline"] = timeline.as_list()
     records.write(repo, record)      # a pgdr killed from here on still leaves the freeze point on record
-    with timeline.step("migration", record["command"]) as step:
-        result = run_command(config, argv, command_env(config), cwd, on_line)
-        step.evidence.update(result.as_dict())
-        if not result.ok:
-            step.result = "failed"
-            step.detail = result.error or ""
-    with timeline.step("schema after") as step:
-        revision = fz.read_revision(conninfo, config.migrate.revision_query)
-        after = schema.snapshot(conninfo, config.migrate.ignore_tables)
-        changes = schema.diff(point.tables, after)
-        print_ = schema.fingerprint(programs, conninfo)
-        step.detail = changes.summary()
-    record.update(outcome="ok" if result.ok else "failed", **result.as_dict(), duration_s=round(result.seconds, 3),
-                  revision_before=point.revision, revision_after=revision, fingerprint_after=print_,
-                  schema_changed=print_ != point.fingerprint, diff=changes.as_dict(),
-                  finished_at=datetime.now(UTC).isoformat(), timeline=timeline.as_list())
-    records.write(repo, record)
+    result = CommandResult(None, 0.0, [], "pgdr stopped before the command ended")
+    try:
+        with timeline.step("migration", record["command"]) as step:
+            result = run_command(config, argv, command_env(config), cwd, on_line)
+            step.evidence.update(result.as_dict())
+            if not result.ok:
+                step.result = "failed"
+                step.detail = result.error or ""
+        record.update(outcome="ok" if result.ok else "failed", **result.as_dict(),
+                      duration_s=round(result.seconds, 3), revision_before=point.revision)
+        with timeline.step("schema after") as step:
+            revision = fz.read_revision(conninfo, config.migrate.revision_query)
+            changes = schema.diff(point.tables, schema.snapshot(conninfo, config.migrate.ignore_tables))
+            print_ = schema.fingerprint(programs, conninfo)
+            step.detail = changes.summary()
+        record.update(revision_after=revision, fingerprint_after=print_,
+                      schema_changed=print_ != point.fingerprint, diff=changes.as_dict())
+    except BaseException as exc:
+        record.update(outcome="failed", **{**result.as_dict(), "error": getattr(exc, "message", str(exc))
+                                           or type(exc).__name__})
+        raise
+    finally:
+        record.update(finished_at=datetime.now(UTC).isoformat(), timeline=timeline.as_list())
+        records.write(repo, record)
     return record
