@@ -207,10 +207,8 @@ def test_refuses_without_a_wal_archive_space_or_verified_backup(project: Project
     no_copy = project.pgdr("migrate", "--rehearse", "--", *touch)
     assert no_copy.returncode == 1 and "no verified physical backup" in no_copy.stderr, no_copy.stderr
     free = shutil.disk_usage(project.sandbox.repo.root).free
-    tight = project.sandbox.root / "pgdr-tight.toml"   # same folder: same relative repository path
-    tight.write_text(project.sandbox.config_path.read_text().replace(
-        "[migrate]\n", f"[migrate]\nmin_free_bytes = {free * 2}\n"))
-    no_space = run_cli("migrate", "--", *touch, config=tight, env=project.env)
+    no_space = run_cli("migrate", "--", *touch, config=_variant(project, "tight", min_free_bytes=str(free * 2)),
+                       env=project.env)
     assert no_space.returncode == 1 and "MiB needed" in no_space.stderr, no_space.stderr
     assert not marker.exists()
     stopped = project.pgdr("archiver", "stop")
@@ -224,6 +222,60 @@ def test_refuses_without_a_wal_archive_space_or_verified_backup(project: Project
     assert "archiver is not running" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) <= 2
     assert not marker.exists()
+
+
+def _variant(project: Project, name: str, **settings: str) -> Path:
+    """A copy of the sandbox's pgdr.toml (same folder: same repository) with [migrate] changes."""
+    extra = "".join(f"{k} = {v}\n" for k, v in settings.items())
+    path = project.sandbox.root / f"pgdr-{name}.toml"
+    path.write_text(project.sandbox.config_path.read_text().replace("[migrate]\n", f"[migrate]\n{extra}"))
+    return path
+
+
+def _receivewal_pids(sandbox: sb.Sandbox) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if proc.name.isdigit() and cmdline and cmdline[0].endswith(b"pg_receivewal") \
+                and any(str(sandbox.repo.root).encode() in a for a in cmdline):
+            found.append(int(proc.name))
+    return found
+
+
+def test_a_stopped_archive_or_an_endless_command_is_bounded(project: Project, tmp_path: Path) -> None:
+    """pg_receivewal SIGSTOPped: the restore point never reaches the archive, so the migration
+    is refused after archive_wait. A command that hangs is ended after [migrate] timeout."""
+    marker = tmp_path / "ran"
+    touch = [sys.executable, "-c", f"open({str(marker)!r}, 'w')"]
+    pids = _receivewal_pids(project.sandbox)
+    assert pids, "no pg_receivewal of this sandbox's archiver"
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        stuck = run_cli("migrate", "--", *touch, config=_variant(project, "stuck", archive_wait='"2s"'),
+                        env=project.env)
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+    assert stuck.returncode == 1 and "did not reach the WAL archive within 2s" in stuck.stderr, stuck.stderr
+    assert not marker.exists()
+
+    hang = run_cli("migrate", "--json", "--", sys.executable, "-c", "import time; time.sleep(600)",
+                   config=_variant(project, "hang", timeout='"2s"'), env=project.env)
+    assert hang.returncode == 1, hang.stderr
+    record = _record(hang)
+    assert record["outcome"] == "failed" and "did not finish within 2s" in record["error"]
+    assert not [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline(p).endswith("time.sleep(600)")]
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
 
 
 def test_failed_migration_is_reported_and_rolled_back_by_downgrade(project: Project) -> None:
