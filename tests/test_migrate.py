@@ -426,6 +426,8 @@ def test_sigkill_mid_migration_ends_the_command_and_keeps_the_freeze_point(proje
             assert time.monotonic() < deadline and pgdr.poll() is None, "the command never started"
             time.sleep(0.05)
         child = int(pid_file.read_text())
+        busy = project.pgdr("migrate", "--rollback", "latest", "--dry-run")
+        assert busy.returncode == 2 and "is still running" in busy.stderr, busy.stderr
         pgdr.send_signal(signal.SIGKILL)
         pgdr.wait(10)
         deadline = time.monotonic() + 30

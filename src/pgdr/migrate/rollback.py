@@ -37,6 +37,7 @@ from pgdr.pg.connect import session
 from pgdr.pg.conninfo import mask
 from pgdr.pg.programs import Programs
 from pgdr.repo.layout import Repository
+from pgdr.repo.unfinished import owner_dead
 from pgdr.restore.pitr import parse_time, restore_to_point
 from pgdr.restore.recovery import RecoveryTarget
 from pgdr.runbook.timeline import Timeline
@@ -71,6 +72,11 @@ class Plan:
 
 
 def make_plan(config: Config, programs: Programs, record: dict[str, Any]) -> Plan:
+    """Refuses while the migration's own pgdr still runs: its command may still be changing
+    the schema the plan is read from."""
+    if record.get("outcome") == "running" and not owner_dead(record):
+        raise UsageError(f"migration {record['id']} is still running (pgdr pid {record['owner'].get('pid')})",
+                         hint="wait for it to end, or stop that pgdr (its command ends with it)")
     freeze = record.get("freeze")
     if record.get("outcome") == "refused" or not freeze:
         return Plan(record["id"], "nothing", "the migration never started (its freeze point was refused)",
