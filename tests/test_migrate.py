@@ -81,6 +81,8 @@ R3_FAILING = ("r3", "r2", """    op.add_column("members", sa.Column("tier", sa.I
               '    op.drop_column("members", "tier")')
 R3_DESTRUCTIVE = ("r3", "r2", '    op.drop_column("members", "email")',
                   '    op.add_column("members", sa.Column("email", sa.Text))')
+# additive, but its downgrade silently does nothing (a tool that says it succeeded)
+R5_LYING_DOWNGRADE = ("r5", "r3", '    op.add_column("members", sa.Column("note", sa.Text))', "    pass")
 # holds its ACCESS EXCLUSIVE lock a while after the rewrite (slow work in the same transaction)
 R4_REWRITE = ("r4", "r3", """    op.alter_column("members", "id", type_=sa.BigInteger)
     op.execute("select pg_sleep(0.6)")""",
@@ -347,8 +349,39 @@ def test_destructive_migration_is_rolled_back_by_pitr(project: Project, programs
     assert steps[0] == "restore to the freeze point" and steps[-1] == "cutover"
 
 
+def test_a_downgrade_that_leaves_the_schema_changed_fails_the_rollback(project: Project) -> None:
+    """The tool's downgrade exits 0 but leaves a column behind: the fingerprint says so,
+    the rollback fails (exit 1) and names the PITR to the freeze point instead."""
+    project.write_revision(R5_LYING_DOWNGRADE)
+    try:
+        result = project.pgdr("migrate", "--json", "--", *project.alembic("upgrade", "r5"))
+        assert result.returncode == 0, result.stderr
+        point = _record(result)["freeze"]["restore_point"]
+        done = project.pgdr("migrate", "--rollback", "latest", "--yes")
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "not the freeze point's: columns added: public.members.note" in done.stderr
+        assert f"pgdr restore --to-name {point}" in done.stderr and "Traceback" not in done.stderr
+        assert _value(project.primary, "select version_num from alembic_version") == "r3"
+        assert "note" in _columns(project.primary)
+    finally:
+        (project.root / "migrations" / "versions" / "r5.py").unlink()
+        with session(project.primary) as conn:
+            conn.execute("alter table members drop column if exists note")
+
+
+def test_logical_freeze_adds_a_dump(project: Project) -> None:
+    result = project.pgdr("migrate", "--freeze", "logical", "--json", "--", "true")
+    assert result.returncode == 0, result.stderr
+    project.records["logical"] = _record(result)
+    backup_id = _record(result)["freeze"]["backup_id"]
+    manifest = json.loads((project.sandbox.repo.backups_dir / backup_id / "pgdr.json").read_text())
+    assert manifest["kind"] == "logical"
+
+
 def test_rehearsal_never_touches_the_primary(project: Project, programs: Programs) -> None:
-    verified = project.pgdr("verify", "latest")
+    from pgdr.repo.manifest import list_backups
+
+    verified = project.pgdr("verify", list_backups(project.sandbox.repo, "physical")[-1].id)
     assert verified.returncode == 0, verified.stderr
     project.write_revision(R4_REWRITE)
     before = _schema_hash(programs, project.primary)
@@ -376,12 +409,12 @@ def test_status_metrics_and_report_show_the_last_migration(project: Project) -> 
     from pgdr.config import load_config
     from pgdr.server.metrics import PgdrCollector
 
-    last = project.records["destructive"]
+    last, destructive = project.records["logical"], project.records["destructive"]
     status = project.pgdr("status", "--json")
     check = next(c for c in json.loads(status.stdout)["checks"] if c["name"] == "last migration")
     assert check["status"] == "ok" and check["evidence"]["id"] == last["id"]
     assert check["evidence"]["restore_point"] == last["freeze"]["restore_point"]
-    assert check["evidence"]["revision"] == "r3"
+    assert check["evidence"]["revision"] == "r3" and check["evidence"]["outcome"] == "ok"
 
     registry = CollectorRegistry()
     registry.register(PgdrCollector(load_config(project.sandbox.config_path), project.sandbox.repo))
@@ -389,9 +422,9 @@ def test_status_metrics_and_report_show_the_last_migration(project: Project) -> 
     assert 'pgdr_migration_last_outcome{outcome="ok"} 1.0' in text
     assert 'pgdr_migration_last_outcome{outcome="failed"} 0.0' in text
 
-    report = project.pgdr("report", last["id"])
+    report = project.pgdr("report", destructive["id"])
     assert report.returncode == 0, report.stderr
-    assert "schema migration" in report.stdout and last["freeze"]["restore_point"] in report.stdout
+    assert "schema migration" in report.stdout and destructive["freeze"]["restore_point"] in report.stdout
     assert "columns dropped: public.members.email" in report.stdout
 
 
