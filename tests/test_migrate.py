@@ -310,6 +310,10 @@ def test_destructive_migration_is_rolled_back_by_pitr(project: Project, programs
     assert result.returncode == 0, result.stderr + result.stdout
     record = _record(result)
     project.records["destructive"] = record
+    log = (project.sandbox.root / "nodes" / "primary.log").read_text()
+    created = log.find(f'restore point "{record["freeze"]["restore_point"]}" created')
+    assert 0 <= created < log.find("ALTER TABLE members DROP COLUMN email")
+    assert log.count("ALTER TABLE members DROP COLUMN email") == 1
     assert record["diff"]["columns_dropped"] == ["public.members.email"]
     assert record["diff"]["destructive"] is True
     assert "email" not in _columns(project.primary)
