@@ -29,6 +29,7 @@ from pgdr.errors import PgdrError
 from pgdr.migrate import freeze as fz
 from pgdr.migrate import records, schema
 from pgdr.migrate.run import command_env, new_record, run_command
+from pgdr.pg import sql as queries
 from pgdr.pg.connect import session
 from pgdr.pg.conninfo import parse, with_params
 from pgdr.pg.programs import Programs
@@ -39,27 +40,6 @@ from pgdr.restore.pitr import restore_to_point
 from pgdr.restore.recovery import RecoveryTarget
 from pgdr.restore.scratch import Scratch, reap_stale, scratch_root
 from pgdr.runbook.timeline import Timeline
-
-LOCKS_SQL = """
-select l.pid, l.mode,
-       coalesce(n.nspname || '.' || c.relname, 'relation ' || l.relation::text) as what
-from pg_locks l
-left join pg_class c on c.oid = l.relation
-left join pg_namespace n on n.oid = c.relnamespace
-where l.granted and l.locktype = 'relation' and l.pid <> pg_backend_pid()
-  and coalesce(n.nspname, '') not in ('pg_catalog', 'information_schema')
-  and coalesce(n.nspname, '') not like 'pg_toast%'
-"""
-
-TABLES_SQL = """
-select c.oid::bigint as oid, n.nspname || '.' || c.relname as name, c.relfilenode::bigint as filenode,
-       coalesce(s.n_tup_ins + s.n_tup_upd + s.n_tup_del, 0)::bigint as written
-from pg_class c
-join pg_namespace n on n.oid = c.relnamespace
-left join pg_stat_user_tables s on s.relid = c.oid
-where c.relkind = 'r' and n.nspname not in ('pg_catalog', 'information_schema')
-  and n.nspname not like 'pg_toast%'
-"""
 
 
 class LockSampler(threading.Thread):
@@ -78,7 +58,7 @@ class LockSampler(threading.Thread):
             with session(self.conninfo, what="the rehearsal's locks", statement_timeout=5) as conn:
                 while not self.stop.is_set():
                     now = time.monotonic()
-                    for row in conn.execute(LOCKS_SQL):
+                    for row in conn.execute(queries.load("migrate_locks")):
                         span = self.seen.setdefault((row["what"], row["mode"]), [now, now])
                         span[1] = now
                     self.stop.wait(self.interval)
@@ -109,7 +89,7 @@ def copy_url(conninfo: str) -> str:
 
 def _tables(conninfo: str) -> dict[int, dict[str, Any]]:
     with session(conninfo, what="the copy's tables") as conn:
-        return {int(r["oid"]): dict(r) for r in conn.execute(TABLES_SQL)}
+        return {int(r["oid"]): dict(r) for r in conn.execute(queries.load("migrate_tables"))}
 
 
 def _rewrites(conninfo: str, before: dict[int, dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:

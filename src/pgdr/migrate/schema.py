@@ -12,21 +12,9 @@ import hashlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pgdr.pg import sql as queries
 from pgdr.pg.connect import session
 from pgdr.pg.programs import Programs
-
-COLUMNS_SQL = """
-select n.nspname as schema, c.relname as table, a.attname as column,
-       format_type(a.atttypid, a.atttypmod) as type, a.attnotnull as not_null,
-       pg_get_expr(d.adbin, d.adrelid) as default
-from pg_class c
-join pg_namespace n on n.oid = c.relnamespace
-join pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
-left join pg_attrdef d on d.adrelid = c.oid and d.adnum = a.attnum
-where c.relkind in ('r', 'p') and n.nspname not in ('pg_catalog', 'information_schema')
-  and n.nspname not like 'pg_toast%' and n.nspname not like 'pg_temp%'
-order by 1, 2, a.attnum
-"""
 
 Snapshot = dict[str, dict[str, dict[str, Any]]]   # "schema.table" -> column -> facts
 
@@ -36,7 +24,7 @@ def snapshot(conninfo: str, ignore: list[str] | tuple[str, ...] = ()) -> Snapsho
     (the migration tool's own bookkeeping, e.g. public.alembic_version)."""
     out: Snapshot = {}
     with session(conninfo, what="the schema's tables and columns") as conn:
-        for row in conn.execute(COLUMNS_SQL):
+        for row in conn.execute(queries.load("migrate_columns")):
             name = f"{row['schema']}.{row['table']}"
             if name in ignore:
                 continue
