@@ -165,6 +165,19 @@ def project(base_dir: Path, programs: Programs) -> Iterator[Project]:
     sb.down(sandbox.root, programs, purge=True)
 
 
+@pytest.mark.parametrize("args, says", [
+    ((), "give the migration command after --"),
+    (("--freeze", "nope", "--", "true"), "--freeze 'nope'"),
+    (("--rehearse", "--freeze", "backup", "--", "true"), "--freeze is for the production run"),
+    (("--rollback", "latest", "--", "true"), "--rollback takes no command"),
+    (("--yes", "--", "true"), "belong to --rollback"),
+])
+def test_usage_errors_are_one_line(args: tuple[str, ...], says: str) -> None:
+    result = run_cli("migrate", *args)
+    assert result.returncode == 2 and says in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 def test_additive_migration_takes_the_freeze_point_first(project: Project) -> None:
     result = project.pgdr("migrate", "--json", "--", *project.alembic("upgrade", "r1"))
     assert result.returncode == 0, result.stderr + result.stdout

@@ -51,6 +51,8 @@ def migrate(
         raise UsageError("give the migration command after --, e.g. pgdr migrate -- alembic upgrade head")
     if freeze not in FREEZE_MODES:
         raise UsageError(f"--freeze {freeze!r}: use one of {', '.join(FREEZE_MODES)}")
+    if rehearse and freeze != "restore-point":
+        raise UsageError("--freeze is for the production run; a rehearsal works on a throwaway copy")
     echo = None if json_out else _echo
     if rehearse:
         from pgdr.migrate.rehearse import rehearse as run_rehearsal
