@@ -315,6 +315,10 @@ def test_failed_migration_is_reported_and_rolled_back_by_downgrade(project: Proj
     assert _value(project.primary, "select version_num from alembic_version") == "r1"
     assert _value(project.primary, "select count(*) from members where email is not null") == 200
     assert [s["name"] for s in _record(done)["timeline"]] == ["downgrade", "schema is the freeze point's"]
+    status = json.loads(project.pgdr("status", "--json").stdout)
+    check = next(c for c in status["checks"] if c["name"] == "last migration")
+    assert check["evidence"]["outcome"] == "failed" and check["evidence"]["rolled_back"] == _record(done)["id"]
+    assert check["status"] == "ok" and "rolled back (downgrade)" in check["summary"]
 
 
 def test_destructive_migration_is_rolled_back_by_pitr(project: Project, programs: Programs) -> None:
@@ -364,6 +368,9 @@ def test_destructive_migration_is_rolled_back_by_pitr(project: Project, programs
         stop_restored(target, programs)
     steps = [s["name"] for s in rollback["timeline"]]
     assert steps[0] == "restore to the freeze point" and steps[-1] == "cutover"
+    report = project.pgdr("report", "latest")
+    assert f"# Incident record {rollback['id']}" in report.stdout
+    assert "public.members: 3 rows written since the freeze point" in report.stdout
 
 
 def test_a_downgrade_that_leaves_the_schema_changed_fails_the_rollback(project: Project) -> None:

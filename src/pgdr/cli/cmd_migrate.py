@@ -75,8 +75,10 @@ def _summary(record: dict[str, Any]) -> None:
     what = "rehearsal" if record.get("rehearsal") else "migration"
     freeze = record.get("freeze") or {}
     say = output.console.print
-    say(f"{what} {record['outcome']}: {record.get('error') or 'exit code 0'} in {record.get('duration_s')}s; "
-        f"revision {record.get('revision_before')} -> {record.get('revision_after')}", markup=False)
+    revisions = (f"; revision {record.get('revision_before')} -> {record.get('revision_after')}"
+                 if record.get("revision_before") or record.get("revision_after") else "")
+    say(f"{what} {record['outcome']}: {record.get('error') or 'exit code 0'} in {record.get('duration_s')}s"
+        + revisions, markup=False)
     say(f"  schema: {record['diff']['summary']}", markup=False)
     if freeze:
         say(f"  freeze point: restore point {freeze['restore_point']} (LSN {freeze['lsn']})"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any, Literal
 
 from psycopg import errors as pgerrors
@@ -150,7 +150,3 @@ def take(config: Config, programs: Programs, repo: Repository, conninfo: str, mo
     point = FreezePoint(name, row["lsn"], row["at"].astimezone(UTC).isoformat(), int(row["xid"]), mode,
                         revision, fingerprint, tables, backup_id, round(waited, 3))
     return point
-
-
-def stamp() -> str:
-    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")

@@ -7,6 +7,7 @@ on record for the rollback.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,15 @@ def write(repo: Repository, record: dict[str, Any]) -> Path:
     path = records_dir(repo) / f"{record['id']}.json"
     write_json_durable(path, record)
     return path
+
+
+def new_id(kind: str) -> str:
+    """Record ids sort by time like every other record's (`pgdr report latest`)."""
+    return f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}-{kind}"
+
+
+def rollbacks_of(repo: Repository, migration_id: str) -> list[dict[str, Any]]:
+    return [r for r in list_records(repo, ROLLBACK_KIND) if r.get("migration_id") == migration_id]
 
 
 def migrations(repo: Repository) -> list[dict[str, Any]]:

@@ -173,7 +173,13 @@ def rehearse(config: Config, programs: Programs, repo: Repository, argv: Sequenc
     except BaseException as exc:
         record.update(outcome="failed", error=getattr(exc, "message", str(exc)) or type(exc).__name__,
                       finished_at=datetime.now(UTC).isoformat(), timeline=timeline.as_list())
-        records.write(repo, record)
+        _save(repo, record)
         raise
-    records.write(repo, record)
+    _save(repo, record)
     return record
+
+
+def _save(repo: Repository, record: dict[str, Any]) -> None:
+    """Written once, at the end: its id is the end's time, after the restore record it holds."""
+    record["id"] = records.new_id(records.KIND)
+    records.write(repo, record)

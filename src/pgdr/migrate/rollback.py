@@ -122,7 +122,7 @@ def execute(config: Config, programs: Programs, repo: Repository, record: dict[s
     if plan.action == "pitr" and target_dir is None:
         raise UsageError("this rollback restores to the freeze point into a new instance: give --target-dir DIR")
     timeline = Timeline()
-    out: dict[str, Any] = {"id": f"{fz.stamp()}-{records.ROLLBACK_KIND}", "kind": records.ROLLBACK_KIND,
+    out: dict[str, Any] = {"kind": records.ROLLBACK_KIND,
                            "migration_id": record["id"], "plan": plan.as_dict(),
                            "started_at": datetime.now(UTC).isoformat(), "outcome": "running"}
     try:
@@ -138,7 +138,9 @@ def execute(config: Config, programs: Programs, repo: Repository, record: dict[s
         out.update(outcome="failed", error=getattr(exc, "message", str(exc)) or type(exc).__name__)
         raise
     finally:
-        out.update(timeline=timeline.as_list(), finished_at=datetime.now(UTC).isoformat())
+        # ids sort by time: the rollback's is its end, after the restore record it holds
+        out.update(id=records.new_id(records.ROLLBACK_KIND), timeline=timeline.as_list(),
+                   finished_at=datetime.now(UTC).isoformat())
         records.write(repo, out)
     return out
 

@@ -90,7 +90,7 @@ def run_command(config: Config, argv: Sequence[str], env: Mapping[str, str], cwd
 
 
 def new_record(argv: Sequence[str], cwd: Path, conninfo: str, *, rehearsal: bool) -> dict[str, Any]:
-    return {"id": f"{fz.stamp()}-{records.KIND}", "kind": records.KIND, "rehearsal": rehearsal,
+    return {"id": records.new_id(records.KIND), "kind": records.KIND, "rehearsal": rehearsal,
             "command": mask_text(shlex.join(argv)), "argv": [mask_text(a) for a in argv], "cwd": str(cwd),
             "database": parse(conninfo).get("dbname"), "server": mask(conninfo),
             "started_at": datetime.now(UTC).isoformat(), "outcome": "running", "owner": unfinished.owner()}

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from pgdr.checks import Check, Status
-from pgdr.migrate.records import migrations
+from pgdr.migrate.records import migrations, rollbacks_of
 from pgdr.repo.layout import Repository
 from pgdr.repo.unfinished import owner_dead
 
@@ -47,12 +47,17 @@ def status_check(repo: Repository) -> Check | None:
     result = outcome(last)
     freeze = last.get("freeze") or {}
     age = age_seconds(last)
-    summary = (f"last migration {last['id'][:15]}: {result}, revision {last.get('revision_before')} -> "
-               f"{last.get('revision_after')}" + (f", {age / 60:.0f} min ago" if age is not None else "")
-               + (f"; freeze point {freeze['restore_point']}" if freeze else ""))
-    status: Status = "ok" if result in ("ok", "running") else "warn"
+    back = [r for r in rollbacks_of(repo, last["id"]) if r.get("outcome") == "ok"]
+    revisions = (f", revision {last.get('revision_before')} -> {last.get('revision_after')}"
+                 if last.get("revision_before") or last.get("revision_after") else "")
+    summary = (f"last migration {last['id'][:15]}: {result}{revisions}"
+               + (f", {age / 60:.0f} min ago" if age is not None else "")
+               + (f"; freeze point {freeze['restore_point']}" if freeze else "")
+               + (f"; rolled back ({back[-1]['plan']['action']})" if back else ""))
+    status: Status = "ok" if result in ("ok", "running") or back else "warn"
     return Check("last migration", status, summary,
                  evidence={"id": last["id"], "outcome": result, "revision": last.get("revision_after"),
+                           "rolled_back": back[-1]["id"] if back else None,
                            "restore_point": freeze.get("restore_point"), "age_s": age},
                  hint=None if status == "ok" else f"roll back: pgdr migrate --rollback {last['id']} --dry-run")
 
