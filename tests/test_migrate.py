@@ -219,6 +219,10 @@ def test_refuses_without_a_wal_archive_space_or_verified_backup(project: Project
     """Nothing runs when the freeze point (or the rehearsal's copy) cannot be had."""
     marker = tmp_path / "ran"
     touch = [sys.executable, "-c", f"open({str(marker)!r}, 'w')"]
+    with session(project.primary) as other:   # another pgdr migrate, on another machine
+        other.execute("select pg_advisory_lock(hashtext('pgdr migrate')::bigint)")
+        busy = project.pgdr("migrate", "--", *touch)
+    assert busy.returncode == 1 and "another pgdr migrate or rollback is running" in busy.stderr, busy.stderr
     no_copy = project.pgdr("migrate", "--rehearse", "--", *touch)
     assert no_copy.returncode == 1 and "no verified physical backup" in no_copy.stderr, no_copy.stderr
     free = shutil.disk_usage(project.sandbox.repo.root).free

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC
 from typing import Any, Literal
@@ -63,6 +65,23 @@ def target_conninfo(config: Config) -> str:
     primary = find_primary(config)
     database = config.migrate.database or parse(primary.node.conninfo).get("dbname")
     return with_params(primary.node.conninfo, dbname=database, application_name="pgdr_migrate")
+
+
+# One migration or rollback at a time per database, whichever machine pgdr runs on: a
+# session-level advisory lock, held by a session open for the whole run (released by
+# PostgreSQL when that session ends, also when pgdr is killed).
+LOCK_SQL = "select pg_try_advisory_lock(hashtext('pgdr migrate')::bigint) as got"
+
+
+@contextmanager
+def exclusive(conninfo: str) -> Iterator[None]:
+    with session(conninfo, what="pgdr's migration lock") as conn:
+        row = conn.execute(LOCK_SQL).fetchone()
+        if not row or not row["got"]:
+            raise FreezeRefused("another pgdr migrate or rollback is running against this database "
+                                "(it holds pgdr's advisory lock)",
+                                hint="wait for it; `pgdr status` shows the last migration")
+        yield
 
 
 def read_revision(conninfo: str, query: str) -> str | None:

@@ -121,6 +121,12 @@ def execute(config: Config, programs: Programs, repo: Repository, record: dict[s
     downgrade did not bring the freeze point's schema back."""
     if plan.action == "pitr" and target_dir is None:
         raise UsageError("this rollback restores to the freeze point into a new instance: give --target-dir DIR")
+    with fz.exclusive(fz.target_conninfo(config)):
+        return _execute(config, programs, repo, record, plan, target_dir, port, on_line)
+
+
+def _execute(config: Config, programs: Programs, repo: Repository, record: dict[str, Any], plan: Plan,
+             target_dir: Path | None, port: int | None, on_line: Callable[[str], None] | None) -> dict[str, Any]:
     timeline = Timeline()
     out: dict[str, Any] = {"kind": records.ROLLBACK_KIND,
                            "migration_id": record["id"], "plan": plan.as_dict(),

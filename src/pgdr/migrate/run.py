@@ -103,6 +103,12 @@ def migrate(config: Config, programs: Programs, repo: Repository, argv: Sequence
     raises FreezeRefused after recording it, and the command never runs."""
     cwd = cwd or Path.cwd()
     conninfo = fz.target_conninfo(config)
+    with fz.exclusive(conninfo):
+        return _migrate(config, programs, repo, argv, conninfo, mode, cwd, on_line)
+
+
+def _migrate(config: Config, programs: Programs, repo: Repository, argv: Sequence[str], conninfo: str,
+             mode: fz.FreezeMode, cwd: Path, on_line: Callable[[str], None] | None) -> dict[str, Any]:
     record = new_record(argv, cwd, conninfo, rehearsal=False)
     timeline = Timeline()
     try:
