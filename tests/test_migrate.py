@@ -511,3 +511,20 @@ def _proc_state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
         return "gone"
+
+
+def test_a_rehearsal_that_reaches_production_is_caught(project: Project) -> None:
+    """A command that ignores DATABASE_URL and alters the primary by a hard-coded conninfo:
+    the primary's fingerprint changes, and the rehearsal fails saying so."""
+    script = ("import psycopg, sys; c = psycopg.connect(sys.argv[1], autocommit=True); "
+              "c.execute('alter table members add column oops int')")
+    try:
+        result = project.pgdr("migrate", "--rehearse", "--json", "--", sys.executable, "-c", script, project.primary)
+        assert result.returncode == 1, result.stderr
+        record = _record(result)
+        assert record["outcome"] == "ok" and record["primary_untouched"] is False
+        step = next(s for s in record["timeline"] if s["name"] == "primary untouched")
+        assert step["result"] == "failed" and "CHANGED" in step["detail"]
+    finally:
+        with session(project.primary) as conn:
+            conn.execute("alter table members drop column if exists oops")
