@@ -34,12 +34,13 @@ from pgdr.migrate import freeze as fz
 from pgdr.migrate import records, schema
 from pgdr.migrate.run import command_env, run_command
 from pgdr.pg.connect import session
-from pgdr.pg.conninfo import mask
+from pgdr.pg.conninfo import mask, parse, with_params
 from pgdr.pg.programs import Programs
 from pgdr.repo.layout import Repository
 from pgdr.repo.unfinished import owner_dead
 from pgdr.restore.pitr import parse_time, restore_to_point
 from pgdr.restore.recovery import RecoveryTarget
+from pgdr.restore.walscan import find_disasters
 from pgdr.runbook.timeline import Timeline
 
 CUTOVER_NEXT = "put the restored instance into service with `pgdr cutover --to-dir DIR` (the next step)"
@@ -185,8 +186,6 @@ def _pitr(config: Config, programs: Programs, repo: Repository, record: dict[str
         step.detail = f"{restored.data_dir} on port {restored.port}, LSN {restored.reached.get('lsn')}"
         step.evidence["restore"] = restored.as_dict()
     conninfo = fz.target_conninfo(config)
-    from pgdr.pg.conninfo import parse, with_params
-
     restored_db = with_params(restored.conninfo, dbname=parse(conninfo).get("dbname"))
     with timeline.step("rows written since the freeze point") as step:
         rows = written_since(conninfo, int(freeze["next_xid"]),
@@ -199,8 +198,6 @@ def _pitr(config: Config, programs: Programs, repo: Repository, record: dict[str
                             f"--where {shlex.quote(where)}")
         step.detail = ", ".join(f"{r['table']}: {r['rows']}" for r in rows) or "none"
     with timeline.step("changes in the WAL since the freeze point") as step:
-        from pgdr.restore.walscan import find_disasters
-
         found = find_disasters(programs, repo, since=parse_time(freeze["at"]), min_rows=1)
         changes = [d.as_dict() for d in found.disasters]
         step.detail = f"{len(changes)} transactions deleted, updated, truncated or dropped rows"
