@@ -33,6 +33,7 @@ from urllib.parse import quote
 import pytest
 
 from pgdr.pg.connect import session
+from pgdr.pg.instance import free_port
 from pgdr.pg.programs import Programs
 from pgdr.restore.pitr import stop_restored
 from pgdr.sandbox import sandbox as sb
@@ -348,9 +349,12 @@ def test_destructive_migration_is_rolled_back_by_pitr(project: Project, programs
     assert cutover.returncode == 2 and "pgdr cutover --to-dir DIR" in cutover.stderr
     assert len(cutover.stderr.strip().splitlines()) == 1 and not target.exists()
 
-    done = project.pgdr("migrate", "--rollback", record["id"], "--yes", "--json", "--target-dir", str(target))
+    port = free_port()
+    done = project.pgdr("migrate", "--rollback", record["id"], "--yes", "--json", "--target-dir", str(target),
+                        "--port", str(port))
     assert done.returncode == 0, done.stderr
     rollback = _record(done)
+    assert rollback["restored"]["port"] == port
     restored = rollback["restored"]["conninfo"]
     try:
         # the dropped column's data is back, as it was at the freeze point
