@@ -1,11 +1,11 @@
-"""Benchmark: `pgdr backup` vs plain pg_basebackup, and WAL archive lag under pgbench.
+"""Benchmark: `pgdr backup` vs pg_basebackup and pgBackRest, and WAL archive lag under pgbench.
 
-Run: .venv/bin/python bench/bench_backup.py [--scale 50] [--rounds 3] [--load-seconds 20]
+Run: .venv/bin/python bench/bench_backup.py [--data pgbench|random] [--scale 50] [--rounds 3] [--load-seconds 20]
 
-Both backups use the exact same pg_basebackup arguments (pgdr builds them with
-pg_basebackup_args), so the ratio is pgdr's own overhead: relation map, hashing,
-manifest, fsync and rename. Rounds alternate to spread machine noise evenly.
-Archive lag is sampled from pg_stat_replication (the archiver's flush position)
+The backups are the real commands in new processes, interleaved (bench/peers.py,
+"backup" part): the whole `pgdr backup` (interpreter start-up included) against
+`pg_basebackup -Ft -X stream --compress=server-zstd:1` and a pgBackRest full backup set
+up as its user guide does. Archive lag is sampled from pg_stat_replication (the archiver's flush position)
 every 100 ms while pgbench writes, and expressed in bytes and in seconds of writes
 (lag bytes / WAL rate).
 """
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -23,12 +22,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from pgdr.backup.physical import pg_basebackup_args, take_physical_backup  # noqa: E402
-from pgdr.config import load_config  # noqa: E402
+from peers import HEADER, run  # noqa: E402  (bench/ is on sys.path when a bench is run)
+
 from pgdr.pg.connect import session  # noqa: E402
 from pgdr.pg.lsn import parse_lsn  # noqa: E402
 from pgdr.pg.programs import Programs  # noqa: E402
-from pgdr.repo.layout import Repository  # noqa: E402
 from pgdr.sandbox import sandbox as sb  # noqa: E402
 
 
@@ -37,7 +35,11 @@ def main() -> None:
     ap.add_argument("--scale", type=int, default=50)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--load-seconds", type=int, default=20)
+    ap.add_argument("--data", choices=("pgbench", "random"), default="pgbench")
     args = ap.parse_args()
+    print(HEADER)
+    for row in run(args.data, args.scale, max(3, args.rounds), 0, ("backup",)):
+        print(row.markdown())
 
     base = Path(tempfile.mkdtemp(prefix="pgdr-bench-", dir="/tmp"))
     os.chmod(base, 0o755)
@@ -52,29 +54,6 @@ def main() -> None:
             conn.execute("checkpoint")
             size = conn.execute("select pg_database_size('app') as s").fetchone()["s"]  # type: ignore[index]
         print(f"database size: {size / 1048576:.0f} MB")
-
-        config = load_config(sandbox.config_path)
-        repo = Repository(config.repository.path)
-        plain_times, pgdr_times, logical = [], [], 0
-        for r in range(args.rounds):
-            target = base / f"plain-{r}"
-            target.mkdir()
-            programs.run_as.chown(target)
-            t = time.monotonic()
-            programs.run("pg_basebackup", pg_basebackup_args(
-                sandbox.conninfo(sandbox.primary, "postgres"), target, config, "plain"), timeout=1800)
-            plain_times.append(time.monotonic() - t)
-            shutil.rmtree(target)
-            t = time.monotonic()
-            result = take_physical_backup(config, programs, repo)
-            pgdr_times.append(time.monotonic() - t)
-            logical = result.manifest.bytes_logical
-            shutil.rmtree(result.path)
-        p, g = statistics.median(plain_times), statistics.median(pgdr_times)
-        print(f"compression: {config.backup.compression}")
-        print(f"plain pg_basebackup: median {p:.2f}s  ({logical / 1048576 / p:.0f} MB/s)  runs {[round(x, 2) for x in plain_times]}")
-        print(f"pgdr backup:         median {g:.2f}s  ({logical / 1048576 / g:.0f} MB/s)  runs {[round(x, 2) for x in pgdr_times]}")
-        print(f"ratio pgdr/plain: {g / p:.3f}  (target <= 1.10)")
 
         # archive lag under load
         bench = programs.spawn("pgbench", ["-c", "4", "-j", "2", "-T", str(args.load_seconds), "-n", app],

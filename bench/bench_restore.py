@@ -4,9 +4,11 @@ pgbench -i -s SCALE into a fresh sandbox (no standby), one pgdr backup, SECONDS 
 pgbench so the archive holds WAL after it, then, in this one process:
 - checked:   extract with sha256 of every byte as tar reads it, pg_verifybackup,
              pgdr.json cross-check, recovery settings, replay of the archive, promote;
-- unchecked: the same path with checks=False (the restore as it was before issue 10);
-- pgBackRest (process-max 2, zst:1): full backup and `restore --type=immediate`.
-Prints the ratio checked/unchecked (goal ≤ 1.3) and where the time goes.
+- unchecked: the same path with checks=False (the restore as it was before issue 10).
+Prints the ratio checked/unchecked (goal ≤ 1.3) and where the time goes. This is the one
+in-process benchmark, on purpose: "unchecked" exists only as a function argument. The
+comparison with pgBackRest and `zstd | tar`, real commands in new processes, is
+bench/peers.py's.
 
     .venv/bin/python bench/bench_restore.py [--scale 50] [--seconds 20] [--rounds 3]
 """
@@ -33,7 +35,7 @@ from pgdr.restore.recovery import RecoveryTarget, configure_recovery, wait_until
 from pgdr.sandbox import sandbox as sb
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_pitr import _wait_archived, pgbackrest  # noqa: E402
+from _common import wait_archived  # noqa: E402
 
 
 def one_restore(base: Path, name: str, backup_path: Path, repo: Repository, programs: Programs,
@@ -92,7 +94,7 @@ def main() -> None:
         print(f"backup {m.id}: {m.bytes_logical / 2**20:.0f} MB data, {m.bytes_on_disk / 2**20:.0f} MB on disk")
         programs.run("pgbench", ["-c", "2", "-j", "2", "-T", str(args.seconds), "-n", *pg, "app"],
                      timeout=args.seconds + 600)
-        _wait_archived(sandbox, repo)
+        wait_archived(sandbox, repo)
         every: dict[str, list[dict[str, float]]] = {"unchecked": [], "checked": []}
         # alternated rounds, medians, so neither side gets only a cold or warm page cache
         for rnd in range(args.rounds):
@@ -108,13 +110,6 @@ def main() -> None:
               f"{before_replay['checked'] / before_replay['unchecked']:.2f}x")
         ratio = runs["checked"]["total"] / runs["unchecked"]["total"]
         print(f"checked / unchecked, whole restore (medians): {ratio:.2f}x (goal <= 1.3x)")
-        bk = pgbackrest(base, sandbox, programs)
-        if isinstance(bk, str):
-            print(f"pgBackRest: {bk}")
-        else:
-            print(f"pgBackRest process-max 2 zst:1: backup {bk[0]:.1f}s, restore {bk[1]:.1f}s; "
-                  f"pgdr checked extract+verify {runs['checked']['total'] - runs['checked']['replay + promote']:.1f}s "
-                  f"= {(runs['checked']['total'] - runs['checked']['replay + promote']) / bk[1]:.2f}x pgBackRest")
     finally:
         if sandbox is not None:
             sb.down(sandbox.root, programs, purge=True)

@@ -12,7 +12,9 @@ Measure, interleaved A B A B ... (--rounds pairs, the machine is shared), each i
 - B: what a user would run without pgdr to find the same thing: `pg_waldump` with the
   same record filter (-r Heap -r Transaction -r Storage) over the same segments, already
   decompressed (decompression is not timed: the baseline gets it free), output discarded.
-MB/s each (median and range) and the ratio of medians; the target is >= 0.8.
+MB/s each (median and range) and the ratio of medians; the target is >= 0.8. Then the
+same for `--table pgbench_history` against pg_waldump -R on that table's file plus a run
+for the commits (the same filtering find-disaster applies).
 
     .venv/bin/python bench/bench_undo.py [--mb 600] [--scale 10] [--rounds 3] [--keep DIR]
 """
@@ -28,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from _common import wait_archived  # bench/ is on sys.path when a bench is run
@@ -39,6 +42,7 @@ from pgdr.pg.lsn import format_lsn
 from pgdr.pg.programs import Programs
 from pgdr.repo.layout import Repository
 from pgdr.repo.wal import WalArchive
+from pgdr.restore.walscan import relation_names
 from pgdr.sandbox import sandbox as sb
 
 RMGRS = ("Heap", "Transaction", "Storage")   # what find-disaster asks pg_waldump for
@@ -89,12 +93,12 @@ def decompress(base: Path, repo: Repository) -> tuple[Path, list[str]]:
     return folder, names
 
 
-def run_find_disaster(config: Path) -> tuple[float, int, int]:
+def run_find_disaster(config: Path, *extra: str) -> tuple[float, int, int]:
     """The real command in a new process: (seconds, bytes of WAL read, findings)."""
     pgdr = Path(sys.executable).parent / "pgdr"
     env = {**os.environ, "PGDR_CONFIG": str(config)}
     t0 = time.monotonic()
-    proc = subprocess.run([str(pgdr), "find-disaster", "--json"], capture_output=True, text=True,
+    proc = subprocess.run([str(pgdr), "find-disaster", "--json", *extra], capture_output=True, text=True,
                           env=env, timeout=3600, check=False)
     seconds = time.monotonic() - t0
     if proc.returncode != 0:
@@ -103,24 +107,40 @@ def run_find_disaster(config: Path) -> tuple[float, int, int]:
     return seconds, int(out["bytes_read"]), len(out["disasters"])
 
 
-def run_waldump(programs: Programs, folder: Path, names: list[str], size: int) -> tuple[float, int]:
-    """pg_waldump as a user would run it to find the same records: (seconds, bytes)."""
+def run_waldump(programs: Programs, folder: Path, names: list[str], size: int,
+                filters: list[list[str]]) -> tuple[float, int]:
+    """pg_waldump as a user would run it to find the same records, one run per filter
+    over all the segments, output discarded: (seconds, bytes)."""
     from pgdr.pg.lsn import parse_segment_name
 
     first, last = parse_segment_name(names[0], size), parse_segment_name(names[-1], size)
     assert first is not None and last is not None
     cmd = [str(programs.path("pg_waldump")), "-p", str(folder), "-t", str(first.timeline),
            "-s", format_lsn(first.start_lsn(size)), "-e", format_lsn(last.start_lsn(size) + size)]
-    for rmgr in RMGRS:
-        cmd += ["-r", rmgr]
     t0 = time.monotonic()
-    with open(os.devnull, "wb") as sink:
-        proc = subprocess.run(cmd, stdout=sink, stderr=subprocess.PIPE, env={**os.environ, "TZ": "UTC"},
-                              timeout=3600, check=False)
-    seconds = time.monotonic() - t0
-    if proc.returncode not in (0, 1):
-        raise SystemExit(f"pg_waldump failed ({proc.returncode}): {proc.stderr.decode().strip()}")
-    return seconds, len(names) * size
+    for args in filters:
+        with open(os.devnull, "wb") as sink:
+            proc = subprocess.run([*cmd, *args], stdout=sink, stderr=subprocess.PIPE,
+                                  env={**os.environ, "TZ": "UTC"}, timeout=3600, check=False)
+        if proc.returncode not in (0, 1):
+            raise SystemExit(f"pg_waldump failed ({proc.returncode}): {proc.stderr.decode().strip()}")
+    return time.monotonic() - t0, len(names) * size
+
+
+def measure(label: str, rounds: int, a: Callable[[], tuple[float, int, int]], b_label: str,
+            b: Callable[[], tuple[float, int]]) -> None:
+    fd_rates, wd_rates = [], []
+    for i in range(rounds):
+        fd_s, fd_bytes, found = a()
+        wd_s, wd_bytes = b()
+        fd_rates.append(fd_bytes / 2**20 / fd_s)
+        wd_rates.append(wd_bytes / 2**20 / wd_s)
+        print(f"  pair {i + 1}: {label} {fd_bytes / 2**20:.0f} MB in {fd_s:.2f}s = {fd_rates[-1]:.0f} MB/s "
+              f"({found} findings); {b_label} {wd_bytes / 2**20:.0f} MB in {wd_s:.2f}s = {wd_rates[-1]:.0f} MB/s")
+    ratio = statistics.median(fd_rates) / statistics.median(wd_rates)
+    pairs = [f / w for f, w in zip(fd_rates, wd_rates, strict=True)]
+    print(f"{label}: {_spread(fd_rates)}; {b_label}: {_spread(wd_rates)}; ratio of medians {ratio:.2f} "
+          f"(pairs {min(pairs):.2f}-{max(pairs):.2f}; load now {os.getloadavg()[0]:.1f})")
 
 
 def _spread(values: list[float]) -> str:
@@ -148,20 +168,19 @@ def main() -> None:
         folder, names = decompress(base, repo)
         print(f"{(base / 'built').read_text().strip()} MB of WAL made after the backup; "
               f"{len(names)} segments archived ({os.cpu_count()} cores, load {os.getloadavg()[0]:.1f})")
-        fd_rates, wd_rates = [], []
-        for i in range(args.rounds):
-            fd_s, fd_bytes, found = run_find_disaster(sandbox.config_path)
-            wd_s, wd_bytes = run_waldump(programs, folder, names, repo.wal_segment_size)
-            fd_rates.append(fd_bytes / 2**20 / fd_s)
-            wd_rates.append(wd_bytes / 2**20 / wd_s)
-            print(f"  pair {i + 1}: pgdr find-disaster {fd_bytes / 2**20:.0f} MB in {fd_s:.2f}s = "
-                  f"{fd_rates[-1]:.0f} MB/s ({found} findings); pg_waldump -r {' -r '.join(RMGRS)} "
-                  f"{wd_bytes / 2**20:.0f} MB in {wd_s:.2f}s = {wd_rates[-1]:.0f} MB/s")
-        ratio = statistics.median(fd_rates) / statistics.median(wd_rates)
-        print(f"{args.rounds} pairs, load now {os.getloadavg()[0]:.1f}: find-disaster {_spread(fd_rates)}; "
-              f"pg_waldump {_spread(wd_rates)}; ratio of medians {ratio:.2f} "
-              f"(pairwise {min(f / w for f, w in zip(fd_rates, wd_rates, strict=True)):.2f}-"
-              f"{max(f / w for f, w in zip(fd_rates, wd_rates, strict=True)):.2f})")
+        size = repo.wal_segment_size
+        everything = [[arg for rmgr in RMGRS for arg in ("-r", rmgr)]]
+        measure("pgdr find-disaster", args.rounds, lambda: run_find_disaster(sandbox.config_path),
+                f"pg_waldump -r {' -r '.join(RMGRS)}",
+                lambda: run_waldump(programs, folder, names, size, everything))
+        # --table: pgdr reads that table's Heap records and the commits; so does the user,
+        # with the table's file (pg_relation_filenode) and a second run for the commits
+        rel = next(k for k, r in relation_names(repo).items() if r.name == "pgbench_history")
+        table_filters = [["-r", "Heap", "-R", rel], ["-r", "Transaction", "-r", "Storage"]]
+        measure("pgdr find-disaster --table pgbench_history", args.rounds,
+                lambda: run_find_disaster(sandbox.config_path, "--table", "pgbench_history"),
+                f"pg_waldump -r Heap -R {rel}, then -r Transaction -r Storage",
+                lambda: run_waldump(programs, folder, names, size, table_filters))
         shutil.rmtree(folder, ignore_errors=True)
     finally:
         if not args.keep:

@@ -11,10 +11,13 @@ if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 && ! command -v pg_ctl 
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql-15 postgresql-client-15 >/dev/null \
     || DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
 fi
-# pgbouncer and etcd: real peers for the failover tests (repointing, leader lease).
+# pgbouncer and etcd: real peers for the failover tests (repointing, leader lease);
 missing=""
 command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || missing="$missing pgbouncer"
 command -v etcd >/dev/null 2>&1 || missing="$missing etcd-server"
+# redis-server and redis-tools (redis-cli, redis-check-rdb): real peers for the Redis tests.
+command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
+command -v redis-cli >/dev/null 2>&1 || missing="$missing redis-tools"
 if [ -n "$missing" ]; then
   echo "bootstrap: installing$missing" >&2
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi

@@ -23,7 +23,7 @@ from pgdr.backup.relmap import RelmapRecorder, record_snapshot, snapshots_dir
 from pgdr.errors import UsageError
 from pgdr.pg.connect import session
 from pgdr.pg.ident import parse_table, quote
-from pgdr.pg.lsn import parse_lsn
+from pgdr.pg.lsn import format_lsn, parse_lsn
 from pgdr.pg.programs import Programs
 from pgdr.pg.waldump import read_chunk
 from pgdr.repo.wal import WalArchive
@@ -46,6 +46,7 @@ class Story:
     xid_truncate: int
     restored: str          # the app database of an instance restored to just before xid_drop
     big_record_from: str   # insert position just before a 10 MB WAL record crossing a segment boundary
+    huge_record_from: str  # ... just before a 20 MB record, longer than a segment
 
 
 def _value(conninfo: str, sql: str) -> Any:
@@ -108,6 +109,18 @@ def story(base_dir: Path, programs: Programs) -> Iterator[Story]:
             assert row is not None
             big_from = row["l"]
             conn.execute("select pg_logical_emit_message(false, 'pgdr-test', repeat('x', 10000000))")
+            # and one record longer than a whole segment: 20 MB starting ~15 MB into a
+            # 16 MB segment spans three (a filler message moves the insert position there)
+            row = conn.execute("select pg_current_wal_insert_lsn()::text as l").fetchone()
+            assert row is not None
+            size = sandbox.repo.wal_segment_size
+            filler = (15 << 20) - parse_lsn(row["l"]) % size
+            if filler > 0:
+                conn.execute("select pg_logical_emit_message(false, 'pgdr-test', repeat('f', %s))", (filler,))
+            row = conn.execute("select pg_current_wal_insert_lsn()::text as l").fetchone()
+            assert row is not None
+            huge_from = row["l"]
+            conn.execute("select pg_logical_emit_message(false, 'pgdr-test', repeat('y', 20000000))")
         xid_drop = xid_of(primary, "drop table fresh_log")
         xid_delete = xid_of(primary, f"delete from {ITEMS} where id <= 200")
         xid_truncate = xid_of(primary, f"truncate {UMLAUT}")
@@ -119,7 +132,7 @@ def story(base_dir: Path, programs: Programs) -> Iterator[Story]:
                       config=sandbox.config_path)
         assert res.returncode == 0, res.stderr
         restored = str(json.loads(res.stdout)["conninfo"]).replace("dbname=postgres", "dbname=app")
-        yield Story(sandbox, primary, xid_drop, xid_delete, xid_truncate, restored, big_from)
+        yield Story(sandbox, primary, xid_drop, xid_delete, xid_truncate, restored, big_from, huge_from)
     finally:
         stop_restored(target, Programs())
         shutil.rmtree(target, ignore_errors=True)
@@ -172,6 +185,37 @@ def test_a_record_reaching_far_into_the_next_segment_is_read_whole(story: Story,
     assert after.last_lsn is None or parse_lsn(after.last_lsn) >= (chunk.segment.segno + 1) * size
 
 
+def test_narrowed_reads_find_the_same_as_the_full_scan(story: Story) -> None:
+    """--table reads only the named table's Heap records (pg_waldump -R per file) plus the
+    commits: the findings must be exactly the full scan's for that table."""
+    everything = _find(story)
+    for name in (ITEMS, UMLAUT, "public.fresh_log"):
+        assert _find(story, "--table", name) == [d for d in everything if d["table"] == name]
+    # and --kinds drop,truncate reads no Heap record at all (the commits name the files)
+    assert _find(story, "--kinds", "drop,truncate") == [d for d in everything if d["kind"] in ("drop", "truncate")]
+
+
+def test_a_record_longer_than_a_segment_is_read_whole(story: Story, programs: Programs) -> None:
+    """A 20 MB record starts in one segment, fills the next and ends in the third: the
+    chunk it starts in reads it whole, the one it fills reports nothing (and no error),
+    and the one it ends in goes on with the records after it."""
+    size = story.sandbox.repo.wal_segment_size
+    start = parse_lsn(story.huge_record_from)
+    chunks = {c.segment.segno: c for c in archive_wal(story.sandbox.repo).chunks}
+    first = start // size
+    assert (start + 20_000_000) // size == first + 2
+    head = read_chunk(programs, chunks[first], ("LogicalMessage",), None)
+    assert head.error is None, head.error
+    assert head.last_lsn is not None and parse_lsn(head.last_lsn) >= start
+    middle = read_chunk(programs, chunks[first + 1], ("LogicalMessage",), None)
+    assert middle.last_lsn is None
+    tail = read_chunk(programs, chunks[first + 2], ("Transaction",), None)
+    assert tail.error is None, tail.error
+    after = {**tail.commits, **read_chunk(programs, chunks[first + 3], ("Transaction",), None).commits}
+    assert story.xid_drop in after        # the DROP right after the huge record
+    assert _scan(story)["errors"] == []
+
+
 def test_printed_salvage_line_pastes_into_a_shell(story: Story) -> None:
     res = run_cli("find-disaster", "--table", ITEMS, config=story.sandbox.config_path)
     assert res.returncode == 0, res.stderr
@@ -189,6 +233,38 @@ def test_until_and_since_bound_the_findings(story: Story) -> None:
     assert story.xid_drop not in {d["xid"] for d in _find(story, "--since", after_drop)}
     res = run_cli("find-disaster", "--since", after_drop, "--until", drop_time, config=story.sandbox.config_path)
     assert res.returncode == 2 and "Traceback" not in res.stderr
+
+
+def _scan(story: Story, *args: str) -> dict[str, Any]:
+    res = run_cli("find-disaster", "--json", *args, config=story.sandbox.config_path)
+    assert res.returncode == 0, res.stderr
+    return dict(json.loads(res.stdout))
+
+
+def test_since_bounds_what_is_read_not_only_what_is_shown(story: Story) -> None:
+    """The segments before the window are skipped (found by bisecting commit times or
+    straight from an LSN), and every disaster inside it is still found in full."""
+    everything = _scan(story)
+    by_xid = {d["xid"]: d for d in everything["disasters"]}
+    drop = by_xid[story.xid_drop]
+    later = {(story.xid_delete, "delete", 200), (story.xid_truncate, "truncate", None)}
+    for since in ((datetime.fromisoformat(drop["commit_time"]) + timedelta(microseconds=1)).isoformat(),
+                  format_lsn(parse_lsn(drop["lsn"]) + 1)):
+        bounded = _scan(story, "--since", since)
+        assert bounded["segments"] < everything["segments"] - 1
+        assert {(d["xid"], d["kind"], d["rows"]) for d in bounded["disasters"]} == later
+        assert bounded["errors"] == []
+
+
+def test_lsn_bounds_exclude_a_disaster_just_outside(story: Story) -> None:
+    drop = next(d for d in _find(story) if d["xid"] == story.xid_drop)
+    at = parse_lsn(drop["lsn"])
+    assert story.xid_drop not in {d["xid"] for d in _find(story, "--until", format_lsn(at - 1))}
+    assert story.xid_drop not in {d["xid"] for d in _find(story, "--since", format_lsn(at + 1))}
+    assert [d["xid"] for d in _find(story, "--since", drop["lsn"], "--until", drop["lsn"])] == [story.xid_drop]
+    for bad in (("--since", "0/ZZ"), ("--since", format_lsn(at + 1), "--until", format_lsn(at))):
+        res = run_cli("find-disaster", *bad, config=story.sandbox.config_path)
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
 
 
 def test_dropped_new_table_is_restored_and_salvaged_by_its_printed_name(story: Story) -> None:

@@ -67,3 +67,11 @@ def test_segments_are_unpacked_in_memory_only_when_every_worker_fits(tmp_path: P
     assert waldump.scratch_root(size, too_many) is None
     monkeypatch.setattr(waldump, "SHM", str(tmp_path / "absent"))
     assert waldump.scratch_root(size, 1) is None
+
+
+def test_a_table_filter_splits_the_read_into_cheap_runs() -> None:
+    rmgrs = ("Heap", "Transaction", "Storage")
+    assert waldump.passes(rmgrs, ()) == [(rmgrs, None)]
+    assert waldump.passes(rmgrs, ("1663/5/16390", "1663/5/16401")) == [
+        (("Transaction", "Storage"), None), (("Heap",), "1663/5/16390"), (("Heap",), "1663/5/16401")]
+    assert waldump.passes(("Transaction",), ("1663/5/16390",)) == [(("Transaction",), None)]

@@ -70,6 +70,20 @@ class NodeConfig(_Strict):
 
 class RepositoryConfig(_Strict):
     path: Path
+    # s3://BUCKET/PREFIX: the bucket is the repository and `path` the local working folder
+    # (locks, archiver state, WAL spool, a cache of what commands read); see repo/remote.py
+    url: str | None = None
+    endpoint: str | None = None
+    region: str | None = None
+    # the environment variable holding the passphrase; set = every object encrypted
+    encryption_key_env: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _valid_url(cls, value: str | None) -> str | None:
+        if value is not None and (not value.startswith("s3://") or not value[5:].split("/", 1)[0]):
+            raise ValueError(f"url {value!r}: expected s3://BUCKET or s3://BUCKET/PREFIX")
+        return value
 
 
 class BackupConfig(_Strict):
@@ -173,8 +187,10 @@ class ServeConfig(_Strict):
 class ScheduleConfig(_Strict):
     """A job `pgdr serve --schedule` runs: [[schedule]] job = "backup", every = "24h"."""
 
-    job: Literal["backup", "logical-backup"]
+    job: Literal["backup", "logical-backup", "redis-backup"]
     every: PositiveDuration
+    # redis-backup: which [[redis]] (default: each of them)
+    redis: str | None = None
 
 
 
@@ -304,6 +320,38 @@ class MigrateConfig(_Strict):
     ignore_tables: list[str] = ["public.alembic_version"]
 
 
+class RedisConfig(_Strict):
+    """A Redis beside PostgreSQL ([[redis]]): hourly RDB snapshots kept 7 days by default.
+
+    url: redis://[[user]:password@]host:port/db (or ${ENV}); the password never leaves
+    pgdr except to the server itself (redis-cli gets it through REDISCLI_AUTH).
+    data_dir: the server's own folder when it runs on this machine: BGSAVE there and
+    copy the file; unset, the snapshot is streamed with `redis-cli --rdb`.
+    """
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    url: str
+    data_dir: Path | None = None
+    # Kept when among the newest keep_last OR younger than keep_within (like [retention]).
+    keep_last: Annotated[int, Field(ge=1)] = 168
+    keep_within: Duration = 7 * 86400.0
+    # status fails when the newest snapshot is older than this (hourly snapshots + slack)
+    max_snapshot_age: PositiveDuration = 2 * 3600.0
+    bgsave_timeout: PositiveDuration = 600.0
+    connect_timeout: PositiveDuration = 5.0
+
+    @field_validator("url")
+    @classmethod
+    def _valid_url(cls, value: str) -> str:
+        from pgdr.rdb.target import parse_url
+
+        try:
+            parse_url(value)
+        except ConfigError as exc:  # a ValueError names the key: redis.0.url
+            raise ValueError(exc.message) from None
+        return value
+
+
 class ClusterConfig(_Strict):
     name: str = "main"
     # "logical": a managed database reached by a role without REPLICATION or superuser
@@ -328,6 +376,7 @@ class Config(_Strict):
     drill: DrillConfig = DrillConfig()
     verify: VerifyConfig = VerifyConfig()
     migrate: MigrateConfig = MigrateConfig()
+    redis: list[RedisConfig] = []
     source: Path | None = Field(default=None, exclude=True)
 
     @model_validator(mode="before")
@@ -354,6 +403,16 @@ class Config(_Strict):
             raise ValueError("node names must be unique")
         if sum(n.role == "primary" for n in self.nodes) != 1:
             raise ValueError("exactly one node must have role = \"primary\"")
+        redis_names = [r.name for r in self.redis]
+        if len(set(redis_names)) != len(redis_names):
+            raise ValueError("redis names must be unique")
+        for job in self.schedule:
+            if job.job == "redis-backup" and not self.redis:
+                raise ValueError("schedule job redis-backup needs a [[redis]] entry")
+            if job.redis is not None and job.job != "redis-backup":
+                raise ValueError(f"schedule job {job.job} takes no redis = (only redis-backup does)")
+            if job.redis is not None and job.redis not in redis_names:
+                raise ValueError(f"schedule names redis {job.redis!r}, which is not a [[redis]] name")
         return self
 
     def node(self, name: str) -> NodeConfig:
@@ -361,6 +420,13 @@ class Config(_Strict):
             if node.name == name:
                 return node
         raise ConfigError(f"no node named {name!r} in the config (have: {', '.join(n.name for n in self.nodes)})")
+
+    def redis_named(self, name: str) -> RedisConfig:
+        for entry in self.redis:
+            if entry.name == name:
+                return entry
+        have = ", ".join(r.name for r in self.redis) or "none"
+        raise ConfigError(f"no [[redis]] named {name!r} in the config (have: {have})")
 
     @property
     def configured_primary(self) -> NodeConfig:
@@ -408,6 +474,10 @@ def _resolve_paths(raw: dict[str, object], base: Path) -> None:
         for node in nodes:
             fix(node, "data_dir")
             fix(node, "log_file")
+    redis = raw.get("redis")
+    if isinstance(redis, list):
+        for entry in redis:
+            fix(entry, "data_dir")
 
 
 _ENV_REF_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -442,7 +512,9 @@ def _expand_env_refs(raw: object, where: str = "") -> None:
         return
     for key, value in items:
         here = f"{where}.{key}" if where else str(key)
-        if isinstance(raw, dict) and isinstance(value, str) and str(key).endswith("conninfo"):
+        # redis.N.url: a Redis URL may carry a password too ("redis://:secret@host:6379/0")
+        is_secret_ref = str(key).endswith("conninfo") or (where.startswith("redis.") and key == "url")
+        if isinstance(raw, dict) and isinstance(value, str) and is_secret_ref:
             raw[key] = expand_env_refs(value, here)
         else:
             _expand_env_refs(value, here)

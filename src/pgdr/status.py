@@ -133,6 +133,10 @@ def gather_status(config: Config, repo: Repository) -> StatusReport:
     migration = status_check(repo)
     if migration is not None:
         checks.append(migration)
+    if config.redis:
+        from pgdr.rdb.health import status_checks
+
+        checks.extend(status_checks(config, repo))
     return StatusReport(config.cluster.name, nodes, backups_info, archive_info, checks)
 
 

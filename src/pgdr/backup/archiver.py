@@ -82,6 +82,9 @@ class ArchiverState:
     problem: str | None = None
     # Files set aside when the archiver followed a new timeline (what the failover lost).
     diverged: list[str] = field(default_factory=list)
+    # Storing is blocked (full disk, object store away) while receiving goes on: the
+    # segments wait in incoming/ and the sweep retries; not a reason to refuse a start.
+    archive_blocked: bool = False
 
 
 def state_path(repo: Repository) -> Path:
@@ -113,7 +116,7 @@ class Archiver:
         self.progress_value: object = None
         self.progress_at = time.monotonic()
         self.stall_probe = dir_progress(repo.incoming_dir)
-        self.relmap = RelmapRecorder(repo, config.archive.relmap_interval)
+        self.relmap = RelmapRecorder(repo, config.archive.relmap_interval, programs)
 
     # ---- state -------------------------------------------------------------------
     def _save(self) -> None:
@@ -173,15 +176,16 @@ class Archiver:
             src = self.repo.incoming_dir / name
             try:
                 outcome = self.archive.store(src)
+            except OSError as exc:  # a full disk or the object store away: keep it, retry later
+                self.state.archive_blocked = True
+                self._fail(self._os_failure(f"cannot archive {name}", exc), receiver=False)
+                raise SweepBlocked from None
             except PgdrError as exc:
                 rejected = self.repo.archiver_dir / "rejected"
                 rejected.mkdir(exist_ok=True)
                 os.replace(src, rejected / name)
                 self._fail(f"rejected {name}: {exc.message}", receiver=False)
                 continue
-            except OSError as exc:  # a full disk: keep the segment, retry later
-                self._fail(self._os_failure(f"cannot archive {name}", exc), receiver=False)
-                raise SweepBlocked from None
             src.unlink()
             if outcome == "stored":
                 stored += 1
@@ -190,6 +194,7 @@ class Archiver:
                 self.state.archived_count += 1
         if stored:
             self.state.problem = None
+            self.state.archive_blocked = False
             self._save()
         return stored
 
@@ -404,7 +409,7 @@ def start_background(config_path: Path, repo: Repository, timeout: float = 15) -
         state = read_state(repo)
         if state.pid == proc.pid and state.receiving:
             return proc.pid
-        if state.pid == proc.pid and state.failures > failures_before:
+        if state.pid == proc.pid and state.failures > failures_before and not state.archive_blocked:
             why = state.last_failure or "failed"  # e.g. authentication: waiting cannot help
             break
         if proc.poll() is not None:

@@ -1,7 +1,7 @@
 """Physical base backups with pg_basebackup, published only when complete and durable.
 
 The backup is written into <id>.partial, pg_basebackup's own backup_manifest is
-kept, our pgdr.json (LSNs, timeline, sizes, checksums, relation map) is written and
+kept (the relation map is read and the data tars hashed while the copy runs), our pgdr.json (LSNs, timeline, sizes, checksums, relation map) is written and
 fsynced, and only then is the folder renamed to <id>. A SIGKILL at any moment
 leaves a .partial folder that no listing shows and the next backup removes.
 """
@@ -14,10 +14,13 @@ import logging
 import os
 import re
 import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from pgdr.backup.publish import pending_backup
 from pgdr.backup.relmap import connectable_databases, relation_map
@@ -104,32 +107,40 @@ def take_physical_backup(config: Config, programs: Programs, repo: Repository, *
     repo.claim(facts["system_identifier"], facts["server_version_num"], facts["wal_segment_size"])
     programs = programs.for_server(version_num=facts["server_version_num"], what=primary.node.name)
 
-    with pending_backup(repo, "incremental" if incremental else "physical") as pending:
+    with pending_backup(repo, "incremental" if incremental else "physical") as pending, ThreadPoolExecutor(
+            max_workers=3, thread_name_prefix="pgdr-backup") as pool:
         # Chosen under the backup lock: expire cannot remove the parent meanwhile.
         parent = incremental_parent(repo, facts) if incremental else None
-        databases = connectable_databases(conninfo)
-        relations = relation_map(conninfo, databases)
         with session(conninfo) as conn:
             spaces = {r["oid"]: (r["name"], r["location"]) for r in conn.execute(TABLESPACES_SQL)}
         if parent is not None and spaces:
             raise UsageError("--incremental is not supported for clusters with user tablespaces yet",
                              hint="take a full backup (`pgdr backup`)")
+        # Beside the copy, not after it: the relation map (one session per database) and
+        # the sha256 of the data tars, hashed as pg_basebackup appends to them.
+        mapping = pool.submit(lambda: relation_map(conninfo, connectable_databases(conninfo)))
         plain_conninfo, password = split_password(conninfo)
 
-        def run(compression: str) -> None:
-            programs.run("pg_basebackup",
-                         pg_basebackup_args(plain_conninfo, pending.partial, config, f"pgdr {pending.id}",
-                                            compression=compression,
-                                            incremental_from=repo.backups_dir / parent.id if parent else None),
-                         password=password, stall_timeout=config.pg.stall_timeout,
-                         # a spread checkpoint writes nothing for minutes: count stalls from the first byte
-                         progress=dir_progress(pending.partial,
-                                               idle_while_empty=config.backup.checkpoint == "spread"),
-                         stalled_what=f"nothing written to {pending.partial} by {primary.node.name}")
+        def run(compression: str) -> dict[str, tuple[int, str]]:
+            follower = TarFollower(pending.partial)
+            hashing = pool.submit(follower.run)
+            try:
+                programs.run("pg_basebackup",
+                             pg_basebackup_args(plain_conninfo, pending.partial, config, f"pgdr {pending.id}",
+                                                compression=compression,
+                                                incremental_from=repo.backups_dir / parent.id if parent else None),
+                             password=password, stall_timeout=config.pg.stall_timeout,
+                             # a spread checkpoint writes nothing for minutes: count stalls from the first byte
+                             progress=dir_progress(pending.partial,
+                                                   idle_while_empty=config.backup.checkpoint == "spread"),
+                             stalled_what=f"nothing written to {pending.partial} by {primary.node.name}")
+            finally:
+                follower.copy_ended.set()
+            return hashing.result()
 
         compression = config.backup.compression
         try:
-            run(compression)
+            hashed = run(compression)
         except ProgramFailed as exc:
             if not _UNSUPPORTED.search(exc.message) or compression == CLIENT_FALLBACK:
                 raise
@@ -137,9 +148,10 @@ def take_physical_backup(config: Config, programs: Programs, repo: Repository, *
             log.info("%s: %s; compressing with %s instead", primary.node.name, exc.message, CLIENT_FALLBACK)
             _empty(pending.partial)
             compression = CLIENT_FALLBACK
-            run(compression)
+            hashed = run(compression)
         manifest = _describe(pending.id, pending.partial, config, primary.node.name, facts,
-                             pending.started, datetime.now(UTC), pending.elapsed, relations, spaces)
+                             pending.started, datetime.now(UTC), pending.elapsed, mapping.result(), spaces,
+                             hashed)
         manifest = manifest.model_copy(update={"compression": compression})
         if parent is not None:
             manifest = manifest.model_copy(update={"parent": parent.id, "chain": [*parent.chain, parent.id]})
@@ -182,10 +194,69 @@ def _empty(folder: Path) -> None:
             entry.unlink()
 
 
+# base.tar* and <oid>.tar*: pg_basebackup only ever appends to them. Not pg_wal.tar: its
+# WAL writer goes back to rewrite a member's header when the member is closed.
+_APPEND_ONLY = re.compile(r"^(base|\d+)\.tar(\.(zst|gz|lz4))?$")
+
+
+class TarFollower:
+    """sha256 of the data tars while pg_basebackup writes them: read what has been
+    appended, wait a little at the end, and once the copy has ended read to the end.
+
+    Returns {name: (size, sha256)} of the files it followed to the end; _describe hashes
+    every other file (and any it was not given) after the copy, as before."""
+
+    POLL = 0.02
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.copy_ended = threading.Event()
+        self._open: dict[str, tuple[IO[bytes], Any]] = {}
+
+    def run(self) -> dict[str, tuple[int, str]]:
+        done: dict[str, tuple[int, str]] = {}
+        try:
+            while True:
+                ended = self.copy_ended.is_set()  # read before the last pass: nothing is written after it
+                progressed = self._pass()
+                if ended:
+                    for name, (fh, digest) in self._open.items():
+                        self._drain(fh, digest)
+                        done[name] = (fh.tell(), digest.hexdigest())
+                    return done
+                if not progressed:
+                    time.sleep(self.POLL)
+        finally:
+            for fh, _digest in self._open.values():
+                fh.close()
+
+    def _pass(self) -> bool:
+        progressed = False
+        try:
+            entries = list(os.scandir(self.folder))
+        except FileNotFoundError:
+            return False
+        for entry in entries:
+            if entry.name not in self._open and _APPEND_ONLY.match(entry.name):
+                self._open[entry.name] = (open(entry.path, "rb"), hashlib.sha256())  # noqa: SIM115
+        for fh, digest in self._open.values():
+            progressed = self._drain(fh, digest) or progressed
+        return progressed
+
+    @staticmethod
+    def _drain(fh: IO[bytes], digest: Any) -> bool:
+        read = False
+        while block := fh.read(4 << 20):
+            digest.update(block)
+            read = True
+        return read
+
+
 def _describe(backup_id: str, folder: Path, config: Config, node_name: str,
               facts: dict[str, object], started: datetime, stopped: datetime,
               duration: float, relations: dict[str, Relation],
-              spaces: dict[str, tuple[str, str]]) -> BackupManifest:
+              spaces: dict[str, tuple[str, str]],
+              hashed: dict[str, tuple[int, str]] | None = None) -> BackupManifest:
     pg_manifest = json.loads((folder / "backup_manifest").read_text())
     ranges = pg_manifest["WAL-Ranges"]
     start_lsn, stop_lsn = ranges[0]["Start-LSN"], ranges[-1]["End-LSN"]
@@ -194,7 +265,10 @@ def _describe(backup_id: str, folder: Path, config: Config, node_name: str,
     files = {}
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
         if entry.is_file() and entry.name != MANIFEST_NAME:
-            files[entry.name] = FileEntry(size=entry.stat().st_size, sha256=sha256_file(Path(entry.path)))
+            size = entry.stat().st_size
+            followed = (hashed or {}).get(entry.name)
+            digest = followed[1] if followed is not None and followed[0] == size else sha256_file(Path(entry.path))
+            files[entry.name] = FileEntry(size=size, sha256=digest)
     tablespaces = {}
     for oid, (name, location) in spaces.items():
         tar = next((f for f in files if f.split(".", 1)[0] == oid and ".tar" in f), None)

@@ -4,14 +4,22 @@ Recorded with each backup, and between backups by the archiver (a snapshot every
 [archive] relmap_interval, stored only when it changed), so that later, reading WAL
 with pg_waldump, a block reference like 1663/16384/16390 can be named even after its
 table was dropped - also a table created after the newest backup. A DROP needs the
-name the table had when it was dropped, which no backup may hold; the snapshots do
-(unless the table lived shorter than one interval).
+name the table had when it was dropped, which no backup may hold; the snapshots do.
+
+A table can live shorter than one interval, so the archiver also watches the WAL it
+receives: every second, pg_waldump -r Storage reads what arrived in the open segment
+since the last look, and a Storage CREATE record (a new relation file: CREATE TABLE,
+TRUNCATE, a rewrite) triggers a snapshot at once. A table that lives less than about a
+second, or whose file is created in the last moments of a segment just before the
+archiver moves on to the next one, can still go unnamed.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +31,8 @@ from pgdr.errors import PgdrError
 from pgdr.fsutil import write_json_durable
 from pgdr.pg.connect import session
 from pgdr.pg.conninfo import with_params
+from pgdr.pg.lsn import format_lsn
+from pgdr.pg.programs import Programs
 from pgdr.pg.sql import load
 from pgdr.repo.layout import Repository
 from pgdr.repo.manifest import Relation, list_backups
@@ -110,28 +120,83 @@ def _prune(repo: Repository) -> None:
             path.unlink(missing_ok=True)
 
 
-class RelmapRecorder:
-    """Called from the archiver's loop: every `interval` seconds records a snapshot in a
-    thread of its own, so a slow or unreachable server never delays archiving."""
+WATCH_SECONDS = 1.0
 
-    def __init__(self, repo: Repository, interval: float) -> None:
+
+class NewFiles:
+    """Whether the WAL received since the last look created a relation file: pg_waldump
+    -r Storage over the open segment (incoming/<name>.partial, linked under its segment
+    name in a private folder) from where the last look stopped."""
+
+    def __init__(self, repo: Repository, programs: Programs) -> None:
+        self.repo = repo
+        self.programs = programs
+        self.segment: str | None = None
+        self.start: str | None = None     # LSN where the last look stopped
+
+    def seen(self) -> bool:
+        from pgdr.pg.waldump import _END_RE
+        from pgdr.repo.wal import WalArchive
+
+        open_segment = WalArchive(self.repo).partial()
+        if open_segment is None:
+            return False
+        seg = open_segment[0]
+        size = self.repo.wal_segment_size
+        name = seg.name(size)
+        if name != self.segment:
+            self.segment, self.start = name, format_lsn(seg.start_lsn(size))
+        with tempfile.TemporaryDirectory(prefix="pgdr-relmap-") as tmp:
+            os.symlink(self.repo.incoming_dir / f"{name}.partial", Path(tmp) / name)
+            res = self.programs.run("pg_waldump", ["-p", tmp, "-t", str(seg.timeline), "-s", self.start or "",
+                                                   "-r", "Storage"],
+                                    ok_codes=(0, 1), as_server_user=False, timeout=60)
+        end = _END_RE.search(res.stderr)
+        if end is not None:
+            self.start = end.group(1)
+        return "desc: CREATE " in res.stdout
+
+
+class RelmapRecorder:
+    """Called from the archiver's loop: every `interval` seconds, and as soon as the
+    received WAL shows a new relation file (NewFiles, looked at every WATCH_SECONDS),
+    records a snapshot in a thread of its own, so a slow or unreachable server never
+    delays archiving."""
+
+    def __init__(self, repo: Repository, interval: float, programs: Programs | None = None) -> None:
         self.repo = repo
         self.interval = interval
         self.next_at = 0.0
+        self.next_look = 0.0
+        self.new_files = NewFiles(repo, programs) if programs is not None else None
         self.thread: threading.Thread | None = None
         self.last_error: str | None = None
 
     def tick(self, conninfo: str | None) -> None:
-        if conninfo is None or self.interval <= 0 or time.monotonic() < self.next_at:
+        if conninfo is None or self.interval <= 0:
+            return
+        now = time.monotonic()
+        if now < self.next_at and (self.new_files is None or now < self.next_look):
             return
         if self.thread is not None and self.thread.is_alive():
             return
-        self.next_at = time.monotonic() + self.interval
-        self.thread = threading.Thread(target=self._record, args=(conninfo,), name="pgdr-relmap", daemon=True)
+        due = now >= self.next_at
+        if due:
+            self.next_at = now + self.interval
+        self.next_look = now + WATCH_SECONDS
+        self.thread = threading.Thread(target=self._record, args=(conninfo, due), name="pgdr-relmap",
+                                       daemon=True)
         self.thread.start()
 
-    def _record(self, conninfo: str) -> None:
+    def _record(self, conninfo: str, due: bool = True) -> None:
         try:
+            if not due:
+                try:
+                    if self.new_files is None or not self.new_files.seen():
+                        return
+                except (PgdrError, OSError) as exc:   # the look is a bonus: the interval still runs
+                    log.debug("archiver: cannot look for new relation files: %s", exc)
+                    return
             record_snapshot(self.repo, conninfo)
             self.last_error = None
         except Exception as exc:  # a background thread: report, never die with a traceback

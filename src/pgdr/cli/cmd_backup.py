@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import sys
 from contextlib import nullcontext
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from pgdr.cli import output
 from pgdr.cli.context import AppContext
 from pgdr.errors import UsageError
+
+if TYPE_CHECKING:
+    from pgdr.config import RetentionConfig
+    from pgdr.repo.layout import Repository
 
 
 def backup(
@@ -21,9 +25,20 @@ def backup(
     json_out: Annotated[bool, typer.Option("--json")] = False,
     fmt: Annotated[str | None, typer.Option("--format", help="logical: directory (parallel) or custom "
                                                           "(one pg_dump -Fc file per database)")] = None,
+    redis: Annotated[bool, typer.Option("--redis", help="an RDB snapshot of [[redis]] NAME (default: each)")]
+    = False,
+    redis_name: Annotated[str | None, typer.Argument(help="with --redis: which [[redis]]")]
+    = None,
 ) -> None:
     """Take a physical base backup (or a logical dump) of the primary into the repository."""
     obj: AppContext = ctx.obj
+    if redis or redis_name is not None:
+        if not redis or logical or fmt is not None:
+            raise UsageError("a NAME is for Redis: `pgdr backup --redis [NAME]` (without --logical/--format)")
+        from pgdr.cli import cmd_redis
+
+        cmd_redis.backup(obj, redis_name, json_out)
+        return
     if fmt is not None and (not logical or fmt not in ("directory", "custom")):
         raise UsageError("--format is for logical backups: --logical --format directory|custom")
     if incremental and logical:
@@ -56,11 +71,18 @@ def backup(
         f"LSN {m.start_lsn}–{m.stop_lsn}")
 
 
-def list_cmd(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+def list_cmd(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] = False,
+             redis: Annotated[str | None, typer.Option("--redis", metavar="NAME",
+                                                       help="snapshots of this [[redis]] instead")] = None) -> None:
     """Backups in the repository (the repository is the source of truth)."""
     from pgdr.repo.records import verification_status
 
     obj: AppContext = ctx.obj
+    if redis is not None:
+        from pgdr.cli import cmd_redis
+
+        cmd_redis.list_snapshots(obj, redis, json_out)
+        return
     from pgdr.repo.manifest import scan_backups
 
     backups, damaged = scan_backups(obj.repo)
@@ -93,9 +115,17 @@ def expire(
 ) -> None:
     """Apply retention (count and age from the config); never removes WAL a kept backup needs."""
     obj: AppContext = ctx.obj
+    repo = obj.repo_with_wal()  # an object store's WAL listing decides what WAL can go
+    try:
+        _expire(repo, obj.config.retention, dry_run=dry_run, yes=yes, json_out=json_out)
+    finally:
+        obj.drop_cached_backups()
+
+
+def _expire(repo: Repository, policy: RetentionConfig, *, dry_run: bool, yes: bool, json_out: bool) -> None:
     from pgdr.repo.retention import apply_expire, plan_expire
 
-    plan = plan_expire(obj.repo, obj.config.retention)
+    plan = plan_expire(repo, policy)
     if json_out:
         output.print_json({**plan.as_dict(), "dry_run": dry_run or not (yes or not plan.remove and not plan.wal_remove)})
     else:
@@ -112,7 +142,7 @@ def expire(
         if not sys.stdin.isatty():
             raise UsageError("expire removes backups: pass --yes to confirm (or --dry-run to look)")
         typer.confirm("remove these backups and WAL?", abort=True)
-    done = apply_expire(obj.repo, plan)
+    done = apply_expire(repo, plan)
     if not json_out:
         output.console.print(f"removed {len(done.remove)} backup(s) and {len(done.wal_remove)} WAL segment(s)")
     for note in done.notes:

@@ -45,9 +45,17 @@ def restore(
     no_owner: Annotated[bool, typer.Option("--no-owner", help="logical: do not restore owners and grants")]
     = False,
     role: Annotated[str | None, typer.Option("--role", help="logical: pg_restore as this role")] = None,
+    redis: Annotated[str | None, typer.Option("--redis", metavar="NAME", help="start a NEW redis-server from "
+                                              "a snapshot of this [[redis]] (--backup ID, default newest)")]
+    = None,
 ) -> None:
     """Restore to a point in time into a NEW instance that keeps running (local only);
     a logical backup (--backup ID) to a new instance or --into an empty database."""
+    if redis is not None:
+        from pgdr.cli import cmd_redis
+
+        cmd_redis.restore(ctx.obj, redis, backup_id, target_dir, port, json_out)
+        return
     from pgdr.restore.pitr import restore_to_point
     from pgdr.restore.recovery import RecoveryTarget
 
@@ -85,8 +93,11 @@ def restore(
             raise UsageError(f"--tablespace-map {item!r}: expected OID=PATH, e.g. 16384=/srv/ts1")
         places[oid.strip()] = Path(path.strip())
     with output.console.status("restoring…") if (sys.stdout.isatty() and not json_out) else nullcontext():
-        result = restore_to_point(obj.config, obj.programs, obj.repo, target, target_dir,
-                                  backup_id=backup_id, port=port, force=force, tablespace_map=places)
+        try:
+            result = restore_to_point(obj.config, obj.programs, obj.repo_with_wal(), target, target_dir,
+                                      backup_id=backup_id, port=port, force=force, tablespace_map=places)
+        finally:
+            obj.drop_cached_backups()
     data = result.as_dict()
     if json_out:
         output.print_json(data)
@@ -145,9 +156,10 @@ def _restore_logical(obj: AppContext, manifest: BackupManifest, target_dir: Path
 def find_disaster(
     ctx: typer.Context,
     table: Annotated[str | None, typer.Option("--table", help='table, schema.table or "Quoted"."Names"')] = None,
-    since: Annotated[str | None, typer.Option("--since", help="only transactions committed after (ISO time)")] = None,
-    until: Annotated[str | None, typer.Option("--until", help="only transactions committed before (ISO time)")]
-    = None,
+    since: Annotated[str | None, typer.Option("--since", help="only transactions committed at or after this ISO "
+                                              "time or LSN; WAL before it is not read")] = None,
+    until: Annotated[str | None, typer.Option("--until", help="only transactions committed at or before this ISO "
+                                              "time or LSN; WAL after it is not read")] = None,
     kinds: Annotated[str, typer.Option("--kinds", help="comma list of drop,truncate,delete,update")]
     = "drop,truncate,delete,update",
     min_rows: Annotated[int, typer.Option("--min-rows", help="DELETE/UPDATE: at least this many rows")] = 100,
@@ -155,21 +167,24 @@ def find_disaster(
 ) -> None:
     """List the transactions in the archived WAL that dropped, truncated, or deleted/updated many rows."""
     from pgdr.pg.ident import parse_table
-    from pgdr.restore.pitr import parse_time
-    from pgdr.restore.walscan import KINDS, find_disasters
+    from pgdr.restore.walscan import KINDS, find_disasters, parse_bound
 
     wanted = tuple(k.strip() for k in kinds.split(",") if k.strip())
     bad = [k for k in wanted if k not in KINDS]
     if bad:
         raise UsageError(f"unknown kind {bad[0]!r}; use {','.join(KINDS)}")
     name = parse_table(table) if table is not None else None
-    start, end = (parse_time(since) if since else None), (parse_time(until) if until else None)
-    if start and end and end < start:
+    start, end = (parse_bound(since) if since else None), (parse_bound(until) if until else None)
+    if start and end and ((start.time and end.time and end.time < start.time)
+                          or (start.lsn is not None and end.lsn is not None and end.lsn < start.lsn)):
         raise UsageError("--until is before --since")
     obj: AppContext = ctx.obj
     with output.progress_bar("reading WAL", enabled=sys.stderr.isatty() and not json_out) as progress:
-        result = find_disasters(obj.programs, obj.repo, table=name, since=start, until=end,
-                                kinds=wanted, min_rows=min_rows, progress=progress)
+        try:
+            result = find_disasters(obj.programs, obj.repo_with_wal(), table=name, since=start, until=end,
+                                    kinds=wanted, min_rows=min_rows, progress=progress)
+        finally:
+            obj.drop_cached_backups()
     if json_out:
         output.print_json(result.as_dict())
     else:

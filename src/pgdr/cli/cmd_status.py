@@ -10,12 +10,22 @@ from pgdr.cli import output
 from pgdr.cli.context import AppContext
 
 
-def status(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+def status(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] = False,
+           redis: Annotated[str | None, typer.Option("--redis", metavar="NAME|all",
+                                                     help="only the Redis checks")] = None) -> None:
     """Primary, standbys' lag, newest backup, WAL archive lag and gaps, archiver failures."""
     obj: AppContext = ctx.obj
+    if redis is not None:
+        from pgdr.cli import cmd_redis
+
+        cmd_redis.status(obj, None if redis == "all" else redis, json_out)
+        return
     from pgdr.status import gather_status
 
-    report = gather_status(obj.config, obj.repo)
+    try:
+        report = gather_status(obj.config, obj.repo_with_wal())
+    finally:
+        obj.drop_cached_backups()
     if json_out:
         output.print_json(report.as_dict())
     else:

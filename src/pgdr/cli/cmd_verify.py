@@ -21,15 +21,26 @@ def verify(
     keep: Annotated[bool, typer.Option("--keep", help="leave the scratch instance running for a look")] = False,
     port: Annotated[int | None, typer.Option("--port", help="the scratch instance's port (default: verify.ports "
                                                             "or any free port)")] = None,
+    redis: Annotated[str | None, typer.Option("--redis", metavar="NAME",
+                                              help="verify a snapshot of this [[redis]] instead")] = None,
 ) -> None:
     """Restore a backup into a scratch instance and prove it (exit 1 when any check fails)."""
+    if redis is not None:
+        from pgdr.cli import cmd_redis
+
+        cmd_redis.verify(ctx.obj, redis, backup_id, json_out)
+        return
     from pgdr.restore.verify import verify_backup
 
     obj: AppContext = ctx.obj
     # SIGTERM (systemd, a CI timeout) cleans up like Ctrl-C: cli/signals.py unwinds through finally.
     with output.console.status(f"verifying {backup_id}…") if (sys.stdout.isatty() and not json_out) \
             else nullcontext():
-        result = verify_backup(obj.config, obj.programs, obj.repo, backup_id, keep=keep, port=port)
+        repo = obj.repo_with_wal()
+        try:
+            result = verify_backup(obj.config, obj.programs, repo, backup_id, keep=keep, port=port)
+        finally:
+            obj.drop_cached_backups()
     if json_out:
         output.print_json(result.as_dict())
     else:
@@ -64,7 +75,7 @@ def wal_fetch(
     if obj.config_path is None:
         raise UsageError("wal-fetch needs --config (restore_command must name the config)")
     try:
-        found = WalArchive(obj.repo).fetch(name, dest)
+        found = WalArchive(obj.local_cache()).fetch(name, dest)
     except SegmentDamaged as exc:
         output.error_line(f"wal-fetch: {exc.message}")
         raise typer.Exit(WAL_DAMAGED_EXIT) from None

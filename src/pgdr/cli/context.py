@@ -17,6 +17,7 @@ class AppContext:
     config_path: Path | None = None
     debug: bool = False
     _config: Config | None = field(default=None, repr=False)
+    _repo: Repository | None = field(default=None, repr=False)
 
     @property
     def config(self) -> Config:
@@ -54,7 +55,37 @@ class AppContext:
 
     @property
     def repo(self) -> Repository:
+        """The repository (with its object store, if configured; the catalog is synced on first read)."""
+        if self._repo is None:
+            from pgdr.pg.programs import RunAs
+            from pgdr.repo.layout import Repository
+            from pgdr.repo.remote import open_store
+
+            run_as = RunAs(self.config.pg.os_user)
+            self._repo = Repository(self.config.repository.path, run_as,
+                                    open_store(self.config.repository, run_as))
+        return self._repo
+
+    def local_cache(self) -> Repository:
+        """The local folder alone (restore_command: the WAL was fetched before recovery began)."""
         from pgdr.pg.programs import RunAs
         from pgdr.repo.layout import Repository
 
         return Repository(self.config.repository.path, RunAs(self.config.pg.os_user))
+
+    def drop_cached_backups(self) -> None:
+        """After a verify or restore from an object store: no backup files left in the cache
+        (and, for an encrypted repository, no decrypted WAL either)."""
+        if self._repo is not None and self._repo.store is not None:
+            from pgdr.repo.remote import drop_cache
+
+            drop_cache(self._repo)
+
+    def repo_with_wal(self) -> Repository:
+        """The repository with an object store's WAL archive fetched into the local cache."""
+        repo = self.repo
+        if repo.store is not None:
+            from pgdr.repo.remote import sync_wal
+
+            sync_wal(repo)
+        return repo

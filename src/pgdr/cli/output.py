@@ -87,13 +87,19 @@ def checks_table(title: str, checks: Sequence[Check]) -> None:
         t.add_column(col)
     for c in checks:
         style = STATUS_STYLE[c.status]
-        detail = c.summary + (f"\n[dim]→ {c.hint}[/dim]" if c.hint and c.status != "ok" else "")
-        t.add_row(c.name, f"[{style}]{c.status}[/{style}]", mask_text(detail))
+        from rich.markup import escape
+
+        detail = escape(mask_text(c.summary)) + (f"\n[dim]→ {escape(mask_text(c.hint))}[/dim]"
+                                                 if c.hint and c.status != "ok" else "")
+        t.add_row(escape(c.name), f"[{style}]{c.status}[/{style}]", detail)
     __getattr__("console").print(t)
 
 
 def error_line(message: str, hint: str | None = None) -> None:
-    text = mask_text(message) + (f" — {mask_text(hint)}" if hint else "")
+    from rich.markup import escape
+
+    # escaped: a message naming "[[redis]]" or "[pg] bindir" is text, not Rich markup
+    text = escape(mask_text(message) + (f" — {mask_text(hint)}" if hint else ""))
     __getattr__("err_console").print(f"[bold red]pgdr:[/bold red] {text}", highlight=False, soft_wrap=True)
 
 

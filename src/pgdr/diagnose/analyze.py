@@ -467,6 +467,10 @@ def diagnose(config: Config, repo: Repository | None = None, *, read_log: bool =
     t0 = time.monotonic()
     facts = g.gather_all(config, read_log=read_log)
     findings = analyze(config, facts, repo)
+    if repo is not None and config.redis:
+        from pgdr.rdb.health import findings as redis_findings
+
+        findings += redis_findings(config, repo)
     nodes = {f.node.name: {"role": f.role, "configured_role": f.node.role, "reachable": f.reachable,
                            "cause": f.cause, "error": f.error} for f in facts}
     return DiagnoseReport(config.cluster.name, datetime.now(UTC).isoformat(), time.monotonic() - t0,

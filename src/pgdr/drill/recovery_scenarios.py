@@ -21,7 +21,7 @@ from pgdr.restore.pitr import restore_to_point, stop_restored
 from pgdr.restore.recovery import RecoveryTarget
 from pgdr.restore.salvage import salvage
 from pgdr.restore.verify import verify_backup
-from pgdr.restore.walscan import find_disasters
+from pgdr.restore.walscan import Bound, find_disasters
 from pgdr.runbook.timeline import Timeline
 from pgdr.sandbox.workload import Writer
 from pgdr.status import gather_status
@@ -73,7 +73,7 @@ def accidental_delete(env: DrillEnv, result: ScenarioResult) -> None:
                 f.unlink()
         started = time.monotonic()
         with timeline.step("pgdr find-disaster") as step:
-            scan = find_disasters(env.programs, repo, since=since, kinds=("drop", "delete"), min_rows=100)
+            scan = find_disasters(env.programs, repo, since=Bound(time=since), kinds=("drop", "delete"), min_rows=100)
             found = {(d.kind, d.table): d for d in scan.disasters}
             step.evidence["found"] = [d.as_dict() for d in scan.disasters]
         delete = found.get(("delete", "public.order_items"))

@@ -35,12 +35,13 @@ from pgdr.migrate import records, schema
 from pgdr.migrate.run import command_env, run_command
 from pgdr.pg.connect import session
 from pgdr.pg.conninfo import mask, parse, with_params
+from pgdr.pg.lsn import parse_lsn
 from pgdr.pg.programs import Programs
 from pgdr.repo.layout import Repository
 from pgdr.repo.unfinished import owner_dead
-from pgdr.restore.pitr import parse_time, restore_to_point
+from pgdr.restore.pitr import restore_to_point
 from pgdr.restore.recovery import RecoveryTarget
-from pgdr.restore.walscan import find_disasters
+from pgdr.restore.walscan import Bound, find_disasters
 from pgdr.runbook.timeline import Timeline
 
 CUTOVER_NEXT = "put the restored instance into service with `pgdr cutover --to-dir DIR` (the next step)"
@@ -198,7 +199,7 @@ def _pitr(config: Config, programs: Programs, repo: Repository, record: dict[str
                             f"--where {shlex.quote(where)}")
         step.detail = ", ".join(f"{r['table']}: {r['rows']}" for r in rows) or "none"
     with timeline.step("changes in the WAL since the freeze point") as step:
-        found = find_disasters(programs, repo, since=parse_time(freeze["at"]), min_rows=1)
+        found = find_disasters(programs, repo, since=Bound(lsn=parse_lsn(freeze["lsn"])), min_rows=1)
         changes = [d.as_dict() for d in found.disasters]
         step.detail = f"{len(changes)} transactions deleted, updated, truncated or dropped rows"
         step.evidence["errors"] = found.errors

@@ -42,7 +42,9 @@ def mask_text(text: str) -> str:
 
     text = re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1********", text)
     # postgresql+psycopg://: SQLAlchemy's URLs, which migration tools print
-    return re.sub(r"(postgres(?:ql)?(?:\+\w+)?://[^:/@\s]+:)[^@\s]+@", r"\1********@", text)
+    text = re.sub(r"(postgres(?:ql)?(?:\+\w+)?://[^:/@\s]+:)[^@\s]+@", r"\1********@", text)
+    # redis://:secret@host or redis://user:secret@host (the user may be empty)
+    return re.sub(r"(rediss?://[^:/@\s]*:)[^@\s]+@", r"\1********@", text)
 
 
 def split_password(conninfo: str) -> tuple[str, str | None]:

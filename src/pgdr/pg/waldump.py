@@ -18,6 +18,7 @@ recovery go").
 
 from __future__ import annotations
 
+import mmap
 import os
 import re
 import shutil
@@ -128,50 +129,53 @@ def path_to_key(path: str) -> str:
 # an update-heavy segment (~50k matching lines): it starts on a literal, crosses the LSN
 # fields in one character-class run, and reads relation #0 from the first ", blkref"
 # (PostgreSQL 15's heap descriptions print no comma before it).
-_HEAD = r"tx: *(\d+), lsn: ([0-9A-F]+/[0-9A-F]+), prev [0-9A-F]+/[0-9A-F]+, desc: "
 # (over bytes: decoding megabytes of output to scan it costs as much as the scan)
 _ROW_RE = re.compile(rb"tx: +(\d+), [^d\n]+desc: (DELETE|UPDATE|HOT_UPDATE)(?:\+INIT)? "
                      rb"[^,\n]*, blkref #0: rel (\d+/\d+/\d+)")
-# the rare records: found by their rmgr at the start of a line (Transaction, Storage:
-# few lines) or their literal desc (Heap TRUNCATE, XLOG RESTORE_POINT), then read whole
-_RARE_RE = re.compile(rb"rmgr: (?:Transaction|Storage) ")
+# the rare records: Transaction and Storage lines (a few, or one per commit of an OLTP
+# load: ~1k per segment) read field by field by one findall; Heap TRUNCATE and XLOG
+# RESTORE_POINT (rarer still) found by their literal desc, then read whole
+_LINE = (rb"rmgr: (%s) +len \(rec/tot\): *\d+/ *\d+, tx: +(\d+), lsn: ([0-9A-F]+/[0-9A-F]+), "
+         rb"prev [0-9A-F]+/[0-9A-F]+, desc: (\S+) ?([^\n]*)")
+_RARE_RE = re.compile(_LINE % rb"Transaction|Storage")
+_LINE_RE = re.compile(_LINE % rb"\S+")
 _RARE_DESCS = (b"desc: TRUNCATE ", b"desc: RESTORE_POINT ")
-_LINE_RE = re.compile(r"rmgr: (\S+) +len \(rec/tot\): *\d+/ *\d+, " + _HEAD + r"(\S+) ?([^\n]*)")
 _LAST_LSN_RE = re.compile(rb"lsn: ([0-9A-F]+/[0-9A-F]+), prev")
 
 
-def _rare_lines(text: bytes) -> list[bytes]:
-    """The lines of the rare records, in output order."""
-    starts = [m.start() for m in _RARE_RE.finditer(text)]
+Text = bytes | mmap.mmap
+"""pg_waldump's output: bytes, or the output file mapped (no copy of ~24 MB per segment)."""
+
+
+def _rare_records(text: Text, end: int) -> list[tuple[bytes, bytes, bytes, bytes, bytes]]:
+    """(rmgr, xid, lsn, op, rest) of the rare records before end."""
+    found: list[tuple[bytes, bytes, bytes, bytes, bytes]] = _RARE_RE.findall(text, 0, end)
     for desc in _RARE_DESCS:
-        at = text.find(desc)
+        at = text.find(desc, 0, end)
         while at >= 0:
-            starts.append(text.rfind(b"\n", 0, at) + 1)
-            at = text.find(desc, at + 1)
-    lines = []
-    for begin in sorted(set(starts)):
-        end = text.find(b"\n", begin)
-        lines.append(text[begin:end if end >= 0 else len(text)])
-    return lines
+            m = _LINE_RE.match(text, text.rfind(b"\n", 0, at) + 1, end)
+            if m is not None and m.group(1) not in (b"Transaction", b"Storage"):
+                found.append((m[1], m[2], m[3], m[4], m[5]))
+            at = text.find(desc, at + 1, end)
+    return found
 
 
 def _commit_time(ts: str) -> datetime:
     return datetime.fromisoformat(ts).replace(tzinfo=UTC)
 
 
-def parse_output(text: bytes, result: ChunkResult) -> None:
-    """Fold pg_waldump's output into result (module level so worker processes can run it)."""
-    counts = Counter(_ROW_RE.findall(text))
+def parse_output(text: Text, result: ChunkResult, end: int | None = None) -> None:
+    """Fold pg_waldump's output (up to end) into result (module level so worker
+    processes can run it)."""
+    end = len(text) if end is None else end
+    counts = Counter(_ROW_RE.findall(text, 0, end))
     for (xid_s, op, rel_b), n in counts.items():
         target = result.deletes if op == b"DELETE" else result.updates
         rels = target.setdefault(int(xid_s), {})
         rel = rel_b.decode()
         rels[rel] = rels.get(rel, 0) + n
-    for line in _rare_lines(text):
-        m = _LINE_RE.match(line.decode(errors="replace"))
-        if m is None:
-            continue
-        rmgr, xid_s, lsn, op, rest = m.groups()
+    for rmgr_b, xid_s, lsn_b, op_b, rest_b in _rare_records(text, end):
+        rmgr, op, lsn, rest = rmgr_b.decode(), op_b.decode(), lsn_b.decode(), rest_b.decode(errors="replace")
         xid = int(xid_s)
         if rmgr == "Transaction" and op in ("COMMIT", "ABORT", "COMMIT_PREPARED", "ABORT_PREPARED"):
             head, _, tail = rest.partition("; ")
@@ -197,7 +201,7 @@ def parse_output(text: bytes, result: ChunkResult) -> None:
             result.heap_truncates[xid] = result.heap_truncates.get(xid, 0) + 1
         elif rmgr == "XLOG" and op == "RESTORE_POINT":
             result.restore_points.append((rest.strip(), lsn))
-    last = _LAST_LSN_RE.match(text, max(0, text.rfind(b"lsn: ")))
+    last = _LAST_LSN_RE.match(text, max(0, text.rfind(b"lsn: ", 0, end)), end)
     if last is not None:
         result.last_lsn = last.group(1).decode()
 
@@ -208,13 +212,21 @@ def parse_lines(lines: Sequence[str], result: ChunkResult) -> None:
 
 @dataclass(frozen=True)
 class Chunk:
-    """One segment to read: its archived file, and the next one (for boundary records)."""
+    """One segment to read: its archived file, and the next one (for boundary records).
+
+    further: the files of the segments after the next one, consecutive, for a record
+    longer than a segment (up to PostgreSQL's 1 GB record limit); each is opened only
+    when the record before it fills the whole of the previous one."""
 
     segment: Segment
     source: Path                 # <name>.zst in the archive, or a .partial in incoming/
     next_source: Path | None
     next_segment: Segment | None
     segment_size: int
+    further: tuple[Path, ...] = ()
+
+
+MAX_RECORD = 1 << 30            # a WAL record is at most ~1 GB (XLogRecordMaxSize)
 
 
 PAGE = 8192                         # XLOG_BLCKSZ
@@ -264,9 +276,9 @@ def continuation_bytes(src: Path, segment_size: int) -> int:
     return min(pages * PAGE, segment_size)
 
 
-def _cut_after(text: bytes, end_lsn: int) -> bytes:
-    """Drop the trailing lines of records that start at or after end_lsn (few: only those
-    on the next segment's pages read for the crossing record)."""
+def _cut_point(text: Text, end_lsn: int) -> int:
+    """Where the trailing lines of records that start at or after end_lsn begin (few:
+    only those on the next segment's pages read for the crossing record)."""
     stop = len(text)
     while stop > 0:
         cut = text.rfind(b"\n", 0, stop - 1) + 1
@@ -274,32 +286,72 @@ def _cut_after(text: bytes, end_lsn: int) -> bytes:
         if m is None or parse_lsn(m.group(1).decode()) < end_lsn:
             break
         stop = cut
-    return text if stop == len(text) else text[:stop]
+    return stop
 
 
-def _dump(programs: Programs, tmp: Path, chunk: Chunk, rmgrs: tuple[str, ...],
-          xid: int | None) -> tuple[int, bytes, str]:
+def _cut_after(text: bytes, end_lsn: int) -> bytes:
+    return text[:_cut_point(text, end_lsn)]
+
+
+def _unpack(tmp: Path, chunk: Chunk) -> tuple[int, int]:
+    """The chunk's segment (and what the record crossing out of it needs of the next
+    ones) as pg_waldump reads them, in tmp; returns the LSNs to read from and to."""
     size = chunk.segment_size
     _materialize(chunk.source, tmp / chunk.segment.name(size), size)
     start = chunk.segment.start_lsn(size)
     end = start + size
     if chunk.next_source is not None and chunk.next_segment is not None:
-        extra = continuation_bytes(chunk.next_source, size)
-        if extra:
-            _materialize(chunk.next_source, tmp / chunk.next_segment.name(size), size, extra)
+        # The following segments are named on this chunk's timeline, whatever timeline
+        # their files are archived under: pg_waldump -t looks for one timeline's names,
+        # and the first segment of a new timeline begins with the old one's bytes.
+        sources = (chunk.next_source, *chunk.further)
+        for i, src in enumerate(sources):
+            extra = continuation_bytes(src, size)
+            if not extra:
+                break
+            name = Segment(chunk.segment.timeline, chunk.segment.segno + 1 + i).name(size)
+            _materialize(src, tmp / name, size, extra)
             end += extra
+            if extra < size:
+                break      # the crossing record ends in this segment
+    return start, end
+
+
+def _dump(programs: Programs, tmp: Path, chunk: Chunk, span: tuple[int, int], rmgrs: tuple[str, ...],
+          xid: int | None, relation: str | None, result: ChunkResult) -> tuple[int, str]:
+    """One pg_waldump run over the unpacked chunk, its output folded into result."""
+    start, end = span
     args = ["-p", str(tmp), "-t", str(chunk.segment.timeline), "-s", format_lsn(start), "-e", format_lsn(end)]
     for rmgr in rmgrs:
         args += ["-r", rmgr]
     if xid is not None:
         args += ["-x", str(xid)]
+    if relation is not None:
+        args += ["-R", relation]
     # stdout to a file read back in one call: a pipe read line by line costs more
     # Python time than pg_waldump itself (a segment prints ~100k lines)
     dumped = tmp / "waldump.out"
     res = programs.run("pg_waldump", args, ok_codes=(0, 1), as_server_user=False,
                        env={"TZ": "UTC", "PGTZ": "UTC"}, timeout=600, stdout_path=dumped)
-    out = dumped.read_bytes()
-    return res.returncode, _cut_after(out, start + size) if end > start + size else out, res.stderr
+    with open(dumped, "rb") as fh:
+        if os.fstat(fh.fileno()).st_size:
+            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as text:
+                cut = start + chunk.segment_size
+                parse_output(text, result, _cut_point(text, cut) if end > cut else None)
+    dumped.unlink()
+    return res.returncode, res.stderr
+
+
+def passes(rmgrs: tuple[str, ...], relations: tuple[str, ...]) -> list[tuple[tuple[str, ...], str | None]]:
+    """The pg_waldump runs one chunk needs: one with every rmgr; or, when only some
+    relations matter, their Heap records one relation at a time (-R takes one) and the
+    other rmgrs' records (commits name dropped files and have no block to filter on) in
+    one more run. Each run decodes the whole segment but prints only what it keeps, and
+    printing, then parsing, is nearly all the cost."""
+    if not relations or "Heap" not in rmgrs:
+        return [(rmgrs, None)]
+    rest = tuple(r for r in rmgrs if r != "Heap")
+    return ([(rest, None)] if rest else []) + [(("Heap",), rel) for rel in relations]
 
 
 SHM = "/dev/shm"
@@ -319,31 +371,40 @@ def scratch_root(segment_size: int, jobs: int) -> str | None:
 
 
 def read_chunk(programs: Programs, chunk: Chunk, rmgrs: tuple[str, ...], xid: int | None,
-               scratch: str | None = None) -> ChunkResult:
-    """One segment's records (see the module docstring); scratch: the folder to unpack in."""
+               scratch: str | None = None, relations: tuple[str, ...] = ()) -> ChunkResult:
+    """One segment's records (see the module docstring); scratch: the folder to unpack
+    in; relations: when given, only these relations' Heap records are read (spc/db/node)."""
     name = chunk.segment.name(chunk.segment_size)
     result = ChunkResult(name)
     tmp = Path(tempfile.mkdtemp(prefix="pgdr-waldump-", dir=scratch))
     try:
         try:
-            code, out, err_text = _dump(programs, tmp, chunk, rmgrs, xid)
+            span = _unpack(tmp, chunk)
+            runs = []
+            last: list[str] = []
+            for rmgrs_, rel in passes(rmgrs, relations):
+                runs.append(_dump(programs, tmp, chunk, span, rmgrs_, xid, rel, result))
+                if result.last_lsn is not None:
+                    last.append(result.last_lsn)
         except (OSError, zstandard.ZstdError) as exc:
             result.error = f"cannot read {name}: {exc}"
             return result
         result.bytes_read = chunk.segment_size
-        parse_output(out, result)
-        if code != 0:
-            err = err_text.strip().splitlines()
-            result.error = err[-1] if err else f"pg_waldump exit {code}"
-            m = _END_RE.search(err_text)
-            if m:
-                result.end_lsn = m.group(1)
+        for code, err_text in runs:
+            if code != 0 and result.error is None:
+                err = err_text.strip().splitlines()
+                result.error = err[-1] if err else f"pg_waldump exit {code}"
+                m = _END_RE.search(err_text)
+                if m:
+                    result.end_lsn = m.group(1)
+        result.last_lsn = max(last, key=parse_lsn) if last else None
         return result
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _read_chunk_job(args: tuple[Programs, Chunk, tuple[str, ...], int | None, str | None]) -> ChunkResult:
+def _read_chunk_job(args: tuple[Programs, Chunk, tuple[str, ...], int | None, str | None,
+                                tuple[str, ...]]) -> ChunkResult:
     return read_chunk(*args)
 
 
@@ -352,15 +413,17 @@ Progress = Callable[[int, int], None]
 
 
 def scan(programs: Programs, chunks: Sequence[Chunk], rmgrs: tuple[str, ...],
-         *, xid: int | None = None, jobs: int | None = None, progress: Progress | None = None) -> ScanResult:
-    """Read chunks in parallel processes (one pg_waldump each); results in chunk order."""
+         *, xid: int | None = None, jobs: int | None = None, progress: Progress | None = None,
+         relations: tuple[str, ...] = ()) -> ScanResult:
+    """Read chunks in parallel processes (see passes() for the pg_waldump runs per
+    chunk); results in chunk order."""
     import time
 
     t0 = time.monotonic()
     # two workers per core: each waits on its pg_waldump part of the time
     jobs = max(1, min(jobs or 2 * (os.cpu_count() or 2), len(chunks) or 1))
     scratch = scratch_root(chunks[0].segment_size, jobs) if chunks else None
-    work = [(programs, c, rmgrs, xid, scratch) for c in chunks]
+    work = [(programs, c, rmgrs, xid, scratch, relations) for c in chunks]
     results: list[ChunkResult] = []
     if jobs == 1 or len(chunks) <= 1:
         for w in work:

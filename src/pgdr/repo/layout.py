@@ -16,11 +16,14 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pgdr.errors import RepositoryError
 from pgdr.fsutil import write_json_durable
 from pgdr.pg.programs import RunAs
+
+if TYPE_CHECKING:
+    from pgdr.repo.store import Store
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -29,6 +32,9 @@ PARTIAL_SUFFIX = ".partial"
 class Repository:
     root: Path
     run_as: RunAs = RunAs()
+    # An object store (S3, or an encrypted local folder) that is the repository; root is
+    # then the local working folder and backups/ and wal/ a cache of it (repo/remote.py).
+    store: Store | None = None
 
     @property
     def backups_dir(self) -> Path:
@@ -70,7 +76,11 @@ class Repository:
         try:
             return dict(json.loads(self.identity_path.read_text()))
         except FileNotFoundError:
-            return None
+            if self.store is None:
+                return None
+            from pgdr.repo.remote import fetch_identity
+
+            return fetch_identity(self)  # the store's, so claim() compares with the bucket's owner
         except (OSError, ValueError) as exc:
             raise RepositoryError(f"unreadable {self.identity_path}: {exc}") from None
 
@@ -84,6 +94,8 @@ class Repository:
                 "pg_version_num": pg_version_num,
                 "wal_segment_size": wal_segment_size,
             })
+            if self.store is not None:
+                self.store.put_bytes(self.identity_path.name, self.identity_path.read_bytes())
             return
         if current.get("system_identifier") != system_identifier:
             raise RepositoryError(

@@ -183,6 +183,10 @@ def scan_backups(repo: Repository) -> tuple[list[BackupManifest], list[DamagedBa
     """Every complete backup folder: readable ones (oldest first) and damaged ones."""
     found: list[BackupManifest] = []
     damaged: list[DamagedBackup] = []
+    if repo.store is not None:  # the bucket's listing is the truth: bring the cache up to it
+        from pgdr.repo.remote import sync_catalog_once
+
+        sync_catalog_once(repo)
     if not repo.backups_dir.is_dir():
         return found, damaged
     for entry in sorted(repo.backups_dir.iterdir()):
@@ -222,6 +226,11 @@ def find_backup(repo: Repository, backup_id: str) -> BackupManifest:
 
 
 def backup_dir(repo: Repository, backup_id: str) -> Path:
+    """The backup's folder; from an object store, its files are fetched (and checked) first."""
+    if repo.store is not None:
+        from pgdr.repo.remote import fetch_backup
+
+        return fetch_backup(repo, backup_id)
     return repo.backups_dir / backup_id
 
 

@@ -129,6 +129,10 @@ def apply_expire(repo: Repository, plan: ExpirePlan) -> ExpirePlan:
                     held_chains.setdefault(link, backup.id)
                 continue
             try:
+                if repo.store is not None:
+                    from pgdr.repo.remote import delete_backup
+
+                    delete_backup(repo.store, backup.id)
                 target = repo.backups_dir / backup.id
                 # Rename first so a crash mid-delete never leaves a half backup that lists as complete.
                 doomed = target.with_name(target.name + ".partial")
@@ -147,6 +151,8 @@ def apply_expire(repo: Repository, plan: ExpirePlan) -> ExpirePlan:
                 plan.wal_remove = []
             else:
                 try:
+                    if repo.store is not None:
+                        repo.store.delete([f"wal/{name}.zst" for name in plan.wal_remove])
                     for name in plan.wal_remove:
                         (repo.wal_dir / f"{name}.zst").unlink(missing_ok=True)
                     fsync_path(repo.wal_dir)

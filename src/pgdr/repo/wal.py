@@ -85,13 +85,24 @@ class WalArchive:
             check_segment_bytes(name, data, self.repo.wal_segment_size,
                                 ident.get("system_identifier"))
         dest = self.repo.wal_dir / (name + ZST)
-        if dest.exists():
-            if hashlib.sha256(self.read(name)).digest() == hashlib.sha256(data).digest():
+        store, key = self.repo.store, f"wal/{name}{ZST}"
+        if dest.exists() or (store is not None and store.exists(key)):
+            if not dest.exists() and store is not None:  # only in the store: compare with its copy
+                archived = zstandard.ZstdDecompressor().decompress(store.get_bytes(key))
+            else:
+                archived = self.read(name)
+            if hashlib.sha256(archived).digest() == hashlib.sha256(data).digest():
                 return "duplicate"
             raise RepositoryError(f"{name} is already archived with different contents",
                                   hint="two clusters or timelines write to one repository?")
         compressed = zstandard.ZstdCompressor(level=self.level, write_checksum=True,
                                               write_content_size=True).compress(data)
+        if store is not None:  # the store is the archive; the local copy below is its cache
+            from pgdr.repo.remote import encrypted
+
+            store.put_bytes(key, compressed)
+            if encrypted(self.repo):  # no decrypted copy kept at rest
+                return "stored"
         tmp = dest.with_name(f".{dest.name}.tmp")
         try:
             with open(tmp, "wb") as fh:

@@ -231,6 +231,10 @@ def _finish(run: _Run, repo: Repository, folder: Path, t_start: float) -> Verify
     run.result.finished_at = datetime.now(UTC)
     path = folder / VERIFY_RECORD
     write_json_durable(path, run.result.as_dict())
+    if repo.store is not None:
+        from pgdr.repo.remote import push_verification
+
+        push_verification(repo, folder.name)
     run.result.record_path = path
     return run.result
 

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from pgdr.backup.relmap import snapshots
+from pgdr.errors import UsageError
 from pgdr.pg.ident import TableName, qualified
 from pgdr.pg.lsn import Segment, format_lsn, parse_lsn, parse_segment_name
 from pgdr.pg.programs import Programs
-from pgdr.pg.waldump import Chunk, Commit, Progress, ScanResult, require_chunks, scan
+from pgdr.pg.waldump import MAX_RECORD, Chunk, Commit, Progress, ScanResult, require_chunks, scan
 from pgdr.repo.layout import Repository
 from pgdr.repo.manifest import Relation, list_backups
 from pgdr.repo.timelines import TimelineHistory, histories, latest_descendant, newest
@@ -82,9 +83,17 @@ def archive_wal(repo: Repository, from_segno: int | None = None, timeline: int |
             best[segno] = (Segment(tli, segno), path)
     ordered = [best[k] for k in sorted(best)]
     chunks = []
+    most = MAX_RECORD // size + 1      # segments one record can reach into
     for i, (seg, path) in enumerate(ordered):
-        nxt = ordered[i + 1] if i + 1 < len(ordered) and ordered[i + 1][0].segno == seg.segno + 1 else None
-        chunks.append(Chunk(seg, path, nxt[1] if nxt else None, nxt[0] if nxt else None, size))
+        run = [ordered[j] for j in range(i + 1, min(i + 1 + most, len(ordered)))]
+        consecutive: list[tuple[Segment, Path]] = []
+        for k, nxt_seg in enumerate(run):
+            if nxt_seg[0].segno != seg.segno + 1 + k:
+                break
+            consecutive.append(nxt_seg)
+        nxt = consecutive[0] if consecutive else None
+        chunks.append(Chunk(seg, path, nxt[1] if nxt else None, nxt[0] if nxt else None, size,
+                            tuple(p for _, p in consecutive[1:])))
     gaps: list[tuple[int, int]] = []
     if ordered and from_segno is not None and ordered[0][0].segno > from_segno:
         gaps.append((from_segno, ordered[0][0].segno - 1))
@@ -207,37 +216,97 @@ def _wanted(rel: Relation | None, table: TableName | None) -> bool:
     return table is None or table.matches(rel.schema_name, rel.name)
 
 
-def _segno_bounds(repo: Repository, since: datetime | None,
-                  until: datetime | None) -> tuple[int | None, int | None]:
-    """Segments that can hold commits in [since, until], judged by the backups' WAL
-    positions: WAL before a backup that ended before `since` is older; WAL after the
-    start segment of a backup that started after `until` is newer."""
-    backups = list_backups(repo, "physical")
-    size = repo.wal_segment_size
-    low = high = None
-    if since is not None:
-        before = [b for b in backups if b.stop_time <= since and b.start_wal]
-        if before and (seg := parse_segment_name(before[-1].start_wal or "", size)):
-            low = seg.segno
-    if until is not None:
-        after = [b for b in backups if b.start_time > until and b.start_wal]
-        if after and (seg := parse_segment_name(after[0].start_wal or "", size)):
-            high = seg.segno
+@dataclass(frozen=True)
+class Bound:
+    """One end of find-disaster's window: a commit time or a WAL position (LSN)."""
+
+    time: datetime | None = None
+    lsn: int | None = None
+
+
+def parse_bound(text: str) -> Bound:
+    """'0/5A000028' is an LSN; anything else must be an ISO time (UsageError otherwise)."""
+    from pgdr.restore.pitr import parse_time
+
+    if "/" in text and ":" not in text:
+        try:
+            return Bound(lsn=parse_lsn(text))
+        except ValueError:
+            raise UsageError(f"not an LSN: {text!r}", hint="an LSN looks like 0/5A000028; a time like "
+                             "'2026-11-24 09:30:00+00'") from None
+    return Bound(time=parse_time(text))
+
+
+def _commit_span(programs: Programs, chunk: Chunk) -> tuple[datetime, datetime] | None:
+    """The first and last commit times in one segment (None: it holds no commit)."""
+    times = [c.time for c in scan(programs, [chunk], ("Transaction",), jobs=1).commits.values()]
+    return (min(times), max(times)) if times else None
+
+
+def _window(programs: Programs, chunks: list[Chunk], since: Bound | None, until: Bound | None,
+            segment_size: int) -> tuple[int, int]:
+    """Indexes [low, high] of the chunks that can hold commits inside the window.
+
+    An LSN names its segment directly. A time is found by bisection over the segments'
+    commit times (one cheap `-r Transaction` read of one segment per step, ~log2(n)
+    steps): commit times grow with the WAL, give or take the few milliseconds by which
+    concurrent commits can be out of order, so one segment of slack is kept on each side;
+    a segment without commits is kept (never skipped on a guess)."""
+    low, high = 0, len(chunks) - 1
+    segnos = [c.segment.segno for c in chunks]
+    if since is not None and since.lsn is not None:
+        low = next((i for i, n in enumerate(segnos) if n >= since.lsn // segment_size), len(chunks))
+    if until is not None and until.lsn is not None:
+        high = max((i for i, n in enumerate(segnos) if n <= until.lsn // segment_size), default=-1)
+    if since is not None and since.time is not None and low <= high:
+        lo, hi = low, high + 1           # the first chunk whose last commit is at or after since
+        while lo < hi:
+            mid = (lo + hi) // 2
+            span = _commit_span(programs, chunks[mid])
+            if span is not None and span[1] < since.time:
+                lo = mid + 1
+            else:
+                hi = mid
+        low = max(low, lo - 1)
+    if until is not None and until.time is not None and low <= high:
+        lo, hi = low, high + 1           # the first chunk whose first commit is after until
+        while lo < hi:
+            mid = (lo + hi) // 2
+            span = _commit_span(programs, chunks[mid])
+            if span is not None and span[0] > until.time:
+                hi = mid
+            else:
+                lo = mid + 1
+        high = min(high, lo)
     return low, high
 
 
 def find_disasters(programs: Programs, repo: Repository, *, table: TableName | None = None,
-                   since: datetime | None = None, until: datetime | None = None,
+                   since: Bound | None = None, until: Bound | None = None,
                    kinds: tuple[str, ...] = KINDS, min_rows: int = 100, jobs: int | None = None,
                    progress: Progress | None = None) -> DisasterScan:
-    from_segno, to_segno = _segno_bounds(repo, since, until)
-    wal = archive_wal(repo, from_segno)
-    if to_segno is not None:
-        wal.chunks = wal.upto(to_segno)
-        wal.gaps = [(lo, min(hi, to_segno)) for lo, hi in wal.gaps if lo <= to_segno]
+    """Every transaction in the archive's WAL (toward the newest timeline) that dropped,
+    truncated, or deleted/updated at least min_rows rows of one table.
+
+    since/until bound what is read as well as what is reported: only the segments that
+    can hold commits inside the window are read, so a DELETE whose row records were
+    written in a segment before the window (a long transaction) counts only the rows
+    inside it; DROP and TRUNCATE are always found (their commit record names the files)."""
+    wal = archive_wal(repo)
     require_chunks(wal.chunks)
-    result = scan(programs, wal.chunks, ("Heap", "Transaction", "Storage"), jobs=jobs, progress=progress)
+    if since is not None or until is not None:
+        low, high = _window(programs, wal.chunks, since, until, wal.segment_size)
+        kept = wal.chunks[low:high + 1]
+        first = kept[0].segment.segno if kept else 0
+        last = kept[-1].segment.segno if kept else -1
+        wal.chunks = kept
+        wal.gaps = [(max(lo, first), min(hi, last)) for lo, hi in wal.gaps if hi >= first and lo <= last]
     names = relation_names(repo)
+    # DROP and TRUNCATE are in the commit records alone: without DELETE/UPDATE to count,
+    # pg_waldump need not print a single Heap record
+    rmgrs = (("Heap",) if {"delete", "update"} & set(kinds) else ()) + ("Transaction", "Storage")
+    result = (scan(programs, wal.chunks, rmgrs, jobs=jobs, progress=progress, relations=_only(names, table))
+              if wal.chunks else ScanResult([]))
     found = _classify(result, names, table, since, until, kinds, min_rows)
     errors = [f"{c.segment}: {c.error}" for c in result.chunks
               if c.error and c is not result.chunks[-1] and c.end_lsn is None]
@@ -249,8 +318,30 @@ def find_disasters(programs: Programs, repo: Repository, *, table: TableName | N
     return DisasterScan(found, len(wal.chunks), result.bytes_read, result.seconds, errors)
 
 
+MAX_RELATION_PASSES = 4
+
+
+def _only(names: dict[str, Relation], table: TableName | None) -> tuple[str, ...]:
+    """With --table, the files (spc/db/node) whose Heap records are worth printing: the
+    ones any relation map names as that table (a file no map names cannot match the
+    filter anyway). Each is one more pg_waldump run per segment, so a table with many
+    files (rewritten often) is read in the one full run instead."""
+    if table is None:
+        return ()
+    keys = tuple(sorted(k for k, r in names.items() if _wanted(r, table)))
+    return keys if 0 < len(keys) <= MAX_RELATION_PASSES else ()
+
+
+def _inside(commit: Commit, since: Bound | None, until: Bound | None) -> bool:
+    if since is not None and ((since.time is not None and commit.time < since.time)
+                              or (since.lsn is not None and parse_lsn(commit.lsn) < since.lsn)):
+        return False
+    return not (until is not None and ((until.time is not None and commit.time > until.time)
+                                       or (until.lsn is not None and parse_lsn(commit.lsn) > until.lsn)))
+
+
 def _classify(result: ScanResult, names: dict[str, Relation], table: TableName | None,
-              since: datetime | None, until: datetime | None, kinds: tuple[str, ...], min_rows: int) -> list[Disaster]:
+              since: Bound | None, until: Bound | None, kinds: tuple[str, ...], min_rows: int) -> list[Disaster]:
     commits = result.commits
     top_of: dict[int, int] = {}
     for c in commits.values():
@@ -263,7 +354,7 @@ def _classify(result: ScanResult, names: dict[str, Relation], table: TableName |
         commit = commits.get(top_of.get(xid, xid))
         if commit is None or commit.aborted or kind not in kinds:
             return
-        if (since is not None and commit.time < since) or (until is not None and commit.time > until):
+        if not _inside(commit, since, until):
             return
         rel = names.get(key)
         if not _wanted(rel, table):
@@ -312,5 +403,6 @@ def segno_of(lsn: str, segment_size: int) -> int:
     return parse_lsn(lsn) // segment_size
 
 
-__all__ = ["ArchiveWal", "Disaster", "DisasterScan", "WalPoint", "archive_wal", "find_disasters",
-           "find_restore_point", "find_transaction", "format_lsn", "reachable_end"]
+__all__ = ["ArchiveWal", "Bound", "Disaster", "DisasterScan", "WalPoint", "archive_wal", "find_disasters",
+           "find_restore_point", "find_transaction", "format_lsn", "parse_bound",
+           "reachable_end"]

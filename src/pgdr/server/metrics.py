@@ -51,6 +51,10 @@ class PgdrCollector(Collector):
         if primary is not None:
             yield from self._primary(primary)
         yield from self._repository()
+        if self.config.redis:
+            from pgdr.rdb.metrics import collect as redis_metrics
+
+            yield from redis_metrics(self.config, self.repo)
         if self.extra is not None:
             yield from self.extra()
 

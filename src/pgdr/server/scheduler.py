@@ -1,7 +1,7 @@
 """Scheduled jobs ([[schedule]] in pgdr.toml) run inside `pgdr serve --schedule`: no cron needed.
 
 One asyncio task per job. A job is due `every` seconds after the newest backup of its
-kind (so a restart does not take an extra backup); the work runs in a thread with
+kind (redis-backup: after the newest snapshot of each Redis it covers) (so a restart does not take an extra backup); the work runs in a thread with
 the same function `pgdr backup` calls. Results are kept for /ready and /metrics.
 """
 
@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pgdr.config import Config, ScheduleConfig
+from pgdr.config import Config, RedisConfig, ScheduleConfig
 from pgdr.errors import PgdrError
 from pgdr.pg.programs import Programs
 from pgdr.repo.layout import Repository
@@ -47,7 +47,15 @@ class Scheduler:
     jobs: list[JobState] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
+    def _redis_entries(self, job: ScheduleConfig) -> list[RedisConfig]:
+        return [self.config.redis_named(job.redis)] if job.redis else list(self.config.redis)
+
     def _run_job(self, job: ScheduleConfig) -> str:
+        if job.job == "redis-backup":
+            from pgdr.rdb.snapshot import take_snapshot
+
+            # each Redis in turn; the first failure fails the run (and is retried next time)
+            return ", ".join(take_snapshot(self.config, self.repo, rc).meta["id"] for rc in self._redis_entries(job))
         if job.job == "backup":
             from pgdr.backup.physical import take_physical_backup
 
@@ -57,6 +65,16 @@ class Scheduler:
         return take_logical_backup(self.config, self.programs, self.repo).manifest.id
 
     def _first_due(self, job: ScheduleConfig) -> float:
+        if job.job == "redis-backup":
+            from pgdr.rdb.retention import snapshots
+            from pgdr.rdb.store import SnapshotStore
+
+            ages = []
+            for rc in self._redis_entries(job):
+                found = snapshots(SnapshotStore(self.repo.root, rc.name))
+                ages.append(found[-1].age_s if found else float("inf"))
+            oldest = max(ages, default=float("inf"))
+            return time.time() if oldest == float("inf") else time.time() - oldest + job.every
         kind = "physical" if job.job == "backup" else "logical"
         try:
             backups = list_backups(self.repo, kind)

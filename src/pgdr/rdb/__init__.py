@@ -1,0 +1,1 @@
+"""Redis beside PostgreSQL: RDB snapshots in the same repository, verified and restorable."""
