@@ -230,6 +230,10 @@ def test_refuses_without_a_wal_archive_space_or_verified_backup(project: Project
     no_space = run_cli("migrate", "--", *touch, config=_variant(project, "tight", min_free_bytes=str(free * 2)),
                        env=project.env)
     assert no_space.returncode == 1 and "MiB needed" in no_space.stderr, no_space.stderr
+    logical = _variant(project, "logical")
+    logical.write_text(logical.read_text().replace('[cluster]\n', '[cluster]\nmode = "logical"\n', 1))
+    no_wal = run_cli("migrate", "--", *touch, config=logical, env=project.env)
+    assert no_wal.returncode == 1 and "no WAL archive (logical-only mode)" in no_wal.stderr, no_wal.stderr
     assert not marker.exists()
     stopped = project.pgdr("archiver", "stop")
     assert stopped.returncode == 0, stopped.stderr
