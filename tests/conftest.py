@@ -32,7 +32,11 @@ TEST_BINDIR = Path(os.environ["PGDR_TEST_BINDIR"]).resolve() if os.environ.get("
 # The suite's core: run on every PostgreSQL version CI covers (see scripts/test.sh).
 # Whole modules, or module::test for one test of a longer module.
 CORE = {
-    "test_sandbox", "test_backup", "test_verify", "test_pitr", "test_undo",
+    "test_sandbox", "test_backup", "test_pitr",
+    "test_verify::test_good_physical_backup_verifies_and_list_shows_it",
+    "test_verify::test_flipped_byte_fails_naming_the_file",
+    "test_undo::test_every_disaster_is_named_though_its_table_is_newer_than_the_backup",
+    "test_undo::test_a_record_reaching_far_into_the_next_segment_is_read_whole",
     "test_failover::test_failover_after_kill9_through_pgbouncer_then_rejoin",
     "test_failover::test_switchover_loses_nothing_and_old_primary_streams",
 }
@@ -56,8 +60,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         module = item.module.__name__.rsplit(".", 1)[-1] if getattr(item, "module", None) else ""
         name = getattr(item, "originalname", item.name)
-        if (module in CORE or f"{module}::{name}" in CORE
-                or module.startswith(("test_versions", "test_incremental"))):
+        if module in CORE or f"{module}::{name}" in CORE:
             item.add_marker(pytest.mark.core)
 
 
@@ -185,3 +188,12 @@ def real_cluster(base_dir: Path, programs: Programs, request: pytest.FixtureRequ
     cluster = build_real_cluster(base_dir / name, programs)
     yield cluster
     remove_real_cluster(cluster)
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[tuple[int, object]]:
+    """A real S3-protocol server (moto_server) per test module: (port, boto3 client)."""
+    from tests.s3_server import moto_server
+
+    with moto_server() as server:
+        yield server

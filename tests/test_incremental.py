@@ -30,6 +30,7 @@ from pgdr.restore.pitr import stop_restored
 from pgdr.sandbox import sandbox as sb
 from tests.conftest import run_cli
 from tests.pg18 import pg18_programs
+from tests.test_s3 import keys, s3_config
 
 
 @dataclass
@@ -188,3 +189,67 @@ def test_expire_never_breaks_a_chain(chain: Chain) -> None:
 def _every_chain_whole(sandbox: sb.Sandbox) -> None:
     for manifest in list_backups(sandbox.repo):
         chain_of(sandbox.repo.backups_dir, manifest)  # raises when a link is missing
+
+
+def test_incremental_chain_in_s3_verifies_from_an_empty_working_folder(
+        chain: Chain, request: pytest.FixtureRequest) -> None:
+    """The same chain in an S3 bucket (moto_server): the incremental backup is built on the
+    bucket's full one, and another machine (an empty working folder) verifies it, fetching
+    the whole chain."""
+    port, client = request.getfixturevalue("moto")  # conftest.py: a moto_server per module
+    cfg = s3_config(chain.sandbox, "work-s3", port, "inc")
+    assert run_cli("archiver", "start", config=cfg).returncode == 0
+    try:
+        full = _backup_with(cfg)
+        with session(chain.sandbox.conninfo(chain.sandbox.primary)) as conn:
+            conn.execute("insert into inc_rows select g, 5, 's3' from generate_series(5001, 5400) g")
+        inc = _backup_with(cfg, "--incremental")
+        assert inc["kind"] == "incremental" and inc["parent"] == full["id"]
+        assert f"inc/backups/{inc['id']}/pgdr.json" in keys(client, f"inc/backups/{inc['id']}/")
+        other = s3_config(chain.sandbox, "work-s3-other", port, "inc")
+        listed = {r["id"]: r for r in json.loads(run_cli("list", "--json", config=other).stdout)}
+        assert listed[inc["id"]]["parent"] == full["id"]
+        verified = run_cli("verify", inc["id"], "--json", config=other)
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+    finally:
+        run_cli("archiver", "stop", config=cfg)
+
+
+def _backup_with(config: Path, *args: str) -> dict[str, Any]:
+    res = run_cli("backup", *args, "--json", config=config)
+    assert res.returncode == 0, res.stderr
+    out: dict[str, Any] = json.loads(res.stdout)
+    return out
+
+
+def test_incremental_without_wal_summaries_refuses_with_one_line(chain: Chain) -> None:
+    """Last in this module: turning summarize_wal off leaves a gap no later incremental
+    backup could span."""
+    primary = chain.sandbox.conninfo(chain.sandbox.primary, "postgres")
+    before = [b.id for b in list_backups(chain.sandbox.repo)]
+    with session(primary) as conn:
+        conn.execute("alter system set summarize_wal = off")
+        conn.execute("select pg_reload_conf()")
+    _wait_setting(primary, "summarize_wal", "off")
+    try:
+        res = run_cli("backup", "--incremental", config=chain.sandbox.config_path)
+        assert res.returncode == 2
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and "summarize_wal" in lines[0]
+        assert [b.id for b in list_backups(chain.sandbox.repo)] == before
+    finally:
+        with session(primary) as conn:
+            conn.execute("alter system reset summarize_wal")
+            conn.execute("select pg_reload_conf()")
+
+
+def _wait_setting(conninfo: str, name: str, value: str, timeout: float = 20) -> None:
+    """pg_reload_conf() only signals: new sessions see the value once the postmaster reloaded."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with session(conninfo) as conn:
+            row = conn.execute("select current_setting(%s) as v", (name,)).fetchone()
+        if row is not None and row["v"] == value:
+            return
+        assert time.monotonic() < deadline, f"{name} did not become {value} within {timeout:.0f}s"
+        time.sleep(0.1)

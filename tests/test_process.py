@@ -480,3 +480,24 @@ def test_pgdr_help_imports_no_heavy_module() -> None:
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_half_created_scratch_folder_of_a_dead_verify_is_reaped_and_a_live_ones_kept(tmp_path: Path) -> None:
+    """A verify SIGKILLed while writing its owner marker leaves `.creating-…` with the
+    marker's temporary file inside: the owner in the folder's name proves it dead."""
+    from pgdr.pg.children import start_time
+    from pgdr.restore.scratch import CREATING, reap_stale
+
+    dead = subprocess.Popen(["sleep", "30"])
+    dead_start = start_time(dead.pid)
+    dead.kill()
+    dead.wait()
+    orphan = tmp_path / f"{CREATING}{dead.pid}.{dead_start}-verify-20261124T1-abc123"
+    orphan.mkdir()
+    (orphan / ".pgdr-owner.json.tmp").write_text('{"owner": {"pi')  # cut mid-write
+    live = tmp_path / f"{CREATING}{os.getpid()}.{start_time(os.getpid())}-verify-20261124T2-def456"
+    live.mkdir()
+    (live / ".pgdr-owner.json.tmp").write_text("{}")
+    removed = reap_stale(tmp_path)
+    assert removed == [orphan] and not orphan.exists()
+    assert live.exists(), "a live verify's folder must never be removed"

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -27,8 +25,8 @@ from pgdr.pg.programs import Programs
 from pgdr.restore.pitr import stop_restored
 from pgdr.sandbox import sandbox as sb
 from tests.conftest import run_cli
-
-BUCKET = "pgdr-test"
+from tests.s3_server import BUCKET
+from tests.s3_server import bucket_keys as keys
 
 
 def _free_port() -> int:
@@ -120,39 +118,6 @@ class Proxy:
 
 
 @pytest.fixture(scope="module")
-def moto() -> Iterator[tuple[int, Any]]:
-    import boto3
-
-    port = _free_port()
-    log = open(f"/tmp/pgdr-moto-{port}.log", "wb")  # noqa: SIM115 (open for the server's lifetime)
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1",
-                             "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
-    os.environ.update(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1")
-    try:
-        def up() -> bool:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return True
-            except OSError:
-                return False
-
-        _wait("moto_server to listen", up, timeout=30)
-        client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1")
-        client.create_bucket(Bucket=BUCKET)
-        yield port, client
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        log.close()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-@pytest.fixture(scope="module")
 def sandbox(base_dir: Path, programs: Programs) -> Iterator[sb.Sandbox]:
     box = sb.up(base_dir / "s3", programs, standbys=0)
     yield box
@@ -172,13 +137,6 @@ def s3_config(box: sb.Sandbox, name: str, endpoint_port: int, prefix: str, key_e
     path = box.root / f"{name}.toml"
     path.write_text(text)
     return path
-
-
-def keys(client: Any, prefix: str) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
-        out.update({o["Key"]: o["Size"] for o in page.get("Contents", [])})
-    return out
 
 
 def current_segment(box: sb.Sandbox) -> int:

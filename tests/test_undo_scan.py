@@ -75,3 +75,39 @@ def test_a_table_filter_splits_the_read_into_cheap_runs() -> None:
     assert waldump.passes(rmgrs, ("1663/5/16390", "1663/5/16401")) == [
         (("Transaction", "Storage"), None), (("Heap",), "1663/5/16390"), (("Heap",), "1663/5/16401")]
     assert waldump.passes(("Transaction",), ("1663/5/16390",)) == [(("Transaction",), None)]
+
+
+def test_a_reused_segment_file_never_keeps_the_previous_segments_bytes(tmp_path: Path) -> None:
+    """Workers overwrite their segment file in place; what a shorter source does not cover
+    (a truncated .zst, the part of a next segment not needed) must read as zeros."""
+    import zstandard
+
+    size = 1 << 20
+    full, short = tmp_path / "full.zst", tmp_path / "short.zst"
+    full.write_bytes(zstandard.ZstdCompressor().compress(b"\xaa" * size))
+    short.write_bytes(zstandard.ZstdCompressor().compress(b"\x55" * 1000))
+    dest = tmp_path / "000000010000000000000001"
+    waldump._materialize(full, dest, size)
+    assert dest.read_bytes() == b"\xaa" * size
+    waldump._materialize(short, dest, size)
+    assert dest.read_bytes() == b"\x55" * 1000 + bytes(size - 1000)
+    waldump._materialize(full, dest, size)
+    waldump._materialize(full, dest, size, limit=8192)
+    assert dest.read_bytes() == b"\xaa" * 8192 + bytes(size - 8192)
+
+
+def test_a_killed_scans_unpacked_segments_are_reaped_by_the_next_one(tmp_path: Path) -> None:
+    """A SIGKILLed find-disaster leaves its scan folder (in /dev/shm: memory until reboot);
+    the next scan removes the folders of dead pgdr processes, never a live one's."""
+    import subprocess
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    dead = tmp_path / f"{waldump.SCAN_PREFIX}{gone.pid}-abc"
+    live = tmp_path / f"{waldump.SCAN_PREFIX}{os.getpid()}-def"
+    other = tmp_path / "pgdr-something-else"
+    for folder in (dead, live, other):
+        (folder / "w1").mkdir(parents=True)
+        (folder / "w1" / "seg").write_bytes(b"x" * 100)
+    assert waldump.reap_stale(tmp_path) == [dead]
+    assert not dead.exists() and live.exists() and other.exists()

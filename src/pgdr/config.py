@@ -147,6 +147,10 @@ class PgConfig(_Strict):
 class StatusConfig(_Strict):
     max_backup_age: Duration = 26 * 3600.0
     max_standby_lag: Duration = 10.0
+    # The runbooks' weekly restore test and quarterly drill: status fails when the newest
+    # successful verification / the last passed drill is older than this.
+    max_verify_age: Duration = 8 * 86400.0
+    max_drill_age: Duration = 95 * 86400.0
 
 
 
@@ -185,12 +189,15 @@ class ServeConfig(_Strict):
 
 
 class ScheduleConfig(_Strict):
-    """A job `pgdr serve --schedule` runs: [[schedule]] job = "backup", every = "24h"."""
+    """A job `pgdr serve --schedule` runs: [[schedule]] job = "backup", every = "24h".
+    "verify" proves the newest backup; "drill" runs the drill scenarios on copies."""
 
-    job: Literal["backup", "logical-backup", "redis-backup"]
+    job: Literal["backup", "logical-backup", "redis-backup", "verify", "drill"]
     every: PositiveDuration
     # redis-backup: which [[redis]] (default: each of them)
     redis: str | None = None
+    # drill: which scenarios (default all)
+    scenarios: list[str] = []
 
 
 
@@ -320,6 +327,16 @@ class MigrateConfig(_Strict):
     ignore_tables: list[str] = ["public.alembic_version"]
 
 
+class CutoverConfig(_Strict):
+    """`pgdr cutover`: commands that stop and restart the application around the change,
+    besides pgbouncer's PAUSE/RESUME (e.g. ["kubectl", "scale", "deployment/api",
+    "--replicas=0"]). Run without a shell; a failing pause command stops the cutover."""
+
+    pause_command: list[str] | None = None
+    resume_command: list[str] | None = None
+    command_timeout: PositiveDuration = 120.0
+
+
 class RedisConfig(_Strict):
     """A Redis beside PostgreSQL ([[redis]]): hourly RDB snapshots kept 7 days by default.
 
@@ -376,6 +393,7 @@ class Config(_Strict):
     drill: DrillConfig = DrillConfig()
     verify: VerifyConfig = VerifyConfig()
     migrate: MigrateConfig = MigrateConfig()
+    cutover: CutoverConfig = CutoverConfig()
     redis: list[RedisConfig] = []
     source: Path | None = Field(default=None, exclude=True)
 

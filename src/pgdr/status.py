@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from pgdr import forecast, proof
 from pgdr.backup.archiver import archiver_state_dict
 from pgdr.checks import Check, Status, worst
 from pgdr.config import Config
@@ -51,6 +52,7 @@ class StatusReport:
     backups: dict[str, Any]
     archive: dict[str, Any]
     checks: list[Check] = field(default_factory=list)
+    forecast: dict[str, Any] = field(default_factory=dict)
 
     @property
     def status(self) -> str:
@@ -59,7 +61,7 @@ class StatusReport:
     def as_dict(self) -> dict[str, Any]:
         return {"cluster": self.cluster, "status": self.status, "nodes": self.nodes,
                 "backups": self.backups, "archive": self.archive,
-                "checks": [c.as_dict() for c in self.checks]}
+                "checks": [c.as_dict() for c in self.checks], "forecast": self.forecast}
 
 
 def _fmt_age(seconds: float) -> str:
@@ -127,6 +129,11 @@ def gather_status(config: Config, repo: Repository) -> StatusReport:
     drill = _drill_status(repo)
     if drill is not None:
         checks.append(drill)
+    checks.extend(proof.checks(config, repo))
+    fc = forecast.forecast(config, repo, primary.node.conninfo if primary is not None else None)
+    fc_check = forecast.check(fc)
+    if fc_check is not None:
+        checks.append(fc_check)
     checks.extend(_interrupted_restores(repo))
     from pgdr.migrate.visibility import status_check
 
@@ -137,7 +144,7 @@ def gather_status(config: Config, repo: Repository) -> StatusReport:
         from pgdr.rdb.health import status_checks
 
         checks.extend(status_checks(config, repo))
-    return StatusReport(config.cluster.name, nodes, backups_info, archive_info, checks)
+    return StatusReport(config.cluster.name, nodes, backups_info, archive_info, checks, fc.as_dict())
 
 
 def _node_row(state: NodeState, primary: NodeState | None,
@@ -233,7 +240,7 @@ def _verified_check(config: Config, repo: Repository, backups: list[BackupManife
             info["newest_verified"] = {"id": backup.id, "kind": backup.kind,
                                        "age_s": round(backup.age_seconds, 1),
                                        "verified_at": record.get("finished_at")}
-            summary = (f"newest verified backup {backup.id} ({backup.kind}), "
+            summary = (f"newest verified backup {backup.id} ({backup.display_kind}), "
                        f"{_fmt_age(backup.age_seconds)} old")
             if newest_record is not None and not newest_record.get("passed"):
                 return Check("verified backup", "warn", f"newest backup {newest.id} FAILED verification; "

@@ -39,6 +39,7 @@ from pgdr.repo.manifest import (
     FileEntry,
     Relation,
     Tablespace,
+    backup_dir,
     list_backups,
 )
 
@@ -111,6 +112,13 @@ def take_physical_backup(config: Config, programs: Programs, repo: Repository, *
             max_workers=3, thread_name_prefix="pgdr-backup") as pool:
         # Chosen under the backup lock: expire cannot remove the parent meanwhile.
         parent = incremental_parent(repo, facts) if incremental else None
+        parent_dir = None
+        if parent is not None:
+            # pg_basebackup reads the parent's backup_manifest; an object store's working
+            # folder keeps it, else the parent is fetched first (every file checked).
+            parent_dir = repo.backups_dir / parent.id
+            if not (parent_dir / "backup_manifest").is_file():
+                parent_dir = backup_dir(repo, parent.id)
         with session(conninfo) as conn:
             spaces = {r["oid"]: (r["name"], r["location"]) for r in conn.execute(TABLESPACES_SQL)}
         if parent is not None and spaces:
@@ -128,7 +136,7 @@ def take_physical_backup(config: Config, programs: Programs, repo: Repository, *
                 programs.run("pg_basebackup",
                              pg_basebackup_args(plain_conninfo, pending.partial, config, f"pgdr {pending.id}",
                                                 compression=compression,
-                                                incremental_from=repo.backups_dir / parent.id if parent else None),
+                                                incremental_from=parent_dir),
                              password=password, stall_timeout=config.pg.stall_timeout,
                              # a spread checkpoint writes nothing for minutes: count stalls from the first byte
                              progress=dir_progress(pending.partial,

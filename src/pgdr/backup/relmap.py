@@ -25,22 +25,25 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pgdr.errors import PgdrError
 from pgdr.fsutil import write_json_durable
-from pgdr.pg.connect import session
-from pgdr.pg.conninfo import with_params
 from pgdr.pg.lsn import format_lsn
-from pgdr.pg.programs import Programs
 from pgdr.pg.sql import load
 from pgdr.repo.layout import Repository
 from pgdr.repo.manifest import Relation, list_backups
 
+if TYPE_CHECKING:
+    from pgdr.pg.programs import Programs
+
 log = logging.getLogger(__name__)
 
 
+# (psycopg is imported where a map is taken, not by find-disaster, which only reads them)
 def connectable_databases(conninfo: str) -> list[str]:
+    from pgdr.pg.connect import session
+
     with session(conninfo) as conn:
         rows = conn.execute(
             "select datname from pg_database where datallowconn and not datistemplate order by 1"
@@ -49,6 +52,9 @@ def connectable_databases(conninfo: str) -> list[str]:
 
 
 def relation_map(conninfo: str, databases: list[str]) -> dict[str, Relation]:
+    from pgdr.pg.connect import session
+    from pgdr.pg.conninfo import with_params
+
     relations: dict[str, Relation] = {}
     sql = load("relations")
     for dbname in databases:
@@ -90,6 +96,8 @@ def _as_json(relations: dict[str, Relation]) -> dict[str, Any]:
 
 def record_snapshot(repo: Repository, conninfo: str) -> Path | None:
     """Take the map now; store it only when it differs from the newest stored one."""
+    from pgdr.pg.conninfo import with_params
+
     conninfo = with_params(conninfo, application_name="pgdr_relmap")
     relations = _as_json(relation_map(conninfo, connectable_databases(conninfo)))
     files = _snapshot_files(repo)
@@ -135,7 +143,7 @@ class NewFiles:
         self.start: str | None = None     # LSN where the last look stopped
 
     def seen(self) -> bool:
-        from pgdr.pg.waldump import _END_RE
+        from pgdr.pg.waldump import end_of_wal
         from pgdr.repo.wal import WalArchive
 
         open_segment = WalArchive(self.repo).partial()
@@ -151,9 +159,7 @@ class NewFiles:
             res = self.programs.run("pg_waldump", ["-p", tmp, "-t", str(seg.timeline), "-s", self.start or "",
                                                    "-r", "Storage"],
                                     ok_codes=(0, 1), as_server_user=False, timeout=60)
-        end = _END_RE.search(res.stderr)
-        if end is not None:
-            self.start = end.group(1)
+        self.start = end_of_wal(res.stderr) or self.start
         return "desc: CREATE " in res.stdout
 
 

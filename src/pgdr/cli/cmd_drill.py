@@ -39,8 +39,10 @@ def drill(
     scenario: Annotated[list[str] | None, typer.Option("--scenario", "-s", help="run only these (repeatable)")] = None,
     dir: Annotated[Path | None, typer.Option("--dir", help="where throwaway sandboxes are built")] = None,
     json_out: Annotated[bool, typer.Option("--json")] = False,
+    sandbox: Annotated[bool, typer.Option("--sandbox", help="with a config: fault scenarios on sample-data "
+                                                          "sandboxes instead of copies of the cluster")] = False,
 ) -> None:
-    """Inject real faults into throwaway sandboxes, recover with pgdr, score RTO/RPO."""
+    """Inject real faults into copies of the cluster's data (or sandboxes), recover with pgdr, score RTO/RPO."""
     from pgdr.drill.runner import run_drill
 
     obj: AppContext = ctx.obj
@@ -49,20 +51,24 @@ def drill(
     cluster = (obj.config, obj.repo) if _has_config(obj) else None
     if not json_out:
         where = (f"cluster {obj.config.cluster.name}: backup-validation restores its newest backup into a "
-                 "scratch copy; fault scenarios run on throwaway sandboxes" if cluster else "throwaway sandboxes")
+                 "scratch copy; fault scenarios run on "
+                 + ("throwaway sample sandboxes" if sandbox else "copies of its newest verified backup")
+                 if cluster else "throwaway sandboxes")
         output.console.print(f"drilling on {where} in {base}; no configured server is changed; "
                              f"history in {history.root}")
-    run = run_drill(base, obj.programs, history, cfg, scenario, cluster=cluster)
+    run = run_drill(base, obj.programs, history, cfg, scenario, cluster=cluster, sample_data=sandbox)
     if json_out:
         output.print_json({**run.as_dict(), "record_path": run.record_path})
     else:
         def target(v: float | None, unit: str = "") -> str:
             return "-" if v is None else f"{v:g}{unit}"
-        output.table("drill scorecard", ["scenario", "result", "RTO", "target", "RPO", "target", "slowest step", "wall"],
+        output.table("drill scorecard", ["scenario", "result", "RTO", "target", "RPO", "target", "slowest step", "wall",
+                                         "data"],
                      [[s.name, output.styled("pass", "green") if s.passed else output.styled("FAIL", "bold red"),
                        target(s.rto_s, "s"), target(s.target.rto_s if s.target else None, "s"),
                        f"{target(s.rpo)} {s.rpo_unit}", target(s.target.rpo if s.target else None),
-                       s.slowest_step, f"{s.wall_s:.1f}s"] for s in run.scenarios])
+                       s.slowest_step, f"{s.wall_s:.1f}s",
+                       "-" if s.data_bytes is None else output.human_bytes(s.data_bytes)] for s in run.scenarios])
         for s in run.scenarios:
             output.console.print(f"  {s.name}: {s.reason}", highlight=False)
         output.console.print(f"total {run.wall_s:.1f}s; record {run.record_path}")

@@ -1,9 +1,10 @@
-"""`pgdr failover`, `pgdr switchover`, `pgdr rejoin`, `pgdr watch`."""
+"""`pgdr failover`, `pgdr switchover`, `pgdr cutover`, `pgdr rejoin`, `pgdr watch`."""
 
 from __future__ import annotations
 
 import signal
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -39,7 +40,7 @@ def _render(record: dict[str, Any]) -> None:
         output.console.print(f"[bold red]forced:[/bold red] {record.get('choice')}")
     if record.get("synchronous_after"):
         output.console.print(f"synchronous replication: {record['synchronous_after'].get('detail')}")
-    if record.get("new_primary"):
+    if record.get("new_primary") and record.get("outcome") != "planned":
         rpo = record.get("rpo") or {}
         loss = (f"{rpo.get('bytes')} bytes / {rpo.get('commits')} commits" if rpo.get("known")
                 else "unknown (" + str(rpo.get("detail")) + ")")
@@ -88,6 +89,38 @@ def switchover(
     output.print_json(record) if json_out else _render(record)
 
 
+def cutover(
+    ctx: typer.Context,
+    to_dir: Annotated[Path, typer.Option("--to-dir", "--target-dir", help="the folder `pgdr restore` restored into")],
+    name: Annotated[str | None, typer.Option("--name", help="its node name (default: the folder's name)")] = None,
+    conninfo: Annotated[str | None, typer.Option(
+        "--conninfo", help="how the cluster reaches it (default: the old primary's, at its address); "
+        "${VAR} is kept as written")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan, change nothing")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y")] = False,
+    no_fence: Annotated[bool, typer.Option("--no-fence", help="proceed without fencing the old primary")] = False,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Put a restored instance into service as the primary: smoke checks, pause, fence, repoint, resume."""
+    from pgdr.failover.cutover import cutover as run_cutover
+
+    obj: AppContext = ctx.obj
+    if not dry_run:
+        _confirm(yes, "fence the current primary and put the restored instance into service")
+    obj.require_physical("cutover", "restore a logical backup with `pgdr restore --into` and repoint yourself",
+                         timeout=1)
+    result = run_cutover(obj.config, obj.programs, obj.repo, to_dir, name=name, conninfo=conninfo,
+                         dry_run=dry_run, assume_yes=yes or not dry_run, no_fence=no_fence)
+    record = result.record
+    if json_out:
+        output.print_json(record)
+        return
+    _render(record)
+    if result.outcome == "cut over":
+        for step in record.get("next_steps", []):
+            output.console.print(f"next: {step}", highlight=False)
+
+
 def rejoin(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="the former primary (a node name)")],
@@ -132,5 +165,6 @@ def watch(
 def register(app: typer.Typer) -> None:
     app.command("failover")(failover)
     app.command("switchover")(switchover)
+    app.command("cutover")(cutover)
     app.command("rejoin")(rejoin)
     app.command("watch")(watch)

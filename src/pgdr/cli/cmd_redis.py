@@ -113,7 +113,7 @@ def list_snapshots(obj: AppContext, name: str, json_out: bool) -> None:
     from pgdr.rdb.store import META, SnapshotStore
 
     rc = obj.config.redis_named(name)
-    store = SnapshotStore(obj.repo.root, rc.name)
+    store = SnapshotStore(obj.repo, rc.name)
     rows: list[dict[str, Any]] = []
     for snap in snapshots(store):
         meta = store.get_json(f"{snap.id}/{META}") or {}

@@ -23,6 +23,8 @@ class ScenarioResult:
     rpo_unit: str = "commits"
     target: Target | None = None
     wall_s: float = 0.0
+    # the size of the databases the scenario ran on (a copy of the cluster, or a sandbox)
+    data_bytes: int | None = None
     timeline: list[dict[str, Any]] = field(default_factory=list)
     evidence: dict[str, Any] = field(default_factory=dict)
 

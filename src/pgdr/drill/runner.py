@@ -45,7 +45,7 @@ def targets_from(cfg: DrillConfig) -> DrillTargets:
 
 def run_drill(base: Path, programs: Programs, history: Repository, cfg: DrillConfig,
               names: list[str] | None = None, sabotage: frozenset[str] = frozenset(),
-              cluster: tuple[Config, Repository] | None = None) -> DrillRun:
+              cluster: tuple[Config, Repository] | None = None, sample_data: bool = False) -> DrillRun:
     chosen = names or list(SCENARIOS)
     unknown = [n for n in chosen if n not in SCENARIOS]
     if unknown:
@@ -53,7 +53,7 @@ def run_drill(base: Path, programs: Programs, history: Repository, cfg: DrillCon
     base.mkdir(parents=True, exist_ok=True)
     os.chmod(base, 0o755)
     env = DrillEnv(base, programs, targets_from(cfg), synchronous=cfg.synchronous, sabotage=sabotage,
-                   cluster=cluster)
+                   cluster=cluster, sample_data=sample_data)
     run = DrillRun(datetime.now(UTC).isoformat())
     started = time.monotonic()
     for name in chosen:

@@ -51,15 +51,42 @@ class DrillEnv:
     synchronous: bool = True
     # Test hook: break the recovery on purpose, to prove a drill fails when recovery fails.
     sabotage: frozenset[str] = frozenset()
-    # A configured cluster: backup-validation then proves ITS newest backup on a restored
-    # copy; the scenarios that inject faults still run on throwaway sandboxes.
+    # A configured cluster: backup-validation proves ITS newest backup on a restored copy,
+    # and the scenarios that inject faults run on copies of its data (drill/copy.py) —
+    # on throwaway sample sandboxes only with sample_data.
     cluster: tuple[Config, Repository] | None = None
+    sample_data: bool = False
+    # set by sandbox(): what the current scenario runs on, and its size
+    data_bytes: int | None = None
+    data_on: str | None = None
 
     @contextmanager
     def sandbox(self, name: str, standbys: int = 1, sync: bool = False) -> Iterator[tuple[sb.Sandbox, Config, Repository]]:
+        from pgdr.drill import copy
+
         root = self.base / name
-        sandbox = sb.up(root, self.programs, standbys=standbys, sync=sync)
+        if sb.load_sandbox(root) is not None:
+            # left by a drill that failed while building it: sb.up would start it again
+            # as it is; a scenario always starts from a new one
+            sb.down(root, self.programs, purge=True)
+        on_copy = self.cluster is not None and not self.sample_data
         try:
+            if on_copy:
+                assert self.cluster is not None
+                cluster_config, cluster_repo = self.cluster
+                backup = copy.newest_verified(cluster_repo)
+                self.data_on = copy.copy_note(backup, cluster_config.cluster.name)
+                sandbox = sb.up(root, self.programs, standbys=standbys, sync=sync,
+                                primary_from=copy.primary_from_backup(cluster_config, cluster_repo, backup))
+            else:
+                self.data_on = "a throwaway sandbox with sample data"
+                sandbox = sb.up(root, self.programs, standbys=standbys, sync=sync)
+        except BaseException:
+            if sb.load_sandbox(root) is not None:
+                sb.down(root, self.programs, purge=True)
+            raise
+        try:
+            self.data_bytes = copy.data_bytes(sandbox.conninfo(sandbox.primary, "postgres"), copy=on_copy)
             config = load_config(sandbox.config_path)
             yield sandbox, config, Repository(config.repository.path)
         finally:
@@ -76,6 +103,8 @@ def backup_validation(env: DrillEnv, result: ScenarioResult) -> None:
     if env.cluster is not None:
         config, repo = env.cluster
         result.evidence["on"] = f"cluster {config.cluster.name}: its newest backup, restored into a scratch copy"
+        result.data_bytes = next((b.bytes_logical for b in reversed(list_backups(repo)) if b.kind == "physical"),
+                                 None)
         _validate(env, result, config, repo, take=False)
         return
     with env.sandbox("backup-validation", standbys=0) as (sandbox, config, repo):
@@ -267,10 +296,14 @@ SCENARIOS.update(_recovery_scenarios())
 def run_scenario(env: DrillEnv, name: str) -> ScenarioResult:
     result = ScenarioResult(name)
     started = time.monotonic()
+    env.data_bytes = env.data_on = None
     try:
         SCENARIOS[name](env, result)
     except (PgdrError, psycopg.Error, TimeoutError) as exc:
         result.passed = False
         result.reason = f"recovery failed: {getattr(exc, 'message', None) or exc}"
+    if env.data_on is not None:
+        result.data_bytes = env.data_bytes
+        result.evidence["on"] = env.data_on
     result.wall_s = round(time.monotonic() - started, 3)
     return result

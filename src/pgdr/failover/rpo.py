@@ -17,6 +17,7 @@ from pathlib import Path
 from pgdr.errors import ProgramFailed
 from pgdr.pg.lsn import format_lsn, parse_lsn
 from pgdr.pg.programs import Programs
+from pgdr.repo.layout import Repository
 
 _RECORD_RE = re.compile(r"rmgr: (\w+)\s+len \(rec/tot\):\s+\d+/\s*(\d+), tx:\s+(\d+), lsn: ([0-9A-F]+/[0-9A-F]+)")
 
@@ -78,3 +79,31 @@ def lost_after(programs: Programs, old_data_dir: Path | None, from_lsn: str, tim
     lost = end - parse_lsn(from_lsn)
     return LostWal(True, lost, commits, format_lsn(end),
                    f"{lost} bytes and {commits} commits after {from_lsn} never reached the new primary")
+
+
+def lost_since(programs: Programs, repo: Repository, old_data_dir: Path | None, from_lsn: str,
+               timeline: int) -> LostWal:
+    """What the old cluster wrote after from_lsn (a cutover's restore point, possibly long
+    ago): from the old primary's pg_wal while it still holds the segment of from_lsn (its
+    unarchived tail included), else from the repository's archive, which the archiver fed
+    until the old primary was fenced."""
+    size = repo.wal_segment_size
+    segno = parse_lsn(from_lsn) // size
+    suffix = format(segno // (0x100000000 // size), "08X") + format(segno % (0x100000000 // size), "08X")
+    if old_data_dir is not None and any((old_data_dir / "pg_wal").glob(f"????????{suffix}*")):
+        return lost_after(programs, old_data_dir, from_lsn, timeline)
+    from pgdr.pg.waldump import scan
+    from pgdr.restore.walscan import archive_wal
+
+    wal = archive_wal(repo, from_segno=segno, timeline=timeline)
+    if not wal.chunks or wal.chunks[0].segment.segno != segno:
+        return LostWal(False, detail=f"neither the old primary's pg_wal nor the archive holds the WAL at "
+                                     f"{from_lsn}: loss unknown")
+    result = scan(programs, wal.chunks, ("Transaction",))
+    start = parse_lsn(from_lsn)
+    # the switchpoint is the first position of the new timeline: a record starting there is lost
+    commits = [c for c in result.commits.values() if not c.aborted and parse_lsn(c.lsn) >= start]
+    end = max([start, *(parse_lsn(c.last_lsn) for c in result.chunks if c.last_lsn)])
+    return LostWal(True, end - start, len(commits), format_lsn(end),
+                   f"{end - start} bytes and {len(commits)} commits after {from_lsn} in the archive "
+                   "are not in the restored instance")

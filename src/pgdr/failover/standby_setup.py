@@ -12,6 +12,7 @@ it is stopped.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 from psycopg import sql
@@ -91,21 +92,24 @@ def read_auto_conf(data_dir: Path) -> dict[str, str]:
     return out
 
 
-def rewrite_auto_conf(data_dir: Path, settings: dict[str, str]) -> None:
-    """Replace each setting's line (dropping duplicates) or add it once; atomic, owner and mode kept."""
+def rewrite_auto_conf(data_dir: Path, settings: Mapping[str, str | None]) -> None:
+    """Replace each setting's line (dropping duplicates) or add it once; a None value drops
+    the setting; atomic, owner and mode kept."""
     path = data_dir / "postgresql.auto.conf"
     lines = path.read_text().splitlines() if path.exists() else []
     kept, done = [], set()
     for line in lines:
         match = re.match(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*=", line)
         key = match.group(1).lower() if match and not line.lstrip().startswith("#") else None
-        if key in settings:
-            if key not in done:
-                kept.append(f"{key} = '{settings[key].replace(chr(39), chr(39) * 2)}'")
-                done.add(key)
+        if key is not None and key in settings:
+            value = settings[key]
+            if key not in done and value is not None:
+                kept.append(f"{key} = '{value.replace(chr(39), chr(39) * 2)}'")
+            done.add(key)
             continue
         kept.append(line)
-    kept += [f"{k} = '{v.replace(chr(39), chr(39) * 2)}'" for k, v in settings.items() if k not in done]
+    kept += [f"{k} = '{v.replace(chr(39), chr(39) * 2)}'" for k, v in settings.items()
+             if k not in done and v is not None]
     replace_file_keeping_owner(path, ("\n".join(kept) + "\n").encode())
 
 

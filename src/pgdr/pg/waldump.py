@@ -18,6 +18,7 @@ recovery go").
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import re
@@ -41,6 +42,12 @@ from pgdr.pg.programs import Programs
 _END_RE = re.compile(r"(?:invalid record length|record with incorrect prev-link|invalid magic number|"
                      r"contrecord is requested|invalid resource manager ID|could not read file|"
                      r"could not find file|invalid record offset)[^\n]*?at ([0-9A-F]+/[0-9A-F]+)")
+
+
+def end_of_wal(stderr: str) -> str | None:
+    """The LSN where pg_waldump stopped because the WAL ends there (None: another error)."""
+    m = _END_RE.search(stderr)
+    return m.group(1) if m else None
 
 
 @dataclass
@@ -127,11 +134,13 @@ def path_to_key(path: str) -> str:
 # op, relation) with a Counter, and the rarer records (commits, aborts, storage creates,
 # heap truncates, restore points) one by one. The row pattern is the whole parse cost of
 # an update-heavy segment (~50k matching lines): it starts on a literal, crosses the LSN
-# fields in one character-class run, and reads relation #0 from the first ", blkref"
-# (PostgreSQL 15's heap descriptions print no comma before it).
+# fields in one character-class run, and reads relation #0 from the first ", blkref".
+# Per major: PostgreSQL 15's heap descriptions print no comma before it ("off 3 flags
+# 0x00 KEYS_UPDATED , blkref"); 16+ print "key: value, " fields ("xmax: 776, off: 1,
+# infobits: [KEYS_UPDATED], flags: 0x00, blkref"), skipped one comma-field at a time.
 # (over bytes: decoding megabytes of output to scan it costs as much as the scan)
 _ROW_RE = re.compile(rb"tx: +(\d+), [^d\n]+desc: (DELETE|UPDATE|HOT_UPDATE)(?:\+INIT)? "
-                     rb"[^,\n]*, blkref #0: rel (\d+/\d+/\d+)")
+                     rb"(?:[^,\n]*, )*?blkref #0: rel (\d+/\d+/\d+)")
 # the rare records: Transaction and Storage lines (a few, or one per commit of an OLTP
 # load: ~1k per segment) read field by field by one findall; Heap TRUNCATE and XLOG
 # RESTORE_POINT (rarer still) found by their literal desc, then read whole
@@ -240,11 +249,14 @@ def _open_wal(src: Path) -> tuple[IO[bytes], IO[bytes]]:
 
 
 def _materialize(src: Path, dest: Path, segment_size: int, limit: int | None = None) -> None:
-    """The segment as pg_waldump reads it: decompressed, padded (sparse) to its size;
-    with limit, only its first `limit` bytes are real."""
+    """The segment as pg_waldump reads it: decompressed, padded with zeros to its size;
+    with limit, only its first `limit` bytes are real. An existing dest is overwritten in
+    place (its memory pages are reused: allocating and freeing 16 MB of tmpfs per segment
+    costs more CPU than decompressing it), and whatever the source does not cover is
+    zeroed, never left from the file's previous segment."""
     raw, reader = _open_wal(src)
     try:
-        with open(dest, "wb") as out:
+        with open(dest, "r+b" if dest.exists() else "wb") as out:
             left = segment_size if limit is None else min(limit, segment_size)
             while left > 0:
                 block = reader.read(min(left, 1 << 20))
@@ -252,7 +264,9 @@ def _materialize(src: Path, dest: Path, segment_size: int, limit: int | None = N
                     break
                 out.write(block)
                 left -= len(block)
-            out.truncate(segment_size)
+            if left > 0 or limit is not None:
+                out.truncate(out.tell())      # cut what the source did not cover ...
+            out.truncate(segment_size)        # ... and pad it with zeros
     finally:
         raw.close()
 
@@ -370,15 +384,51 @@ def scratch_root(segment_size: int, jobs: int) -> str | None:
     return SHM if os.access(SHM, os.W_OK) and st.f_bavail * st.f_frsize >= need else None
 
 
+SCAN_PREFIX = "pgdr-waldump-"
+
+
+def _worker_dir(scan_root: Path) -> Path:
+    """This process's folder in a scan's root, kept across its chunks: the segment file
+    it holds is renamed and overwritten by the next chunk (see _materialize)."""
+    folder = scan_root / f"w{os.getpid()}"
+    folder.mkdir(exist_ok=True)
+    for entry in folder.iterdir():
+        if entry.name != "seg":
+            entry.unlink()          # the previous chunk's next segments and output
+    return folder
+
+
+def reap_stale(folder: Path) -> list[Path]:
+    """Remove the scan roots (pgdr-waldump-<pid>-*) of scans whose pgdr is gone (killed):
+    in /dev/shm they would hold memory until reboot. A live pid's root is never touched."""
+    from pgdr.pg.children import is_alive
+
+    removed: list[Path] = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        pid = entry.name.removeprefix(SCAN_PREFIX).split("-", 1)[0]
+        if entry.name.startswith(SCAN_PREFIX) and pid.isdigit() and not is_alive(int(pid)) and entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
 def read_chunk(programs: Programs, chunk: Chunk, rmgrs: tuple[str, ...], xid: int | None,
-               scratch: str | None = None, relations: tuple[str, ...] = ()) -> ChunkResult:
-    """One segment's records (see the module docstring); scratch: the folder to unpack
-    in; relations: when given, only these relations' Heap records are read (spc/db/node)."""
+               scan_root: str | None = None, relations: tuple[str, ...] = ()) -> ChunkResult:
+    """One segment's records (see the module docstring); scan_root: the scan's folder to
+    unpack in (else a folder of its own, removed after); relations: when given, only
+    these relations' Heap records are read (spc/db/node)."""
     name = chunk.segment.name(chunk.segment_size)
     result = ChunkResult(name)
-    tmp = Path(tempfile.mkdtemp(prefix="pgdr-waldump-", dir=scratch))
+    tmp = _worker_dir(Path(scan_root)) if scan_root else Path(tempfile.mkdtemp(prefix=SCAN_PREFIX))
     try:
         try:
+            kept = tmp / "seg"
+            if kept.exists():
+                kept.rename(tmp / name)
             span = _unpack(tmp, chunk)
             runs = []
             last: list[str] = []
@@ -400,7 +450,11 @@ def read_chunk(programs: Programs, chunk: Chunk, rmgrs: tuple[str, ...], xid: in
         result.last_lsn = max(last, key=parse_lsn) if last else None
         return result
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if scan_root:
+            with contextlib.suppress(OSError):
+                (tmp / name).rename(tmp / "seg")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _read_chunk_job(args: tuple[Programs, Chunk, tuple[str, ...], int | None, str | None,
@@ -423,21 +477,26 @@ def scan(programs: Programs, chunks: Sequence[Chunk], rmgrs: tuple[str, ...],
     # two workers per core: each waits on its pg_waldump part of the time
     jobs = max(1, min(jobs or 2 * (os.cpu_count() or 2), len(chunks) or 1))
     scratch = scratch_root(chunks[0].segment_size, jobs) if chunks else None
-    work = [(programs, c, rmgrs, xid, scratch, relations) for c in chunks]
+    reap_stale(Path(scratch or tempfile.gettempdir()))
+    root = tempfile.mkdtemp(prefix=f"{SCAN_PREFIX}{os.getpid()}-", dir=scratch)
+    work = [(programs, c, rmgrs, xid, root, relations) for c in chunks]
     results: list[ChunkResult] = []
-    if jobs == 1 or len(chunks) <= 1:
-        for w in work:
-            results.append(_read_chunk_job(w))
-            if progress:
-                progress(len(results), len(work))
-    else:
-        import multiprocessing
-
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("fork")) as pool:
-            for r in pool.map(_read_chunk_job, work, chunksize=1):
-                results.append(r)
+    try:
+        if jobs == 1 or len(chunks) <= 1:
+            for w in work:
+                results.append(_read_chunk_job(w))
                 if progress:
                     progress(len(results), len(work))
+        else:
+            import multiprocessing
+
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+                for r in pool.map(_read_chunk_job, work, chunksize=1):
+                    results.append(r)
+                    if progress:
+                        progress(len(results), len(work))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
     return ScanResult(results, time.monotonic() - t0)
 
 

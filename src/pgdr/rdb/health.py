@@ -66,7 +66,7 @@ def gather(rc: RedisConfig, repo: Repository, timeout: float = PROBE_TIMEOUT) ->
     except PgdrError as exc:
         facts.error = exc.message
     try:
-        facts.snapshots = snapshots(SnapshotStore(repo.root, rc.name))
+        facts.snapshots = snapshots(SnapshotStore(repo, rc.name))
     except PgdrError as exc:
         facts.error = (facts.error + "; " if facts.error else "") + exc.message
     return facts

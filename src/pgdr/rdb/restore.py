@@ -90,7 +90,7 @@ def restore_snapshot(config: Config, repo: Repository, rc: RedisConfig, which: s
     started = time.monotonic()
     target_dir = target_dir.absolute()
     _refuse_unsafe(target_dir, port)
-    store = SnapshotStore(repo.root, rc.name)
+    store = SnapshotStore(repo, rc.name)
     meta = find_snapshot(store, rc.name, which)
     result = RedisRestoreResult(rc.name, meta["id"], target_dir, port)
     created = not target_dir.exists()

@@ -40,7 +40,7 @@ class SnapshotResult:
 
 def incoming_dir(config: Config) -> Path:
     """Where a snapshot is assembled and a scratch redis runs: local disk beside the
-    repository (the repository itself may later be S3)."""
+    repository (which may be an S3 bucket)."""
     from pgdr.restore.scratch import scratch_root
 
     path = scratch_root(config) / "redis"
@@ -58,11 +58,10 @@ def take_snapshot(config: Config, repo: Repository, rc: RedisConfig) -> Snapshot
     from pgdr.rdb.retention import prune
 
     target = RedisTarget.of(rc)
-    store = SnapshotStore(repo.root, rc.name)
+    store = SnapshotStore(repo, rc.name)
     repo.locks_dir.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(repo.lock_path(f"redis-{rc.name}"), f"backup of redis {rc.name}"):
-        for debris in store.unpublished():  # under the lock: nobody else is writing it
-            store.delete(debris)
+        store.remove_unpublished()  # under the lock: nobody else is writing one
         work = incoming_dir(config)
         for stale in work.glob(f"{rc.name}-*.rdb"):  # left by a killed backup of this Redis
             if stale.name[len(rc.name) + 1:-4].isdigit():

@@ -1,19 +1,20 @@
 """The one place Redis snapshots are written to and read from the repository.
 
-SnapshotStore sits on an object store with the shape of the repository's coming
-store interface (put_stream / open_read / put_bytes / get_bytes / exists / listing /
-delete: an object appears only when complete), so pointing Redis at the S3 or the
-encrypted repository is one constructor argument. Until then LocalObjects is that
-interface over the repository folder (temp name, fsync, rename).
+SnapshotStore sits on the repository's own object store (repo/store.py): the configured
+S3 bucket or encrypted folder (`Repository.store`), else a LocalStore over the repository
+folder, so a Redis snapshot goes where the PostgreSQL backups go and is encrypted when
+they are. Every object appears only when complete (renamed temp file, completed multipart
+upload).
 
 A snapshot is redis/<name>/<id>/dump.rdb.zst plus redis/<name>/<id>/snapshot.json, the
 metadata, written LAST: a snapshot without its metadata is not published (listing
-ignores it; the next backup of that Redis removes it). Every object is read back with
-its sha256 checked against the metadata.
+ignores it; the next backup of that Redis removes it, with the temp files a killed
+writer left in a local folder). Every object is read back with its sha256 checked
+against the metadata (and, when encrypted, each chunk authenticated).
 
-  repo/redis/<name>/<id>/dump.rdb.zst   the RDB, zstd-compressed
-  repo/redis/<name>/<id>/snapshot.json  metadata (sizes, sha256, key counts per database…)
-  repo/redis/<name>/<id>/verify.json    the last verification's result
+  redis/<name>/<id>/dump.rdb.zst   the RDB, zstd-compressed
+  redis/<name>/<id>/snapshot.json  metadata (sizes, sha256, key counts per database…)
+  redis/<name>/<id>/verify.json    the last verification's result
 """
 
 from __future__ import annotations
@@ -21,14 +22,15 @@ from __future__ import annotations
 import builtins
 import hashlib
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, cast
 
 from pgdr.errors import PgdrError, RepositoryError
-from pgdr.fsutil import durable_rename, fsync_path
+from pgdr.fsutil import fsync_path
+from pgdr.repo.layout import Repository
+from pgdr.repo.store import LocalStore, ObjectMissing, Store
 
 DATA = "dump.rdb.zst"
 META = "snapshot.json"
@@ -37,103 +39,22 @@ _CHUNK = 1 << 20
 
 
 class SnapshotDamaged(PgdrError):
-    """A stored object does not match the sha256 its metadata recorded."""
+    """A stored object does not match the sha256 its metadata recorded (or is missing, or
+    fails authentication in an encrypted repository)."""
 
 
-class _Listed(Protocol):
-    @property
-    def key(self) -> str: ...
+def repository_store(repo: Repository) -> Store:
+    """The repository's object store: the configured one, else its local folder."""
+    return repo.store if repo.store is not None else LocalStore(repo.root, repo.run_as)
 
 
-class Objects(Protocol):
-    """What SnapshotStore needs from a store (the repository's store interface)."""
+def _local_root(objects: Store) -> Path | None:
+    """The folder behind a local store (encrypted or not): killed writers leave temp files
+    there that the listing does not show (S3 aborts its uploads, or lifecycle rules do)."""
+    from pgdr.repo.crypto import EncryptedStore
 
-    def put_stream(self, key: str, reader: IO[bytes]) -> int: ...
-    def put_bytes(self, key: str, data: bytes) -> None: ...
-    def open_read(self, key: str) -> IO[bytes]: ...
-    def get_bytes(self, key: str) -> bytes: ...
-    def exists(self, key: str) -> bool: ...
-    def listing(self, prefix: str) -> builtins.list[Any]: ...
-    def delete(self, keys: builtins.list[str]) -> None: ...
-
-
-@dataclass(frozen=True)
-class ObjectInfo:
-    key: str
-    size: int
-
-
-class LocalObjects:
-    """Objects as files under a folder: put whole (temp name, fsync, rename, fsync dir)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def _path(self, key: str) -> Path:
-        if not key or key.startswith("/") or ".." in key.split("/"):
-            raise RepositoryError(f"invalid object key {key!r}")
-        return self.root / key
-
-    def put_stream(self, key: str, reader: IO[bytes]) -> int:
-        dest = self._path(key)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.tmp.{os.getpid()}")
-        total = 0
-        try:
-            with open(tmp, "wb") as fh:
-                while chunk := reader.read(_CHUNK):
-                    fh.write(chunk)
-                    total += len(chunk)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o640)
-            durable_rename(tmp, dest)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return total
-
-    def put_bytes(self, key: str, data: bytes) -> None:
-        import io
-
-        self.put_stream(key, io.BytesIO(data))
-
-    def open_read(self, key: str) -> IO[bytes]:
-        try:
-            return open(self._path(key), "rb")
-        except FileNotFoundError:
-            raise SnapshotDamaged(f"{key} is missing from the repository") from None
-
-    def get_bytes(self, key: str) -> bytes:
-        with self.open_read(key) as fh:
-            return fh.read()
-
-    def exists(self, key: str) -> bool:
-        return self._path(key).is_file()
-
-    def listing(self, prefix: str) -> builtins.list[ObjectInfo]:
-        """Every object under prefix, temp files of killed writers included (so they can
-        be cleaned up)."""
-        base = self._path(prefix.rstrip("/"))
-        out = []
-        for dirpath, _dirs, files in os.walk(base):
-            for name in files:
-                path = Path(dirpath) / name
-                out.append(ObjectInfo(path.relative_to(self.root).as_posix(), path.stat().st_size))
-        return sorted(out, key=lambda o: o.key)
-
-    def delete(self, keys: builtins.list[str]) -> None:
-        parents = set()
-        for key in keys:
-            path = self._path(key)
-            path.unlink(missing_ok=True)
-            parents.add(path.parent)
-        for parent in sorted(parents, key=lambda p: len(p.parts), reverse=True):
-            try:
-                parent.rmdir()  # only when empty
-                fsync_path(parent.parent)
-            except OSError:
-                pass
+    inner = objects.inner if isinstance(objects, EncryptedStore) else objects
+    return inner.root if isinstance(inner, LocalStore) else None
 
 
 class _HashingReader:
@@ -156,27 +77,36 @@ class Stored:
 
 
 class SnapshotStore:
-    """One Redis's snapshots: put / open / list / delete, as objects 'redis/<name>/<id>/<file>'."""
+    """One Redis's snapshots: put / open / list / delete, as objects 'redis/<name>/<id>/<file>'
+    of the repository's store."""
 
-    def __init__(self, repo_root: Path, name: str, objects: Objects | None = None) -> None:
-        self.objects: Objects = objects if objects is not None else LocalObjects(repo_root)
+    def __init__(self, repo: Repository, name: str) -> None:
+        self.objects: Store = repository_store(repo)
         self.prefix = f"redis/{name}/"
 
     def put(self, key: str, reader: Any) -> Stored:
         """Store an object whole from a stream (anything with read(n)); its size and sha256
-        are those of the bytes handed to the store."""
+        are those of the bytes handed to the store (before any encryption)."""
         hashing = _HashingReader(reader)
-        self.objects.put_stream(self.prefix + key, hashing)  # type: ignore[arg-type]
+        self.objects.put_stream(self.prefix + key, cast(IO[bytes], hashing))
         return Stored(hashing.size, hashing.sha.hexdigest())
 
     def open(self, key: str, sha256: str) -> Iterator[bytes]:
-        """The object's bytes; SnapshotDamaged at the end when they do not hash to sha256
-        (the caller discards what it wrote from them)."""
+        """The object's bytes; SnapshotDamaged at the end when they do not hash to sha256,
+        or as soon as an encrypted chunk fails authentication (the caller discards what it
+        wrote from them)."""
+        from pgdr.repo.crypto import ObjectDamaged
+
         digest = hashlib.sha256()
-        with self.objects.open_read(self.prefix + key) as fh:
-            while chunk := fh.read(_CHUNK):
-                digest.update(chunk)
-                yield chunk
+        try:
+            with self.objects.open_read(self.prefix + key) as fh:
+                while chunk := fh.read(_CHUNK):
+                    digest.update(chunk)
+                    yield chunk
+        except ObjectMissing:
+            raise SnapshotDamaged(f"{key} is missing from the repository") from None
+        except ObjectDamaged as exc:
+            raise SnapshotDamaged(exc.message, hint=exc.hint) from None
         if digest.hexdigest() != sha256:
             raise SnapshotDamaged(f"{key}: sha256 {digest.hexdigest()[:16]}… does not match the recorded "
                                   f"{sha256[:16]}… (altered or damaged in the repository)")
@@ -185,11 +115,13 @@ class SnapshotStore:
         self.objects.put_bytes(self.prefix + key, (json.dumps(data, indent=2, default=str) + "\n").encode())
 
     def get_json(self, key: str) -> dict[str, Any] | None:
-        if not self.objects.exists(self.prefix + key):
+        try:
+            raw = self.objects.get_bytes(self.prefix + key)
+        except ObjectMissing:
             return None
         try:
-            data = json.loads(self.objects.get_bytes(self.prefix + key))
-        except (OSError, ValueError) as exc:
+            data = json.loads(raw)
+        except ValueError as exc:
             raise RepositoryError(f"unreadable {self.prefix}{key}: {exc}") from None
         return data if isinstance(data, dict) else None
 
@@ -210,6 +142,22 @@ class SnapshotStore:
         """Ids with objects but no metadata: a backup killed or failed before publishing."""
         return sorted(i for i, names in self._ids().items() if META not in names)
 
+    def remove_unpublished(self) -> builtins.list[str]:
+        """Remove what killed or failed backups left (call it holding this Redis's backup
+        lock: nobody else is writing a snapshot then)."""
+        removed = self.unpublished()
+        for snapshot_id in removed:
+            self.delete(snapshot_id)
+        root = _local_root(self.objects)
+        base = root / self.prefix if root is not None else None
+        if base is not None and base.is_dir():
+            for folder in base.iterdir():
+                if folder.is_dir() and not (folder / META).exists():
+                    for temp in folder.glob(".*.tmp*"):  # a writer killed mid-put
+                        temp.unlink(missing_ok=True)
+                    self._remove_if_empty(folder)
+        return removed
+
     def delete(self, snapshot_id: str) -> None:
         """Metadata first, so a half-deleted snapshot is never listed as complete."""
         names = self._ids().get(snapshot_id, [])
@@ -217,3 +165,14 @@ class SnapshotStore:
         if META in names:
             self.objects.delete([base + META])
         self.objects.delete([base + n for n in names if n != META])
+        root = _local_root(self.objects)
+        if root is not None:
+            self._remove_if_empty(root / base)
+
+    @staticmethod
+    def _remove_if_empty(folder: Path) -> None:
+        try:
+            folder.rmdir()
+            fsync_path(folder.parent)
+        except OSError:
+            pass  # not empty (or already gone)

@@ -51,7 +51,7 @@ class RedisVerifyResult:
 
 
 def verify_snapshot(config: Config, repo: Repository, rc: RedisConfig, which: str | None) -> RedisVerifyResult:
-    store = SnapshotStore(repo.root, rc.name)
+    store = SnapshotStore(repo, rc.name)
     meta = find_snapshot(store, rc.name, which)
     result = RedisVerifyResult(rc.name, meta["id"])
     started = time.monotonic()

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from pgdr.errors import RepositoryError
-from pgdr.pg.programs import Programs
+from pgdr.pg.programs import Programs, bindir_major
 from pgdr.repo.manifest import BackupManifest, chain_of
 from pgdr.restore.extract import Extracted, ExtractMethod, extract_physical
 
@@ -60,7 +60,10 @@ def extract_combined(backup_dir: Path, target: Path, programs: Programs, method:
         # Combined inside the work folder (the server user owns it; the target's parent
         # may be root's), then renamed into place: the target appears only when whole.
         combined = work / "combined"
-        programs.run("pg_combinebackup", [*map(str, parts), "-o", str(combined)], timeout=3600)
+        # --link (18+): hard links instead of copies for files taken whole from one part;
+        # the parts are private, checked and removed right after, so nothing else sees them.
+        link = ["--link"] if (bindir_major(programs.bindir) or 0) >= 18 else []
+        programs.run("pg_combinebackup", [*map(str, parts), *link, "-o", str(combined)], timeout=3600)
         # Recovery needs the last backup's streamed WAL to reach consistency, and
         # pg_verifybackup checks it: carry over whatever pg_combinebackup did not.
         wal = combined / "pg_wal"

@@ -71,15 +71,18 @@ class Scratch:
         os.chmod(root, 0o755)
         check_traversable(root, programs)
         # The folder appears under its name only with its owner marker inside, so any
-        # folder a killed verify leaves can be proven ours and removed by the next one
-        # (killed before the rename, it leaves an empty CREATING folder: rmdir-able).
-        creating = Path(tempfile.mkdtemp(prefix=f"{CREATING}{label}-", dir=root))
-        folder = creating.with_name(creating.name.removeprefix(CREATING))
+        # folder a killed verify leaves can be proven ours and removed by the next one.
+        # Killed before the rename, it leaves a CREATING folder (perhaps holding the
+        # marker's half-written temporary file) whose name carries the owner's pid and
+        # start time, so the next verify can prove that owner dead too.
+        me = owner()
+        creating = Path(tempfile.mkdtemp(prefix=f"{CREATING}{me['pid']}.{me['start']}-{label}-", dir=root))
+        folder = root / f"{label}-{creating.name.rsplit('-', 1)[1]}"
         socket_dir = folder / "run"
         if len(str(socket_dir)) > SOCKET_PATH_MAX:
             digest = hashlib.sha1(str(folder).encode()).hexdigest()[:12]
             socket_dir = Path(tempfile.gettempdir()) / f"pgdr-scratch-{digest}"
-        write_json_durable(creating / OWNER_MARKER, {"owner": owner(), "socket_dir": str(socket_dir)})
+        write_json_durable(creating / OWNER_MARKER, {"owner": me, "socket_dir": str(socket_dir)})
         os.rename(creating, folder)
         os.chmod(folder, 0o700)
         programs.run_as.chown(folder)
@@ -137,12 +140,15 @@ def reap_stale(root: Path) -> list[Path]:
     if not root.is_dir():
         return removed
     for folder in root.iterdir():
+        if folder.name.startswith(CREATING):
+            if _creator_dead(folder):
+                shutil.rmtree(folder, ignore_errors=True)  # never held a server: no data dir yet
+                if not folder.exists():
+                    removed.append(folder)
+            continue
         try:
             data = json.loads((folder / OWNER_MARKER).read_text())
         except (OSError, ValueError):
-            if folder.name.startswith(CREATING):
-                with contextlib.suppress(OSError):
-                    folder.rmdir()  # only ever succeeds on an empty one
             continue
         if data.get("kept") or not owner_dead(data):
             continue
@@ -154,3 +160,15 @@ def reap_stale(root: Path) -> list[Path]:
         if not folder.exists():
             removed.append(folder)
     return removed
+
+
+def _creator_dead(folder: Path) -> bool:
+    """A CREATING folder's name is `.creating-<pid>.<start>-<label>-<random>`: is that
+    pgdr gone? A name in another form (an older pgdr) counts as dead only when empty."""
+    tag = folder.name.removeprefix(CREATING).split("-", 1)[0]
+    pid, _, start = tag.partition(".")
+    if not pid.isdigit():
+        with contextlib.suppress(OSError):
+            return not any(folder.iterdir())
+        return False
+    return owner_dead({"owner": {"pid": int(pid), "start": int(start) if start.isdigit() else None}})

@@ -49,7 +49,8 @@ def _sections(record: dict[str, Any]) -> dict[str, Any]:
             rows.append({"scenario": sc["name"], "result": "pass" if sc["passed"] else "FAIL",
                          "rto_s": sc.get("rto_s"), "rto_target_s": target.get("rto_s"),
                          "rpo": sc.get("rpo"), "rpo_target": target.get("rpo"), "rpo_unit": sc.get("rpo_unit"),
-                         "slowest_step": sc.get("slowest_step"), "reason": sc.get("reason")})
+                         "slowest_step": sc.get("slowest_step"), "reason": sc.get("reason"),
+                         "data_bytes": sc.get("data_bytes")})
             steps += [{**s, "name": f"{sc['name']}: {s['name']}"} for s in sc.get("timeline", [])]
         outcome = "all scenarios passed" if record.get("passed") else "some scenarios FAILED"
         loss = "; ".join(f"{r['scenario']}: {r['rpo']} {r['rpo_unit']}" for r in rows if r["rpo"] is not None)
@@ -107,16 +108,22 @@ def _num(v: Any) -> str:
     return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
 
 
+def _size(n: object) -> str:
+    """The size of the data a drill scenario ran on (MB), '-' when not measured."""
+    return "-" if not isinstance(n, int | float) else f"{n / 1e6:.1f} MB"
+
+
 def render_markdown(record: dict[str, Any]) -> str:
     p = _sections(record)
     out = [f"# Incident record {p['id']}", "",
            f"- **Date:** {p['date']}", f"- **Kind:** {p['kind']}", f"- **Severity:** {p['severity']}",
            f"- **Detection:** {p['detection']}", f"- **Outcome:** {p['outcome']}", "",
-           "## RTO / RPO", "", "| scenario | result | RTO (s) | RTO target (s) | RPO | RPO target | slowest step |",
-           "|---|---|---|---|---|---|---|"]
+           "## RTO / RPO", "", "| scenario | result | RTO (s) | RTO target (s) | RPO | RPO target | slowest step "
+           "| data |", "|---|---|---|---|---|---|---|---|"]
     for r in p["rows"]:
         out.append(f"| {r['scenario']} | {r['result']} | {_num(r['rto_s'])} | {_num(r['rto_target_s'])} | "
-                   f"{_num(r['rpo'])} {r['rpo_unit'] or ''} | {_num(r['rpo_target'])} | {r['slowest_step'] or '-'} |")
+                   f"{_num(r['rpo'])} {r['rpo_unit'] or ''} | {_num(r['rpo_target'])} | {r['slowest_step'] or '-'} "
+                   f"| {_size(r.get('data_bytes'))} |")
     out += ["", "## Timeline", "", "| step | start | seconds | result | detail |", "|---|---|---|---|---|"]
     for s in p["steps"]:
         out.append(f"| {s['name']} | {s.get('started_at') or '-'} | {_num(s.get('seconds'))} | {s.get('result')} | "
@@ -150,13 +157,14 @@ def render_html(record: dict[str, Any]) -> str:
            f'role="img" aria-label="timeline">{"".join(bars)}</svg>')
     rows = "".join(f"<tr><td>{e(str(r['scenario']))}</td><td>{e(str(r['result']))}</td><td>{_num(r['rto_s'])}</td>"
                    f"<td>{_num(r['rto_target_s'])}</td><td>{_num(r['rpo'])} {e(str(r['rpo_unit'] or ''))}</td>"
-                   f"<td>{_num(r['rpo_target'])}</td><td>{e(str(r['slowest_step'] or '-'))}</td></tr>" for r in p["rows"])
+                   f"<td>{_num(r['rpo_target'])}</td><td>{e(str(r['slowest_step'] or '-'))}</td>"
+                   f"<td>{_size(r.get('data_bytes'))}</td></tr>" for r in p["rows"])
     body = f"""<!doctype html><html><head><meta charset="utf-8"><title>Incident record {e(str(p['id']))}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}</style>
 </head><body><h1>Incident record {e(str(p['id']))}</h1>
 <p><b>Date:</b> {e(p['date'])} · <b>Kind:</b> {e(p['kind'])} · <b>Severity:</b> {e(p['severity'])}</p>
 <p><b>Detection:</b> {e(p['detection'])}<br><b>Outcome:</b> {e(p['outcome'])}</p>
-<h2>RTO / RPO</h2><table><tr><th>scenario</th><th>result</th><th>RTO s</th><th>target</th><th>RPO</th><th>target</th><th>slowest step</th></tr>{rows}</table>
+<h2>RTO / RPO</h2><table><tr><th>scenario</th><th>result</th><th>RTO s</th><th>target</th><th>RPO</th><th>target</th><th>slowest step</th><th>data</th></tr>{rows}</table>
 <h2>Timeline</h2>{svg}
 <h2>Data loss</h2><p>{e(str(p['loss']))}</p>
 <h2>Recovery actions</h2><ol>{''.join(f'<li>{e(a)}</li>' for a in p['actions'])}</ol>

@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,8 +150,11 @@ def check_bindir(bindir: Path) -> Path:
     return bindir
 
 
-def up(root: Path, programs: Programs, standbys: int = 1, sync: bool = False) -> Sandbox:
-    """Create the sandbox, or start an existing one again."""
+def up(root: Path, programs: Programs, standbys: int = 1, sync: bool = False,
+       primary_from: Callable[[Instance], None] | None = None) -> Sandbox:
+    """Create the sandbox, or start an existing one again. primary_from, when given, makes
+    the primary's data directory (a drill's copy of a cluster: pgdr/drill/copy.py) and
+    leaves it running as a primary, instead of initdb."""
     root = root.resolve()
     existing = load_sandbox(root)
     if existing is not None:
@@ -179,24 +183,28 @@ def up(root: Path, programs: Programs, standbys: int = 1, sync: bool = False) ->
                                  root / "nodes" / name / "data"))
     sandbox = Sandbox(root, socket_dir, nodes, sync, programs.configured)
     try:
-        _create(sandbox, programs)
+        _create(sandbox, programs, primary_from)
     except BaseException:
         _stop_all(sandbox, programs)
         raise
     return sandbox
 
 
-def _create(sandbox: Sandbox, programs: Programs) -> None:
+def _create(sandbox: Sandbox, programs: Programs, primary_from: Callable[[Instance], None] | None = None) -> None:
     primary = sandbox.instance(sandbox.primary, programs)
     primary.data_dir.parent.mkdir(parents=True, exist_ok=True)
     programs.run_as.chown(primary.data_dir.parent)
-    primary.initdb(checksums=True)
-    settings = dict(SERVER_SETTINGS)
-    if (bindir_major(programs.bindir) or 0) >= 17:
-        # WAL summaries are what `pg_basebackup --incremental` (pgdr backup --incremental) reads.
-        settings["summarize_wal"] = "on"
-    settings.update(primary.local_settings())
-    primary.configure(settings)
+    if primary_from is not None:
+        _save(sandbox)  # first: `down` finds and stops a copy a failure below leaves running
+        primary_from(primary)
+    else:
+        primary.initdb(checksums=True)
+        settings = dict(SERVER_SETTINGS)
+        if (bindir_major(programs.bindir) or 0) >= 17:
+            # WAL summaries are what `pg_basebackup --incremental` (pgdr backup --incremental) reads.
+            settings["summarize_wal"] = "on"
+        settings.update(primary.local_settings())
+        primary.configure(settings)
     _save(sandbox)
     sandbox.config_path.write_text(render_config(sandbox))
     primary.start()

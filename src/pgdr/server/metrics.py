@@ -51,6 +51,7 @@ class PgdrCollector(Collector):
         if primary is not None:
             yield from self._primary(primary)
         yield from self._repository()
+        yield from self._forecast(primary.node.conninfo if primary is not None else None)
         if self.config.redis:
             from pgdr.rdb.metrics import collect as redis_metrics
 
@@ -164,9 +165,60 @@ class PgdrCollector(Collector):
         fails.add_metric([], float(state.get("failures") or 0))
         yield from (running, fails)
         yield from self._last_drill()
+        yield from self._proof()
         from pgdr.migrate.visibility import metrics as migration_metrics
 
         yield from migration_metrics(self.repo)
+
+    def _forecast(self, primary_conninfo: str | None) -> Iterator[Metric]:
+        """The RTO forecast (pgdr/forecast.py) beside its targets; unknown: no sample."""
+        from pgdr.forecast import forecast
+
+        fc = forecast(self.config, self.repo, primary_conninfo)
+        seconds = GaugeMetricFamily("pgdr_rto_forecast_seconds", "forecast recovery time from measured rates",
+                                    labels=["kind"])
+        target = GaugeMetricFamily("pgdr_rto_target_seconds", "the [drill] RTO target", labels=["kind"])
+        rates = GaugeMetricFamily("pgdr_measured_rate_bytes_per_second", "restore / WAL replay throughput "
+                                  "measured by the last verification / restore", labels=["kind"])
+        for kind, value, goal in (("full_restore", fc.full_restore_s, fc.full_restore_target_s),
+                                  ("pitr", fc.pitr_s, fc.pitr_target_s)):
+            if value is not None:
+                seconds.add_metric([kind], value)
+            target.add_metric([kind], goal)
+        for kind, rate in (("restore", fc.restore_rate), ("replay", fc.replay_rate)):
+            if rate is not None:
+                rates.add_metric([kind], rate.bytes_per_s)
+        yield from (seconds, target, rates)
+
+    def _proof(self) -> Iterator[Metric]:
+        """How old the proof of recovery is (pgdr/proof.py), each verification's result, and
+        the last failover / switchover / cutover's measured RTO and RPO."""
+        from pgdr import proof
+
+        ages = GaugeMetricFamily("pgdr_proof_age_seconds", "seconds since the newest successful verification "
+                                 "(kind=verify) / the last passed drill (kind=drill)", labels=["kind"])
+        limits = GaugeMetricFamily("pgdr_proof_max_age_seconds", "status.max_verify_age / max_drill_age",
+                                   labels=["kind"])
+        for kind, (age, _), limit in (("verify", proof.verify_age(self.repo), self.config.status.max_verify_age),
+                                      ("drill", proof.drill_age(self.repo), self.config.status.max_drill_age)):
+            if age is not None:
+                ages.add_metric([kind], age)
+            limits.add_metric([kind], limit)
+        results = GaugeMetricFamily("pgdr_verification_passed", "1 when the backup's last verification passed",
+                                    labels=["backup_id", "kind"])
+        for v in proof.verifications(self.repo):
+            results.add_metric([v.backup_id, v.kind], 1.0 if v.passed else 0.0)
+        rto = GaugeMetricFamily("pgdr_last_operation_rto_seconds", "measured RTO of the last failover, "
+                                "switchover or cutover", labels=["operation"])
+        rpo = GaugeMetricFamily("pgdr_last_operation_rpo", "measured data loss of the last failover, "
+                                "switchover or cutover (unknown: no sample)", labels=["operation", "unit"])
+        for op, last in proof.last_operations(self.repo).items():
+            rto.add_metric([op], float(last["rto_seconds"]))
+            if last["rpo_known"]:
+                for unit in ("bytes", "commits"):
+                    if last[f"rpo_{unit}"] is not None:
+                        rpo.add_metric([op, unit], float(last[f"rpo_{unit}"]))
+        yield from (ages, limits, results, rto, rpo)
 
     def _last_drill(self) -> Iterator[Metric]:
         """The last drill's measured RTO/RPO per scenario, and whether each passed."""
