@@ -85,6 +85,9 @@ R3_DESTRUCTIVE = ("r3", "r2", '    op.drop_column("members", "email")',
 # additive, but its downgrade silently does nothing (a tool that says it succeeded)
 R5_LYING_DOWNGRADE = ("r5", "r3", '    op.add_column("members", sa.Column("note", sa.Text))', "    pass")
 # holds its ACCESS EXCLUSIVE lock a while after the rewrite (slow work in the same transaction)
+# destructive again, after r4: drops a column with data (rolled back with --cutover)
+R6_DROP_NAME = ("r6", "r4", '    op.drop_column("members", "name")',
+                '    op.add_column("members", sa.Column("name", sa.Text))')
 R4_REWRITE = ("r4", "r3", """    op.alter_column("members", "id", type_=sa.BigInteger)
     op.execute("select pg_sleep(0.6)")""",
               '    op.alter_column("members", "id", type_=sa.Integer)')
@@ -315,6 +318,9 @@ def test_failed_migration_is_reported_and_rolled_back_by_downgrade(project: Proj
 
     plan = project.pgdr("migrate", "--rollback", "latest", "--dry-run")
     assert plan.returncode == 0 and "downgrade" in plan.stdout, plan
+    cutover = project.pgdr("migrate", "--rollback", "latest", "--dry-run", "--cutover")
+    assert cutover.returncode == 2 and "no restored instance to cut over to" in cutover.stderr
+    assert len(cutover.stderr.strip().splitlines()) == 1
     assert "phone" in _columns(project.primary)   # a dry run changes nothing
     unconfirmed = project.pgdr("migrate", "--rollback", "latest")
     assert unconfirmed.returncode == 2 and "--yes" in unconfirmed.stderr
@@ -349,9 +355,6 @@ def test_destructive_migration_is_rolled_back_by_pitr(project: Project, programs
     missing_dir = project.pgdr("migrate", "--rollback", "latest", "--yes")
     assert missing_dir.returncode == 2 and "--target-dir" in missing_dir.stderr
     target = project.sandbox.root / "rolled-back"
-    cutover = project.pgdr("migrate", "--rollback", "latest", "--yes", "--cutover", "--target-dir", str(target))
-    assert cutover.returncode == 2 and "pgdr cutover --to-dir DIR" in cutover.stderr
-    assert len(cutover.stderr.strip().splitlines()) == 1 and not target.exists()
 
     port = free_port()
     done = project.pgdr("migrate", "--rollback", record["id"], "--yes", "--json", "--target-dir", str(target),
@@ -369,6 +372,7 @@ def test_destructive_migration_is_rolled_back_by_pitr(project: Project, programs
         # the rows written since the freeze point are listed, and salvageable into the copy
         assert rollback["written_since"][0]["table"] == "public.members"
         assert rollback["written_since"][0]["rows"] == 3
+        assert rollback["written_since"][0]["during_migration"] == 0   # DROP COLUMN rewrites nothing
         line = shlex.split(rollback["written_since"][0]["salvage"])
         assert line[:2] == ["pgdr", "salvage"] and line[line.index("--into") + 1] == restored
         copied = json.loads(project.pgdr(*line[1:], "--json").stdout)["target_table"]
@@ -536,3 +540,45 @@ def test_a_rehearsal_that_reaches_production_is_caught(project: Project) -> None
     finally:
         with session(project.primary) as conn:
             conn.execute("alter table members drop column if exists oops")
+
+
+def test_rollback_with_cutover_puts_the_freeze_point_into_service(project: Project, programs: Programs) -> None:
+    """Last (it fences the sandbox's primary): r6 drops a column with data, the app writes
+    two rows, then --rollback --cutover restores to the freeze point, copies the two rows
+    into a new table there, and makes the restored instance the primary."""
+    project.write_revision(R6_DROP_NAME)
+    result = project.pgdr("migrate", "--json", "--", *project.alembic("upgrade", "head"))
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "public.members.name" in _record(result)["diff"]["columns_dropped"]
+    with session(project.primary) as conn:
+        conn.execute("insert into members (id) values (2001), (2002)")
+    old_data_dir = project.sandbox.primary.data_dir
+    target = project.sandbox.root / "cut-over"
+    done = project.pgdr("migrate", "--rollback", "latest", "--cutover", "--yes", "--json", "--target-dir", str(target))
+    try:
+        assert done.returncode == 0, done.stderr + done.stdout
+        rollback = _record(done)
+        restored = rollback["restored"]["conninfo"]
+        # the restored instance is the primary now, with the dropped column's data back
+        assert _value(restored, "select pg_is_in_recovery()") is False
+        assert _value(restored, "select count(*) from members where name like 'c%'") == 200
+        assert _value(restored, "select count(*) from members where id > 2000") == 0
+        # the rows written after the freeze point were copied over before the old primary was fenced
+        # r4 rewrote the table (new xmin on every row): written during the migration, not after
+        assert rollback["written_since"] == [{**rollback["written_since"][0], "table": "public.members", "rows": 2,
+                                              "during_migration": 203}]
+        copied = rollback["salvaged"][0]["target_table"]
+        assert _value(restored, f"select string_agg(id::text, ',' order by id) from {copied}") == "2001,2002"
+        # the old primary is fenced: stopped, and marked to come back only as a standby
+        assert (old_data_dir / "standby.signal").exists()
+        assert not _running(programs, old_data_dir)
+        steps = [s["name"] for s in rollback["timeline"]]
+        assert steps[-2:] == ["salvage rows written since into the restored instance", "cutover"]
+    finally:
+        stop_restored(target, programs)
+
+
+def _running(programs: Programs, data_dir: Path) -> bool:
+    done = subprocess.run(["runuser", "-u", "postgres", "--", programs.path("pg_ctl"), "-D", str(data_dir), "status"],
+                          capture_output=True, text=True)
+    return done.returncode == 0

@@ -99,9 +99,7 @@ def _rollback(obj: AppContext, wanted: str, target_dir: Path | None, port: int |
     from pgdr.migrate.rollback import CUTOVER_NEXT, execute, make_plan
 
     record = records.find(obj.repo, wanted)
-    plan = make_plan(obj.config, obj.programs, record)
-    if cutover and plan.action == "pitr":
-        raise UsageError("--cutover is not available yet: roll back without it, then " + CUTOVER_NEXT)
+    plan = make_plan(obj.config, obj.programs, record, cutover=cutover)
     if dry_run or plan.action == "nothing":
         if json_out:
             output.print_json({"plan": plan.as_dict(), "dry_run": dry_run})
@@ -125,10 +123,19 @@ def _rollback(obj: AppContext, wanted: str, target_dir: Path | None, port: int |
         for row in result.get("written_since", []):
             say(f"  {row['rows']} rows written to {row['table']} since the freeze point: {row['salvage']}",
                 markup=False)
+        for copy in result.get("salvaged", []):
+            say(f"  salvaged {copy['copied']} rows of {copy['source_table']} into {copy['target_table']} "
+                "on the restored instance", markup=False)
         for change in result.get("wal_changes", []):
             say(f"  WAL: xid {change['xid']} {change['kind']} {change['table']} ({change['rows'] or 'all'} rows) "
                 f"at {change['commit_time']}", markup=False)
-        say(f"  then: {CUTOVER_NEXT}", markup=False)
+        if not plan.cutover:
+            say(f"  then: {CUTOVER_NEXT}", markup=False)
+        else:
+            cut: dict[str, Any] = next((s for s in result["timeline"] if s["name"] == "cutover"), {})
+            say(f"  cutover: {cut.get('detail')}", markup=False)
+            for step in (cut.get("evidence") or {}).get("cutover", {}).get("next_steps") or []:
+                say(f"  next: {step}", markup=False)
     say(f"  record: {result['id']}", markup=False)
 
 

@@ -100,6 +100,18 @@ def read_revision(conninfo: str, query: str) -> str | None:
     return None if value is None else str(value)
 
 
+NEXT_XID_SQL = "select (txid_snapshot_xmax(txid_current_snapshot()) % 4294967296)::bigint as xid"  # no params
+
+
+def next_xid(conninfo: str) -> int:
+    """The next transaction id (32 bits, as xmin shows it): rows whose xmin is at or past
+    it are written later."""
+    with session(conninfo, what="the next transaction id") as conn:
+        row = conn.execute(NEXT_XID_SQL).fetchone()
+    assert row is not None
+    return int(row["xid"])
+
+
 def preflight(config: Config, repo: Repository, conninfo: str, mode: FreezeMode) -> None:
     """Refuse (one line, why and what to do) before anything is written."""
     if is_logical_only(config):

@@ -8,12 +8,16 @@ and as it is now:
   the fingerprint is the freeze point's again;
 - a table or column was dropped, or a column's type changed (the data may be gone, and
   no downgrade brings it back): a point-in-time restore to the freeze point's restore
-  point into a NEW instance in --target-dir, which is left running. The rows written on
-  the primary since the freeze point (xmin at or past the freeze point's next xid) are
-  counted per table, with a `pgdr salvage` line for each (into a new table in the
-  restored instance: the live table may have columns the restored one lacks), and the archived WAL since the
-  freeze point is searched for deletes, updates, truncates and drops (find-disaster).
-  Putting the restored instance into service is `pgdr cutover`'s job.
+  point into a NEW instance in --target-dir. The rows written on the primary since the
+  freeze point (xmin at or past its next xid) are counted per table - after the
+  migration's end (the application's) and during it (its own rewrites, and the
+  application's meanwhile) - with a `pgdr salvage` line for each (into a new table in
+  the restored instance: the live table may have columns the restored one lacks), and
+  the archived WAL since the freeze point is searched for deletes, updates, truncates
+  and drops (find-disaster). With cutover, the rows written after the migration are
+  first copied into new tables in the restored instance (nothing of them stays behind
+  on the fenced primary), then `pgdr cutover` puts it into service; without, it is left
+  running for the user to inspect and salvage from.
 Every step goes to the rollback's record (kind migrate-rollback).
 """
 
@@ -30,6 +34,7 @@ from psycopg import sql
 
 from pgdr.config import Config
 from pgdr.errors import PgdrError, UsageError
+from pgdr.failover.cutover import cutover as run_cutover
 from pgdr.migrate import freeze as fz
 from pgdr.migrate import records, schema
 from pgdr.migrate.run import command_env, run_command
@@ -41,10 +46,12 @@ from pgdr.repo.layout import Repository
 from pgdr.repo.unfinished import owner_dead
 from pgdr.restore.pitr import restore_to_point
 from pgdr.restore.recovery import RecoveryTarget
+from pgdr.restore.salvage import salvage
 from pgdr.restore.walscan import Bound, find_disasters
 from pgdr.runbook.timeline import Timeline
 
 CUTOVER_NEXT = "put the restored instance into service with `pgdr cutover --to-dir DIR` (the next step)"
+CUTOVER_SKIPPED = "left running for inspection and salvage; " + CUTOVER_NEXT
 
 
 class RollbackFailed(PgdrError):
@@ -60,6 +67,7 @@ class Plan:
     restore_point: str | None
     diff_now: dict[str, Any] = field(default_factory=dict)
     downgrade: list[str] = field(default_factory=list)
+    cutover: bool = False                 # pitr: put the restored instance into service
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,11 +78,11 @@ class Plan:
         if self.action == "downgrade":
             return f"downgrade: run `{shlex.join(self.downgrade)}` ({self.reason})"
         return (f"point-in-time restore to restore point {self.restore_point} into a new instance "
-                f"({self.reason})")
+                f"({self.reason})" + (", then cut over to it" if self.cutover else ""))
 
 
-def make_plan(config: Config, programs: Programs, record: dict[str, Any]) -> Plan:
-    """Refuses while the migration's own pgdr still runs: its command may still be changing
+def make_plan(config: Config, programs: Programs, record: dict[str, Any], *, cutover: bool = False) -> Plan:
+    """cutover: only for a rollback by PITR (refused otherwise). Refuses while the migration's own pgdr still runs: its command may still be changing
     the schema the plan is read from."""
     if record.get("outcome") == "running" and not owner_dead(record):
         raise UsageError(f"migration {record['id']} is still running (pgdr pid {record['owner'].get('pid')})",
@@ -99,20 +107,35 @@ def make_plan(config: Config, programs: Programs, record: dict[str, Any]) -> Pla
     else:
         base.action = "downgrade"
         base.reason = (f"schema only: {now.summary()}; revision {revision_now} -> {target or 'base'}")
+    if cutover and base.action != "pitr":
+        raise UsageError(f"--cutover: this rollback is {'a downgrade' if base.action == 'downgrade' else 'not needed'}"
+                         f" ({base.reason}); there is no restored instance to cut over to")
+    base.cutover = cutover
     return base
 
 
-def written_since(conninfo: str, next_xid: int, tables: list[str]) -> list[dict[str, Any]]:
-    """Rows on the primary whose xmin is at or past the freeze point's next xid, per table
-    (inserted or updated since; the migration's own rewrites count too)."""
+def _age_at_most(xid: int) -> str:
+    """SQL: the row's xmin is xid or later (age() counts back from now, wraparound-safe)."""
+    return f"age(xmin) <= age('{xid}'::xid)"
+
+
+def written_since(conninfo: str, freeze_xid: int, end_xid: int | None, tables: list[str]) -> list[dict[str, Any]]:
+    """Rows on the primary whose xmin is at or past the freeze point's next xid, per table:
+    `after` the migration's end (the application's writes; all of them when the end is not
+    recorded) and `during` it (the migration's own rewrites and backfills, and whatever the
+    application wrote meanwhile - xmin cannot tell them apart)."""
     out = []
+    end = end_xid if end_xid is not None else freeze_xid
+    query = sql.SQL("select count(*) filter (where {after})::bigint as after, count(*)::bigint as since "
+                    "from {} where {since}")
     with session(conninfo, what="rows written since the freeze point", statement_timeout=0) as conn:
         for name in tables:
             schema_name, _, table = name.partition(".")
-            row = conn.execute(sql.SQL("select count(*) as n from {} where age(xmin) <= age({}::xid)").format(
-                sql.Identifier(schema_name, table), sql.Literal(str(next_xid)))).fetchone()
-            if row and row["n"]:
-                out.append({"table": name, "rows": int(row["n"])})
+            row = conn.execute(query.format(sql.Identifier(schema_name, table), after=sql.SQL(_age_at_most(end)),
+                                            since=sql.SQL(_age_at_most(freeze_xid)))).fetchone()
+            if row and row["since"]:
+                out.append({"table": name, "rows": int(row["after"]),
+                            "during_migration": int(row["since"]) - int(row["after"])})
     return out
 
 
@@ -189,22 +212,38 @@ def _pitr(config: Config, programs: Programs, repo: Repository, record: dict[str
     conninfo = fz.target_conninfo(config)
     restored_db = with_params(restored.conninfo, dbname=parse(conninfo).get("dbname"))
     with timeline.step("rows written since the freeze point") as step:
-        rows = written_since(conninfo, int(freeze["next_xid"]),
+        end_xid = record.get("end_xid")
+        rows = written_since(conninfo, int(freeze["next_xid"]), end_xid,
                              sorted(set(freeze["tables"]) & set(schema.snapshot(conninfo,
                                                                               config.migrate.ignore_tables))))
-        where = f"age(xmin) <= age('{freeze['next_xid']}'::xid)"
+        where = _age_at_most(int(end_xid if end_xid is not None else freeze["next_xid"]))
         for r in rows:
             r["salvage"] = (f"pgdr salvage --from {shlex.quote(mask(conninfo))} --into "
                             f"{shlex.quote(restored_db)} --table {shlex.quote(r['table'])} "
                             f"--where {shlex.quote(where)}")
-        step.detail = ", ".join(f"{r['table']}: {r['rows']}" for r in rows) or "none"
+        step.detail = ", ".join(f"{r['table']}: {r['rows']} after the migration, {r['during_migration']} during it"
+                                for r in rows) or "none"
     with timeline.step("changes in the WAL since the freeze point") as step:
         found = find_disasters(programs, repo, since=Bound(lsn=parse_lsn(freeze["lsn"])), min_rows=1)
         changes = [d.as_dict() for d in found.disasters]
         step.detail = f"{len(changes)} transactions deleted, updated, truncated or dropped rows"
         step.evidence["errors"] = found.errors
-    timeline.skip("cutover", CUTOVER_NEXT)
+    salvaged: list[dict[str, Any]] = []
+    if plan.cutover:
+        with timeline.step("salvage rows written since into the restored instance") as step:
+            for r in (r for r in rows if r["rows"]):
+                done = salvage(conninfo, restored_db, r["table"], where=where)
+                salvaged.append(done.as_dict())
+            step.detail = ", ".join(f"{d['source_table']} -> {d['target_table']}: {d['copied']}" for d in salvaged) \
+                or "nothing to copy"
+        with timeline.step("cutover", str(restored.data_dir)) as step:
+            done_cut = run_cutover(config, programs, repo, restored.data_dir, assume_yes=True)
+            step.detail = f"{done_cut.new_primary} is the primary; record {done_cut.record_path}"
+            step.evidence["cutover"] = {k: done_cut.record.get(k) for k in ("outcome", "rto_seconds", "rpo",
+                                                                           "next_steps", "record_path")}
+    else:
+        timeline.skip("cutover", CUTOVER_SKIPPED)
     return {"restored": {"data_dir": str(restored.data_dir), "port": restored.port,
                          "conninfo": restored_db, "socket_dir": str(restored.socket_dir),
                          "stop_with": f"pg_ctl -D {restored.data_dir} stop"},
-            "written_since": rows, "wal_changes": changes}
+            "written_since": rows, "salvaged": salvaged, "wal_changes": changes}

@@ -131,8 +131,10 @@ def _migrate(config: Config, programs: Programs, repo: Repository, argv: Sequenc
             if not result.ok:
                 step.result = "failed"
                 step.detail = result.error or ""
+        # rows with xmin from here on were written after the migration (by the application)
         record.update(outcome="ok" if result.ok else "failed", **result.as_dict(),
-                      duration_s=round(result.seconds, 3), revision_before=point.revision)
+                      duration_s=round(result.seconds, 3), revision_before=point.revision,
+                      end_xid=fz.next_xid(conninfo))
         with timeline.step("schema after") as step:
             revision = fz.read_revision(conninfo, config.migrate.revision_query)
             changes = schema.diff(point.tables, schema.snapshot(conninfo, config.migrate.ignore_tables))
