@@ -306,6 +306,27 @@ class DrillConfig(_Strict):
 
 
 
+class MigrateConfig(_Strict):
+    """`pgdr migrate`: where the migration runs, how its revision is read, its bounds.
+
+    database: the database the migration changes (default: the primary conninfo's).
+    revision_query: one value, the schema revision (Alembic's by default; any tool's).
+    downgrade_command: the tool's way back to a revision; {revision} is replaced.
+    url_env: the variable that hands the rehearsal copy's libpq URL to the command.
+    """
+
+    database: str | None = None
+    revision_query: str = "select version_num from alembic_version"
+    downgrade_command: list[str] = ["alembic", "downgrade", "{revision}"]
+    url_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = "DATABASE_URL"
+    lock_timeout: Duration = 5.0
+    statement_timeout: Duration = 0.0
+    timeout: PositiveDuration = 3600.0
+    archive_wait: PositiveDuration = 30.0
+    min_free_bytes: Annotated[int, Field(ge=0)] = 64 * 1024 * 1024
+    ignore_tables: list[str] = ["public.alembic_version"]
+
+
 class CutoverConfig(_Strict):
     """`pgdr cutover`: commands that stop and restart the application around the change,
     besides pgbouncer's PAUSE/RESUME (e.g. ["kubectl", "scale", "deployment/api",
@@ -371,6 +392,7 @@ class Config(_Strict):
     watch: WatchConfig = WatchConfig()
     drill: DrillConfig = DrillConfig()
     verify: VerifyConfig = VerifyConfig()
+    migrate: MigrateConfig = MigrateConfig()
     cutover: CutoverConfig = CutoverConfig()
     redis: list[RedisConfig] = []
     source: Path | None = Field(default=None, exclude=True)

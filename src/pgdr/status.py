@@ -135,6 +135,11 @@ def gather_status(config: Config, repo: Repository) -> StatusReport:
     if fc_check is not None:
         checks.append(fc_check)
     checks.extend(_interrupted_restores(repo))
+    from pgdr.migrate.visibility import status_check
+
+    migration = status_check(repo)
+    if migration is not None:
+        checks.append(migration)
     if config.redis:
         from pgdr.rdb.health import status_checks
 

@@ -52,6 +52,7 @@ def _register() -> None:
         cmd_diagnose,
         cmd_drill,
         cmd_failover,
+        cmd_migrate,
         cmd_restore,
         cmd_sandbox,
         cmd_serve,
@@ -69,6 +70,7 @@ def _register() -> None:
     cmd_drill.register(app)
     cmd_verify.register(app)
     cmd_restore.register(app)
+    cmd_migrate.register(app)
 
 
 _register()

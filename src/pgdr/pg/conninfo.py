@@ -41,7 +41,8 @@ def mask_text(text: str) -> str:
     import re
 
     text = re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1********", text)
-    text = re.sub(r"(postgres(?:ql)?://[^:/@\s]+:)[^@\s]+@", r"\1********@", text)
+    # postgresql+psycopg://: SQLAlchemy's URLs, which migration tools print
+    text = re.sub(r"(postgres(?:ql)?(?:\+\w+)?://[^:/@\s]+:)[^@\s]+@", r"\1********@", text)
     # redis://:secret@host or redis://user:secret@host (the user may be empty)
     return re.sub(r"(rediss?://[^:/@\s]*:)[^@\s]+@", r"\1********@", text)
 

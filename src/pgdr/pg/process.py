@@ -101,8 +101,10 @@ class Completed:
 class _Pump(threading.Thread):
     """Reads a pipe line by line: keeps it (bounded) and logs it (masked)."""
 
-    def __init__(self, stream: IO[bytes], name: str, to_log: bool, keep_bytes: int) -> None:
+    def __init__(self, stream: IO[bytes], name: str, to_log: bool, keep_bytes: int,
+                 on_line: Callable[[str], None] | None = None) -> None:
         super().__init__(daemon=True)
+        self.on_line = on_line
         self.stream = stream
         self.name_ = name
         self.to_log = to_log
@@ -113,15 +115,20 @@ class _Pump(threading.Thread):
 
     def run(self) -> None:
         # stderr line by line (to the log); stdout in large reads (pg_waldump's can be big)
-        read = self.stream.readline if self.to_log else functools.partial(os.read, self.stream.fileno(), 1 << 16)
+        by_line = self.to_log or self.on_line is not None
+        read = self.stream.readline if by_line else functools.partial(os.read, self.stream.fileno(), 1 << 16)
         for chunk in iter(read, b""):
             self.lines += 1
             self.size += len(chunk)
             self.chunks.append(chunk)
             if self.size > self.keep_bytes and len(self.chunks) > 1:
                 self.size -= len(self.chunks.pop(0))
-            if self.to_log:
-                log.debug("%s: %s", self.name_, mask_text(chunk.decode(errors="replace").rstrip()))
+            if self.to_log or self.on_line is not None:
+                line = mask_text(chunk.decode(errors="replace").rstrip())
+                if self.to_log:
+                    log.debug("%s: %s", self.name_, line)
+                if self.on_line is not None:
+                    self.on_line(line)
         self.stream.close()
 
     def text(self) -> str:
@@ -179,8 +186,12 @@ def run(argv: Sequence[str], *, name: str | None = None, env: Mapping[str, str] 
         stall_timeout: float | None = None, progress: Callable[[], object] | None = None,
         stalled_what: str | None = None, cancel: threading.Event | None = None,
         cwd: str = "/", log_stderr: bool = True,
-        feed: Callable[[IO[bytes]], None] | None = None) -> Completed:
+        feed: Callable[[IO[bytes]], None] | None = None,
+        on_line: Callable[[str], None] | None = None) -> Completed:
     """Run to completion; raise ProgramFailed (stderr's gist), Stalled or Cancelled.
+
+    on_line: called with each line of stdout and stderr as it arrives, passwords masked
+    (`pgdr migrate` streams the user's command to the terminal this way).
 
     progress: called about once a second when stall_timeout is set; a changed value is
     progress, None means "nothing to do now" (the stall clock restarts). Without a
@@ -199,11 +210,11 @@ def run(argv: Sequence[str], *, name: str | None = None, env: Mapping[str, str] 
             out_file.close()
     children.REGISTRY.add_group(proc.pid, name)
     try:
-        err = _Pump(proc.stderr, name, log_stderr, 64 * 1024)  # type: ignore[arg-type]
+        err = _Pump(proc.stderr, name, log_stderr, 64 * 1024, on_line)  # type: ignore[arg-type]
         err.start()
         out = None
         if proc.stdout is not None:
-            out = _Pump(proc.stdout, name, False, 1 << 30)
+            out = _Pump(proc.stdout, name, False, 1 << 30, on_line)
             out.start()
         if input_bytes is not None and proc.stdin is not None:
             try:

@@ -19,7 +19,7 @@ from pgdr.repo.layout import Repository
 from pgdr.repo.records import list_records, read_verification
 
 SEVERITY = {"drill": "rehearsal", "failover": "SEV1", "switchover": "planned", "rejoin": "SEV3",
-            "restore": "SEV2", "verify": "routine"}
+            "restore": "SEV2", "verify": "routine", "migrate": "change", "migrate-rollback": "SEV2"}
 
 
 def find_record(repo: Repository, record_id: str) -> dict[str, Any]:
@@ -75,7 +75,11 @@ def _sections(record: dict[str, Any]) -> dict[str, Any]:
             else str(started or record.get("id", "")[:16]))
     detection = {"drill": "scheduled rehearsal (faults injected on purpose)",
                  "failover": f"primary {record.get('old_primary')} failed ({record.get('trigger', 'manual')} trigger)",
-                 "switchover": "planned maintenance", "verify": "routine backup verification"}.get(kind, kind)
+                 "switchover": "planned maintenance", "verify": "routine backup verification",
+                 "migrate": ("rehearsal on a restored copy of " if record.get("rehearsal") else "schema migration ")
+                 + f"`{record.get('command')}` (freeze point {(record.get('freeze') or {}).get('restore_point')})",
+                 "migrate-rollback": f"rollback of migration {record.get('migration_id')}: "
+                 f"{(record.get('plan') or {}).get('action')}"}.get(kind, kind)
     actions = [f"{s['name']}: {s.get('result')}" + (f" — {s.get('detail')}" if s.get("detail") else "") for s in steps]
     follow = []
     for r in rows:
@@ -83,6 +87,16 @@ def _sections(record: dict[str, Any]) -> dict[str, Any]:
             follow.append(f"investigate {r['scenario']}: {r['reason']}")
         elif r["rto_target_s"] and r["rto_s"] and r["rto_s"] > 0.5 * r["rto_target_s"]:
             follow.append(f"{r['scenario']}: RTO uses over half its target; look at {r['slowest_step']}")
+    if kind == "migrate":
+        loss = (record.get("diff") or {}).get("summary") or loss
+        if record.get("outcome") != "ok" and not record.get("rehearsal"):
+            follow.append(f"roll back: pgdr migrate --rollback {record.get('id')} --dry-run")
+    if kind == "migrate-rollback":
+        loss = "; ".join(f"{r['table']}: {r['rows']} rows written since the freeze point"
+                         for r in record.get("written_since", [])) or "none"
+        if record.get("restored"):
+            follow.append("salvage the rows written since the freeze point, then `pgdr cutover --to-dir "
+                          f"{record['restored']['data_dir']}`")
     if kind == "failover":
         follow.append(f"rejoin {record.get('old_primary')} to restore redundancy (`pgdr rejoin {record.get('old_primary')}`)")
     return {"id": record.get("id"), "kind": kind, "date": when, "severity": SEVERITY.get(kind, "n/a"),

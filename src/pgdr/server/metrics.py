@@ -166,6 +166,9 @@ class PgdrCollector(Collector):
         yield from (running, fails)
         yield from self._last_drill()
         yield from self._proof()
+        from pgdr.migrate.visibility import metrics as migration_metrics
+
+        yield from migration_metrics(self.repo)
 
     def _forecast(self, primary_conninfo: str | None) -> Iterator[Metric]:
         """The RTO forecast (pgdr/forecast.py) beside its targets; unknown: no sample."""

@@ -1,0 +1,1 @@
+"""Migration safety: freeze point, rehearsal on a copy, rollback (issue #18)."""
