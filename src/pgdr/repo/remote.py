@@ -143,6 +143,20 @@ def backup_objects(store: Store) -> dict[str, dict[str, ObjectInfo]]:
     return out
 
 
+def _get_or_damaged(store: Store, key: str, damaged: Callable[[str], bytes]) -> bytes | None:
+    """An object's bytes; None when it vanished since the listing; `damaged(why)` when the
+    store answered but the object failed its check (so the reader names it). A store that
+    cannot be reached (OSError) still raises."""
+    try:
+        return store.get_bytes(key)
+    except ObjectMissing:
+        return None
+    except RepositoryError as exc:
+        if isinstance(exc, OSError):
+            raise
+        return damaged(exc.message)
+
+
 def sync_catalog(repo: Repository) -> None:
     """The local cache's backups/ and identity made to match the store's listing."""
     store = _store(repo)
@@ -160,15 +174,10 @@ def sync_catalog(repo: Repository) -> None:
         folder = repo.backups_dir / bid
         folder.mkdir(exist_ok=True)
         repo.run_as.chown(folder)
-        try:
-            data = store.get_bytes(f"backups/{bid}/{name}")
-        except ObjectMissing:
-            return
-        except RepositoryError as exc:
-            if isinstance(exc, OSError):
-                raise
-            data = f"damaged in the store: {exc.message}".encode()  # listed as damaged, not left out
-        _write_local(folder / name, data, repo.run_as)
+        # an object failing authentication is cached as unparseable: listed as damaged, not left out
+        data = _get_or_damaged(store, f"backups/{bid}/{name}", lambda why: f"damaged in the store: {why}".encode())
+        if data is not None:
+            _write_local(folder / name, data, repo.run_as)
 
     _parallel(one, todo)
     if not repo.identity_path.exists():
@@ -235,15 +244,10 @@ def sync_wal(repo: Repository, wanted: WalRange = ALL_WAL) -> int:
     todo = sorted(n for n in names - local if needed(n))
 
     def one(name: str) -> None:
-        try:
-            data = store.get_bytes(f"wal/{name}")
-        except ObjectMissing:
-            return
-        except RepositoryError as exc:
-            if isinstance(exc, OSError):
-                raise
-            data = b""  # failed authentication: reads as a damaged segment, named by the reader
-        _write_local(repo.wal_dir / name, data, repo.run_as)
+        # failed authentication: cached empty, so it reads as a damaged segment, named by the reader
+        data = _get_or_damaged(store, f"wal/{name}", lambda why: b"")
+        if data is not None:
+            _write_local(repo.wal_dir / name, data, repo.run_as)
 
     _parallel(one, todo)
     return len(todo)
