@@ -2,10 +2,10 @@
 
 A backup folder holds base.tar.zst (server-zstd pg_basebackup -Ft), pg_wal.tar
 (streamed WAL is never server-compressed), one <oid>.tar.zst per user tablespace,
-backup_manifest and pgdr.json. Each tar is read ONCE: pgdr reads the file, feeds
-the sha256 and tar's stdin with the same bytes, so what is extracted is exactly
-what was hashed (server-side zstd has no frame checksum: only the sha256 catches
-a flipped byte there). A mismatch removes everything extracted and names the file.
+backup_manifest and pgdr.json. Each tar is read ONCE: pgdr reads the file into one
+buffer and feeds both the sha256 and the `zstd -dc | tar -x` pipeline from it, so what
+is extracted is exactly what was hashed (server-side zstd has no frame checksum: only
+the sha256 catches a flipped byte there). A mismatch removes everything extracted and names the file.
 
 Tablespaces go under the target (<data>/pg_tblspc_data/<oid>) or where the user's
 --tablespace-map says, never to the source's location: pg_tblspc links and
@@ -14,6 +14,7 @@ tablespace_map are rewritten to point there before anything can start.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
@@ -225,31 +226,61 @@ class _HashingReader:
             pass
 
 
-def _stream_tar(archive: Path, dest: Path, programs: Programs, hashing: bool) -> _Streamed:
-    """tar -x reading stdin, fed by a loop that hashes the same bytes; when tar dies
-    early (damaged data), the rest of the file is still hashed so the damage is named."""
+PIPE_BYTES = 1 << 20  # the pipe into the decompressor: 1 MiB (Linux's default cap), not 64 KiB
+
+
+def _extract_command(archive: Path, dest: Path) -> tuple[str, list[str]]:
+    """The program reading the archive's bytes on stdin and writing files under dest.
+
+    A compressed tar goes through `DECOMPRESSOR -dc | tar -x`, the pipeline a user types,
+    under bash's pipefail so a decompressor that fails after tar has read a whole archive
+    (trailing damage) still fails the extraction. tar's own --use-compress-program is the
+    fallback without bash: reading a pipe, tar copies it to the decompressor through one
+    more process in 10 KiB records, measured 0.3-0.5 s slower per 370 MB on 2 cores."""
     program = _COMPRESSORS.get(archive.suffix if archive.suffix != ".tar" else "")
-    args = [f"--use-compress-program={program}"] if program else []
+    if program is None:
+        return "tar", ["-xf", "-", "-C", str(dest)]
+    if shutil.which("bash") is not None:
+        return "bash", ["-o", "pipefail", "-c", f'{program} -q -dc | tar -xf - -C "$1"',
+                        "pgdr-extract", str(dest)]
+    return "tar", [f"--use-compress-program={program}", "-xf", "-", "-C", str(dest)]
+
+
+def _stream_tar(archive: Path, dest: Path, programs: Programs, hashing: bool) -> _Streamed:
+    """The extraction pipeline reading stdin, fed by a loop that hashes the same buffer it
+    writes (one read of the file: what is extracted is exactly what was hashed); when the
+    pipeline dies early (damaged data), the rest of the file is still hashed so the damage
+    is named."""
+    program, args = _extract_command(archive, dest)
     sha = hashlib.sha256()
     size = 0
 
     def feed(stdin: IO[bytes]) -> None:
         nonlocal size
         alive = True
-        with open(archive, "rb") as fh:
-            while block := fh.read(CHUNK):
+        fd = stdin.fileno()
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        except OSError:  # above /proc/sys/fs/pipe-max-size for this user: keep the default
+            pass
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        with open(archive, "rb", buffering=0) as fh:
+            while n := fh.readinto(buf):
+                block = view[:n]
                 if hashing:
                     sha.update(block)
-                size += len(block)
-                if alive:
+                size += n
+                written = 0
+                while alive and written < n:
                     try:
-                        stdin.write(block)
+                        written += os.write(fd, block[written:])
                     except BrokenPipeError:
                         alive = False
 
     error = None
     try:
-        programs.run("tar", [*args, "-xf", "-", "-C", str(dest)], feed=feed, timeout=3600)
+        programs.run(program, args, feed=feed, timeout=3600)
     except ProgramFailed as exc:
         error = exc.message
     return _Streamed(archive.name, sha.hexdigest(), size, error)
