@@ -19,7 +19,9 @@ import hashlib
 import os
 import re
 import shutil
+import sys
 import tarfile
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -226,6 +228,7 @@ class _HashingReader:
             pass
 
 
+WRITEBACK_EVERY = 0.1  # seconds
 PIPE_BYTES = 1 << 20  # the pipe into the decompressor: 1 MiB (Linux's default cap), not 64 KiB
 
 
@@ -284,6 +287,58 @@ def _stream_tar(archive: Path, dest: Path, programs: Programs, hashing: bool) ->
     except ProgramFailed as exc:
         error = exc.message
     return _Streamed(archive.name, sha.hexdigest(), size, error)
+
+
+class _Writeback:
+    """Write the extracted files back to disk while the extraction runs, not after it.
+
+    The server pgdr starts on a restored directory first makes every file durable
+    (recovery_init_sync_method = syncfs): with gigabytes still dirty in the page cache
+    that call waits for all of them (0.3 s per 500 MB here, while nothing else runs).
+    A syncfs every WRITEBACK_EVERY seconds during the extraction lets the disk work
+    beside the decompression instead, and the server's own sync finds little left. It
+    changes no promise: the server's sync still runs and still decides durability.
+    Linux only (syncfs(2)); elsewhere it does nothing."""
+
+    def __init__(self, places: list[Path]) -> None:
+        by_device: dict[int, Path] = {}
+        for place in places:  # one syncfs per file system
+            try:
+                by_device.setdefault(place.stat().st_dev, place)
+            except OSError:
+                continue
+        self.places = list(by_device.values())
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def __enter__(self) -> _Writeback:
+        if sys.platform == "linux":
+            self.thread = threading.Thread(target=self._run, name="pgdr-writeback", daemon=True)
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # not joined: a syncfs under another program's writes can take long, and the
+        # server's own sync (or nothing, on a failure) comes next anyway
+        self.stop.set()
+
+    def _run(self) -> None:
+        import ctypes
+
+        try:
+            syncfs = ctypes.CDLL(None, use_errno=True).syncfs
+        except (OSError, AttributeError):
+            return
+        while not self.stop.wait(WRITEBACK_EVERY):
+            for place in self.places:
+                try:
+                    fd = os.open(place, os.O_RDONLY)
+                except OSError:
+                    continue
+                try:
+                    syncfs(fd)
+                finally:
+                    os.close(fd)
 
 
 def _stream_python(archive: Path, dest: Path, programs: Programs, hashing: bool) -> _Streamed:
@@ -382,7 +437,8 @@ def extract_physical(backup_dir: Path, target: Path, programs: Programs,
             jobs.append((backup_dir / oid_files[oid], place))
         one: Callable[[Path, Path, Programs, bool], _Streamed] = (
             _stream_tar if method == "tar" else _stream_python)
-        with ThreadPoolExecutor(max_workers=min(3, len(jobs))) as pool:
+        with _Writeback([dest for _archive, dest in jobs]), \
+                ThreadPoolExecutor(max_workers=min(3, len(jobs))) as pool:
             streamed = list(pool.map(lambda job: one(job[0], job[1], programs, checks), jobs))
         if method == "python":
             for _archive, dest in jobs:
