@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from pgdr.errors import RepositoryError
+from pgdr.errors import ProgramFailed, RepositoryError
 from pgdr.pg.connect import session
 from pgdr.pg.programs import Programs
 from pgdr.repo.manifest import read_manifest
@@ -163,3 +164,21 @@ def test_sigkill_mid_extract_leaves_no_pipeline_and_nothing_complete(backed_up: 
     again = run_cli("restore", "--immediate", "--target-dir", str(target), config=backed_up.config_path)
     assert again.returncode == 2, again.stderr
     shutil.rmtree(target, ignore_errors=True)
+
+
+def test_waiting_on_a_program_still_ends_it_on_timeout_and_cancel() -> None:
+    """process.run wakes on the child's exit (pidfd) instead of polling; the bounds it
+    guarded still hold: a timeout and a cancel end the program, an exit code is reported."""
+    from pgdr.pg import process
+
+    with pytest.raises(ProgramFailed) as caught:
+        process.run(["/bin/sleep", "30"], timeout=0.5)
+    assert "did not finish within" in caught.value.message
+    cancel = threading.Event()
+    threading.Timer(0.3, cancel.set).start()
+    with pytest.raises(process.Cancelled):  # run to its end, it would return, not raise
+        process.run(["/bin/sleep", "30"], cancel=cancel)
+    with pytest.raises(ProgramFailed) as failed:
+        process.run(["/bin/sh", "-c", "echo gone >&2; exit 3"])
+    assert "gone" in failed.value.message
+    assert process.run(["/bin/true"]).returncode == 0
