@@ -28,6 +28,7 @@ from pgdr.errors import ProgramFailed, RepositoryError
 from pgdr.pg.connect import session
 from pgdr.pg.programs import Programs
 from pgdr.repo.manifest import read_manifest
+from pgdr.restore import extract
 from pgdr.restore.extract import BackupDamaged, extract_physical
 from pgdr.sandbox import sandbox as sb
 from tests.conftest import run_cli
@@ -109,10 +110,17 @@ def test_truncated_base_tar_is_named_and_nothing_is_left(backed_up: sb.Sandbox, 
     assert not target.exists()
 
 
-def test_damage_after_a_complete_tar_fails_the_extraction(base_dir: Path, programs: Programs) -> None:
+@pytest.mark.parametrize("shell", ["bash", "none"])
+def test_damage_after_a_complete_tar_fails_the_extraction(base_dir: Path, programs: Programs, shell: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """zstd fails on bytes after the frame, after tar has read a whole archive and exited
-    0: only the pipeline's pipefail reports it (no manifest here, so no sha256 either)."""
-    folder = base_dir / "rspeed-trailing"
+    0: only the pipeline's pipefail reports it (no manifest here, so no sha256 either).
+    Without bash, tar --use-compress-program (the fallback) reports its child's failure."""
+    if shell == "none":
+        real_which = shutil.which
+        monkeypatch.setattr(extract.shutil, "which",
+                            lambda name, *a, **k: None if name == "bash" else real_which(name, *a, **k))
+    folder = base_dir / f"rspeed-trailing-{shell}"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(mode=0o755)
     raw = io.BytesIO()
@@ -127,7 +135,7 @@ def test_damage_after_a_complete_tar_fails_the_extraction(base_dir: Path, progra
     (folder / "pg_wal.tar").write_bytes(empty.getvalue())
     for path in folder.iterdir():
         os.chmod(path, 0o644)
-    target = base_dir / "rspeed-trailing-target"
+    target = base_dir / f"rspeed-trailing-target-{shell}"
     with pytest.raises(RepositoryError) as caught:
         extract_physical(folder, target, programs)
     assert "cannot extract base.tar.zst" in caught.value.message
