@@ -294,14 +294,15 @@ def user_check(instance: Instance, check: VerifyCheckConfig) -> tuple[bool, str,
 # ---- data checksums, online -----------------------------------------------------------
 # With data checksums on, PostgreSQL verifies a page's checksum every time it reads the
 # page into shared buffers (ignore_checksum_failure = off: a bad one is an ERROR naming
-# block and file). pg_amcheck reads every block of the main fork of every permanent
-# table, materialized view and TOAST table (verify_heapam) and of every valid B-tree index
-# (bt_index_check) in every database it connects to: those reads prove those pages'
-# checksums. checksum_sweep reads everything else that has storage - free space maps,
-# visibility maps, init forks, sequences, hash/GIN/GiST/SP-GiST/BRIN indexes, invalid or
-# unlogged relations, the shared catalogs - through shared buffers with pg_prewarm, so
-# that together they cover every block of every relation fork pg_class knows, as
-# pg_checksums --check would, without a clean shutdown and a second pass over the data.
+# block and file). pg_amcheck's verify_heapam reads every block, 0 to the end, of the
+# main fork of every permanent heap table and materialized view and of their TOAST tables,
+# in every database it connects to: those reads prove those pages' checksums.
+# checksum_sweep reads everything else that has storage through shared buffers with
+# pg_prewarm: free space maps, visibility maps, init forks, sequences, every index (B-tree
+# ones too: bt_index_check walks the pages linked in the tree, not deleted pages waiting
+# for reuse), unlogged relations and the shared catalogs. Together they cover every block
+# of every relation fork pg_class knows, as pg_checksums --check would, without a clean
+# shutdown and a second pass over the tables.
 # A page already in shared buffers is not re-read: it was either read (and verified) by
 # recovery or an earlier scan, or rebuilt from a full-page image, whose on-disk copy
 # (possibly torn in the backup) PostgreSQL overwrites at its next checkpoint anyway.
@@ -309,17 +310,25 @@ def user_check(instance: Instance, check: VerifyCheckConfig) -> tuple[bool, str,
 # (orphans left by a crashed transaction: no query can ever read them).
 
 _UNCOVERED_FORKS = """
+with heap_read as (  -- the main forks pg_amcheck --all reads in full (verify_heapam)
+  select c.oid from pg_class c
+  where c.relkind in ('r', 'm') and c.relam = (select oid from pg_am where amname = 'heap')
+    and c.relpersistence = 'p' and not c.relisshared
+    and c.relnamespace <> 'pg_toast'::regnamespace::oid
+  union all
+  select c.reltoastrelid from pg_class c
+  where c.reltoastrelid <> 0 and c.relkind in ('r', 'm')
+    and c.relam = (select oid from pg_am where amname = 'heap')
+    and c.relpersistence = 'p' and not c.relisshared
+)
 select c.oid::bigint as oid, f.fork
 from pg_class c
 cross join (values ('main'), ('fsm'), ('vm'), ('init')) f(fork)
-left join pg_index i on i.indexrelid = c.oid
 where c.relkind in ('r', 'm', 't', 'i', 'S')
   and c.relpersistence <> 't'
   and (not c.relisshared or %(shared)s)
   and pg_relation_size(c.oid, f.fork) > 0
-  and not (f.fork = 'main' and c.relpersistence = 'p' and not c.relisshared
-           and (c.relkind in ('r', 'm', 't')
-                or (c.relkind = 'i' and c.relam = 403 and i.indisvalid and i.indisready)))
+  and not (f.fork = 'main' and c.oid in (select oid from heap_read))
 order by 1, 2
 """
 
