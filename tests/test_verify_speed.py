@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -214,3 +215,28 @@ def test_sigkill_while_checks_run_side_by_side_leaves_no_server_and_no_verdict(
     code, _ = _verify_json(sandbox, "latest")
     assert code == 1
     _scratch_is_clean(scratch)
+
+
+def test_keep_restarts_the_copy_stopped_immediately_with_template0_closed_again(
+        damaged: dict[str, object], programs: Programs) -> None:
+    """verify stops the scratch server at once (no shutdown checkpoint) and opens template0
+    while checking it: a kept copy must still start, as restored."""
+    from pgdr.restore.pitr import stop_restored
+
+    sandbox = damaged["sandbox"]
+    assert isinstance(sandbox, sb.Sandbox)
+    assert run_cli("backup", config=sandbox.config_path).returncode == 0
+    result = run_cli("verify", "latest", "--keep", "--json", config=sandbox.config_path)
+    assert result.returncode == 1, result.stderr  # the damage is still there
+    info = json.loads(result.stdout)["kept"]
+    try:
+        with session(info["conninfo"]) as conn:
+            row = conn.execute("select datallowconn from pg_database where datname = 'template0'").fetchone()
+            assert row is not None and row["datallowconn"] is False
+        with session(info["conninfo"].replace("dbname=postgres", "dbname=app")) as conn:
+            row = conn.execute("select count(*) as n from idx_bad").fetchone()
+            assert row is not None and row["n"] == 300
+    finally:
+        stop_restored(Path(info["data_dir"]), programs)
+        shutil.rmtree(info["folder"], ignore_errors=True)
+    assert not _running_from(Path(info["folder"]))

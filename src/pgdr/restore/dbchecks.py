@@ -356,6 +356,9 @@ BAD_PAGE = re.compile(r"invalid page in block (\d+) of relation ([\w/.]+)")
 def allow_template0(instance: Instance, allow: bool) -> None:
     """template0 accepts no connections; in the scratch copy it must, to be checked."""
     with session(instance.conninfo(), statement_timeout=0) as conn:
+        # the scratch server runs with synchronous_commit off and verify stops it
+        # immediately: this commit must reach the WAL before that, for a kept copy
+        conn.execute("set synchronous_commit = on")
         conn.execute(sql.SQL("alter database template0 allow_connections {}").format(
             sql.SQL("true" if allow else "false")))
 
