@@ -911,12 +911,14 @@ finish:
         Py_INCREF(last_obj);
         if (status == REC_BAD || (status == REC_BEYOND && !found_first)) {
             Py_DECREF(err);
+            char msg[640]; /* (PyUnicode_FromFormat knows no %X) */
             if (!found_first)
-                err = PyUnicode_FromFormat("could not find a valid record after %X/%X", (unsigned)(start >> 32),
-                                           (unsigned)start);
+                snprintf(msg, sizeof msg, "could not find a valid record after %X/%X", (unsigned)(start >> 32),
+                         (unsigned)start);
             else
-                err = PyUnicode_FromFormat("error in WAL record at %X/%X: %s", (unsigned)(err_at >> 32),
-                                           (unsigned)err_at, r.err);
+                snprintf(msg, sizeof msg, "error in WAL record at %X/%X: %s", (unsigned)(err_at >> 32),
+                         (unsigned)err_at, r.err);
+            err = PyUnicode_FromString(msg);
             if (!err)
                 goto done;
         }

@@ -21,8 +21,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 
-from pgdr.pg.lsn import parse_lsn
-
 # XLOG_PAGE_MAGIC of each major (src/include/access/xlog_internal.h): the layouts the
 # decoder knows; another magic (a newer major) is read by pg_waldump
 PAGE_MAGIC = {0xD106: 13, 0xD10D: 14, 0xD110: 15, 0xD113: 16, 0xD116: 17, 0xD118: 18}
@@ -136,6 +134,4 @@ def summarize(native: ModuleType, data: bytes | bytearray, start: int, segment_s
         result.last_lsn = lsn_text(last)
     if error is not None:
         result.error = error
-        end = end_of_wal(error)
-        # xlogreader's messages print LSNs unpadded before 18 (%X/%X), padded since
-        result.end_lsn = lsn_text(parse_lsn(end)) if end and PAGE_MAGIC[magic] >= 18 else end
+        result.end_lsn = end_of_wal(error)
