@@ -491,6 +491,12 @@ def _read_chunk_job(args: tuple[Programs, Chunk, tuple[str, ...], int | None, st
     return read_chunk(*args)
 
 
+def _native_built() -> bool:
+    from pgdr.pg import walsum
+
+    return walsum.module() is not None
+
+
 Progress = Callable[[int, int], None]
 """Called with (chunks done, chunks in all) as a scan advances."""
 
@@ -503,8 +509,10 @@ def scan(programs: Programs, chunks: Sequence[Chunk], rmgrs: tuple[str, ...],
     import time
 
     t0 = time.monotonic()
-    # two workers per core: each waits on its pg_waldump part of the time
-    jobs = max(1, min(jobs or 2 * (os.cpu_count() or 2), len(chunks) or 1))
+    # with pg_waldump two workers per core (each waits on its pg_waldump part of the
+    # time); the native reader keeps its core busy
+    native = reader != "pg_waldump" and _native_built()
+    jobs = max(1, min(jobs or (1 if native else 2) * (os.cpu_count() or 2), len(chunks) or 1))
     scratch = scratch_root(chunks[0].segment_size, jobs) if chunks else None
     reap_stale(Path(scratch or tempfile.gettempdir()))
     root = tempfile.mkdtemp(prefix=f"{SCAN_PREFIX}{os.getpid()}-", dir=scratch)
