@@ -49,6 +49,21 @@ def test_the_native_reader_is_built_here() -> None:
     assert walsum.module() is not None, "pgdr._walsum is not built: run `pip install -e .` (scripts/bootstrap.sh)"
 
 
+def test_crc32c_paths_agree_with_each_other_and_the_standard() -> None:
+    """The CRC every record is checked with: the CRC-32C check value, and the
+    instruction path (three interleaved streams on long inputs) equal to the table path
+    at every length around the stream and block boundaries."""
+    native = walsum.module()
+    assert native is not None
+    assert native.crc32c(b"123456789") == native.crc32c(b"123456789", True) == 0xE3069283
+    rng = random.Random(32)
+    data = rng.randbytes(3 * 8192 * 2 + 1000)
+    for n in (0, 1, 7, 8, 9, 767, 768, 769, 3 * 256 * 5 + 3, 8191, 24575, 24576, 24577, 40000, len(data)):
+        for start in (0, 1, 5):
+            chunk = data[start:start + n]
+            assert native.crc32c(chunk) == native.crc32c(chunk, True), (n, start)
+
+
 @dataclass
 class Story:
     programs: Programs
@@ -56,6 +71,7 @@ class Story:
     xids: dict[str, int]
     relations: tuple[str, ...]
     restore_point: str
+    config: Path
 
 
 def _lsn(conninfo: str, sql: str = "select pg_current_wal_insert_lsn()::text as l") -> int:
@@ -161,7 +177,7 @@ def story(request: pytest.FixtureRequest, base_dir: Path, programs: Programs) ->
                                               for f in WalArchive(sandbox.repo).files()))
         wal = archive_wal(sandbox.repo)
         assert wal.timeline == 2
-        yield Story(progs, wal.chunks, xids, (f"1663/{row['d']}/{row['n']}",), "walsum-rp")
+        yield Story(progs, wal.chunks, xids, (f"1663/{row['d']}/{row['n']}",), "walsum-rp", sandbox.config_path)
     finally:
         sb.down(sandbox.root, progs, purge=True)
 
@@ -218,6 +234,29 @@ def test_both_readers_agree_on_one_transaction(story: Story) -> None:
     for chunk in story.chunks:
         ref, nat = _both(story.programs, chunk, ("Transaction",), xid)
         assert _same(nat) == _same(ref)
+
+
+def test_find_disaster_reports_the_same_with_either_reader(story: Story) -> None:
+    """The real command, end to end: natively by default, through pg_waldump when asked
+    (PGDR_WAL_READER=pg_waldump, the fallback), the same findings; it says which read."""
+    import json
+    import os
+
+    outs = {}
+    for reader in ("native", "pg_waldump"):
+        env = {k: v for k, v in os.environ.items() if k != walsum.ENV}
+        if reader == "pg_waldump":
+            env[walsum.ENV] = "pg_waldump"
+        res = run_cli("find-disaster", "--json", config=story.config, env=env)
+        assert res.returncode == 0, res.stderr
+        outs[reader] = json.loads(res.stdout)
+        assert outs[reader]["reader"] == reader
+    assert outs["native"]["disasters"] == outs["pg_waldump"]["disasters"]
+    found = {(d["xid"], d["kind"]) for d in outs["native"]["disasters"]}
+    x = story.xids
+    assert {(x["delete"], "delete"), (x["update"], "update"), (x["drop"], "drop"), (x["truncate"], "truncate"),
+            (x["2pc-commit"], "delete"), (x["tl2-delete"], "delete")} <= found
+    assert (x["abort"], "delete") not in found and (x["2pc-rollback"], "delete") not in found
 
 
 def _damaged(chunk: Chunk, folder: Path, name: str, damage) -> Chunk:  # type: ignore[no-untyped-def]

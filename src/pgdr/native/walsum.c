@@ -111,17 +111,112 @@ static uint32_t crc_sw(uint32_t crc, const unsigned char *p, size_t len)
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <nmmintrin.h>
+/* The crc32 instruction has a throughput of one per cycle but a latency of three: three
+ * independent streams over consecutive blocks, combined by "appending zeros" operators
+ * (Mark Adler's crc32c.c method), run ~3x faster than one stream over long records
+ * (full-page images are most of a busy segment's bytes). */
+#define CRC_LONG 8192
+#define CRC_SHORT 256
+static uint32_t crc_long[4][256], crc_short[4][256];
+
+static uint32_t gf2_times(const uint32_t *mat, uint32_t vec)
+{
+    uint32_t sum = 0;
+    while (vec) {
+        if (vec & 1)
+            sum ^= *mat;
+        vec >>= 1;
+        mat++;
+    }
+    return sum;
+}
+
+static void gf2_square(uint32_t *square, const uint32_t *mat)
+{
+    for (int n = 0; n < 32; n++)
+        square[n] = gf2_times(mat, mat[n]);
+}
+
+/* the operator appending len (a power of two) zero bytes to a crc */
+static void crc_zeros_op(uint32_t *even, size_t len)
+{
+    uint32_t odd[32], row = 1;
+    odd[0] = 0x82F63B78U;
+    for (int n = 1; n < 32; n++) {
+        odd[n] = row;
+        row <<= 1;
+    }
+    gf2_square(even, odd); /* two zero bits */
+    gf2_square(odd, even); /* four */
+    do {
+        gf2_square(even, odd);
+        len >>= 1;
+        if (len == 0)
+            return;
+        gf2_square(odd, even);
+        len >>= 1;
+    } while (len);
+    for (int n = 0; n < 32; n++)
+        even[n] = odd[n];
+}
+
+static void crc_zeros(uint32_t zeros[][256], size_t len)
+{
+    uint32_t op[32];
+    crc_zeros_op(op, len);
+    for (uint32_t n = 0; n < 256; n++) {
+        zeros[0][n] = gf2_times(op, n);
+        zeros[1][n] = gf2_times(op, n << 8);
+        zeros[2][n] = gf2_times(op, n << 16);
+        zeros[3][n] = gf2_times(op, n << 24);
+    }
+}
+
+static inline uint32_t crc_shift(uint32_t zeros[][256], uint32_t crc)
+{
+    return zeros[0][crc & 0xFF] ^ zeros[1][(crc >> 8) & 0xFF] ^ zeros[2][(crc >> 16) & 0xFF] ^ zeros[3][crc >> 24];
+}
+
 __attribute__((target("sse4.2"))) static uint32_t crc_hw(uint32_t crc, const unsigned char *p, size_t len)
 {
-    uint64_t c = crc;
+    uint64_t c0 = crc, c1, c2, v;
+    while (len >= CRC_LONG * 3) {
+        c1 = c2 = 0;
+        for (const unsigned char *end = p + CRC_LONG; p < end; p += 8) {
+            memcpy(&v, p, 8);
+            c0 = _mm_crc32_u64(c0, v);
+            memcpy(&v, p + CRC_LONG, 8);
+            c1 = _mm_crc32_u64(c1, v);
+            memcpy(&v, p + 2 * CRC_LONG, 8);
+            c2 = _mm_crc32_u64(c2, v);
+        }
+        c0 = crc_shift(crc_long, (uint32_t)c0) ^ (uint32_t)c1;
+        c0 = crc_shift(crc_long, (uint32_t)c0) ^ (uint32_t)c2;
+        p += 2 * CRC_LONG;
+        len -= 3 * CRC_LONG;
+    }
+    while (len >= CRC_SHORT * 3) {
+        c1 = c2 = 0;
+        for (const unsigned char *end = p + CRC_SHORT; p < end; p += 8) {
+            memcpy(&v, p, 8);
+            c0 = _mm_crc32_u64(c0, v);
+            memcpy(&v, p + CRC_SHORT, 8);
+            c1 = _mm_crc32_u64(c1, v);
+            memcpy(&v, p + 2 * CRC_SHORT, 8);
+            c2 = _mm_crc32_u64(c2, v);
+        }
+        c0 = crc_shift(crc_short, (uint32_t)c0) ^ (uint32_t)c1;
+        c0 = crc_shift(crc_short, (uint32_t)c0) ^ (uint32_t)c2;
+        p += 2 * CRC_SHORT;
+        len -= 3 * CRC_SHORT;
+    }
     while (len >= 8) {
-        uint64_t v;
         memcpy(&v, p, 8);
-        c = _mm_crc32_u64(c, v);
+        c0 = _mm_crc32_u64(c0, v);
         p += 8;
         len -= 8;
     }
-    crc = (uint32_t)c;
+    crc = (uint32_t)c0;
     while (len--)
         crc = _mm_crc32_u8(crc, *p++);
     return crc;
@@ -134,6 +229,8 @@ static uint32_t crc32c(uint32_t crc, const unsigned char *p, size_t len)
 static void crc_init(void)
 {
     crc_init_tables();
+    crc_zeros(crc_long, CRC_LONG);
+    crc_zeros(crc_short, CRC_SHORT);
     __builtin_cpu_init();
     have_hw_crc = __builtin_cpu_supports("sse4.2");
 }
@@ -764,7 +861,6 @@ static PyObject *summarize(PyObject *self, PyObject *args, PyObject *kw)
     uint64_t err_at = 0; /* ReadRecPtr when the error came: the last record read */
     int found_first = 0;
     uint64_t ptr = start;
-    Py_BEGIN_ALLOW_THREADS
     /* XLogFindNextRecord: skip a continuation from the previous segment */
     for (;;) {
         uint64_t page = ptr - ptr % BLCKSZ_WAL;
@@ -788,7 +884,6 @@ static PyObject *summarize(PyObject *self, PyObject *args, PyObject *kw)
             break;
         }
     }
-    Py_END_ALLOW_THREADS
     if (status != REC_OK)
         goto finish;
 
@@ -797,10 +892,9 @@ static PyObject *summarize(PyObject *self, PyObject *args, PyObject *kw)
     for (;;) {
         const unsigned char *rec;
         uint64_t recptr = ptr, next;
-        int rc;
-        Py_BEGIN_ALLOW_THREADS
-        rc = read_record(&r, &recptr, prev, rand_access, &rec, &next);
-        Py_END_ALLOW_THREADS
+        /* (the GIL stays held: a scan's workers are processes, and releasing it per
+         * record would cost more than most records' decode) */
+        int rc = read_record(&r, &recptr, prev, rand_access, &rec, &next);
         if (rc == REC_NOMEM) {
             PyErr_NoMemory();
             goto done;
@@ -941,7 +1035,22 @@ done:
     return result;
 }
 
+/* crc32c(data, software=False): the finished CRC-32C of data, by the instruction path
+ * (when this CPU has it) or the table path: for the tests that check one by the other */
+static PyObject *py_crc32c(PyObject *self, PyObject *args)
+{
+    Py_buffer view;
+    int software = 0;
+    if (!PyArg_ParseTuple(args, "y*|p", &view, &software))
+        return NULL;
+    uint32_t crc = software ? crc_sw(0xFFFFFFFFU, view.buf, (size_t)view.len)
+                            : crc32c(0xFFFFFFFFU, view.buf, (size_t)view.len);
+    PyBuffer_Release(&view);
+    return PyLong_FromUnsignedLong(crc ^ 0xFFFFFFFFU);
+}
+
 static PyMethodDef methods[] = {
+    {"crc32c", py_crc32c, METH_VARARGS, "crc32c(data, software=False) -> int"},
     {"summarize", (PyCFunction)(void (*)(void))summarize, METH_VARARGS | METH_KEYWORDS,
      "summarize(data, start, segment_size, count_end, magic, rmgrs, xid, relations) -> "
      "(rows, commits, creates, truncates, restore_points, last_lsn, error)"},
