@@ -39,7 +39,7 @@
 #define RM_XACT_ID 1
 #define RM_SMGR_ID 2
 #define RM_HEAP_ID 10
-#define RM_MAX_BUILTIN_ID 21 /* PostgreSQL 15+: custom resource managers from 128 */
+#define RM_MAX_BUILTIN_ID 21 /* LogicalMessage, the last built-in one in 13-18 */
 
 #define XLOG_SWITCH 0x40
 #define XLOG_RESTORE_POINT 0x70
@@ -423,7 +423,8 @@ static int valid_header(Reader *r, uint64_t recptr, uint64_t prevptr, const unsi
                  (unsigned)(recptr >> 32), (unsigned)recptr, REC_HDR, tot);
         return 0;
     }
-    if (!(rmid <= RM_MAX_BUILTIN_ID || rmid >= 128)) {
+    /* custom resource managers (128-255) exist since 15 (page magic 0xD110) */
+    if (!(rmid <= RM_MAX_BUILTIN_ID || (rmid >= 128 && r->magic >= 0xD110))) {
         snprintf(r->err, sizeof r->err, "invalid resource manager ID %u at %X/%X", rmid,
                  (unsigned)(recptr >> 32), (unsigned)recptr);
         return 0;
