@@ -251,7 +251,11 @@ class Bench:
         return t
 
     def pgdr_verify(self) -> float:
-        return timed(lambda: self.pgdr("verify", "latest", "--json"))
+        out: list[str] = []
+        t = timed(lambda: out.append(self.pgdr("verify", "latest", "--json")))
+        record = json.loads(out[0])  # parsed after the clock stopped
+        print(f"    pgdr verify phases: {record.get('phases')}", file=sys.stderr, flush=True)
+        return t
 
     def plain_recovery(self) -> float:
         """tar extract + recovery.signal + restore_command = zstd from pgdr's archive +
