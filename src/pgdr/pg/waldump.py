@@ -50,7 +50,7 @@ def end_of_wal(stderr: str) -> str | None:
     return m.group(1) if m else None
 
 
-@dataclass
+@dataclass(slots=True)
 class Commit:
     xid: int
     time: datetime
@@ -59,6 +59,11 @@ class Commit:
     dropped_stats: bool = False
     subxacts: list[int] = field(default_factory=list)
     aborted: bool = False
+
+    def __reduce__(self) -> tuple[type[Commit], tuple[int, datetime, str, list[str], bool, list[int], bool]]:
+        # a scan's workers send tens of thousands of these (one per commit) to the parent:
+        # as plain arguments they pickle and load ~2x faster than as attribute dicts
+        return (Commit, (self.xid, self.time, self.lsn, self.rels, self.dropped_stats, self.subxacts, self.aborted))
 
 
 @dataclass
