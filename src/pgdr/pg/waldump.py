@@ -1,4 +1,8 @@
-"""Reading WAL with pg_waldump: the records PITR and undo care about, per transaction.
+"""Reading WAL: the records PITR and undo care about, per transaction.
+
+Each chunk is read by the native reader (walsum.py, pgdr._walsum) when it is built and
+knows the WAL's version, else with pg_waldump as below; both give the same ChunkResult
+(tests/test_walsum.py holds them to it), and pg_waldump is the reference.
 
 The archive is cut into one chunk per segment; each chunk is decompressed into a
 private temp folder and read with `pg_waldump -s <segment start> -e <end>`. pg_waldump
