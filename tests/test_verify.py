@@ -46,7 +46,7 @@ def test_good_physical_backup_verifies_and_list_shows_it(shared_sandbox: sb.Sand
     assert record["passed"] is True
     names = [c["name"] for c in record["checks"]]
     for expected in ("files", "pg_verifybackup", "restore", "amcheck", "foreign keys",
-                     "unique constraints", "row counts", "pg_checksums"):
+                     "unique constraints", "row counts", "data checksums"):
         assert expected in names
     assert all(c["status"] == "ok" for c in record["checks"])
     assert record["row_counts"]["app"]["public.order_items"] >= 60_000

@@ -249,7 +249,10 @@ def amcheck(instance: Instance, programs: Programs, jobs: int = 2) -> tuple[bool
         if m and m.group(2) not in objects:
             objects.append(m.group(2))
     lines = [ln for ln in (result.stdout + result.stderr).splitlines() if ln.strip()]
-    evidence = {"exit_code": result.returncode, "corrupt_objects": objects, "output": lines[:20]}
+    # A page whose checksum fails stops that relation's check with this ERROR
+    bad_pages = [ln.strip() for ln in lines if BAD_PAGE.search(ln)]
+    evidence = {"exit_code": result.returncode, "corrupt_objects": objects, "output": lines[:20],
+                "bad_pages": bad_pages[:50]}
     return result.returncode == 0, evidence
 
 
@@ -286,3 +289,112 @@ def user_check(instance: Instance, check: VerifyCheckConfig) -> tuple[bool, str,
     if got != want:
         return False, f"returned {got!r}, expected {want!r}", evidence
     return True, f"returned {got!r}", evidence
+
+
+# ---- data checksums, online -----------------------------------------------------------
+# With data checksums on, PostgreSQL verifies a page's checksum every time it reads the
+# page into shared buffers (ignore_checksum_failure = off: a bad one is an ERROR naming
+# block and file). pg_amcheck's verify_heapam reads every block, 0 to the end, of the
+# main fork of every permanent heap table and materialized view and of their TOAST tables,
+# in every database it connects to: those reads prove those pages' checksums.
+# checksum_sweep reads everything else that has storage through shared buffers with
+# pg_prewarm: free space maps, visibility maps, init forks, sequences, every index (B-tree
+# ones too: bt_index_check walks the pages linked in the tree, not deleted pages waiting
+# for reuse), unlogged relations and the shared catalogs. Together they cover every block
+# of every relation fork pg_class knows, as pg_checksums --check would, without a clean
+# shutdown and a second pass over the tables.
+# A page already in shared buffers is not re-read: it was either read (and verified) by
+# recovery or an earlier scan, or rebuilt from a full-page image, whose on-disk copy
+# (possibly torn in the backup) PostgreSQL overwrites at its next checkpoint anyway.
+# What is NOT covered: files in the data directory that no pg_class entry names
+# (orphans left by a crashed transaction: no query can ever read them).
+
+_UNCOVERED_FORKS = """
+with heap_read as (  -- the main forks pg_amcheck --all reads in full (verify_heapam)
+  select c.oid from pg_class c
+  where c.relkind in ('r', 'm') and c.relam = (select oid from pg_am where amname = 'heap')
+    and c.relpersistence = 'p' and not c.relisshared
+    and c.relnamespace <> 'pg_toast'::regnamespace::oid
+  union all
+  select c.reltoastrelid from pg_class c
+  where c.reltoastrelid <> 0 and c.relkind in ('r', 'm')
+    and c.relam = (select oid from pg_am where amname = 'heap')
+    and c.relpersistence = 'p' and not c.relisshared
+)
+select c.oid::bigint as oid, f.fork
+from pg_class c
+cross join (values ('main'), ('fsm'), ('vm'), ('init')) f(fork)
+where c.relkind in ('r', 'm', 't', 'i', 'S')
+  and c.relpersistence <> 't'
+  and (not c.relisshared or %(shared)s)
+  and pg_relation_size(c.oid, f.fork) > 0
+  and not (f.fork = 'main' and c.oid in (select oid from heap_read))
+order by 1, 2
+"""
+
+# One statement per database; each fork in a subtransaction, so one bad page is reported
+# (as a NOTICE, collected by the caller) and the sweep goes on.
+_SWEEP = """
+do $$
+declare r record; n bigint := 0; f int := 0;
+begin
+  for r in {query} loop
+    begin
+      n := n + pg_prewarm(r.oid::oid::regclass, 'buffer', r.fork);
+      f := f + 1;
+    exception when others then
+      raise notice 'pgdr-bad-page: %', sqlerrm;
+    end;
+  end loop;
+  raise notice 'pgdr-swept: % %', f, n;
+end $$
+"""
+
+BAD_PAGE = re.compile(r"invalid page in block (\d+) of relation ([\w/.]+)")
+
+
+def allow_template0(instance: Instance, allow: bool) -> None:
+    """template0 accepts no connections; in the scratch copy it must, to be checked."""
+    with session(instance.conninfo(), statement_timeout=0) as conn:
+        # the scratch server runs with synchronous_commit off and verify stops it
+        # immediately: this commit must reach the WAL before that, for a kept copy
+        conn.execute("set synchronous_commit = on")
+        conn.execute(sql.SQL("alter database template0 allow_connections {}").format(
+            sql.SQL("true" if allow else "false")))
+
+
+def checksum_sweep(instance: Instance) -> dict[str, Any]:
+    """Read, through shared buffers, every relation fork pg_amcheck does not read, in
+    every database (template0 included, once allow_template0 was called); returns
+    {"forks", "blocks", "databases", "bad_pages": [...], "errors": [...]}."""
+    with session(instance.conninfo(), statement_timeout=0) as conn:
+        dbs = [r["datname"] for r in conn.execute(
+            "select datname from pg_database where datallowconn order by datname = 'postgres' desc, 1")]
+    out: dict[str, Any] = {"forks": 0, "blocks": 0, "databases": len(dbs), "bad_pages": [], "errors": []}
+    for i, dbname in enumerate(dbs):
+        notices: list[str] = []
+        try:
+            with session(instance.conninfo(dbname), statement_timeout=0) as conn:
+
+                def collect(diag: psycopg.errors.Diagnostic, notices: list[str] = notices) -> None:
+                    notices.append(diag.message_primary or "")
+                conn.add_notice_handler(collect)
+                conn.execute("create extension if not exists pg_prewarm")
+                query = _UNCOVERED_FORKS.replace("%(shared)s", "true" if i == 0 else "false")
+                conn.execute(_SWEEP.replace("{query}", query))
+        except PgdrError as exc:
+            out["errors"].append(f"{dbname}: {exc.message}")
+        except psycopg.Error as exc:
+            out["errors"].append(f"{dbname}: {type(exc).__name__}: {str(exc).strip()}")
+        for note in notices:
+            if note.startswith("pgdr-swept: "):
+                forks, blocks = note.split()[1:3]
+                out["forks"] += int(forks)
+                out["blocks"] += int(blocks)
+            elif note.startswith("pgdr-bad-page: "):
+                text = note.removeprefix("pgdr-bad-page: ")
+                if BAD_PAGE.search(text):
+                    out["bad_pages"].append(f"{dbname}: {text}")
+                else:
+                    out["errors"].append(f"{dbname}: {text}")
+    return out

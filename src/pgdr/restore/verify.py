@@ -1,14 +1,16 @@
 """`pgdr verify`: restore a backup into a scratch instance and prove it.
 
 Physical: every file hashed (sha256) while it is extracted, tablespaces into the
-scratch folder; pg_verifybackup; pgdr.json cross-checked with backup_manifest,
-backup_label and pg_control; the archived WAL after the backup up to the archive's
-end on its timeline (decompress, page headers, gaps); recovery to the backup's
-consistent point (promoted); pg_amcheck --heapallindexed, orphaned foreign-key
-rows, duplicate keys, exact row counts compared with the previous verified physical
-backup, user smoke queries, then pg_checksums offline after a clean shutdown (a base
-backup's pages may be torn until WAL replay fixes them, so checking them before
-recovery would cry wolf).
+scratch folder; pg_verifybackup beside the cross-check of pgdr.json with backup_manifest,
+backup_label and pg_control; recovery to the backup's consistent point (promoted); then
+side by side pg_amcheck --heapallindexed, the SQL scans (orphaned foreign-key rows,
+duplicate keys, exact row counts compared with the previous verified physical backup)
+and the checksum sweep, then user smoke queries. Data checksums are proven online, after
+recovery (a base backup's pages may be torn until WAL replay fixes them): every page read
+into shared buffers has its checksum verified, and pg_amcheck's heap reads plus the sweep
+read every block of every relation fork (dbchecks.checksum_sweep says which covers what).
+The archived WAL after the backup, up to the archive's end on its timeline (decompress,
+page headers, gaps), is checked in a thread beside all of that.
 
 Logical: sha256 of every file, a fresh initdb, pg_restore -j --no-tablespaces of each
 database, the same checks, and row counts that must equal the dump's exactly.
@@ -24,7 +26,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -60,7 +61,7 @@ from pgdr.restore.extract import (
 from pgdr.restore.prove import cross_check, verify_backup_files
 from pgdr.restore.recovery import RecoveryTarget, configure_recovery, wait_until_promoted, zstd_fetch_command
 from pgdr.restore.scratch import Scratch, reap_stale, scratch_root
-from pgdr.restore.walcheck import check_archive
+from pgdr.restore.walcheck import ArchiveCheck, check_archive
 
 WAL_CHECKS = ("archived WAL",)
 
@@ -257,6 +258,23 @@ def _files_check(run: _Run, folder: Path, manifest: BackupManifest) -> Check:
 def _verify_physical(run: _Run, config: Config, programs: Programs, repo: Repository,
                      manifest: BackupManifest, folder: Path, scratch: Scratch, jobs: int,
                      method: ExtractMethod | None) -> None:
+    # The archived WAL after the backup reads only the repository: it runs beside
+    # everything else (extraction, proving, recovery, the SQL checks); its verdict is
+    # recorded after the backup's own checks, whether they passed or not.
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pgdr-walcheck")
+    wal = pool.submit(_probe_archive, repo, manifest)
+    try:
+        _physical_steps(run, config, programs, repo, manifest, folder, scratch, jobs, method)
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)  # interrupted: clean up now, not after it
+        raise
+    run.step("archived WAL", lambda: _wal_check(run, manifest, wal.result()))
+    pool.shutdown()
+
+
+def _physical_steps(run: _Run, config: Config, programs: Programs, repo: Repository,
+                    manifest: BackupManifest, folder: Path, scratch: Scratch, jobs: int,
+                    method: ExtractMethod | None) -> None:
     inst = scratch.instance
     assert config.source is not None
 
@@ -279,34 +297,43 @@ def _verify_physical(run: _Run, config: Config, programs: Programs, repo: Reposi
         return
     run.result.phases["extract"] = run.result.phases.pop("files", 0.0)
 
-    def verifybackup() -> Check:
-        t0 = time.monotonic()
-        ok, lines = verify_backup_files(folder, inst.data_dir, programs)
-        if not ok:
-            bad = [ln for ln in lines if "error" in ln.lower()] or lines
-            return run.add("pg_verifybackup", "fail", bad[0] if bad else "failed", time.monotonic() - t0,
-                           {"output": lines[:20]})
-        return run.add("pg_verifybackup", "ok", lines[-1] if lines else "backup successfully verified",
-                       time.monotonic() - t0)
+    # pg_verifybackup and the pgdr.json cross-check only read the extracted files (nothing
+    # has changed them yet): side by side, both verdicts recorded, pg_verifybackup's first.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pgdr-prove") as prove_pool:
+        t_meta = time.monotonic()
 
-    if not run.step("pg_verifybackup", verifybackup):
+        def timed_cross_check() -> tuple[list[Any], float]:
+            found = cross_check(folder, inst.data_dir, manifest, programs)
+            return found, time.monotonic() - t_meta
+
+        meta = prove_pool.submit(timed_cross_check)
+
+        def verifybackup() -> Check:
+            t0 = time.monotonic()
+            ok, lines = verify_backup_files(folder, inst.data_dir, programs)
+            if not ok:
+                bad = [ln for ln in lines if "error" in ln.lower()] or lines
+                return run.add("pg_verifybackup", "fail", bad[0] if bad else "failed", time.monotonic() - t0,
+                               {"output": lines[:20]})
+            return run.add("pg_verifybackup", "ok", lines[-1] if lines else "backup successfully verified",
+                           time.monotonic() - t0)
+
+        files_ok = run.step("pg_verifybackup", verifybackup)
+
+        def metadata() -> Check:
+            mismatches, seconds = meta.result()
+            if mismatches:
+                return run.add("manifest", "fail", mismatches[0].describe(), seconds,
+                               {"mismatches": [m.__dict__ for m in mismatches]},
+                               hint="pgdr.json was edited or belongs to another backup")
+            sealed = "sealed, " if manifest.manifest_sha256 else "NOT sealed (older backup), "
+            return run.add("manifest", "ok" if manifest.manifest_sha256 else "warn",
+                           f"pgdr.json {sealed}LSNs, timeline, system identifier and stop time match "
+                           "backup_manifest, backup_label and pg_control", seconds)
+
+        meta_ok = run.step("manifest", metadata)
+    if not (files_ok and meta_ok):
         return
-
-    def metadata() -> Check:
-        t0 = time.monotonic()
-        mismatches = cross_check(folder, inst.data_dir, manifest, programs)
-        if mismatches:
-            return run.add("manifest", "fail", mismatches[0].describe(), time.monotonic() - t0,
-                           {"mismatches": [m.__dict__ for m in mismatches]},
-                           hint="pgdr.json was edited or belongs to another backup")
-        sealed = "sealed, " if manifest.manifest_sha256 else "NOT sealed (older backup), "
-        return run.add("manifest", "ok" if manifest.manifest_sha256 else "warn",
-                       f"pgdr.json {sealed}LSNs, timeline, system identifier and stop time match "
-                       "backup_manifest, backup_label and pg_control", time.monotonic() - t0)
-
-    if not run.step("manifest", metadata):
-        return
-    run.step("archived WAL", lambda: _wal_check(run, repo, manifest))
 
     def configure() -> None:
         # Recovery to consistency needs only the WAL the backup carries; WAL read ahead
@@ -338,53 +365,74 @@ def _verify_physical(run: _Run, config: Config, programs: Programs, repo: Reposi
     if not run.step("restore", start):
         return
     dbnames = dbchecks.databases(inst)
-    _common_checks(run, config, programs, scratch, dbnames, jobs)
+    _common_checks(run, config, programs, scratch, dbnames, jobs, manifest=manifest)
     _compare_physical_counts(run, config, repo, manifest)
-
-    def checksums() -> Check | None:
-        inst.stop(timeout=120)
-        if not manifest.data_checksums:
-            return run.add("pg_checksums", "warn", "the source cluster has no data checksums", 0.0,
-                           hint="initdb --data-checksums (or pg_checksums --enable) on the source")
-        t0 = time.monotonic()
-        res = programs.run("pg_checksums", ["--check", "-D", str(inst.data_dir)], ok_codes=(0, 1),
-                           timeout=7200)
-        return _checksums_check(run, manifest, res.returncode, res.stdout + res.stderr,
-                                time.monotonic() - t0)
-
-    run.step("pg_checksums", checksums)
+    # Thrown away: no shutdown checkpoint needed (data checksums were proven online).
+    inst.stop(mode="immediate", timeout=120)
 
 
-def _wal_check(run: _Run, repo: Repository, manifest: BackupManifest) -> Check:
+def _probe_archive(repo: Repository, manifest: BackupManifest) -> tuple[ArchiveCheck | PgdrError, float]:
     """The archived WAL after the backup, up to the archive's end on the timeline recovery
-    would follow: PITR from this backup is possible only as far as this is sound."""
+    would follow (run in a thread beside the rest of verify); a PgdrError is returned to
+    be recorded as the check's failure, not raised in the thread."""
     t0 = time.monotonic()
-    size = manifest.wal_segment_size
-    found = check_archive(repo, parse_lsn(manifest.stop_lsn) // size, manifest.timeline)
+    try:
+        found: ArchiveCheck | PgdrError = check_archive(
+            repo, parse_lsn(manifest.stop_lsn) // manifest.wal_segment_size, manifest.timeline)
+    except PgdrError as exc:
+        found = exc
+    return found, time.monotonic() - t0
+
+
+def _wal_check(run: _Run, manifest: BackupManifest, probed: tuple[ArchiveCheck | PgdrError, float]) -> Check:
+    """PITR from this backup is possible only as far as the archive after it is sound."""
+    found, seconds = probed
+    if isinstance(found, PgdrError):
+        raise found
     if found.ok:
-        return run.add("archived WAL", "ok", found.summary(), time.monotonic() - t0, found.as_dict())
+        return run.add("archived WAL", "ok", found.summary(), seconds, found.as_dict())
     return run.add("archived WAL", "fail", f"PITR from {manifest.id} stops early: {found.summary()}",
-                   time.monotonic() - t0, found.as_dict(),
+                   seconds, found.as_dict(),
                    hint="take a new base backup now (`pgdr backup`); recovery cannot pass that segment")
 
 
-_BAD_BLOCK = re.compile(r'file "([^"]+)", block (\d+)')
-
-
-def _checksums_check(run: _Run, manifest: BackupManifest, code: int, output: str,
-                     seconds: float) -> Check:
-    stats = dict(re.findall(r"^(Blocks scanned|Bad checksums|Files scanned):\s+(\d+)", output, re.MULTILINE))
-    if code == 0:
-        return run.add("pg_checksums", "ok", f"{stats.get('Blocks scanned', '?')} blocks, no bad checksum",
-                       seconds, stats)
-    bad = []
-    for path, block in _BAD_BLOCK.findall(output):
-        bad.append({"file": path, "block": int(block), "relation": _relation_of(manifest, path)})
-    first = bad[0] if bad else None
-    where = (f"{first['relation'] or first['file']} block {first['block']}" if first else
-             (output.strip().splitlines() or ["pg_checksums failed"])[-1])
-    return run.add("pg_checksums", "fail", f"{stats.get('Bad checksums', len(bad))} bad checksum(s), "
-                   f"first in {where}", seconds, {**stats, "bad_blocks": bad[:50]})
+def _data_checksums(run: _Run, manifest: BackupManifest, sweep: dict[str, Any] | Exception,
+                    found: list[tuple[str, str]], seconds: float, amcheck_ok: bool) -> Check:
+    """Every page of every relation fork read through shared buffers, which verify each
+    page's checksum on read (see dbchecks.checksum_sweep for what covers what). found:
+    (who read it, message) for every "invalid page" ERROR pg_amcheck, the SQL scans or the
+    sweep hit."""
+    if isinstance(sweep, Exception):
+        message = sweep.message if isinstance(sweep, PgdrError) else str(sweep)
+        return run.add("data checksums", "fail", f"the checksum sweep failed: {message}", seconds)
+    bad: list[dict[str, Any]] = []
+    for who, text in found + [("sweep", t) for t in sweep["bad_pages"]]:
+        for block, path in dbchecks.BAD_PAGE.findall(text):
+            entry = {"file": path, "block": int(block), "relation": _relation_of(manifest, path),
+                     "found_by": who}
+            if not any(e["file"] == path and e["block"] == int(block) for e in bad):
+                bad.append(entry)
+    evidence = {"forks_swept": sweep["forks"], "blocks_swept": sweep["blocks"],
+                "databases": sweep["databases"], "bad_pages": bad[:50], "errors": sweep["errors"][:20],
+                "method": "every block read through shared buffers (checksum verified on read): "
+                          "pg_amcheck's heap and B-tree reads, pg_prewarm for every other fork"}
+    if bad:
+        first = bad[0]
+        return run.add("data checksums", "fail", f"{len(bad)} page(s) with a bad checksum, first in "
+                       f"{first['relation'] or first['file']} block {first['block']}", seconds, evidence,
+                       hint="restore from another backup; see the evidence for blocks")
+    if sweep["errors"]:
+        return run.add("data checksums", "fail", f"could not read every fork: {sweep['errors'][0]}",
+                       seconds, evidence)
+    if not amcheck_ok:
+        # pg_amcheck's heap reads are half of the proof; an ERROR may have cut one short
+        return run.add("data checksums", "warn", f"no bad checksum among the pages read, but "
+                       f"pg_amcheck failed, so the heap pages of a relation it could not finish "
+                       f"are unproven ({sweep['blocks']} blocks of {sweep['forks']} other forks read)",
+                       seconds, evidence)
+    return run.add("data checksums", "ok", f"no bad checksum: pg_amcheck's heap and B-tree pages plus "
+                   f"{sweep['blocks']} blocks of {sweep['forks']} other forks in {sweep['databases']} "
+                   "database(s), each verified as read", seconds, evidence)
 
 
 def _relation_of(manifest: BackupManifest, path: str) -> str | None:
@@ -460,25 +508,45 @@ def _verify_logical(run: _Run, config: Config, programs: Programs, manifest: Bac
 
 
 def _common_checks(run: _Run, config: Config, programs: Programs, scratch: Scratch,
-                   dbnames: list[str], jobs: int) -> None:
+                   dbnames: list[str], jobs: int, *, manifest: BackupManifest | None = None) -> None:
     """amcheck beside the SQL scans (counts, foreign keys, in-order walks of the unique
-    indexes), then the duplicate-key verdict, trusting those walks only if amcheck
-    passed, then the user's smoke queries."""
+    indexes) and, for a physical backup, the sweep that completes the online data
+    checksum coverage; then the duplicate-key verdict, trusting those walks only if
+    amcheck passed, then the user's smoke queries."""
     inst = scratch.instance
     amcheck_ok = False
-    with run.phase("checks"), ThreadPoolExecutor(max_workers=2) as pool:
+    # The checksums of a restored physical backup's pages, proven as they are read (see
+    # dbchecks.checksum_sweep); template0 too, so it must accept connections meanwhile.
+    sweep_checksums = manifest is not None and manifest.data_checksums
+    if manifest is not None and not manifest.data_checksums:
+        run.add("data checksums", "warn", "the source cluster has no data checksums", 0.0,
+                hint="initdb --data-checksums (or pg_checksums --enable) on the source")
+    if sweep_checksums:
+        dbchecks.allow_template0(inst, True)
+    found_bad: list[tuple[str, str]] = []
+    swept: dict[str, Any] | Exception = {}
+    sweep_s = 0.0
+    with run.phase("checks"), ThreadPoolExecutor(max_workers=3) as pool:
         t_am = time.monotonic()
 
         def am() -> tuple[bool, dict[str, Any], float]:
             ok, evidence = dbchecks.amcheck(inst, programs, jobs=jobs)
             return ok, evidence, time.monotonic() - t_am
 
+        def sweep() -> tuple[dict[str, Any] | Exception, float]:
+            try:
+                return dbchecks.checksum_sweep(inst), time.monotonic() - t_am
+            except (PgdrError, OSError) as exc:
+                return exc, time.monotonic() - t_am
+
         am_future = pool.submit(am)
         scan_future = pool.submit(dbchecks.scan, inst, dbnames, max(1, jobs - jobs // 2))
+        sweep_future = pool.submit(sweep) if sweep_checksums else None
         try:
             ok, evidence, am_s = am_future.result()
             run.result.phases["amcheck"] = am_s
             objects = evidence["corrupt_objects"]
+            found_bad += [("pg_amcheck", line) for line in evidence.get("bad_pages", [])]
             if ok:
                 amcheck_ok = True
                 run.add("amcheck", "ok", f"pg_amcheck --heapallindexed: no corruption in "
@@ -491,8 +559,18 @@ def _common_checks(run: _Run, config: Config, programs: Programs, scratch: Scrat
         except PgdrError as exc:
             run.add("amcheck", "fail", exc.message, time.monotonic() - t_am)
         scan = scan_future.result()
+        found_bad += [("SQL scans", e) for e in scan.errors]
+        if sweep_future is not None:
+            swept, sweep_s = sweep_future.result()
+            run.result.phases["checksum sweep"] = sweep_s
         # Only after amcheck: its verdict decides whether the indexes may be trusted.
         dbchecks.unique_scan(inst, scan, indexes_verified=amcheck_ok, jobs=jobs)
+    if sweep_future is not None and manifest is not None:
+        _data_checksums(run, manifest, swept, found_bad, sweep_s, amcheck_ok)
+        try:
+            dbchecks.allow_template0(inst, False)  # as restored, for --keep
+        except PgdrError as exc:
+            log.warning("template0 still accepts connections in the scratch copy: %s", exc.message)
     run.result.row_counts = scan.counts
 
     orphans = [f for f in scan.foreign_keys if f["orphans"]]
