@@ -16,7 +16,8 @@ import re
 import shutil
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,11 +27,9 @@ from pgdr.backup.publish import pending_backup
 from pgdr.backup.relmap import connectable_databases, relation_map
 from pgdr.config import Config
 from pgdr.errors import ConfigError, ProgramFailed, UsageError
-from pgdr.pg.connect import query_one, session
 from pgdr.pg.conninfo import split_password, with_params
 from pgdr.pg.lsn import parse_lsn, segment_of
-from pgdr.pg.probe import find_primary
-from pgdr.pg.process import dir_progress
+from pgdr.pg.process import Cancelled, dir_progress
 from pgdr.pg.programs import Programs
 from pgdr.repo.layout import Repository
 from pgdr.repo.manifest import (
@@ -96,13 +95,50 @@ def pg_basebackup_args(conninfo: str, target: Path, config: Config, label: str, 
     ]
 
 
-def take_physical_backup(config: Config, programs: Programs, repo: Repository, *,
-                         incremental: bool = False) -> BackupResult:
-    """A full base backup, or with incremental=True a native incremental one (PostgreSQL 17+)
-    against the newest backup in the repository, which becomes its parent."""
+@dataclass(frozen=True)
+class Source:
+    """Where the copy comes from: the node, its conninfo and the programs for its version."""
+    node: str
+    conninfo: str
+    programs: Programs
+
+    def same_as(self, other: Source) -> bool:
+        return self.node == other.node and self.programs.bindir == other.programs.bindir
+
+
+@dataclass
+class Checked:
+    """What the checks beside the copy found: the source as probed, and its facts."""
+    source: Source
+    facts: dict[str, Any]
+    spaces: dict[str, tuple[str, str]]
+
+
+def guessed_source(config: Config, programs: Programs, repo: Repository) -> Source:
+    """Where the copy starts before any probe has answered: the configured primary, with
+    the programs of the version the repository holds. The checks confirm it (or the copy
+    restarts from the node they found), so a wrong guess costs time, never correctness."""
+    node = config.configured_primary
+    ident = repo.identity()
+    try:
+        progs = programs.for_server(version_num=ident["pg_version_num"], what=node.name) if ident else programs
+    except ConfigError:
+        progs = programs  # the checks say what is wrong with them
+    return Source(node.name, with_params(node.conninfo, application_name="pgdr_backup"), progs)
+
+
+def check_source(config: Config, programs: Programs, repo: Repository, *, incremental: bool,
+                 preflight: Callable[[], None] | None) -> Checked:
+    """Everything that can veto a backup: the caller's preflight (logical-only mode), which
+    node is the primary now, its facts, the repository's owner, the programs' version."""
+    from pgdr.pg.connect import session
+    from pgdr.pg.probe import find_primary
+
+    if preflight is not None:
+        preflight()
     primary = find_primary(config)
     conninfo = with_params(primary.node.conninfo, application_name="pgdr_backup")
-    # one session for both (each connection is ~10 ms of the command's fixed cost)
+    # one session for both (each connection is ~10 ms)
     with session(conninfo) as conn:
         row = conn.execute(SOURCE_FACTS_SQL).fetchone()
         assert row is not None
@@ -111,57 +147,108 @@ def take_physical_backup(config: Config, programs: Programs, repo: Repository, *
     if incremental:
         check_incremental_possible(conninfo, facts, primary.node.name)
     repo.claim(facts["system_identifier"], facts["server_version_num"], facts["wal_segment_size"])
-    programs = programs.for_server(version_num=facts["server_version_num"], what=primary.node.name)
+    progs = programs.for_server(version_num=facts["server_version_num"], what=primary.node.name)
+    return Checked(Source(primary.node.name, conninfo, progs), facts, spaces)
 
+
+def take_physical_backup(config: Config, programs: Programs, repo: Repository, *,
+                         incremental: bool = False,
+                         preflight: Callable[[], None] | None = None) -> BackupResult:
+    """A full base backup, or with incremental=True a native incremental one (PostgreSQL 17+)
+    against the newest backup in the repository, which becomes its parent.
+
+    A full backup's copy starts as soon as the backup folder is reserved, from the guessed
+    source; the checks that may veto it (check_source) run beside the copy. A veto ends
+    pg_basebackup and removes the folder; a different primary or programs restart the copy
+    from the right ones. Nothing is published before the checks have passed."""
     with pending_backup(repo, "incremental" if incremental else "physical") as pending, ThreadPoolExecutor(
-            max_workers=3, thread_name_prefix="pgdr-backup") as pool:
-        # Chosen under the backup lock: expire cannot remove the parent meanwhile.
-        parent = incremental_parent(repo, facts) if incremental else None
-        parent_dir = None
-        if parent is not None:
+            max_workers=4, thread_name_prefix="pgdr-backup") as pool:
+        cancel = threading.Event()
+        mapping: Future[dict[str, Relation]] | None = None
+
+        def checks() -> Checked:
+            nonlocal mapping
+            try:
+                found = check_source(config, programs, repo, incremental=incremental, preflight=preflight)
+            except BaseException:
+                cancel.set()  # a veto ends the copy
+                raise
+            # Beside the copy, not after it: the relation map (one session per database).
+            mapping = pool.submit(lambda: relation_map(found.source.conninfo,
+                                                       connectable_databases(found.source.conninfo)))
+            if not found.source.same_as(started_from):
+                cancel.set()  # wrong node or programs: stop early, the copy restarts
+            return found
+
+        parent = parent_dir = None
+        if incremental:
+            # The parent and its manifest decide what pg_basebackup copies: checks first.
+            started_from = guessed_source(config, programs, repo)
+            checked = pool.submit(checks)
+            started_from = checked.result().source
+            cancel.clear()  # set by checks() when the guess differed: nothing was copied yet
+            facts, spaces = checked.result().facts, checked.result().spaces
+            # Chosen under the backup lock: expire cannot remove the parent meanwhile.
+            parent = incremental_parent(repo, facts)
             # pg_basebackup reads the parent's backup_manifest; an object store's working
             # folder keeps it, else the parent is fetched first (every file checked).
             parent_dir = repo.backups_dir / parent.id
             if not (parent_dir / "backup_manifest").is_file():
                 parent_dir = backup_dir(repo, parent.id)
-        if parent is not None and spaces:
-            raise UsageError("--incremental is not supported for clusters with user tablespaces yet",
-                             hint="take a full backup (`pgdr backup`)")
-        # Beside the copy, not after it: the relation map (one session per database) and
-        # the sha256 of the data tars, hashed as pg_basebackup appends to them.
-        mapping = pool.submit(lambda: relation_map(conninfo, connectable_databases(conninfo)))
-        plain_conninfo, password = split_password(conninfo)
+            if spaces:
+                raise UsageError("--incremental is not supported for clusters with user tablespaces yet",
+                                 hint="take a full backup (`pgdr backup`)")
+        else:
+            started_from = guessed_source(config, programs, repo)
+            checked = pool.submit(checks)
 
-        def run(compression: str) -> dict[str, tuple[int, str]]:
+        def run(source: Source, compression: str) -> dict[str, tuple[int, str]]:
+            plain_conninfo, password = split_password(source.conninfo)
             follower = TarFollower(pending.partial)
             hashing = pool.submit(follower.run)
             try:
-                programs.run("pg_basebackup",
-                             pg_basebackup_args(plain_conninfo, pending.partial, config, f"pgdr {pending.id}",
-                                                compression=compression,
-                                                incremental_from=parent_dir),
-                             password=password, stall_timeout=config.pg.stall_timeout,
-                             # a spread checkpoint writes nothing for minutes: count stalls from the first byte
-                             progress=dir_progress(pending.partial,
-                                                   idle_while_empty=config.backup.checkpoint == "spread"),
-                             stalled_what=f"nothing written to {pending.partial} by {primary.node.name}")
+                source.programs.run(
+                    "pg_basebackup",
+                    pg_basebackup_args(plain_conninfo, pending.partial, config, f"pgdr {pending.id}",
+                                       compression=compression, incremental_from=parent_dir),
+                    password=password, stall_timeout=config.pg.stall_timeout, cancel=cancel,
+                    # a spread checkpoint writes nothing for minutes: count stalls from the first byte
+                    progress=dir_progress(pending.partial, idle_while_empty=config.backup.checkpoint == "spread"),
+                    stalled_what=f"nothing written to {pending.partial} by {source.node}")
             finally:
                 follower.copy_ended.set()
             return hashing.result()
 
-        compression = config.backup.compression
-        try:
-            hashed = run(compression)
-        except ProgramFailed as exc:
-            if not _UNSUPPORTED.search(exc.message) or compression == CLIENT_FALLBACK:
-                raise
-            # The server (or this pg_basebackup) was built without it: compress on the client.
-            log.info("%s: %s; compressing with %s instead", primary.node.name, exc.message, CLIENT_FALLBACK)
-            _empty(pending.partial)
-            compression = CLIENT_FALLBACK
-            hashed = run(compression)
-        manifest = _describe(pending.id, pending.partial, config, primary.node.name, facts,
-                             pending.started, datetime.now(UTC), pending.elapsed, mapping.result(), spaces,
+        compression, source = config.backup.compression, started_from
+        while True:
+            try:
+                hashed = run(source, compression)
+            except ProgramFailed as exc:
+                if isinstance(exc, Cancelled) and not cancel.is_set():
+                    raise  # Ctrl-C / SIGTERM
+                found = checked.result()  # a veto is the error to report (it explains the failure)
+                _empty(pending.partial)
+                if not found.source.same_as(source):
+                    log.info("the copy started from %s; the primary is %s: starting again",
+                             source.node, found.source.node)
+                    cancel.clear()
+                    source = found.source
+                    continue
+                if not _UNSUPPORTED.search(exc.message) or compression == CLIENT_FALLBACK:
+                    raise
+                # The server (or this pg_basebackup) was built without it: compress on the client.
+                log.info("%s: %s; compressing with %s instead", source.node, exc.message, CLIENT_FALLBACK)
+                compression = CLIENT_FALLBACK
+                continue
+            found = checked.result()
+            if found.source.same_as(source):
+                break
+            _empty(pending.partial)  # copied from a node that is not the primary (now)
+            cancel.clear()
+            source = found.source
+        assert mapping is not None
+        manifest = _describe(pending.id, pending.partial, config, source.node, found.facts,
+                             pending.started, datetime.now(UTC), pending.elapsed, mapping.result(), found.spaces,
                              hashed)
         manifest = manifest.model_copy(update={"compression": compression})
         if parent is not None:
@@ -179,6 +266,8 @@ def check_incremental_possible(conninfo: str, facts: dict[str, Any], node: str) 
     if int(facts["server_version_num"]) < INCREMENTAL_MIN_VERSION:
         raise UsageError(f"--incremental needs PostgreSQL 17 or later; {node} runs {facts['server_version']}",
                          hint="take a full backup (`pgdr backup`)")
+    from pgdr.pg.connect import query_one
+
     if query_one(conninfo, "select current_setting('summarize_wal') as s")["s"] != "on":
         raise ConfigError(f"--incremental needs summarize_wal = on on {node}",
                           hint="alter system set summarize_wal = on; select pg_reload_conf(); "

@@ -43,8 +43,6 @@ def backup(
         raise UsageError("--format is for logical backups: --logical --format directory|custom")
     if incremental and logical:
         raise UsageError("--incremental is for physical backups; drop --logical")
-    if not logical:
-        obj.require_physical("a physical base backup", "take a logical backup: `pgdr backup --logical`")
     with output.console.status("backing up…") if (sys.stdout.isatty() and not json_out) else nullcontext():
         if logical:
             from pgdr.backup.logical import take_logical_backup
@@ -53,7 +51,10 @@ def backup(
         else:
             from pgdr.backup.physical import take_physical_backup
 
-            result = take_physical_backup(obj.config, obj.programs, obj.repo, incremental=incremental)
+            result = take_physical_backup(
+                obj.config, obj.programs, obj.repo, incremental=incremental,
+                preflight=lambda: obj.require_physical("a physical base backup",
+                                                       "take a logical backup: `pgdr backup --logical`"))
     m = result.manifest
     summary: dict[str, Any] = {"id": m.id, "kind": m.display_kind, "parent": m.parent, "start_lsn": m.start_lsn, "stop_lsn": m.stop_lsn,
                "timeline": m.timeline, "duration_s": m.duration_s, "bytes_on_disk": m.bytes_on_disk,
