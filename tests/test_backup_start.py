@@ -1,0 +1,133 @@
+"""`pgdr backup` starts pg_basebackup before its checks have answered (issue 17 item 4):
+what that ordering must never cost. A veto found during the copy ends pg_basebackup and
+publishes nothing; a SIGKILL of pgdr at any moment leaves no pg_basebackup running and
+nothing complete. pg_basebackup is found through /proc (its command line names the
+repository), never through pgdr's own account."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pgdr.pg.connect import session
+from pgdr.pg.programs import Programs
+from pgdr.repo.manifest import list_backups
+from pgdr.sandbox import sandbox as sb
+from tests.conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def sandbox(base_dir: Path, programs: Programs) -> Iterator[sb.Sandbox]:
+    """A primary with ~40 MB of data (a copy that lasts long enough to be interrupted)."""
+    box = sb.up(base_dir / "backup-start", programs, standbys=0)
+    with session(box.conninfo(box.primary)) as conn:
+        conn.execute("create table noise as select g, md5(g::text) || md5((g + 1)::text) as t "
+                     "from generate_series(1, 400000) g")
+    assert run_cli("backup", config=box.config_path).returncode == 0  # the repository is claimed
+    yield box
+    sb.down(box.root, programs, purge=True)
+
+
+def basebackups(repo_dir: Path) -> list[int]:
+    """pids of the pg_basebackup processes writing into this repository (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and argv and argv[0].endswith(b"/pg_basebackup") and any(
+                str(repo_dir).encode() in a for a in argv):
+            found.append(int(entry.name))
+    return found
+
+
+def wait_for(what: str, check, timeout: float = 30):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        assert time.monotonic() < deadline, f"no {what} within {timeout:.0f}s"
+        time.sleep(0.005)
+    return value
+
+
+def complete_ids(box: sb.Sandbox) -> set[str]:
+    return {p.name for p in box.repo.backups_dir.iterdir()
+            if not p.name.endswith(".partial") and (p / "pgdr.json").is_file()}
+
+
+def launch(box: sb.Sandbox) -> subprocess.Popen[str]:
+    env = {**os.environ, "PGDR_CONFIG": str(box.config_path)}
+    return subprocess.Popen([sys.executable, "-m", "pgdr", "backup"], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_a_veto_found_during_the_copy_ends_pg_basebackup_and_publishes_nothing(sandbox: sb.Sandbox) -> None:
+    repo_dir = sandbox.repo.backups_dir
+    before = complete_ids(sandbox)
+    identity = sandbox.repo.identity_path
+    original = identity.read_bytes()
+    # The checks read pg_tablespace; holding a lock on it keeps them waiting while the copy
+    # (which never reads that catalog) runs: the veto is then certain to land mid-copy.
+    with session(sandbox.conninfo(sandbox.primary, "postgres")) as conn:
+        try:
+            conn.execute("begin")
+            conn.execute("lock table pg_tablespace in access exclusive mode")
+            proc = launch(sandbox)
+            pids = wait_for("pg_basebackup", lambda: basebackups(repo_dir))
+            for pid in pids:
+                os.kill(pid, signal.SIGSTOP)  # the copy cannot end before the veto
+            # Meanwhile the repository turns out to belong to another cluster.
+            doc = json.loads(original)
+            identity.write_text(json.dumps({**doc, "system_identifier": "7000000000000000001"}))
+            conn.execute("rollback")
+            _out, err = proc.communicate(timeout=60)
+        finally:
+            identity.write_bytes(original)
+    assert proc.returncode == 1, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "belongs to cluster 7000000000000000001" in err and not any("Traceback" in x for x in lines)
+    assert len(lines) == 1 and lines[0].startswith("pgdr: backup "), err  # one line
+    wait_for("pg_basebackup to be gone", lambda: not basebackups(repo_dir), timeout=15)
+    assert complete_ids(sandbox) == before
+    assert not [p for p in repo_dir.iterdir() if p.name.endswith(".partial")]
+    assert {b.id for b in list_backups(sandbox.repo)} == before
+
+
+@pytest.mark.parametrize("after", [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, "copying"])
+def test_sigkill_at_any_moment_leaves_no_pg_basebackup_and_nothing_complete(
+        sandbox: sb.Sandbox, after: float | str) -> None:
+    repo_dir = sandbox.repo.backups_dir
+    before = complete_ids(sandbox)
+    proc = launch(sandbox)
+    if after == "copying":
+        wait_for("a partial folder with data", lambda: [p for p in repo_dir.iterdir()
+                                                         if p.name.endswith(".partial") and any(p.iterdir())])
+        assert basebackups(repo_dir), "pg_basebackup was not running mid-copy"
+    else:
+        time.sleep(float(after))
+    proc.kill()
+    proc.communicate()
+    wait_for("pg_basebackup to end with pgdr", lambda: not basebackups(repo_dir), timeout=15)
+    time.sleep(0.3)  # nothing may come back (a child started late)
+    assert not basebackups(repo_dir)
+    assert complete_ids(sandbox) == before
+    assert {b.id for b in list_backups(sandbox.repo)} == before
+
+
+def test_after_the_kills_a_backup_clears_the_debris_and_completes(sandbox: sb.Sandbox) -> None:
+    result = run_cli("backup", "--json", config=sandbox.config_path)
+    assert result.returncode == 0, result.stderr
+    backup_id = json.loads(result.stdout)["id"]
+    assert (sandbox.repo.backups_dir / backup_id / "pgdr.json").is_file()
+    assert not [p for p in sandbox.repo.backups_dir.iterdir() if p.name.endswith(".partial")]
