@@ -131,3 +131,24 @@ def test_after_the_kills_a_backup_clears_the_debris_and_completes(sandbox: sb.Sa
     backup_id = json.loads(result.stdout)["id"]
     assert (sandbox.repo.backups_dir / backup_id / "pgdr.json").is_file()
     assert not [p for p in sandbox.repo.backups_dir.iterdir() if p.name.endswith(".partial")]
+
+
+def test_a_copy_started_from_a_node_that_is_not_the_primary_starts_again_from_the_primary(
+        shared_sandbox: sb.Sandbox) -> None:
+    """The config still names the old primary (now a standby) as primary, as after a
+    failover: the copy starts from it, the checks find the real primary, and the backup
+    that gets published comes from the real primary."""
+    text = shared_sandbox.config_path.read_text()
+    primary, standby = shared_sandbox.primary.name, next(
+        n.name for n in shared_sandbox.nodes if n.name != shared_sandbox.primary.name)
+    swapped = (text.replace('role = "primary"', 'role = "@"').replace('role = "standby"', 'role = "primary"')
+               .replace('role = "@"', 'role = "standby"').replace('path = "repo"', 'path = "repo-swapped"'))
+    assert swapped.count('role = "primary"') == 1 and swapped != text
+    config = shared_sandbox.root / "pgdr-swapped.toml"
+    config.write_text(swapped)
+    result = run_cli("backup", "--json", config=config)
+    assert result.returncode == 0, result.stderr
+    backup = json.loads(result.stdout)
+    doc = json.loads((Path(backup["path"]) / "pgdr.json").read_text())
+    assert doc["source_node"] == primary != standby
+    assert not [p for p in Path(backup["path"]).parent.iterdir() if p.name.endswith(".partial")]

@@ -26,7 +26,7 @@ from typing import IO, Any
 from pgdr.backup.publish import pending_backup
 from pgdr.backup.relmap import connectable_databases, relation_map
 from pgdr.config import Config
-from pgdr.errors import ConfigError, ProgramFailed, UsageError
+from pgdr.errors import ConfigError, PgdrError, ProgramFailed, UsageError
 from pgdr.pg.conninfo import split_password, with_params
 from pgdr.pg.lsn import parse_lsn, segment_of
 from pgdr.pg.process import Cancelled, dir_progress
@@ -161,6 +161,7 @@ def take_physical_backup(config: Config, programs: Programs, repo: Repository, *
     source; the checks that may veto it (check_source) run beside the copy. A veto ends
     pg_basebackup and removes the folder; a different primary or programs restart the copy
     from the right ones. Nothing is published before the checks have passed."""
+    repo.ensure()  # a new repository's folders (claim() makes them too, but runs beside the copy)
     with pending_backup(repo, "incremental" if incremental else "physical") as pending, ThreadPoolExecutor(
             max_workers=4, thread_name_prefix="pgdr-backup") as pool:
         cancel = threading.Event()
@@ -223,21 +224,23 @@ def take_physical_backup(config: Config, programs: Programs, repo: Repository, *
         while True:
             try:
                 hashed = run(source, compression)
-            except ProgramFailed as exc:
+            except PgdrError as exc:
                 if isinstance(exc, Cancelled) and not cancel.is_set():
                     raise  # Ctrl-C / SIGTERM
                 found = checked.result()  # a veto is the error to report (it explains the failure)
-                _empty(pending.partial)
                 if not found.source.same_as(source):
                     log.info("the copy started from %s; the primary is %s: starting again",
                              source.node, found.source.node)
+                    _empty(pending.partial)
                     cancel.clear()
                     source = found.source
                     continue
-                if not _UNSUPPORTED.search(exc.message) or compression == CLIENT_FALLBACK:
+                if not isinstance(exc, ProgramFailed) or not _UNSUPPORTED.search(exc.message) \
+                        or compression == CLIENT_FALLBACK:
                     raise
                 # The server (or this pg_basebackup) was built without it: compress on the client.
                 log.info("%s: %s; compressing with %s instead", source.node, exc.message, CLIENT_FALLBACK)
+                _empty(pending.partial)
                 compression = CLIENT_FALLBACK
                 continue
             found = checked.result()

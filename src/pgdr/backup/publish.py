@@ -84,6 +84,8 @@ def pending_backup(repo: Repository, kind: str) -> Iterator[PendingBackup]:
             if pending.stream is not None:
                 pending.stream.abort()
             shutil.rmtree(partial, ignore_errors=True)
+            if exc.exit_code == 2:  # a refusal of the request (config, usage): said as it is, exit 2
+                raise
             raise BackupFailed(f"backup {pending.id} failed: {exc.message}", hint=exc.hint) from None
         except BaseException:
             if pending.stream is not None:

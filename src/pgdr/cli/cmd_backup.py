@@ -51,10 +51,16 @@ def backup(
         else:
             from pgdr.backup.physical import take_physical_backup
 
-            result = take_physical_backup(
-                obj.config, obj.programs, obj.repo, incremental=incremental,
-                preflight=lambda: obj.require_physical("a physical base backup",
-                                                       "take a logical backup: `pgdr backup --logical`"))
+            def physical_possible() -> None:
+                obj.require_physical("a physical base backup", "take a logical backup: `pgdr backup --logical`")
+
+            # mode = "logical" refuses before anything starts (no checkpoint on that server);
+            # "auto" asks the server, which take_physical_backup does beside the copy.
+            auto = obj.config.cluster.mode == "auto"
+            if not auto:
+                physical_possible()
+            result = take_physical_backup(obj.config, obj.programs, obj.repo, incremental=incremental,
+                                          preflight=physical_possible if auto else None)
     m = result.manifest
     summary: dict[str, Any] = {"id": m.id, "kind": m.display_kind, "parent": m.parent, "start_lsn": m.start_lsn, "stop_lsn": m.stop_lsn,
                "timeline": m.timeline, "duration_s": m.duration_s, "bytes_on_disk": m.bytes_on_disk,
