@@ -371,6 +371,20 @@ def _dump(programs: Programs, tmp: Path, chunk: Chunk, span: tuple[int, int], rm
     return res.returncode, res.stderr
 
 
+def _prepared_end(programs: Programs, tmp: Path, chunk: Chunk, span: tuple[int, int], xid: int,
+                  result: ChunkResult) -> list[str]:
+    """COMMIT/ROLLBACK PREPARED of xid, which -x cannot find: it runs in a session of
+    its own, so the record's header carries that session's xid (usually 0) and the
+    prepared one only in its body. One more run over the commits, keeping that one."""
+    others = ChunkResult(result.segment)
+    _dump(programs, tmp, chunk, span, ("Transaction",), None, None, others)
+    found = others.commits.get(xid)
+    if found is None or xid in result.commits:
+        return []
+    result.commits[xid] = found
+    return [found.lsn]
+
+
 def passes(rmgrs: tuple[str, ...], relations: tuple[str, ...]) -> list[tuple[tuple[str, ...], str | None]]:
     """The pg_waldump runs one chunk needs: one with every rmgr; or, when only some
     relations matter, their Heap records one relation at a time (-R takes one) and the
@@ -474,6 +488,8 @@ def read_chunk(programs: Programs, chunk: Chunk, rmgrs: tuple[str, ...], xid: in
                 runs.append(_dump(programs, tmp, chunk, span, rmgrs_, xid, rel, result))
                 if result.last_lsn is not None:
                     last.append(result.last_lsn)
+            if xid is not None and "Transaction" in rmgrs:
+                last += _prepared_end(programs, tmp, chunk, span, xid, result)
         except (OSError, zstandard.ZstdError) as exc:
             result.error = f"cannot read {name}: {exc}"
             return result
