@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from itertools import count, repeat
 from pathlib import Path
 from typing import IO
 
@@ -116,7 +117,7 @@ class PlainCommits:
 class ScanResult:
     chunks: list[ChunkResult]
     seconds: float = 0.0
-    _index: dict[int, tuple[Commit | PlainCommits, int]] | None = field(default=None, init=False, repr=False,
+    _index: dict[int, tuple[int, int]] | None = field(default=None, init=False, repr=False,
                                                                         compare=False)
 
     @property
@@ -138,17 +139,20 @@ class ScanResult:
 
     def commit(self, xid: int) -> Commit | None:
         """xid's COMMIT/ABORT, whole or packed (the last chunk naming it wins, as in commits)."""
-        if self._index is None:
+        if self._index is None:      # xid -> (chunk, position in its plain commits or -1)
             self._index = {}
-            for c in self.chunks:
+            for k, c in enumerate(self.chunks):
                 if c.plain is not None:
-                    self._index.update((x, (c.plain, i)) for i, x in enumerate(c.plain.xids))
-                self._index.update((x, (found, -1)) for x, found in c.commits.items())
+                    self._index.update(zip(c.plain.xids, zip(repeat(k), count()), strict=False))
+                self._index.update(zip(c.commits, repeat((k, -1)), strict=False))
         hit = self._index.get(xid)
         if hit is None:
             return None
-        where, i = hit
-        return where.at(i) if isinstance(where, PlainCommits) else where
+        chunk = self.chunks[hit[0]]
+        if hit[1] < 0:
+            return chunk.commits[xid]
+        assert chunk.plain is not None
+        return chunk.plain.at(hit[1])
 
     def per_xid(self, attr: str) -> dict[int, dict[str, int]]:
         out: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
