@@ -11,6 +11,7 @@ restore exactly to just before the commit - counted with SQL on the restored ser
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -71,6 +72,7 @@ def story(base_dir: Path, programs: Programs) -> Iterator[Story]:
         xid_commit = _prepare(primary, "undo-c", "delete from undo_orders where id <= 300")
         with session(primary) as conn:       # between PREPARE and COMMIT PREPARED: must be kept
             conn.execute("insert into undo_orders values (5001, 'kept')")
+            conn.execute("select pg_switch_wal()")    # the rows in one segment, the commit in the next
         with session(primary) as conn:       # another session finishes it
             conn.execute("commit prepared 'undo-c'")
         with session(primary) as conn:       # after the commit: must not be restored
@@ -86,10 +88,13 @@ def story(base_dir: Path, programs: Programs) -> Iterator[Story]:
         sb.down(sandbox.root, programs, purge=True)
 
 
-def test_commit_prepared_is_found_and_rollback_prepared_is_not(story: Story) -> None:
+@pytest.mark.parametrize("reader", ["native", "pg_waldump"])
+def test_commit_prepared_is_found_and_rollback_prepared_is_not(story: Story, reader: str) -> None:
+    env = {**os.environ, "PGDR_WAL_READER": reader}
     for extra in ((), ("--table", "undo_orders")):
-        res = run_cli("find-disaster", "--json", *extra, config=story.sandbox.config_path)
+        res = run_cli("find-disaster", "--json", *extra, config=story.sandbox.config_path, env=env)
         assert res.returncode == 0, res.stderr
+        assert json.loads(res.stdout)["reader"] == reader
         found = [(d["xid"], d["kind"], d["rows"], d["table"]) for d in json.loads(res.stdout)["disasters"]]
         assert (story.xid_commit, "delete", 300, "public.undo_orders") in found, found
         assert not any(xid == story.xid_rollback for xid, *_ in found), found
