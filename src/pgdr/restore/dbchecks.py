@@ -302,8 +302,8 @@ def user_check(instance: Instance, check: VerifyCheckConfig) -> tuple[bool, str,
 # ones too: bt_index_check walks the pages linked in the tree, not deleted pages waiting
 # for reuse), unlogged relations and the shared catalogs. A valid B-tree is read with
 # pgstatindex instead, which reads every block (deleted ones included) through a small
-# ring of buffers: pg_prewarm's reads evict (and write out) dirty shared buffers and cost
-# about five times as much per block. Together they cover every block
+# ring of buffers, where pg_prewarm's reads evict (and write out) dirty shared buffers:
+# 20-52 ms against 62-94 ms for pgbench scale 30's 64 MB primary key. Together they cover every block
 # of every relation fork pg_class knows, as pg_checksums --check would, without a clean
 # shutdown and a second pass over the tables.
 # A page already in shared buffers is not re-read: it was either read (and verified) by
