@@ -7,16 +7,18 @@ a fresh sandbox (no standby, archiver running), one physical backup, then pgbenc
 servers are then stopped (find-disaster reads only the repository).
 
 Measure, interleaved A B A B ... (--rounds pairs, the machine is shared), each in a new process:
-- A: `pgdr find-disaster --json` over the whole archive (decompression, pg_waldump per
-  segment in parallel, parsing) - the command a user runs;
+- A: `pgdr find-disaster --json` over the whole archive (decompression and the native WAL
+  reader, pgdr._walsum, per segment in parallel) - the command a user runs;
 - B: what a user would run without pgdr to find the same thing: `pg_waldump` with the
   same record filter (-r Heap -r Transaction -r Storage) over the same segments, already
   decompressed (decompression is not timed: the baseline gets it free), output discarded.
 MB/s each (median and range) and the ratio of medians; the target is >= 0.8. Then the
 same for `--table pgbench_history` against pg_waldump -R on that table's file plus a run
-for the commits (the same filtering find-disaster applies).
+for the commits (the same filtering find-disaster applies). With --pg-waldump-reader, the
+same again with find-disaster reading through pg_waldump's text (PGDR_WAL_READER=pg_waldump,
+the fallback when the native reader is not built), for comparison.
 
-    .venv/bin/python bench/bench_undo.py [--mb 600] [--scale 10] [--rounds 3] [--keep DIR]
+    .venv/bin/python bench/bench_undo.py [--mb 600] [--scale 10] [--rounds 3] [--keep DIR] [--pg-waldump-reader]
 """
 
 from __future__ import annotations
@@ -93,10 +95,13 @@ def decompress(base: Path, repo: Repository) -> tuple[Path, list[str]]:
     return folder, names
 
 
-def run_find_disaster(config: Path, *extra: str) -> tuple[float, int, int]:
+def run_find_disaster(config: Path, *extra: str, reader: str | None = None) -> tuple[float, int, int]:
     """The real command in a new process: (seconds, bytes of WAL read, findings)."""
     pgdr = Path(sys.executable).parent / "pgdr"
     env = {**os.environ, "PGDR_CONFIG": str(config)}
+    env.pop("PGDR_WAL_READER", None)
+    if reader is not None:
+        env["PGDR_WAL_READER"] = reader
     t0 = time.monotonic()
     proc = subprocess.run([str(pgdr), "find-disaster", "--json", *extra], capture_output=True, text=True,
                           env=env, timeout=3600, check=False)
@@ -104,6 +109,8 @@ def run_find_disaster(config: Path, *extra: str) -> tuple[float, int, int]:
     if proc.returncode != 0:
         raise SystemExit(f"find-disaster failed ({proc.returncode}): {proc.stderr.strip()}")
     out = json.loads(proc.stdout)
+    if out.get("reader") != (reader or "native"):
+        raise SystemExit(f"find-disaster read with {out.get('reader')}, not {reader or 'native'}: {out.get('notes')}")
     return seconds, int(out["bytes_read"]), len(out["disasters"])
 
 
@@ -154,6 +161,8 @@ def main() -> None:
     parser.add_argument("--pgbench-seconds", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--keep", help="build in this folder and keep it; later runs with it only measure")
+    parser.add_argument("--pg-waldump-reader", action="store_true",
+                        help="also measure find-disaster reading through pg_waldump (the fallback)")
     args = parser.parse_args()
     programs = Programs()
     base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="pgdr-bench-undo-", dir="/tmp"))
@@ -181,6 +190,11 @@ def main() -> None:
                 lambda: run_find_disaster(sandbox.config_path, "--table", "pgbench_history"),
                 f"pg_waldump -r Heap -R {rel}, then -r Transaction -r Storage",
                 lambda: run_waldump(programs, folder, names, size, table_filters))
+        if args.pg_waldump_reader:
+            measure("pgdr find-disaster (PGDR_WAL_READER=pg_waldump)", args.rounds,
+                    lambda: run_find_disaster(sandbox.config_path, reader="pg_waldump"),
+                    f"pg_waldump -r {' -r '.join(RMGRS)}",
+                    lambda: run_waldump(programs, folder, names, size, everything))
         shutil.rmtree(folder, ignore_errors=True)
     finally:
         if not args.keep:

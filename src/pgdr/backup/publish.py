@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pgdr.errors import BackupFailed, PgdrError
-from pgdr.fsutil import durable_rename, exclusive_lock, fsync_path, write_json_durable
+from pgdr.fsutil import durable_rename, exclusive_lock, write_json_durable
 from pgdr.repo.layout import PARTIAL_SUFFIX, Repository
 from pgdr.repo.manifest import MANIFEST_NAME, BackupManifest, new_backup_id, remove_stale_partials
 
@@ -50,8 +50,9 @@ class PendingBackup:
             purge_backup(self.repo, self.id)  # the cache keeps pgdr.json and backup_manifest
             return
         # Sealed: pgdr.json carries the sha256 of its own content, so an edit is caught.
+        # (write_json_durable fsyncs the folder after its own rename; pg_basebackup synced
+        # the files it wrote and the folder)
         write_json_durable(self.partial / MANIFEST_NAME, manifest.seal().model_dump(mode="json"))
-        fsync_path(self.partial)
         durable_rename(self.partial, self.final)
 
 

@@ -209,6 +209,8 @@ def find_disaster(
                                      f"{shlex.quote(last.table)}", highlight=False, markup=False)
     for err in result.errors:
         output.error_line(f"warning: {err}")
+    for note in result.notes:
+        output.error_line(f"note: {note}")
 
 
 def salvage_cmd(

@@ -76,6 +76,8 @@ class ChunkResult:
     end_lsn: str | None = None       # where reading stopped on an error (end of WAL)
     error: str | None = None
     bytes_read: int = 0
+    reader: str = "pg_waldump"       # or "native" (pgdr._walsum, see walsum.py)
+    note: str | None = None          # why pg_waldump read it when the native reader is built
 
 
 @dataclass
@@ -149,6 +151,7 @@ _LINE = (rb"rmgr: (%s) +len \(rec/tot\): *\d+/ *\d+, tx: +(\d+), lsn: ([0-9A-F]+
 _RARE_RE = re.compile(_LINE % rb"Transaction|Storage")
 _LINE_RE = re.compile(_LINE % rb"\S+")
 _RARE_DESCS = (b"desc: TRUNCATE ", b"desc: RESTORE_POINT ")
+_PREPARED_RE = re.compile(r"(\d+): ")
 _LAST_LSN_RE = re.compile(rb"lsn: ([0-9A-F]+/[0-9A-F]+), prev")
 
 
@@ -190,6 +193,9 @@ def parse_output(text: Text, result: ChunkResult, end: int | None = None) -> Non
             head, _, tail = rest.partition("; ")
             if not head.endswith(" UTC"):
                 continue
+            prepared = _PREPARED_RE.match(head)
+            if prepared:        # COMMIT/ABORT PREPARED name the prepared transaction first
+                xid, head = int(prepared.group(1)), head[prepared.end():]
             try:
                 when = _commit_time(head[:-4])
             except ValueError:
@@ -417,12 +423,35 @@ def reap_stale(folder: Path) -> list[Path]:
 
 
 def read_chunk(programs: Programs, chunk: Chunk, rmgrs: tuple[str, ...], xid: int | None,
-               scan_root: str | None = None, relations: tuple[str, ...] = ()) -> ChunkResult:
+               scan_root: str | None = None, relations: tuple[str, ...] = (),
+               reader: str | None = None) -> ChunkResult:
     """One segment's records (see the module docstring); scan_root: the scan's folder to
     unpack in (else a folder of its own, removed after); relations: when given, only
-    these relations' Heap records are read (spc/db/node)."""
+    these relations' Heap records are read (spc/db/node); reader: "pg_waldump" to read
+    with pg_waldump even when the native reader (walsum.py) is built."""
     name = chunk.segment.name(chunk.segment_size)
-    result = ChunkResult(name)
+    native = None
+    if reader != "pg_waldump":
+        from pgdr.pg import walsum
+
+        native = walsum.module()
+    note = None
+    if native is not None:
+        from pgdr.pg import walsum
+
+        result = ChunkResult(name, reader="native")
+        try:
+            data = walsum.load(chunk)
+        except (OSError, zstandard.ZstdError) as exc:
+            result.error = f"cannot read {name}: {exc}"
+            return result
+        note = walsum.why_not(data, rmgrs, relations)
+        if note is None:
+            walsum.summarize(native, data, chunk.segment.start_lsn(chunk.segment_size), chunk.segment_size,
+                             rmgrs, xid, relations, result)
+            result.bytes_read = chunk.segment_size
+            return result
+    result = ChunkResult(name, note=note)
     tmp = _worker_dir(Path(scan_root)) if scan_root else Path(tempfile.mkdtemp(prefix=SCAN_PREFIX))
     try:
         try:
@@ -458,8 +487,14 @@ def read_chunk(programs: Programs, chunk: Chunk, rmgrs: tuple[str, ...], xid: in
 
 
 def _read_chunk_job(args: tuple[Programs, Chunk, tuple[str, ...], int | None, str | None,
-                                tuple[str, ...]]) -> ChunkResult:
+                                tuple[str, ...], str | None]) -> ChunkResult:
     return read_chunk(*args)
+
+
+def _native_built() -> bool:
+    from pgdr.pg import walsum
+
+    return walsum.module() is not None
 
 
 Progress = Callable[[int, int], None]
@@ -468,18 +503,20 @@ Progress = Callable[[int, int], None]
 
 def scan(programs: Programs, chunks: Sequence[Chunk], rmgrs: tuple[str, ...],
          *, xid: int | None = None, jobs: int | None = None, progress: Progress | None = None,
-         relations: tuple[str, ...] = ()) -> ScanResult:
-    """Read chunks in parallel processes (see passes() for the pg_waldump runs per
-    chunk); results in chunk order."""
+         relations: tuple[str, ...] = (), reader: str | None = None) -> ScanResult:
+    """Read chunks in parallel processes (natively, or see passes() for the pg_waldump
+    runs per chunk); results in chunk order."""
     import time
 
     t0 = time.monotonic()
-    # two workers per core: each waits on its pg_waldump part of the time
-    jobs = max(1, min(jobs or 2 * (os.cpu_count() or 2), len(chunks) or 1))
+    # with pg_waldump two workers per core (each waits on its pg_waldump part of the
+    # time); the native reader keeps its core busy
+    native = reader != "pg_waldump" and _native_built()
+    jobs = max(1, min(jobs or (1 if native else 2) * (os.cpu_count() or 2), len(chunks) or 1))
     scratch = scratch_root(chunks[0].segment_size, jobs) if chunks else None
     reap_stale(Path(scratch or tempfile.gettempdir()))
     root = tempfile.mkdtemp(prefix=f"{SCAN_PREFIX}{os.getpid()}-", dir=scratch)
-    work = [(programs, c, rmgrs, xid, root, relations) for c in chunks]
+    work = [(programs, c, rmgrs, xid, root, relations, reader) for c in chunks]
     results: list[ChunkResult] = []
     try:
         if jobs == 1 or len(chunks) <= 1:

@@ -2,10 +2,10 @@
 
 A backup folder holds base.tar.zst (server-zstd pg_basebackup -Ft), pg_wal.tar
 (streamed WAL is never server-compressed), one <oid>.tar.zst per user tablespace,
-backup_manifest and pgdr.json. Each tar is read ONCE: pgdr reads the file, feeds
-the sha256 and tar's stdin with the same bytes, so what is extracted is exactly
-what was hashed (server-side zstd has no frame checksum: only the sha256 catches
-a flipped byte there). A mismatch removes everything extracted and names the file.
+backup_manifest and pgdr.json. Each tar is read ONCE: pgdr reads the file into one
+buffer and feeds both the sha256 and the `zstd -dc | tar -x` pipeline from it, so what
+is extracted is exactly what was hashed (server-side zstd has no frame checksum: only
+the sha256 catches a flipped byte there). A mismatch removes everything extracted and names the file.
 
 Tablespaces go under the target (<data>/pg_tblspc_data/<oid>) or where the user's
 --tablespace-map says, never to the source's location: pg_tblspc links and
@@ -14,11 +14,14 @@ tablespace_map are rewritten to point there before anything can start.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
 import shutil
+import sys
 import tarfile
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -225,34 +228,117 @@ class _HashingReader:
             pass
 
 
-def _stream_tar(archive: Path, dest: Path, programs: Programs, hashing: bool) -> _Streamed:
-    """tar -x reading stdin, fed by a loop that hashes the same bytes; when tar dies
-    early (damaged data), the rest of the file is still hashed so the damage is named."""
+WRITEBACK_EVERY = 0.1  # seconds
+PIPE_BYTES = 1 << 20  # the pipe into the decompressor: 1 MiB (Linux's default cap), not 64 KiB
+
+
+def _extract_command(archive: Path, dest: Path) -> tuple[str, list[str]]:
+    """The program reading the archive's bytes on stdin and writing files under dest.
+
+    A compressed tar goes through `DECOMPRESSOR -dc | tar -x`, the pipeline a user types,
+    under bash's pipefail so a decompressor that fails after tar has read a whole archive
+    (trailing damage) still fails the extraction. tar's own --use-compress-program is the
+    fallback without bash: reading a pipe, tar copies it to the decompressor through one
+    more process in 10 KiB records, measured 0.3-0.5 s slower per 370 MB on 2 cores."""
     program = _COMPRESSORS.get(archive.suffix if archive.suffix != ".tar" else "")
-    args = [f"--use-compress-program={program}"] if program else []
+    if program is None:
+        return "tar", ["-xf", "-", "-C", str(dest)]
+    if shutil.which("bash") is not None:
+        return "bash", ["-o", "pipefail", "-c", f'{program} -q -dc | tar -xf - -C "$1"',
+                        "pgdr-extract", str(dest)]
+    return "tar", [f"--use-compress-program={program}", "-xf", "-", "-C", str(dest)]
+
+
+def _stream_tar(archive: Path, dest: Path, programs: Programs, hashing: bool) -> _Streamed:
+    """The extraction pipeline reading stdin, fed by a loop that hashes the same buffer it
+    writes (one read of the file: what is extracted is exactly what was hashed); when the
+    pipeline dies early (damaged data), the rest of the file is still hashed so the damage
+    is named."""
+    program, args = _extract_command(archive, dest)
     sha = hashlib.sha256()
     size = 0
 
     def feed(stdin: IO[bytes]) -> None:
         nonlocal size
         alive = True
-        with open(archive, "rb") as fh:
-            while block := fh.read(CHUNK):
+        fd = stdin.fileno()
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        except OSError:  # above /proc/sys/fs/pipe-max-size for this user: keep the default
+            pass
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        with open(archive, "rb", buffering=0) as fh:
+            while n := fh.readinto(buf):
+                block = view[:n]
                 if hashing:
                     sha.update(block)
-                size += len(block)
-                if alive:
+                size += n
+                written = 0
+                while alive and written < n:
                     try:
-                        stdin.write(block)
+                        written += os.write(fd, block[written:])
                     except BrokenPipeError:
                         alive = False
 
     error = None
     try:
-        programs.run("tar", [*args, "-xf", "-", "-C", str(dest)], feed=feed, timeout=3600)
+        programs.run(program, args, feed=feed, timeout=3600)
     except ProgramFailed as exc:
         error = exc.message
     return _Streamed(archive.name, sha.hexdigest(), size, error)
+
+
+class _Writeback:
+    """Write the extracted files back to disk while the extraction runs, not after it.
+
+    The server pgdr starts on a restored directory first makes every file durable
+    (recovery_init_sync_method = syncfs): with gigabytes still dirty in the page cache
+    that call waits for all of them (0.3 s per 500 MB here, while nothing else runs).
+    A syncfs every WRITEBACK_EVERY seconds during the extraction lets the disk work
+    beside the decompression instead, and the server's own sync finds little left. It
+    changes no promise: the server's sync still runs and still decides durability.
+    Linux only (syncfs(2)); elsewhere it does nothing."""
+
+    def __init__(self, places: list[Path]) -> None:
+        by_device: dict[int, Path] = {}
+        for place in places:  # one syncfs per file system
+            try:
+                by_device.setdefault(place.stat().st_dev, place)
+            except OSError:
+                continue
+        self.places = list(by_device.values())
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def __enter__(self) -> _Writeback:
+        if sys.platform == "linux":
+            self.thread = threading.Thread(target=self._run, name="pgdr-writeback", daemon=True)
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # not joined: a syncfs under another program's writes can take long, and the
+        # server's own sync (or nothing, on a failure) comes next anyway
+        self.stop.set()
+
+    def _run(self) -> None:
+        import ctypes
+
+        try:
+            syncfs = ctypes.CDLL(None, use_errno=True).syncfs
+        except (OSError, AttributeError):
+            return
+        while not self.stop.wait(WRITEBACK_EVERY):
+            for place in self.places:
+                try:
+                    fd = os.open(place, os.O_RDONLY)
+                except OSError:
+                    continue
+                try:
+                    syncfs(fd)
+                finally:
+                    os.close(fd)
 
 
 def _stream_python(archive: Path, dest: Path, programs: Programs, hashing: bool) -> _Streamed:
@@ -351,7 +437,8 @@ def extract_physical(backup_dir: Path, target: Path, programs: Programs,
             jobs.append((backup_dir / oid_files[oid], place))
         one: Callable[[Path, Path, Programs, bool], _Streamed] = (
             _stream_tar if method == "tar" else _stream_python)
-        with ThreadPoolExecutor(max_workers=min(3, len(jobs))) as pool:
+        with _Writeback([dest for _archive, dest in jobs]), \
+                ThreadPoolExecutor(max_workers=min(3, len(jobs))) as pool:
             streamed = list(pool.map(lambda job: one(job[0], job[1], programs, checks), jobs))
         if method == "python":
             for _archive, dest in jobs:

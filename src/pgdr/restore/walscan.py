@@ -189,12 +189,14 @@ class DisasterScan:
     bytes_read: int
     seconds: float
     errors: list[str]
+    reader: str = "native"            # what read the WAL: native, pg_waldump, or both (some chunks each)
+    notes: list[str] = field(default_factory=list)    # why pg_waldump read what it read
 
     def as_dict(self) -> dict[str, Any]:
         return {"disasters": [d.as_dict() for d in self.disasters], "segments": self.segments,
                 "bytes_read": self.bytes_read, "seconds": round(self.seconds, 3),
                 "mb_per_s": round(self.bytes_read / 1048576 / self.seconds, 1) if self.seconds else None,
-                "errors": self.errors}
+                "errors": self.errors, "reader": self.reader, "notes": self.notes}
 
 
 def relation_names(repo: Repository) -> dict[str, Relation]:
@@ -315,7 +317,10 @@ def find_disasters(programs: Programs, repo: Repository, *, table: TableName | N
                       "check the spelling; quote names with capitals or spaces, e.g. '\"Order Items\"'")
     errors += [f"missing segments {wal.missing_name(lo)}"
                + (f"..{wal.missing_name(hi)}" if hi > lo else "") for lo, hi in wal.gaps]
-    return DisasterScan(found, len(wal.chunks), result.bytes_read, result.seconds, errors)
+    readers = sorted({c.reader for c in result.chunks})
+    notes = sorted({f"read with pg_waldump: {c.note}" for c in result.chunks if c.note})
+    return DisasterScan(found, len(wal.chunks), result.bytes_read, result.seconds, errors,
+                        readers[0] if len(readers) == 1 else "both" if readers else "none", notes)
 
 
 MAX_RELATION_PASSES = 4
