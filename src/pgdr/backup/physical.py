@@ -102,7 +102,12 @@ def take_physical_backup(config: Config, programs: Programs, repo: Repository, *
     against the newest backup in the repository, which becomes its parent."""
     primary = find_primary(config)
     conninfo = with_params(primary.node.conninfo, application_name="pgdr_backup")
-    facts = query_one(conninfo, SOURCE_FACTS_SQL)
+    # one session for both (each connection is ~10 ms of the command's fixed cost)
+    with session(conninfo) as conn:
+        row = conn.execute(SOURCE_FACTS_SQL).fetchone()
+        assert row is not None
+        facts = dict(row)
+        spaces = {r["oid"]: (r["name"], r["location"]) for r in conn.execute(TABLESPACES_SQL)}
     if incremental:
         check_incremental_possible(conninfo, facts, primary.node.name)
     repo.claim(facts["system_identifier"], facts["server_version_num"], facts["wal_segment_size"])
@@ -119,8 +124,6 @@ def take_physical_backup(config: Config, programs: Programs, repo: Repository, *
             parent_dir = repo.backups_dir / parent.id
             if not (parent_dir / "backup_manifest").is_file():
                 parent_dir = backup_dir(repo, parent.id)
-        with session(conninfo) as conn:
-            spaces = {r["oid"]: (r["name"], r["location"]) for r in conn.execute(TABLESPACES_SQL)}
         if parent is not None and spaces:
             raise UsageError("--incremental is not supported for clusters with user tablespaces yet",
                              hint="take a full backup (`pgdr backup`)")

@@ -5,7 +5,8 @@ A backup folder holds base.tar.zst (server-zstd pg_basebackup -Ft), pg_wal.tar
 backup_manifest and pgdr.json. Each tar is read ONCE: pgdr reads the file into one
 buffer and feeds both the sha256 and the `zstd -dc | tar -x` pipeline from it, so what
 is extracted is exactly what was hashed (server-side zstd has no frame checksum: only
-the sha256 catches a flipped byte there). A mismatch removes everything extracted and names the file.
+the sha256 catches a flipped byte there). A mismatch removes everything extracted and
+names the file.
 
 Tablespaces go under the target (<data>/pg_tblspc_data/<oid>) or where the user's
 --tablespace-map says, never to the source's location: pg_tblspc links and

@@ -354,7 +354,9 @@ def _restore_command(config: Config, repo: Repository, spool: Path, programs: Pr
     q = shlex.quote
     sp = q(str(spool))
     slow = wal_fetch_command(config.source, programs.run_as)  # type: ignore[arg-type]
-    return (f'if grep -qx "%f" {sp}/{PLANNED} 2>/dev/null; then '
+    # already spooled (most calls): one cp, before any grep
+    return (f'if [ -f {sp}/"%f" ]; then exec cp {sp}/"%f" "%p"; fi; '
+            f'if grep -qx "%f" {sp}/{PLANNED} 2>/dev/null; then '
             f'i=0; while [ ! -f {sp}/"%f" ] && [ -f {sp}/{PREFETCHING} ] && [ $i -lt {WAIT_POLLS} ]; '
             f'do sleep 0.005; i=$((i+1)); done; fi; '
             f'if [ -f {sp}/"%f" ]; then cp {sp}/"%f" "%p"; '
