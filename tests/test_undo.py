@@ -26,6 +26,7 @@ from pgdr.pg.ident import parse_table, quote
 from pgdr.pg.lsn import format_lsn, parse_lsn
 from pgdr.pg.programs import Programs
 from pgdr.pg.waldump import read_chunk
+from pgdr.repo.layout import Repository
 from pgdr.repo.wal import WalArchive
 from pgdr.restore.pitr import stop_restored
 from pgdr.restore.salvage import salvage
@@ -381,8 +382,12 @@ def test_identifier_parsing_matches_postgresql(story: Story) -> None:
 
 def test_relation_map_snapshots_are_stored_only_on_change_and_survive_a_dead_server(story: Story,
                                                                                    tmp_path: Path) -> None:
-    repo = story.sandbox.repo
-    record_snapshot(repo, story.primary)                     # catches up with earlier tests' tables
+    # A repository of the test's own: the sandbox's archiver records snapshots into its
+    # repository too (within ~1 s of a new table file), and its copy of snap_probe's
+    # map raced this test's (two files 7 ms apart in one CI run).
+    repo = Repository(tmp_path / "own-repo")
+    repo.root.mkdir()
+    assert record_snapshot(repo, story.primary) is not None  # the first map is always stored
     assert record_snapshot(repo, story.primary) is None      # unchanged: nothing new
     with session(story.primary) as conn:
         conn.execute("create table snap_probe (x int)")

@@ -111,3 +111,26 @@ def test_a_killed_scans_unpacked_segments_are_reaped_by_the_next_one(tmp_path: P
         (folder / "w1" / "seg").write_bytes(b"x" * 100)
     assert waldump.reap_stale(tmp_path) == [dead]
     assert not dead.exists() and live.exists() and other.exists()
+
+
+def test_packed_commits_are_found_as_whole_ones_are() -> None:
+    """find-disaster's workers pack plain commits (PlainCommits); a lookup, the merged
+    dict and the last-chunk-wins rule must see them exactly as whole Commit objects."""
+    from array import array
+    from datetime import UTC, datetime
+
+    from pgdr.pg.waldump import Commit, PlainCommits, ScanResult
+
+    first, second = ChunkResult("a"), ChunkResult("b")
+    first.plain = PlainCommits(array("I", [10, 11]), array("q", [0, 1_500_000]), array("Q", [0x1_0000_0028, 48]),
+                               bytes([0, 1]))
+    first.commits[12] = Commit(12, datetime(2000, 1, 1, tzinfo=UTC), "0/40", rels=["1663/5/16400"])
+    second.plain = PlainCommits(array("I", [12]), array("q", [2_000_000]), array("Q", [96]), bytes([0]))
+    result = ScanResult([first, second])
+    assert result.commit(10) == Commit(10, datetime(2000, 1, 1, tzinfo=UTC), "1/00000028")
+    assert result.commit(11) == Commit(11, datetime(2000, 1, 1, 0, 0, 1, 500000, tzinfo=UTC), "0/00000030",
+                                       aborted=True)
+    assert result.commit(12) == Commit(12, datetime(2000, 1, 1, 0, 0, 2, tzinfo=UTC), "0/00000060")  # later chunk
+    assert result.commit(13) is None
+    assert result.commits == {x: result.commit(x) for x in (10, 11, 12)}
+    assert list(result.full_commits) == [12] and result.full_commits[12].rels == ["1663/5/16400"]

@@ -94,7 +94,8 @@ def damaged(base_dir: Path, programs: Programs) -> Iterator[dict[str, object]]:
     - heap_bad block 0: a tuple's xmin in the future, checksum valid (verify_heapam);
     - idx_bad_v (B-tree) leaf: two keys swapped, checksum valid (bt_index_check);
     - sum_bad block 0 (heap main fork): bad checksum (read by pg_amcheck and the scans);
-    - hash_bad_h (hash index) block 1: bad checksum (read by nothing but the checksum sweep).
+    - hash_bad_h (hash index) block 1: bad checksum (read by nothing but the checksum sweep);
+    - btree_bad_i (B-tree) block 1: bad checksum (bt_index_check and the sweep read it).
     The two bad-checksum pages carry an LSN past the backup's start, which pg_basebackup
     takes as "may be torn, WAL will fix it" and so sends unchecked."""
     sandbox = sb.up(base_dir / "vspeed", programs, standbys=0)
@@ -105,8 +106,9 @@ def damaged(base_dir: Path, programs: Programs) -> Iterator[dict[str, object]]:
             conn.execute(f"insert into {table} select g, g, repeat('x', 200) from generate_series(1, 300) g")
         conn.execute("create index idx_bad_v on idx_bad (v)")
         conn.execute("create index hash_bad_h on hash_bad using hash (id)")
+        conn.execute("create index btree_bad_i on hash_bad (v)")
         conn.execute("checkpoint")
-        for rel in ("heap_bad", "idx_bad_v", "sum_bad", "hash_bad_h"):
+        for rel in ("heap_bad", "idx_bad_v", "sum_bad", "hash_bad_h", "btree_bad_i"):
             row = conn.execute("select pg_relation_filepath(%s) as p", (rel,)).fetchone()
             assert row is not None
             files[rel] = Path(row["p"])
@@ -127,13 +129,14 @@ def damaged(base_dir: Path, programs: Programs) -> Iterator[dict[str, object]]:
     _patch(index, PAGE + second + 8, k1)
     programs.run("pg_checksums", ["--enable", "-D", str(data)])
     # checksum damage: pd_lsn far ahead (so the checksum no longer matches) and a flipped byte
-    for rel, block in (("sum_bad", 0), ("hash_bad_h", 1)):
+    for rel, block in (("sum_bad", 0), ("hash_bad_h", 1), ("btree_bad_i", 1)):
         _patch(data / files[rel], block * PAGE, struct.pack("<II", 0xFF, 0xFFFF0000))
         _patch(data / files[rel], block * PAGE + PAGE - 100, b"\xa5")
     check = programs.run("pg_checksums", ["--check", "-D", str(data)], ok_codes=(0, 1))
     bad = {(f, int(b)) for f, b in __import__("re").findall(
         r'checksum verification failed in file "[^"]*?/((?:base|global)/[^"]+)", block (\d+)', check.stderr)}
-    assert bad == {(str(files["sum_bad"]), 0), (str(files["hash_bad_h"]), 1)}, check.stderr
+    assert bad == {(str(files["sum_bad"]), 0), (str(files["hash_bad_h"]), 1),
+                   (str(files["btree_bad_i"]), 1)}, check.stderr
     primary.start()
     try:
         yield {"sandbox": sandbox, "files": files}
@@ -172,8 +175,12 @@ def test_corrupt_index_heap_and_checksums_all_reported_in_one_run(damaged: dict[
     assert (str(files["sum_bad"]), 0) in found, sums
     # read by nothing but the sweep: the coverage pg_checksums gave, kept
     assert (str(files["hash_bad_h"]), 1) in found, sums
+    assert (str(files["btree_bad_i"]), 1) in found, sums
     by = {p["file"]: p["found_by"] for p in sums["evidence"]["bad_pages"]}
-    assert by[str(files["hash_bad_h"])] == "sweep"
+    assert by[str(files["hash_bad_h"])] == ["sweep"]
+    # a bad page never enters shared buffers: every reader meets it, the sweep too
+    assert "sweep" in by[str(files["btree_bad_i"])], by
+    assert "pg_amcheck" in by[str(files["sum_bad"])], by  # verify_heapam's reads count
     assert record["passed"] is False
     # the verdict on disk says failed; no scratch server or folder is left
     on_disk = json.loads((sandbox.repo.backups_dir / backup_id / "verify.json").read_text())

@@ -920,8 +920,28 @@ static PyObject *summarize(PyObject *self, PyObject *args, PyObject *kw)
             continue; /* read for the crossing record's sake only: the next chunk's */
         uint8_t rmid = rec[17], info = rec[16];
         uint32_t xid = rd32(rec + 4);
-        if (want_xid >= 0 && (uint32_t)want_xid != xid)
+        if (want_xid >= 0 && (uint32_t)want_xid != xid) {
+            /* COMMIT/ROLLBACK PREPARED runs in a session of its own: the record's header
+               carries that session's xid (usually 0), the prepared one is in its body */
+            uint8_t op = info & XLOG_XACT_OPMASK;
+            if (rmid != RM_XACT_ID || !(rmgr_mask & (1ULL << RM_XACT_ID)) ||
+                (op != XLOG_XACT_COMMIT_PREPARED && op != XLOG_XACT_ABORT_PREPARED))
+                continue;
+            PyObject *t = xact_tuple(&r, info, xid, d.main_data, d.main_len, recptr,
+                                     op == XLOG_XACT_ABORT_PREPARED);
+            if (!t)
+                goto done;
+            if (t == Py_None)
+                continue;
+            if (PyLong_AsUnsignedLong(PyTuple_GET_ITEM(t, 1)) != (unsigned long)(uint32_t)want_xid) {
+                Py_DECREF(t);
+                continue;
+            }
+            last = (long long)recptr;
+            if (append_steal(commits, t))
+                goto done;
             continue;
+        }
         if (rmid >= 64 || !(rmgr_mask & (1ULL << rmid)))
             continue;
         int heap_matches = 1;

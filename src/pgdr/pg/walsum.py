@@ -114,12 +114,15 @@ def lsn_text(value: int) -> str:
 
 
 def summarize(native: ModuleType, data: bytes | bytearray | memoryview, start: int, segment_size: int, rmgrs: tuple[str, ...],
-              xid: int | None, relations: tuple[str, ...], result: object) -> None:
+              xid: int | None, relations: tuple[str, ...], result: object, compact: bool = False) -> None:
     """Fold what the native reader finds in data (WAL from start) into result, as
     waldump.parse_output folds pg_waldump's text: only records of rmgrs (and xid), Heap
     records only of relations when given, and only records starting in the first
-    segment (the rest of data is the crossing record's continuation)."""
-    from pgdr.pg.waldump import ChunkResult, Commit, end_of_wal
+    segment (the rest of data is the crossing record's continuation). compact: plain
+    commits go to result.plain, packed (waldump.PlainCommits)."""
+    from array import array
+
+    from pgdr.pg.waldump import ChunkResult, Commit, PlainCommits, end_of_wal
 
     assert isinstance(result, ChunkResult)
     mask = 0
@@ -133,10 +136,21 @@ def summarize(native: ModuleType, data: bytes | bytearray | memoryview, start: i
         target = result.deletes if kind else result.updates
         per = target.setdefault(row_xid, {})
         per[rel] = per.get(rel, 0) + n
+    plain = PlainCommits(array("I"), array("q"), array("Q"), b"") if compact else None
+    flags = bytearray()
     for rec_xid, twophase, aborted, when, lsn, dropped, subxacts, stats in commits:
         key = twophase or rec_xid     # COMMIT/ABORT PREPARED: the prepared transaction's xid
+        if plain is not None and not dropped and not subxacts and not stats:
+            plain.xids.append(key)
+            plain.times.append(when)
+            plain.lsns.append(lsn)
+            flags.append(1 if aborted else 0)
+            continue
         result.commits[key] = Commit(key, PG_EPOCH + timedelta(microseconds=when), lsn_text(lsn), dropped,
                                      bool(stats), subxacts, bool(aborted))
+    if plain is not None and plain.xids:
+        plain.aborted = bytes(flags)
+        result.plain = plain
     for create_xid, rel in creates:
         result.creates.setdefault(create_xid, []).append(rel)
     for t_xid, n in truncates.items():

@@ -300,7 +300,10 @@ def user_check(instance: Instance, check: VerifyCheckConfig) -> tuple[bool, str,
 # checksum_sweep reads everything else that has storage through shared buffers with
 # pg_prewarm: free space maps, visibility maps, init forks, sequences, every index (B-tree
 # ones too: bt_index_check walks the pages linked in the tree, not deleted pages waiting
-# for reuse), unlogged relations and the shared catalogs. Together they cover every block
+# for reuse), unlogged relations and the shared catalogs. A valid B-tree is read with
+# pgstatindex instead, which reads every block (deleted ones included) through a small
+# ring of buffers, where pg_prewarm's reads evict (and write out) dirty shared buffers:
+# 20-52 ms against 62-94 ms for pgbench scale 30's 64 MB primary key. Together they cover every block
 # of every relation fork pg_class knows, as pg_checksums --check would, without a clean
 # shutdown and a second pass over the tables.
 # A page already in shared buffers is not re-read: it was either read (and verified) by
@@ -321,9 +324,11 @@ with heap_read as (  -- the main forks pg_amcheck --all reads in full (verify_he
     and c.relam = (select oid from pg_am where amname = 'heap')
     and c.relpersistence = 'p' and not c.relisshared
 )
-select c.oid::bigint as oid, f.fork
+select c.oid::bigint as oid, f.fork,
+       f.fork = 'main' and c.relam = 403 and coalesce(i.indisvalid, false) as btree
 from pg_class c
 cross join (values ('main'), ('fsm'), ('vm'), ('init')) f(fork)
+left join pg_index i on i.indexrelid = c.oid
 where c.relkind in ('r', 'm', 't', 'i', 'S')
   and c.relpersistence <> 't'
   and (not c.relisshared or %(shared)s)
@@ -340,7 +345,12 @@ declare r record; n bigint := 0; f int := 0;
 begin
   for r in {query} loop
     begin
-      n := n + pg_prewarm(r.oid::oid::regclass, 'buffer', r.fork);
+      if r.btree then  -- every block, through a small ring of buffers: cheaper than pg_prewarm
+        perform pgstatindex(r.oid::oid::regclass);
+        n := n + pg_relation_size(r.oid::oid::regclass) / current_setting('block_size')::int;
+      else
+        n := n + pg_prewarm(r.oid::oid::regclass, 'buffer', r.fork);
+      end if;
       f := f + 1;
     exception when others then
       raise notice 'pgdr-bad-page: %', sqlerrm;
@@ -380,6 +390,7 @@ def checksum_sweep(instance: Instance) -> dict[str, Any]:
                     notices.append(diag.message_primary or "")
                 conn.add_notice_handler(collect)
                 conn.execute("create extension if not exists pg_prewarm")
+                conn.execute("create extension if not exists pgstattuple")
                 query = _UNCOVERED_FORKS.replace("%(shared)s", "true" if i == 0 else "false")
                 conn.execute(_SWEEP.replace("{query}", query))
         except PgdrError as exc:

@@ -408,10 +408,13 @@ def _data_checksums(run: _Run, manifest: BackupManifest, sweep: dict[str, Any] |
     bad: list[dict[str, Any]] = []
     for who, text in found + [("sweep", t) for t in sweep["bad_pages"]]:
         for block, path in dbchecks.BAD_PAGE.findall(text):
-            entry = {"file": path, "block": int(block), "relation": _relation_of(manifest, path),
-                     "found_by": who}
-            if not any(e["file"] == path and e["block"] == int(block) for e in bad):
-                bad.append(entry)
+            same = [e for e in bad if e["file"] == path and e["block"] == int(block)]
+            if same:
+                if who not in same[0]["found_by"]:
+                    same[0]["found_by"].append(who)
+            else:
+                bad.append({"file": path, "block": int(block), "relation": _relation_of(manifest, path),
+                            "found_by": [who]})
     evidence = {"forks_swept": sweep["forks"], "blocks_swept": sweep["blocks"],
                 "databases": sweep["databases"], "bad_pages": bad[:50], "errors": sweep["errors"][:20],
                 "method": "every block read through shared buffers (checksum verified on read): "

@@ -307,7 +307,8 @@ def find_disasters(programs: Programs, repo: Repository, *, table: TableName | N
     # DROP and TRUNCATE are in the commit records alone: without DELETE/UPDATE to count,
     # pg_waldump need not print a single Heap record
     rmgrs = (("Heap",) if {"delete", "update"} & set(kinds) else ()) + ("Transaction", "Storage")
-    result = (scan(programs, wal.chunks, rmgrs, jobs=jobs, progress=progress, relations=_only(names, table))
+    result = (scan(programs, wal.chunks, rmgrs, jobs=jobs, progress=progress, relations=_only(names, table),
+                   compact=True)
               if wal.chunks else ScanResult([]))
     found = _classify(result, names, table, since, until, kinds, min_rows)
     errors = [f"{c.segment}: {c.error}" for c in result.chunks
@@ -347,7 +348,7 @@ def _inside(commit: Commit, since: Bound | None, until: Bound | None) -> bool:
 
 def _classify(result: ScanResult, names: dict[str, Relation], table: TableName | None,
               since: Bound | None, until: Bound | None, kinds: tuple[str, ...], min_rows: int) -> list[Disaster]:
-    commits = result.commits
+    commits = result.full_commits       # all that have subtransactions or dropped files
     top_of: dict[int, int] = {}
     for c in commits.values():
         for sub in c.subxacts:
@@ -356,7 +357,7 @@ def _classify(result: ScanResult, names: dict[str, Relation], table: TableName |
     out: list[Disaster] = []
 
     def add(xid: int, kind: str, key: str, rows: int | None) -> None:
-        commit = commits.get(top_of.get(xid, xid))
+        commit = result.commit(top_of.get(xid, xid))
         if commit is None or commit.aborted or kind not in kinds:
             return
         if not _inside(commit, since, until):

@@ -1,0 +1,141 @@
+"""Undo of a two-phase transaction, end to end on a real server.
+
+COMMIT PREPARED and ROLLBACK PREPARED run in a session of their own: the record that
+finishes the transaction does not carry the prepared transaction's xid in its header (it
+is in the record's body), so a search by xid that looks only at record headers (as
+`pg_waldump -x` does) never finds it. Here a DELETE is prepared, other sessions write
+before and after its COMMIT PREPARED, another DELETE is prepared and rolled back; then
+find-disaster must name the first and not the second, and `restore --before-xid` must
+restore exactly to just before the commit - counted with SQL on the restored server."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pgdr.pg.connect import session
+from pgdr.pg.programs import Programs
+from pgdr.pg.waldump import read_chunk
+from pgdr.restore.pitr import stop_restored
+from pgdr.restore.walscan import archive_wal
+from pgdr.sandbox import sandbox as sb
+from tests.conftest import run_cli
+from tests.test_undo import _wait_archived
+
+
+@dataclass
+class Story:
+    sandbox: sb.Sandbox
+    primary: str
+    xid_commit: int        # DELETE ... id <= 300, prepared then COMMIT PREPARED
+    xid_rollback: int      # DELETE ... id > 700, prepared then ROLLBACK PREPARED
+    target: Path
+
+
+def _value(conninfo: str, sql: str) -> Any:
+    with session(conninfo) as conn:
+        row = conn.execute(sql).fetchone()
+    assert row is not None
+    return next(iter(row.values()))
+
+
+def _prepare(conninfo: str, gid: str, statement: str) -> int:
+    """Run statement in a transaction prepared as gid; its xid."""
+    with session(conninfo) as conn:
+        conn.execute("begin")
+        conn.execute(statement)
+        row = conn.execute("select txid_current()::bigint as x").fetchone()
+        assert row is not None
+        xid = int(row["x"])
+        conn.execute(f"prepare transaction '{gid}'")
+    return xid
+
+
+@pytest.fixture(scope="module")
+def story(base_dir: Path, programs: Programs) -> Iterator[Story]:
+    root = base_dir / "undo2pc"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(sb.SERVER_SETTINGS, "max_prepared_transactions", 5)
+        sandbox = sb.up(root, programs, standbys=0)
+    primary = sandbox.conninfo(sandbox.primary)
+    try:
+        with session(primary) as conn:
+            conn.execute("create table undo_orders (id int primary key, v text)")
+            conn.execute("insert into undo_orders select g, 'o' || g from generate_series(1, 1000) g")
+        res = run_cli("backup", config=sandbox.config_path)
+        assert res.returncode == 0, res.stderr
+        xid_commit = _prepare(primary, "undo-c", "delete from undo_orders where id <= 300")
+        with session(primary) as conn:       # between PREPARE and COMMIT PREPARED: must be kept
+            conn.execute("insert into undo_orders values (5001, 'kept')")
+            conn.execute("select pg_switch_wal()")    # the rows in one segment, the commit in the next
+        with session(primary) as conn:       # another session finishes it
+            conn.execute("commit prepared 'undo-c'")
+        with session(primary) as conn:       # after the commit: must not be restored
+            conn.execute("insert into undo_orders values (5002, 'after')")
+        xid_rollback = _prepare(primary, "undo-r", "delete from undo_orders where id > 700")
+        with session(primary) as conn:
+            conn.execute("rollback prepared 'undo-r'")
+        _wait_archived(sandbox, primary)
+        yield Story(sandbox, primary, xid_commit, xid_rollback, root / "restored")
+    finally:
+        stop_restored(root / "restored", Programs())
+        shutil.rmtree(root / "restored", ignore_errors=True)
+        sb.down(sandbox.root, programs, purge=True)
+
+
+@pytest.mark.parametrize("reader", ["native", "pg_waldump"])
+def test_commit_prepared_is_found_and_rollback_prepared_is_not(story: Story, reader: str) -> None:
+    env = {**os.environ, "PGDR_WAL_READER": reader}
+    for extra in ((), ("--table", "undo_orders")):
+        res = run_cli("find-disaster", "--json", *extra, config=story.sandbox.config_path, env=env)
+        assert res.returncode == 0, res.stderr
+        assert json.loads(res.stdout)["reader"] == reader
+        found = [(d["xid"], d["kind"], d["rows"], d["table"]) for d in json.loads(res.stdout)["disasters"]]
+        assert (story.xid_commit, "delete", 300, "public.undo_orders") in found, found
+        assert not any(xid == story.xid_rollback for xid, *_ in found), found
+
+
+def test_both_readers_find_a_prepared_transactions_end_by_its_xid(story: Story, programs: Programs) -> None:
+    """find_transaction's per-xid read: the COMMIT/ROLLBACK PREPARED record is found under
+    the prepared transaction's xid, and both readers return the same for every segment."""
+    chunks = archive_wal(story.sandbox.repo).chunks
+    for xid, aborted in ((story.xid_commit, False), (story.xid_rollback, True)):
+        hits = {}
+        for reader in ("native", "pg_waldump"):
+            results = [read_chunk(programs, chunk, ("Transaction",), xid, reader=reader) for chunk in chunks]
+            assert {r.reader for r in results} == {reader}
+            hits[reader] = [dataclasses.replace(r, reader="", error="error" if r.error else None) for r in results]
+            found = [r.commits[xid] for r in results if xid in r.commits]
+            assert len(found) == 1 and found[0].aborted is aborted, (reader, xid, found)
+        assert hits["native"] == hits["pg_waldump"]
+
+
+def test_restore_before_a_commit_prepared_stops_just_before_it(story: Story) -> None:
+    res = run_cli("restore", "--before-xid", str(story.xid_commit), "--target-dir", str(story.target), "--json",
+                  config=story.sandbox.config_path)
+    assert res.returncode == 0, res.stderr
+    restored = str(json.loads(res.stdout)["conninfo"]).replace("dbname=postgres", "dbname=app")
+    assert _value(restored, "select count(*) from undo_orders where id <= 300") == 300     # the DELETE undone
+    assert _value(restored, "select count(*) from undo_orders where id = 5001") == 1       # written before it: kept
+    assert _value(restored, "select count(*) from undo_orders where id = 5002") == 0       # written after it
+    assert _value(restored, "select count(*) from undo_orders") == 1001
+    # the prepared transaction is still prepared there (its DELETE uncommitted), as it
+    # was on the primary just before the commit
+    assert _value(restored, "select count(*) from pg_prepared_xacts where gid = 'undo-c'") == 1
+
+
+def test_restore_before_a_rolled_back_prepared_transaction_refuses(story: Story) -> None:
+    target = story.sandbox.root / "never"
+    res = run_cli("restore", "--before-xid", str(story.xid_rollback), "--target-dir", str(target),
+                  config=story.sandbox.config_path)
+    assert res.returncode == 1, (res.stdout, res.stderr)
+    assert "rolled back" in res.stderr and "Traceback" not in res.stderr
+    assert not target.exists() or not any(target.iterdir())
