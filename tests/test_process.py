@@ -482,11 +482,19 @@ def test_pgdr_help_imports_no_heavy_module() -> None:
     assert result.stdout.strip().splitlines()[-1] == "[]"
 
 
-def test_half_created_scratch_folder_of_a_dead_verify_is_reaped_and_a_live_ones_kept(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stage", ["creating", "removing"])
+def test_half_created_scratch_folder_of_a_dead_verify_is_reaped_and_a_live_ones_kept(tmp_path: Path,
+                                                                                     stage: str) -> None:
     """A verify SIGKILLed while writing its owner marker leaves `.creating-…` with the
-    marker's temporary file inside: the owner in the folder's name proves it dead."""
+    marker's temporary file inside; one SIGKILLed while removing its folder leaves
+    `.removing-…` whose marker rmtree may already have taken (the test_process SIGKILL
+    test left such a folder, unowned, before the rename): the owner in the folder's name
+    proves it dead."""
     from pgdr.pg.children import start_time
-    from pgdr.restore.scratch import CREATING, reap_stale
+    from pgdr.restore.scratch import CREATING as creating_prefix
+    from pgdr.restore.scratch import REMOVING, reap_stale
+
+    CREATING = creating_prefix if stage == "creating" else REMOVING  # noqa: N806
 
     dead = subprocess.Popen(["sleep", "30"])
     dead_start = start_time(dead.pid)

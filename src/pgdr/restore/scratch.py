@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from pgdr.pg.programs import Programs
 from pgdr.repo.unfinished import OWNER_MARKER, owner, owner_dead
 
 CREATING = ".creating-"
+REMOVING = ".removing-"
 
 
 def scratch_root(config: Config) -> Path:
@@ -124,11 +126,20 @@ class Scratch:
         if self.instance.is_running():
             self.instance.kill9()
         self.instance.release()
-        shutil.rmtree(self.folder, ignore_errors=True)
+        # Renamed first: rmtree removes the owner marker at some point along the way, and a
+        # verify killed after that left a folder no later verify could prove dead (seen in
+        # test_process). The new name carries this pgdr's pid and start time instead.
+        me = owner()
+        doomed = self.folder.with_name(f"{REMOVING}{me['pid']}.{me['start']}-{self.folder.name}")
+        try:
+            os.rename(self.folder, doomed)
+        except OSError:
+            doomed = self.folder
+        shutil.rmtree(doomed, ignore_errors=True)
         if not str(self.instance.socket_dir).startswith(str(self.folder)):
             shutil.rmtree(self.instance.socket_dir, ignore_errors=True)
-        if self.folder.exists():
-            problems.append(f"could not remove {self.folder}")
+        if doomed.exists():
+            problems.append(f"could not remove {doomed}")
         return problems
 
 
@@ -140,9 +151,11 @@ def reap_stale(root: Path) -> list[Path]:
     if not root.is_dir():
         return removed
     for folder in root.iterdir():
-        if folder.name.startswith(CREATING):
+        if folder.name.startswith((CREATING, REMOVING)):
+            # CREATING: never held a server (no data dir yet); REMOVING: its server was
+            # stopped before the rename
             if _creator_dead(folder):
-                shutil.rmtree(folder, ignore_errors=True)  # never held a server: no data dir yet
+                _remove_when_unused(folder)
                 if not folder.exists():
                     removed.append(folder)
             continue
@@ -153,7 +166,7 @@ def reap_stale(root: Path) -> list[Path]:
         if data.get("kept") or not owner_dead(data):
             continue
         stop_server(folder / "data")
-        shutil.rmtree(folder, ignore_errors=True)
+        _remove_when_unused(folder)
         socket_dir = Path(str(data.get("socket_dir") or folder / "run"))
         if not str(socket_dir).startswith(str(folder)):
             shutil.rmtree(socket_dir, ignore_errors=True)
@@ -162,10 +175,48 @@ def reap_stale(root: Path) -> list[Path]:
     return removed
 
 
+REAP_WAIT_SECONDS = 10.0
+
+
+def _users_of(folder: Path) -> list[int]:
+    """Processes working inside folder (their cwd or an open file there): a dead verify's
+    extraction (tar runs in the folder) can outlive it by the moment its guard needs to
+    end the group, longer when a write is stuck behind a sync."""
+    inside = str(folder.resolve()) + os.sep
+    found: list[int] = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            paths = [os.readlink(f"/proc/{entry.name}/cwd")]
+            paths += [os.readlink(fd.path) for fd in os.scandir(f"/proc/{entry.name}/fd")]
+        except OSError:
+            continue
+        if any((p + os.sep).startswith(inside) for p in paths):
+            found.append(int(entry.name))
+    return found
+
+
+def _remove_when_unused(folder: Path, timeout: float = REAP_WAIT_SECONDS) -> None:
+    """Remove a dead verify's folder once nothing works in it any more (bounded: after
+    timeout it is removed anyway, and whatever a late writer adds is tried again once).
+    Removing while a writer still runs left a half-extracted data directory behind: the
+    rmtree finished, then the writer created more files."""
+    deadline = time.monotonic() + timeout
+    if os.path.isdir("/proc"):
+        while _users_of(folder) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    shutil.rmtree(folder, ignore_errors=True)
+    while folder.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _creator_dead(folder: Path) -> bool:
-    """A CREATING folder's name is `.creating-<pid>.<start>-<label>-<random>`: is that
-    pgdr gone? A name in another form (an older pgdr) counts as dead only when empty."""
-    tag = folder.name.removeprefix(CREATING).split("-", 1)[0]
+    """A CREATING (REMOVING) folder's name is `.creating-<pid>.<start>-<label>-<random>`
+    (`.removing-<pid>.<start>-<name>`): is that pgdr gone? A name in another form (an
+    older pgdr) counts as dead only when empty."""
+    tag = folder.name.removeprefix(CREATING).removeprefix(REMOVING).split("-", 1)[0]
     pid, _, start = tag.partition(".")
     if not pid.isdigit():
         with contextlib.suppress(OSError):
