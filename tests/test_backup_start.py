@@ -109,10 +109,16 @@ def test_sigkill_at_any_moment_leaves_no_pg_basebackup_and_nothing_complete(
         sandbox: sb.Sandbox, after: float | str) -> None:
     repo_dir = sandbox.repo.backups_dir
     before = complete_ids(sandbox)
+    earlier = set(repo_dir.iterdir())  # earlier kills' debris: not this run's copy
     proc = launch(sandbox)
     if after == "copying":
-        wait_for("a partial folder with data", lambda: [p for p in repo_dir.iterdir()
-                                                         if p.name.endswith(".partial") and any(p.iterdir())])
+        # pg_basebackup first (this run's .partial exists before it starts, with pgdr's own
+        # files in it), then its first bytes; stopped there so pgdr dies mid-copy for sure
+        pids = wait_for("pg_basebackup", lambda: basebackups(repo_dir))
+        wait_for("the copy's first bytes", lambda: [p for p in repo_dir.glob("*.partial/*")
+                                                     if p.parent not in earlier and ".tar" in p.name])
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
         assert basebackups(repo_dir), "pg_basebackup was not running mid-copy"
     else:
         time.sleep(float(after))
