@@ -111,19 +111,21 @@ def test_sigkill_at_any_moment_leaves_no_pg_basebackup_and_nothing_complete(
     before = complete_ids(sandbox)
     earlier = set(repo_dir.iterdir())  # earlier kills' debris: not this run's copy
     proc = launch(sandbox)
-    if after == "copying":
-        # pg_basebackup first (this run's .partial exists before it starts, with pgdr's own
-        # files in it), then its first bytes; stopped there so pgdr dies mid-copy for sure
-        pids = wait_for("pg_basebackup", lambda: basebackups(repo_dir))
-        wait_for("the copy's first bytes", lambda: [p for p in repo_dir.glob("*.partial/*")
-                                                     if p.parent not in earlier and ".tar" in p.name])
-        for pid in pids:
-            os.kill(pid, signal.SIGSTOP)
-        assert basebackups(repo_dir), "pg_basebackup was not running mid-copy"
-    else:
-        time.sleep(float(after))
-    proc.kill()
-    proc.communicate()
+    try:
+        if after == "copying":
+            # pg_basebackup first (this run's .partial exists before it starts, with pgdr's
+            # own files in it), then its first bytes; stopped there so pgdr dies mid-copy
+            pids = wait_for("pg_basebackup", lambda: basebackups(repo_dir))
+            wait_for("the copy's first bytes", lambda: [p for p in repo_dir.glob("*.partial/*")
+                                                         if p.parent not in earlier and ".tar" in p.name])
+            for pid in pids:
+                os.kill(pid, signal.SIGSTOP)
+            assert basebackups(repo_dir), "pg_basebackup was not running mid-copy"
+        else:
+            time.sleep(float(after))
+    finally:  # killed even when the test fails: a live pgdr would hold the lock for the next test
+        proc.kill()
+        proc.communicate()
     wait_for("pg_basebackup to end with pgdr", lambda: not basebackups(repo_dir), timeout=15)
     time.sleep(0.3)  # nothing may come back (a child started late)
     assert not basebackups(repo_dir)
