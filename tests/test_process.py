@@ -24,6 +24,8 @@ from pgdr.errors import ConnectionFailed
 from pgdr.pg.connect import session
 from pgdr.sandbox import sandbox as sb
 from tests.conftest import run_cli
+from tests.procs import processes as _processes
+from tests.procs import running_from as _running_from
 
 
 @pytest.fixture(autouse=True)
@@ -42,35 +44,6 @@ def _pgdr(config: Path, *args: str) -> subprocess.Popen[bytes]:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def _processes(*needles: str) -> list[int]:
-    """pids whose command line contains every needle (an independent look at /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z" and all(n in cmdline for n in needles):
-            found.append(int(entry.name))
-    return found
-
-
-def _running_from(folder: Path) -> list[int]:
-    """pids whose working directory is folder or below it (a postmaster chdirs to its data dir)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cwd = os.readlink(entry / "cwd")
-        except OSError:
-            continue
-        if cwd == str(folder) or cwd.startswith(str(folder) + "/"):
-            found.append(int(entry.name))
-    return found
 
 
 def _wait_for(what: str, cond: Callable[[], bool], timeout: float = 60) -> None:

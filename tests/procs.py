@@ -1,0 +1,38 @@
+"""An independent look at /proc for the tests: which processes run, and from where
+(never pgdr's own records of what it started)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def processes(*needles: str) -> list[int]:
+    """Live pids (zombies excluded, this one too) whose command line holds every needle."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and all(n in cmdline for n in needles):
+            found.append(int(entry.name))
+    return found
+
+
+def running_from(folder: Path) -> list[int]:
+    """pids whose working directory is folder or below it (a postmaster chdirs to its data dir)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if cwd == str(folder) or cwd.startswith(str(folder) + "/"):
+            found.append(int(entry.name))
+    return found
