@@ -53,6 +53,20 @@ def basebackups(repo_dir: Path) -> list[int]:
     return found
 
 
+def basebackup_targets(pids: list[int]) -> list[Path]:
+    """The folders these pg_basebackup processes write into (their own -D argument, from
+    /proc): this run's copy, whatever its name (a backup id can repeat an earlier kill's
+    within the same second, once that kill's debris is removed)."""
+    targets = []
+    for pid in pids:
+        try:
+            argv = [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
+        except OSError:
+            continue
+        targets += [Path(argv[i + 1]) for i, a in enumerate(argv[:-1]) if a == "-D"]
+    return targets
+
+
 def wait_for(what: str, check, timeout: float = 30):  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while not (value := check()):
@@ -109,15 +123,15 @@ def test_sigkill_at_any_moment_leaves_no_pg_basebackup_and_nothing_complete(
         sandbox: sb.Sandbox, after: float | str) -> None:
     repo_dir = sandbox.repo.backups_dir
     before = complete_ids(sandbox)
-    earlier = set(repo_dir.iterdir())  # earlier kills' debris: not this run's copy
     proc = launch(sandbox)
     try:
         if after == "copying":
             # pg_basebackup first (this run's .partial exists before it starts, with pgdr's
             # own files in it), then its first bytes; stopped there so pgdr dies mid-copy
             pids = wait_for("pg_basebackup", lambda: basebackups(repo_dir))
-            wait_for("the copy's first bytes", lambda: [p for p in repo_dir.glob("*.partial/*")
-                                                         if p.parent not in earlier and ".tar" in p.name])
+            targets = wait_for("pg_basebackup's -D", lambda: basebackup_targets(pids))
+            wait_for("the copy's first bytes", lambda: [p for t in targets for p in t.glob("*.tar*")
+                                                         if p.is_file() and p.stat().st_size > 0])
             for pid in pids:
                 os.kill(pid, signal.SIGSTOP)
             assert basebackups(repo_dir), "pg_basebackup was not running mid-copy"
