@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from contextlib import nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
@@ -118,6 +118,26 @@ def restore(
     output.console.print(f"connect: psql \"{result.conninfo}\"  (listens on 127.0.0.1:{result.port} and "
                          f"{result.socket_dir})")
     output.console.print(f"stop it: pg_ctl -D {result.data_dir} stop    record: {result.record_path}")
+    _say_prepared(result.prepared, result.conninfo)
+    for note in result.notes:
+        output.error_line(f"note: {note}")
+
+
+def _say_prepared(prepared: list[dict[str, Any]], conninfo: str) -> None:
+    """Each prepared transaction the restored server holds, and the two ways to end it:
+    pgdr never chooses (an undo wants ROLLBACK PREPARED, a restore to a point may not)."""
+    import shlex
+
+    from pgdr.pg.conninfo import make_conninfo, parse
+
+    for p in prepared:
+        held = f", holding {', '.join(p['locks'])}" if p["locks"] else ""
+        output.error_line(f"warning: prepared transaction {p['gid']!r} (xid {p['xid']}, owner {p['owner']}, "
+                          f"database {p['database']}) is still prepared on the restored server{held}; "
+                          "pgdr leaves it as it was")
+        dsn = shlex.quote(make_conninfo(**{**parse(conninfo), "dbname": p["database"]}))
+        output.error_line(f"  undo it: psql {dsn} -c {shlex.quote(p['rollback'])}   "
+                          f"(or finish it: {p['commit']})")
 
 
 def _restore_logical(obj: AppContext, manifest: BackupManifest, target_dir: Path | None, port: int | None,

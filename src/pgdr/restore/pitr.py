@@ -26,6 +26,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from pgdr.config import Config
 from pgdr.errors import AuthenticationFailed, ConfigError, PgdrError, UsageError
 from pgdr.pg.connect import session
@@ -42,6 +44,7 @@ from pgdr.repo.timelines import histories, latest_descendant
 from pgdr.repo.unfinished import INCOMPLETE_MARKER
 from pgdr.repo.wal import SegmentDamaged, WalArchive
 from pgdr.restore.extract import plan_tablespaces
+from pgdr.restore.prepared import Prepared, prepared_transactions
 from pgdr.restore.recovery import RecoveryTarget, remove_restored, restore_physical, wal_fetch_command
 from pgdr.restore.walscan import ArchiveWal, WalPoint, archive_wal, find_restore_point, find_transaction, reachable_end
 from pgdr.runbook.timeline import Timeline
@@ -77,6 +80,8 @@ class PitrResult:
     phases: dict[str, float] = field(default_factory=dict)
     record_path: Path | None = None
     chosen_because: str = ""
+    prepared: list[dict[str, Any]] = field(default_factory=list)   # see restore/prepared.py
+    notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {"backup_id": self.backup_id, "target": self.target, "data_dir": str(self.data_dir),
@@ -86,6 +91,7 @@ class PitrResult:
                 "total_s": round(sum(self.phases.values()), 3),
                 "record": str(self.record_path) if self.record_path else None,
                 "chosen_because": self.chosen_because,
+                "prepared_transactions": self.prepared, "notes": self.notes,
                 "stop_with": f"pg_ctl -D {self.data_dir} stop"}
 
 
@@ -525,6 +531,11 @@ def restore_to_point(config: Config, programs: Programs, repo: Repository, targe
                             socket_dir, instance.conninfo(), instance.logfile,
                             "paused" if reached.get("in_recovery") else "promoted", reached,
                             {s.name: s.seconds or 0.0 for s in timeline.steps}, chosen_because=chosen.reason)
+        try:     # the restore is done: a failure to look is said, never a reason to undo it
+            result.prepared = [p.as_dict() for p in _prepared(instance)]
+        except (PgdrError, psycopg.Error) as exc:
+            result.notes.append(f"could not list the restored server's prepared transactions ({exc}): "
+                                "look at pg_prepared_xacts there")
         record.update(result.as_dict())
         record["steps"] = timeline.as_list()
         record["passed"] = True
@@ -548,6 +559,22 @@ def restore_to_point(config: Config, programs: Programs, repo: Repository, targe
         except OSError:
             pass
         raise
+
+
+def _prepared(instance: Instance) -> list[Prepared]:
+    """The prepared transactions the restored server holds, their locks named from their
+    own database (one short session per database that has one)."""
+    with session(instance.conninfo(), timeout=5, what="the restored server's prepared transactions") as conn:
+        found = prepared_transactions(conn)
+    named: list[Prepared] = []
+    for database in sorted({p.database for p in found}):
+        try:
+            with session(instance.conninfo(database), timeout=5,
+                         what=f"the prepared transactions' locks in {database}") as conn:
+                named += [p for p in prepared_transactions(conn) if p.database == database]
+        except PgdrError:      # a database that does not accept connections: OIDs stay
+            named += [p for p in found if p.database == database]
+    return sorted(named, key=lambda p: (p.prepared_at, p.gid))
 
 
 def _require_reached(chosen: _Plan, reached: dict[str, Any]) -> None:

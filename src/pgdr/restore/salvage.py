@@ -23,10 +23,27 @@ from pgdr.errors import PgdrError, UsageError
 from pgdr.pg.connect import connect
 from pgdr.pg.conninfo import mask
 from pgdr.pg.ident import TableName, parse_table, qualified
+from pgdr.restore.prepared import holding
 
 
 class SalvageFailed(PgdrError):
     """Rows could not be copied; nothing was committed."""
+
+
+LOCK_WAIT_S = 30  # lock_timeout on both sessions: a lock held elsewhere fails the salvage, named
+
+
+def _refuse_if_prepared_holds(conn: psycopg.Connection[Any], oid: int, mode: str, table: str, where: str) -> None:
+    """A prepared transaction (e.g. the DROP/TRUNCATE a restore stopped just before the
+    COMMIT PREPARED of) holding a conflicting lock would make the copy wait for ever:
+    refuse at once, naming it and the statement that ends it (pgdr never picks one)."""
+    held = holding(conn, oid, mode)
+    if held:
+        p = held[0]
+        raise SalvageFailed(f"{table} is locked in the {where} database by {p.describe()}: salvage would wait "
+                            "for it for ever; nothing was changed",
+                            hint=f"end it first, in database {p.database} there: {p.rollback} "
+                                 f"(or {p.commit})")
 
 
 @dataclass
@@ -147,7 +164,10 @@ def salvage(from_dsn: str, into_dsn: str, table: str, *, where: str | None = Non
     src = connect(from_dsn, timeout=10, statement_timeout=0, autocommit=False)
     dst = connect(into_dsn, timeout=10, statement_timeout=0, autocommit=False)
     try:
+        for conn in (src, dst):
+            conn.execute(f"set lock_timeout = '{LOCK_WAIT_S}s'")
         schema, name, oid = _resolve(src, wanted, "source (restored)")
+        _refuse_if_prepared_holds(src, oid, "AccessShareLock", qualified(schema, name), "source (restored)")
         cols = _columns(src, oid)
         copied_cols = [c for c in cols if not c.generated]  # PostgreSQL recomputes the others
         qualified_id = sql.Identifier(schema, name)
@@ -157,6 +177,7 @@ def salvage(from_dsn: str, into_dsn: str, table: str, *, where: str | None = Non
             select = sql.SQL("{} where {}").format(select, sql.SQL(where))  # the operator's own SQL
         if merge:
             _, _, target_oid = _resolve(dst, TableName(schema, name), "target")
+            _refuse_if_prepared_holds(dst, target_oid, "RowExclusiveLock", qualified(schema, name), "target")
             pk = _primary_key(dst, target_oid)
             if not pk:
                 raise UsageError(f"{qualified(schema, name)} has no primary key in the target: --merge cannot "
@@ -184,6 +205,11 @@ def salvage(from_dsn: str, into_dsn: str, table: str, *, where: str | None = Non
         dst.commit()
         return SalvageResult(qualified(schema, name), target_name, "merge" if merge else "new-table", copied,
                              inserted, skipped, time.monotonic() - t0, mask(from_dsn), mask(into_dsn))
+    except psycopg.errors.LockNotAvailable:
+        dst.rollback()
+        raise SalvageFailed(f"salvage of {table} waited {LOCK_WAIT_S}s for a lock on it (source or target) "
+                            "and gave up; nothing was changed",
+                            hint="see pg_locks on both servers for who holds it") from None
     except psycopg.Error as exc:
         dst.rollback()
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
