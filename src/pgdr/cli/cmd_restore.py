@@ -79,6 +79,10 @@ def restore(
         raise UsageError("give exactly one target: --to-time, --to-lsn, --to-xid, --before-xid, "
                          "--to-name, --latest or --immediate")
     kind, value = given[0]
+    if kind in ("xid", "before"):
+        from pgdr.restore.xid import parse_xid
+
+        parse_xid(str(value), "--to-xid" if kind == "xid" else "--before-xid")  # bad input: one line, exit 2
     action: Literal["pause", "promote"] = "pause" if pause else "promote"
     if kind == "before":
         target = RecoveryTarget("xid", str(value), inclusive=False, action=action)
@@ -217,13 +221,13 @@ def find_disaster(
         output.table(f"{len(result.disasters)} suspicious transactions in {result.segments} WAL segments "
                      f"({result.seconds:.1f}s)",
                      ["xid", "commit time", "LSN", "kind", "database", "table", "rows"],
-                     [(d.xid, d.commit_time.isoformat(sep=" ", timespec="seconds"), d.lsn, d.kind,
+                     [(d.shown_xid, d.commit_time.isoformat(sep=" ", timespec="seconds"), d.lsn, d.kind,
                        d.database or "", d.table, "all" if d.rows is None else d.rows) for d in result.disasters])
         if result.disasters:
             import shlex
 
             last = result.disasters[-1]
-            output.console.print(f"undo one: pgdr restore --before-xid {last.xid} --target-dir DIR", highlight=False)
+            output.console.print(f"undo one: pgdr restore --before-xid {last.shown_xid} --target-dir DIR", highlight=False)
             if not last.table.startswith("(relation"):
                 output.console.print(f"then: pgdr salvage --from RESTORED_DSN --into PRIMARY_DSN --table "
                                      f"{shlex.quote(last.table)}", highlight=False, markup=False)

@@ -620,3 +620,27 @@ def require_chunks(chunks: Sequence[Chunk]) -> None:
     if not chunks:
         raise RepositoryError("the WAL archive holds no segments to read",
                               hint="is the archiver running? (`pgdr archiver start`)")
+
+
+_CHECKPOINT_RE = re.compile(rb"rmgr: XLOG +len \(rec/tot\): *\d+/ *\d+, tx: +\d+, lsn: ([0-9A-F]+/[0-9A-F]+), "
+                            rb"prev [0-9A-F]+/[0-9A-F]+, desc: CHECKPOINT_(?:ONLINE|SHUTDOWN) [^\n]*?; "
+                            rb"xid (\d+):(\d+);")
+
+
+def checkpoints(programs: Programs, chunk: Chunk) -> list[tuple[int, int]]:
+    """(LSN, next full xid) of every checkpoint record in the chunk's segment: the xid
+    epoch at that point (WAL records carry 32-bit xids; a checkpoint's nextXid carries the
+    epoch, as pg_controldata's 'NextXID e:x' does). Read with pg_waldump -r XLOG; the
+    native reader does not decode checkpoints."""
+    tmp = Path(tempfile.mkdtemp(prefix=SCAN_PREFIX))
+    try:
+        start, end = _unpack(tmp, chunk)
+        args = ["-p", str(tmp), "-t", str(chunk.segment.timeline), "-s", format_lsn(start),
+                "-e", format_lsn(end), "-r", "XLOG"]
+        programs.run("pg_waldump", args, ok_codes=(0, 1), as_server_user=False, timeout=600,
+                     stdout_path=tmp / "waldump.out")
+        text = (tmp / "waldump.out").read_bytes()
+        found = [(parse_lsn(m[1].decode()), (int(m[2]) << 32) | int(m[3])) for m in _CHECKPOINT_RE.finditer(text)]
+        return [(lsn, full) for lsn, full in found if lsn < start + chunk.segment_size]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

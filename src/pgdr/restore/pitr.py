@@ -46,7 +46,16 @@ from pgdr.repo.wal import SegmentDamaged, WalArchive
 from pgdr.restore.extract import plan_tablespaces
 from pgdr.restore.prepared import Prepared, prepared_transactions
 from pgdr.restore.recovery import RecoveryTarget, remove_restored, restore_physical, wal_fetch_command
-from pgdr.restore.walscan import ArchiveWal, WalPoint, archive_wal, find_restore_point, find_transaction, reachable_end
+from pgdr.restore.walscan import (
+    ArchiveWal,
+    TransactionEnd,
+    WalPoint,
+    archive_wal,
+    find_restore_point,
+    find_transaction,
+    reachable_end,
+)
+from pgdr.restore.xid import XidInput, parse_xid
 from pgdr.runbook.timeline import Timeline
 
 RECOVERY_ENDED_EARLY = "recovery ended before configured recovery target was reached"
@@ -129,6 +138,32 @@ def _too_far(what: str, end: WalPoint, gap_name: str | None, backup: BackupManif
                          f"{end.describe()}", hint=hint)
 
 
+def _transaction_end(programs: Programs, wal: ArchiveWal, wanted: XidInput) -> tuple[TransactionEnd, bool]:
+    """The commit a --to-xid/--before-xid target names; True when the 32-bit xid ended
+    more than once in the archive (the target must then be that commit's LSN)."""
+    ends = find_transaction(programs, wal, wanted.xid, with_epoch=wanted.epoch is not None)
+    hint = "`pgdr find-disaster` lists the transactions the archive holds"
+    several = len(ends) > 1
+    if not ends:
+        raise RestoreFailed(f"transaction {wanted} has no COMMIT in the archived WAL", hint=hint)
+    if wanted.epoch is not None:
+        right = [e for e in ends if e.full_xid is None or e.full_xid == wanted.full]
+        if not right:
+            seen = ", ".join(f"{e.full_xid} (epoch {e.full_xid >> 32})" for e in ends if e.full_xid is not None)
+            raise RestoreFailed(f"transaction {wanted} (xid {wanted.xid} of epoch {wanted.epoch}) has no COMMIT in "
+                                f"the archived WAL; xid {wanted.xid} ended there as {seen}", hint=hint)
+        ends = right
+    if len(ends) > 1:
+        listed = ", ".join(str(e.full_xid) if e.full_xid is not None else f"LSN {e.commit.lsn}" for e in ends)
+        raise UsageError(f"xid {wanted.xid} ended {len(ends)} times in the archived WAL (its 32 bits wrapped "
+                         f"around): {listed}", hint="give it with its epoch, as txid_current() returns it")
+    end = ends[0]
+    if end.commit.aborted:
+        raise RestoreFailed(f"transaction {wanted} was rolled back at {end.commit.time.isoformat()}: "
+                            "it changed nothing to undo or reach")
+    return end, several
+
+
 def plan(programs: Programs, repo: Repository, target: RecoveryTarget,
          backup_id: str | None = None, *, force: bool = False) -> _Plan:
     """Choose the backup and prove the target reachable; raises with the reason when not.
@@ -169,19 +204,17 @@ def plan(programs: Programs, repo: Repository, target: RecoveryTarget,
             raise UsageError(str(exc)) from None
     elif target.kind == "xid":
         assert target.value is not None
-        if not target.value.isdigit():
-            raise UsageError(f"not a transaction id: {target.value!r}")
-        commit = find_transaction(programs, wal, int(target.value))
-        if commit is None:
-            raise RestoreFailed(f"transaction {target.value} has no COMMIT in the archived WAL",
-                                hint="`pgdr find-disaster` lists the transactions the archive holds")
-        if commit.aborted:
-            raise RestoreFailed(f"transaction {target.value} was rolled back at {commit.time.isoformat()}: "
-                                "it changed nothing to undo or reach")
+        xact, exact = _transaction_end(programs, wal, parse_xid(target.value, "transaction id"))
+        commit = xact.commit
         target_lsn = parse_lsn(commit.lsn)
         chunk = next((c for c in wal.chunks if c.segment.segno == target_lsn // size), None)
         target_tli = chunk.segment.timeline if chunk else None
-        what = f"transaction {target.value} (committed {commit.time.isoformat()}, LSN {commit.lsn})"
+        named = f"{target.value}" + (f" (xid {xact.commit.xid} of epoch {xact.full_xid >> 32})"
+                                     if xact.full_xid is not None and xact.full_xid >> 32 else "")
+        what = f"transaction {named} (committed {commit.time.isoformat()}, LSN {commit.lsn})"
+        # PostgreSQL matches recovery_target_xid by its low 32 bits and stops at the first
+        # commit of them: when the archive holds more than one, the commit's LSN is exact
+        target = replace(target, kind="lsn", value=commit.lsn) if exact else replace(target, value=str(commit.xid))
     elif target.kind == "name":
         assert target.value is not None
         found = find_restore_point(programs, wal, target.value)

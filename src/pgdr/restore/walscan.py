@@ -18,11 +18,12 @@ from pgdr.errors import UsageError
 from pgdr.pg.ident import TableName, qualified
 from pgdr.pg.lsn import Segment, format_lsn, parse_lsn, parse_segment_name
 from pgdr.pg.programs import Programs
-from pgdr.pg.waldump import MAX_RECORD, Chunk, Commit, Progress, ScanResult, require_chunks, scan
+from pgdr.pg.waldump import MAX_RECORD, Chunk, Commit, Progress, ScanResult, checkpoints, require_chunks, scan
 from pgdr.repo.layout import Repository
 from pgdr.repo.manifest import Relation, list_backups
 from pgdr.repo.timelines import TimelineHistory, histories, latest_descendant, newest
 from pgdr.repo.wal import WalArchive
+from pgdr.restore.xid import full_xid
 
 KINDS = ("drop", "truncate", "delete", "update")
 FIRST_NORMAL_OID = 16384
@@ -150,11 +151,65 @@ def reachable_end(programs: Programs, wal: ArchiveWal, start_segno: int,
     return WalPoint(last_lsn, None, None, None, seg_name)
 
 
-def find_transaction(programs: Programs, wal: ArchiveWal, xid: int) -> Commit | None:
-    """The COMMIT or ABORT record of xid (top-level), searching the whole archive."""
+@dataclass
+class TransactionEnd:
+    """One COMMIT/ABORT record of a 32-bit xid, with the xid's epoch when asked for."""
+
+    commit: Commit
+    full_xid: int | None = None     # epoch * 2^32 + xid, from the nearest checkpoint
+
+
+def find_transaction(programs: Programs, wal: ArchiveWal, xid: int, *,
+                     with_epoch: bool = False) -> list[TransactionEnd]:
+    """Every COMMIT or ABORT record of the (top-level, 32-bit) xid in the whole archive,
+    in WAL order: one, unless the xids wrapped around within the archive. with_epoch:
+    each with its full xid (see Epochs)."""
     require_chunks(wal.chunks)
     result = scan(programs, wal.chunks, ("Transaction",), xid=xid)
-    return result.commits.get(xid)
+    seen: dict[str, Commit] = {}
+    for chunk in result.chunks:
+        found = chunk.commits.get(xid)
+        if found is not None:
+            seen.setdefault(found.lsn, found)
+    ends = [TransactionEnd(c) for c in sorted(seen.values(), key=lambda c: parse_lsn(c.lsn))]
+    if with_epoch or len(ends) > 1:
+        epochs = Epochs(programs, wal)
+        for end in ends:
+            end.full_xid = epochs.full(xid, parse_lsn(end.commit.lsn))
+    return ends
+
+
+class Epochs:
+    """The epoch of a 32-bit xid written at some LSN: from the nextXid (epoch:xid) of the
+    checkpoint record nearest that LSN in the archive, searched outward one segment at a
+    time from the LSN's own (a checkpoint is written at least every checkpoint_timeout,
+    and by every backup). Segments read are remembered."""
+
+    def __init__(self, programs: Programs, wal: ArchiveWal) -> None:
+        self.programs, self.wal = programs, wal
+        self._read: dict[int, list[tuple[int, int]]] = {}
+
+    def _checkpoints(self, i: int) -> list[tuple[int, int]]:
+        if i not in self._read:
+            self._read[i] = checkpoints(self.programs, self.wal.chunks[i])
+        return self._read[i]
+
+    def reference(self, lsn: int) -> int | None:
+        """The nextXid of the checkpoint nearest lsn; None: the archive holds none."""
+        chunks = self.wal.chunks
+        segno = lsn // self.wal.segment_size
+        here = min(range(len(chunks)), key=lambda k: abs(chunks[k].segment.segno - segno), default=None)
+        if here is None:
+            return None
+        for step in range(len(chunks)):
+            found = [cp for i in {here - step, here + step} if 0 <= i < len(chunks) for cp in self._checkpoints(i)]
+            if found:
+                return min(found, key=lambda cp: abs(cp[0] - lsn))[1]
+        return None
+
+    def full(self, xid: int, lsn: int) -> int | None:
+        ref = self.reference(lsn)
+        return None if ref is None else full_xid(xid, ref)
 
 
 def find_restore_point(programs: Programs, wal: ArchiveWal, name: str) -> str | None:
@@ -175,6 +230,13 @@ class Disaster:
     database: str | None
     rows: int | None
     relation: str
+    full_xid: int | None = None    # with its epoch (as txid_current() gives it); None: no checkpoint to tell
+
+    @property
+    def shown_xid(self) -> int:
+        """What to print and paste: the full xid once the epoch is past 0 (unambiguous,
+        and what applications log), else the 32-bit one (the same number)."""
+        return self.full_xid if self.full_xid is not None else self.xid
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -311,6 +373,9 @@ def find_disasters(programs: Programs, repo: Repository, *, table: TableName | N
                    compact=True)
               if wal.chunks else ScanResult([]))
     found = _classify(result, names, table, since, until, kinds, min_rows)
+    epochs = Epochs(programs, wal)
+    for d in found:
+        d.full_xid = epochs.full(d.xid, parse_lsn(d.lsn))
     errors = [f"{c.segment}: {c.error}" for c in result.chunks
               if c.error and c is not result.chunks[-1] and c.end_lsn is None]
     if table is not None and not any(table.matches(r.schema_name, r.name) for r in names.values()):
@@ -409,6 +474,6 @@ def segno_of(lsn: str, segment_size: int) -> int:
     return parse_lsn(lsn) // segment_size
 
 
-__all__ = ["ArchiveWal", "Bound", "Disaster", "DisasterScan", "WalPoint", "archive_wal", "find_disasters",
+__all__ = ["ArchiveWal", "Bound", "Disaster", "DisasterScan", "Epochs", "TransactionEnd", "WalPoint", "archive_wal", "find_disasters",
            "find_restore_point", "find_transaction", "format_lsn", "parse_bound",
            "reachable_end"]
