@@ -444,7 +444,19 @@ def _describe(pid: int) -> str:
     try:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return f"{cmd.strip()} (state {fields[0]}, parent {fields[1]}, group {fields[2]})"
+        # which signals it has pending/blocked/caught and where it sleeps in the kernel: a
+        # process in D state (wchan) delays its SIGKILL; a blocked or pending SIGKILL/USR2
+        # (bits 9 and 12) names a guard that never fired
+        status = {k: v.strip() for k, _, v in (ln.partition(":") for ln in
+                  Path(f"/proc/{pid}/status").read_text().splitlines())}
+        sig = ", ".join(f"{k} {status.get(k)}" for k in ("SigPnd", "ShdPnd", "SigBlk", "SigCgt"))
+        wchan = Path(f"/proc/{pid}/wchan").read_text().strip() or "-"
+        try:
+            parent = Path(f"/proc/{fields[1]}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            parent = "gone"
+        return (f"{cmd.strip()} (state {fields[0]}, parent {fields[1]} [{parent.strip()}], group {fields[2]}, "
+                f"session {fields[3]}, wchan {wchan}, {sig})")
     except OSError:
         return "gone"
 

@@ -41,8 +41,14 @@ log = logging.getLogger(__name__)
 # Set by the CLI's SIGINT/SIGTERM handlers: every run in progress ends its program.
 SHUTTING_DOWN = threading.Event()
 
+# $0: pgdr's pid, $1: the folder to run the program in, then the program. The folder is
+# entered only after the parent check and the trap: a guard whose pgdr died before the
+# check (under load it can wait seconds for a CPU to find out, then exits 125 without
+# starting anything) never sits in the program's folder - a scratch folder a test or the
+# next pgdr checks for processes - and the Popen child itself runs in /.
 _GUARD_SCRIPT = ('[ "$PPID" = "$0" ] || exit 125; '
                  "trap 'kill -KILL 0' USR2; "
+                 'cd -- "$1" || exit 125; shift; '
                  'exec 3<&0; "$@" 0<&3 3<&- & wait $!')
 
 
@@ -65,7 +71,8 @@ _GUARD: list[str] | None = None
 
 
 def guard_prefix() -> list[str]:
-    """argv prefix that makes a child die with this pgdr process (empty when unavailable)."""
+    """argv prefix that makes a child die with this pgdr process (empty when unavailable);
+    the folder to run in follows it, then the program (see _popen)."""
     global _GUARD
     if _GUARD is None or (_GUARD and _GUARD[-1] != str(os.getpid())):
         _GUARD = _guard_prefix()
@@ -140,10 +147,14 @@ def _popen(argv: Sequence[str], *, env: Mapping[str, str] | None, user_kwargs: M
            stdin: Any, stdout: Any, stderr: Any, cwd: str) -> subprocess.Popen[bytes]:
     if not argv or not (os.path.isabs(argv[0]) or shutil.which(argv[0])):
         raise ProgramFailed(f"cannot start {argv[0] if argv else 'an empty command'}: not found")
+    if not os.path.isdir(cwd):
+        raise ProgramFailed(f"cannot start {argv[0]}: no folder {cwd}")
+    cwd = os.path.abspath(cwd)   # the guard enters it from /
+    guard = guard_prefix()
     try:
         return subprocess.Popen(
-            [*guard_prefix(), *argv], stdin=stdin, stdout=stdout, stderr=stderr, env=env, cwd=cwd,
-            start_new_session=True, close_fds=True, **user_kwargs)
+            [*guard, cwd, *argv] if guard else list(argv), stdin=stdin, stdout=stdout, stderr=stderr, env=env,
+            cwd="/" if guard else cwd, start_new_session=True, close_fds=True, **user_kwargs)
     except OSError as exc:
         raise ProgramFailed(f"cannot start {argv[0]}: {exc.strerror}") from None
 
