@@ -119,3 +119,25 @@ def test_a_bad_xid_is_one_line_and_exit_2(story: Story, bad: str) -> None:
         assert res.returncode == 2, (bad, res.stdout, res.stderr)
         assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr, res.stderr
         assert not target.exists()
+
+
+def test_the_nearest_checkpoint_gives_the_epoch_without_a_backup_to_anchor_it(story: Story,
+                                                                               programs: Programs) -> None:
+    """Epochs' outward search (no backup's first segment to start from) on the real archive."""
+    from pgdr.pg.lsn import parse_lsn
+    from pgdr.restore.walscan import Epochs, archive_wal, find_transaction
+
+    wal = archive_wal(story.sandbox.repo)
+    ends = find_transaction(programs, wal, story.full % TWO32)
+    assert len(ends) == 1
+    assert Epochs(programs, wal).full(story.full % TWO32, parse_lsn(ends[0].commit.lsn)) == story.full
+
+
+def test_an_xid_takes_the_epoch_nearest_its_reference_across_a_wraparound() -> None:
+    from pgdr.restore.xid import full_xid
+
+    assert full_xid(5, 2 * TWO32 + 4294967000) == 3 * TWO32 + 5               # just after a wraparound
+    assert full_xid(4294967290, 3 * TWO32 + 10) == 2 * TWO32 + 4294967290     # just before one
+    assert full_xid(1000, TWO32 + 900) == TWO32 + 1000
+    assert full_xid(900, TWO32 + 1000) == TWO32 + 900
+    assert full_xid(4294967290, 10) == 4294967290                             # never below epoch 0

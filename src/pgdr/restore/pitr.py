@@ -51,6 +51,7 @@ from pgdr.restore.walscan import (
     TransactionEnd,
     WalPoint,
     archive_wal,
+    backup_anchors,
     find_restore_point,
     find_transaction,
     reachable_end,
@@ -138,10 +139,11 @@ def _too_far(what: str, end: WalPoint, gap_name: str | None, backup: BackupManif
                          f"{end.describe()}", hint=hint)
 
 
-def _transaction_end(programs: Programs, wal: ArchiveWal, wanted: XidInput) -> tuple[TransactionEnd, bool]:
+def _transaction_end(programs: Programs, wal: ArchiveWal, wanted: XidInput,
+                     anchors: tuple[int, ...]) -> tuple[TransactionEnd, bool]:
     """The commit a --to-xid/--before-xid target names; True when the 32-bit xid ended
     more than once in the archive (the target must then be that commit's LSN)."""
-    ends = find_transaction(programs, wal, wanted.xid, with_epoch=wanted.epoch is not None)
+    ends = find_transaction(programs, wal, wanted.xid, with_epoch=wanted.epoch is not None, anchors=anchors)
     hint = "`pgdr find-disaster` lists the transactions the archive holds"
     several = len(ends) > 1
     if not ends:
@@ -204,7 +206,8 @@ def plan(programs: Programs, repo: Repository, target: RecoveryTarget,
             raise UsageError(str(exc)) from None
     elif target.kind == "xid":
         assert target.value is not None
-        xact, exact = _transaction_end(programs, wal, parse_xid(target.value, "transaction id"))
+        xact, exact = _transaction_end(programs, wal, parse_xid(target.value, "transaction id"),
+                                       backup_anchors(repo))
         commit = xact.commit
         target_lsn = parse_lsn(commit.lsn)
         chunk = next((c for c in wal.chunks if c.segment.segno == target_lsn // size), None)

@@ -159,8 +159,15 @@ class TransactionEnd:
     full_xid: int | None = None     # epoch * 2^32 + xid, from the nearest checkpoint
 
 
+def backup_anchors(repo: Repository) -> tuple[int, ...]:
+    """The first segment of every physical backup: each holds the backup's checkpoint."""
+    size = repo.wal_segment_size
+    segs = (parse_segment_name(b.start_wal or "", size) for b in list_backups(repo, "physical"))
+    return tuple(s.segno for s in segs if s is not None)
+
+
 def find_transaction(programs: Programs, wal: ArchiveWal, xid: int, *,
-                     with_epoch: bool = False) -> list[TransactionEnd]:
+                     with_epoch: bool = False, anchors: tuple[int, ...] = ()) -> list[TransactionEnd]:
     """Every COMMIT or ABORT record of the (top-level, 32-bit) xid in the whole archive,
     in WAL order: one, unless the xids wrapped around within the archive. with_epoch:
     each with its full xid (see Epochs)."""
@@ -173,20 +180,23 @@ def find_transaction(programs: Programs, wal: ArchiveWal, xid: int, *,
             seen.setdefault(found.lsn, found)
     ends = [TransactionEnd(c) for c in sorted(seen.values(), key=lambda c: parse_lsn(c.lsn))]
     if with_epoch or len(ends) > 1:
-        epochs = Epochs(programs, wal)
+        epochs = Epochs(programs, wal, anchors)
         for end in ends:
             end.full_xid = epochs.full(xid, parse_lsn(end.commit.lsn))
     return ends
 
 
 class Epochs:
-    """The epoch of a 32-bit xid written at some LSN: from the nextXid (epoch:xid) of the
-    checkpoint record nearest that LSN in the archive, searched outward one segment at a
-    time from the LSN's own (a checkpoint is written at least every checkpoint_timeout,
-    and by every backup). Segments read are remembered."""
+    """The epoch of a 32-bit xid written at some LSN, from the nextXid (epoch:xid) of a
+    checkpoint record: first the checkpoint of the newest backup that started before that
+    LSN (every base backup starts with one, in its first segment: one pg_waldump read),
+    else the checkpoint nearest the LSN, searched outward a segment at a time. Exact while
+    fewer than 2^31 transactions separate the two (PostgreSQL's wraparound horizon);
+    segments read are remembered."""
 
-    def __init__(self, programs: Programs, wal: ArchiveWal) -> None:
+    def __init__(self, programs: Programs, wal: ArchiveWal, anchors: tuple[int, ...] = ()) -> None:
         self.programs, self.wal = programs, wal
+        self.anchors = sorted(anchors)          # segment numbers of backups' first segments
         self._read: dict[int, list[tuple[int, int]]] = {}
 
     def _checkpoints(self, i: int) -> list[tuple[int, int]]:
@@ -195,9 +205,15 @@ class Epochs:
         return self._read[i]
 
     def reference(self, lsn: int) -> int | None:
-        """The nextXid of the checkpoint nearest lsn; None: the archive holds none."""
+        """The nextXid of a checkpoint near lsn (see the class); None: the archive holds none."""
         chunks = self.wal.chunks
         segno = lsn // self.wal.segment_size
+        index = {c.segment.segno: k for k, c in enumerate(chunks)}
+        for anchor in reversed([a for a in self.anchors if a <= segno and a in index]):
+            found = [cp for cp in self._checkpoints(index[anchor]) if cp[0] <= lsn]
+            if found:
+                return found[-1][1]
+            break
         here = min(range(len(chunks)), key=lambda k: abs(chunks[k].segment.segno - segno), default=None)
         if here is None:
             return None
@@ -373,7 +389,7 @@ def find_disasters(programs: Programs, repo: Repository, *, table: TableName | N
                    compact=True)
               if wal.chunks else ScanResult([]))
     found = _classify(result, names, table, since, until, kinds, min_rows)
-    epochs = Epochs(programs, wal)
+    epochs = Epochs(programs, wal, backup_anchors(repo))
     for d in found:
         d.full_xid = epochs.full(d.xid, parse_lsn(d.lsn))
     errors = [f"{c.segment}: {c.error}" for c in result.chunks
