@@ -218,3 +218,22 @@ def test_restore_says_on_the_terminal_how_to_end_each_prepared_transaction(story
     finally:
         stop_restored(target, Programs())
         shutil.rmtree(target, ignore_errors=True)
+
+
+def test_salvage_gives_up_on_any_other_lock_after_its_bounded_wait(story: Story, restored: dict[str, Any],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lock held by an ordinary session (not a prepared transaction) on the restored
+    server: salvage waits lock_timeout, then fails naming the wait; nothing is created."""
+    from pgdr.restore import salvage as salvage_mod
+
+    monkeypatch.setattr(salvage_mod, "LOCK_WAIT_S", 1)
+    app = _app(restored)
+    with session(app) as conn:     # a table no prepared transaction holds (the restored server is writable)
+        conn.execute("create table undo_free (id int primary key)")
+        conn.execute("insert into undo_free values (1)")
+    with session(app, autocommit=False, statement_timeout=30) as holder:
+        holder.execute("lock table undo_free in access exclusive mode nowait")
+        with pytest.raises(salvage_mod.SalvageFailed, match="waited 1s for a lock"):
+            salvage_mod.salvage(app, story.primary, "undo_free")
+        holder.rollback()
+    assert _value(story.primary, "select count(*) from pg_class where relname like 'undo_free%'") == 0
