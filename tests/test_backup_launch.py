@@ -240,3 +240,21 @@ def _world_readable_with(secret: str, roots: list[Path], since: float) -> list[s
                 except OSError:
                     continue
     return found
+
+
+def test_the_summary_written_to_a_file_is_complete_despite_the_fast_exit(real_cluster: RealCluster,
+                                                                          tmp_path: Path) -> None:
+    """pgdr leaves without the interpreter's teardown after a published backup: stdout is
+    block-buffered when it is a file, so the summary must have been flushed first."""
+    import json
+
+    config = _config(real_cluster, "summary-to-file", f"host=127.0.0.1 port={real_cluster.primary.port} "
+                                                      "user=dba dbname=postgres")
+    env = {**real_cluster.env_with_password(), "PGDR_CONFIG": str(config)}
+    out = tmp_path / "summary.json"
+    with open(out, "w") as fh:
+        proc = subprocess.run([sys.executable, "-m", "pgdr", "backup", "--json"], env=env, stdout=fh,
+                              stderr=subprocess.PIPE, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(out.read_text())
+    assert (Path(summary["path"]) / "pgdr.json").is_file() and not _pg_basebackups(config.parent / "repo")

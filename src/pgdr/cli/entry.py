@@ -91,8 +91,11 @@ def _fast_exit(code: int) -> NoReturn:
         sys.exit(code)
     atexit._run_exitfuncs()
     logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:
+        os._exit(120)  # what Python's own exit returns when it cannot flush stdout
     os._exit(code)
 
 
