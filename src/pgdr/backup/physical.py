@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -328,7 +327,7 @@ class TarFollower:
                         done[name] = (fh.tell(), digest.hexdigest())
                     return done
                 if not progressed:
-                    time.sleep(self.POLL)
+                    self.copy_ended.wait(self.POLL)  # woken at once when the copy ends
         finally:
             for fh, _digest in self._open.values():
                 fh.close()

@@ -43,39 +43,17 @@ def backup(
         raise UsageError("--format is for logical backups: --logical --format directory|custom")
     if incremental and logical:
         raise UsageError("--incremental is for physical backups; drop --logical")
-    with output.console.status("backing up…") if (sys.stdout.isatty() and not json_out) else nullcontext():
-        if logical:
-            from pgdr.backup.logical import take_logical_backup
+    if not logical:
+        from pgdr.cli.physical_backup import physical_backup
 
-            result = take_logical_backup(obj.config, obj.programs, obj.repo, fmt)
-        else:
-            from pgdr.backup.physical import take_physical_backup
-
-            def physical_possible() -> None:
-                obj.require_physical("a physical base backup", "take a logical backup: `pgdr backup --logical`")
-
-            # mode = "logical" refuses before anything starts (no checkpoint on that server);
-            # "auto" asks the server, which take_physical_backup does beside the copy.
-            auto = obj.config.cluster.mode == "auto"
-            if not auto:
-                physical_possible()
-            result = take_physical_backup(obj.config, obj.programs, obj.repo, incremental=incremental,
-                                          preflight=physical_possible if auto else None)
-    m = result.manifest
-    summary: dict[str, Any] = {"id": m.id, "kind": m.display_kind, "parent": m.parent, "start_lsn": m.start_lsn, "stop_lsn": m.stop_lsn,
-               "timeline": m.timeline, "duration_s": m.duration_s, "bytes_on_disk": m.bytes_on_disk,
-               "bytes_logical": m.bytes_logical, "path": str(result.path),
-               "relations": len(m.relations), "removed_partials": result.removed_partials}
-    if m.kind == "logical":
-        summary["tables"] = {db: d.tables for db, d in m.databases.items()}
-    if json_out:
-        output.print_json(summary)
+        physical_backup(obj, incremental=incremental, json_out=json_out)
         return
-    rate = m.bytes_logical / 1048576 / m.duration_s if m.duration_s else 0
-    output.console.print(
-        f"backup {m.id} ({m.display_kind}{f' of {m.parent}' if m.parent else ''}) complete: {output.human_bytes(m.bytes_logical)} → "
-        f"{output.human_bytes(m.bytes_on_disk)} in {m.duration_s:.1f}s ({rate:.0f} MB/s), "
-        f"LSN {m.start_lsn}–{m.stop_lsn}")
+    from pgdr.backup.logical import take_logical_backup
+    from pgdr.cli.physical_backup import print_summary
+
+    with output.console.status("backing up…") if (sys.stdout.isatty() and not json_out) else nullcontext():
+        result = take_logical_backup(obj.config, obj.programs, obj.repo, fmt)
+    print_summary(result, json_out)
 
 
 def list_cmd(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] = False,

@@ -27,7 +27,7 @@ class AppContext:
             from pgdr.config import load_config
 
             self._config = load_config(self.config_path)
-            from pgdr.pg.connect import apply_config
+            from pgdr.pg.bounds import apply_config
 
             apply_config(self._config.pg)
         return self._config

@@ -11,6 +11,7 @@ import typer
 
 from pgdr.cli import output, signals
 from pgdr.cli.context import AppContext
+from pgdr.cli.entry import report_failure
 from pgdr.errors import PgdrError
 from pgdr.pg.children import REGISTRY, reap_orphans
 from pgdr.pg.process import SHUTTING_DOWN
@@ -90,18 +91,6 @@ def _click_exception_classes() -> tuple[type[Exception], ...]:
     return tuple(found)
 
 
-def _missing_privilege(exc: Exception) -> PgdrError | None:
-    """SQLSTATE 42501 from any query: name the object and the grant, not 'unexpected'."""
-    from psycopg import errors as pgerrors
-
-    from pgdr.pg.credentials import auth_error
-
-    if not isinstance(exc, pgerrors.InsufficientPrivilege):
-        return None
-    return auth_error(str(exc), {}) or PgdrError(str(exc).strip().splitlines()[0],
-                                                 hint="grant the role in the conninfo the privilege named")
-
-
 def run() -> None:
     signals.install()
     try:
@@ -115,10 +104,7 @@ def _run() -> None:
     try:
         code = app(standalone_mode=False)
     except PgdrError as exc:
-        if debug:
-            raise
-        output.error_line(exc.message, exc.hint)
-        sys.exit(exc.exit_code)
+        report_failure(exc, debug)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
@@ -127,21 +113,13 @@ def _run() -> None:
             sys.exit(signals.exit_code())
         output.error_line("aborted")
         sys.exit(1)
-    except KeyboardInterrupt:
-        output.error_line("interrupted")
-        sys.exit(signals.exit_code())
+    except KeyboardInterrupt as exc:
+        report_failure(exc, debug)
     except Exception as exc:  # click usage errors and the truly unexpected
         if isinstance(exc, _click_exception_classes()):
             exc.show()  # type: ignore[attr-defined]
             sys.exit(exc.exit_code)  # type: ignore[attr-defined]
-        if debug:
-            raise
-        missing = _missing_privilege(exc)
-        if missing is not None:
-            output.error_line(missing.message, missing.hint)
-            sys.exit(missing.exit_code)
-        output.error_line(f"unexpected error: {type(exc).__name__}: {exc}", "rerun with --debug for a traceback")
-        sys.exit(1)
+        report_failure(exc, debug)
     if code == 130:  # Typer turns Ctrl-C (and SIGTERM, see cli/signals.py) into exit code 130
         output.error_line("interrupted")
         code = signals.exit_code()

@@ -5,7 +5,7 @@ Every session gets
 - keepalives and tcp_user_timeout: a peer that vanishes (SIGSTOPped, cable pulled)
   mid-session fails within seconds instead of the kernel's ~15 minutes;
 - statement_timeout: a statement that runs too long is cancelled by the server.
-Defaults come from [pg] in pgdr.toml (`apply_config`); each call can override them
+Defaults come from [pg] in pgdr.toml (pg/bounds.py `apply_config`); each call can override them
 (verify's checks pass statement_timeout=0, "no limit"). A failure raises
 ConnectionFailed naming the server (password masked), what pgdr waited for, and the
 cause, classified by SQLSTATE where there is one.
@@ -18,38 +18,18 @@ import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import replace
+from typing import Any
 
 import psycopg
 from psycopg import errors as pgerrors
 from psycopg.rows import dict_row
 
 from pgdr.errors import ConnectionFailed
+from pgdr.pg import bounds as _defaults
+from pgdr.pg.bounds import Bounds
 from pgdr.pg.conninfo import mask, mask_text, parse, with_params
 from pgdr.pg.credentials import connect_error
-
-if TYPE_CHECKING:
-    from pgdr.config import PgConfig
-
-
-@dataclass(frozen=True)
-class Bounds:
-    """Seconds; 0 means no limit (statement_timeout, tcp_user_timeout)."""
-
-    connect: float = 5.0
-    statement: float = 300.0
-    tcp_user: float = 10.0
-
-
-DEFAULTS = Bounds()
-
-
-def apply_config(pg: PgConfig) -> None:
-    """Make [pg]'s timeouts the defaults of every session this process opens."""
-    global DEFAULTS
-    DEFAULTS = Bounds(pg.connect_timeout, pg.statement_timeout, pg.tcp_user_timeout)
-
 
 # Causes of a failed session (diagnose maps them to the runbooks' common-errors table).
 REFUSED = "refused"
@@ -132,7 +112,7 @@ def _bounded(conninfo: str, bounds: Bounds) -> str:
 
 
 def _bounds(timeout: float | None, statement_timeout: float | None) -> Bounds:
-    bounds = DEFAULTS
+    bounds = _defaults.DEFAULTS
     if timeout is not None:
         bounds = replace(bounds, connect=timeout)
     if statement_timeout is not None:
