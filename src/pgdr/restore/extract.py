@@ -231,6 +231,13 @@ class _HashingReader:
 
 WRITEBACK_EVERY = 0.1  # seconds
 PIPE_BYTES = 1 << 20  # the pipe into the decompressor: 1 MiB (Linux's default cap), not 64 KiB
+# tar's record: 1 MiB (2048 blocks of 512 bytes), not GNU tar's 10 KiB. Extraction time is
+# the kernel's (creating and writing files), not zstd's: `zstd -dc > /dev/null` takes 0.3 s
+# of a 1.4 s extraction of pgbench scale 30; with 10 KiB records tar makes ~50,000 read and
+# ~50,000 write calls for 470 MB. 1 MiB records cut the extraction's median by ~15% (8
+# interleaved rounds, same process: 1.19 s vs 1.40 s). Reading a pipe, GNU tar reblocks
+# short reads itself (--read-full-records is its default on stdin).
+TAR_RECORD_BLOCKS = 2048
 
 
 def _extract_command(archive: Path, dest: Path) -> tuple[str, list[str]]:
@@ -242,10 +249,11 @@ def _extract_command(archive: Path, dest: Path) -> tuple[str, list[str]]:
     fallback without bash: reading a pipe, tar copies it to the decompressor through one
     more process in 10 KiB records, measured 0.3-0.5 s slower per 370 MB on 2 cores."""
     program = _COMPRESSORS.get(archive.suffix if archive.suffix != ".tar" else "")
+    record = ["-b", str(TAR_RECORD_BLOCKS)]
     if program is None:
-        return "tar", ["-xf", "-", "-C", str(dest)]
+        return "tar", [*record, "-xf", "-", "-C", str(dest)]
     if shutil.which("bash") is not None:
-        return "bash", ["-o", "pipefail", "-c", f'{program} -q -dc | tar -xf - -C "$1"',
+        return "bash", ["-o", "pipefail", "-c", f'{program} -q -dc | tar -b {TAR_RECORD_BLOCKS} -xf - -C "$1"',
                         "pgdr-extract", str(dest)]
     return "tar", [f"--use-compress-program={program}", "-xf", "-", "-C", str(dest)]
 
