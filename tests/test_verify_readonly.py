@@ -4,12 +4,19 @@ table whose tuples carry no hint bits yet must not write the table again as WAL.
 Independent checker: PostgreSQL's own WAL positions (the source's after the backup, the
 kept copy's after verify), never pgdr's report. A writable scratch server setting the hint
 bits of the table below WAL-logs a full image of each of its pages (>= its 16 MB); read
-only, the copy adds a few records (promotion at --keep) and nothing per page.
+only, the copy adds a few records (promotion at --keep) and nothing per page. Once the
+table is vacuumed (all-visible, hinted) verify skips the restart, and --keep still hands
+over a writable copy with template0 closed. The copy
+must also never run the source's archive_cleanup_command or recovery_end_command (marker
+files those commands would create, checked after the copy's promotion and shutdown).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
+from pathlib import Path
 
 from pgdr.pg.connect import session
 from pgdr.pg.programs import Programs
@@ -29,13 +36,37 @@ def _lsn(conninfo: str) -> int:
 def test_checks_write_no_wal_for_an_unhinted_table_and_kept_copy_is_writable(
         make_sandbox: SandboxFactory, programs: Programs) -> None:
     sandbox: sb.Sandbox = make_sandbox("readonly", standbys=0)
+    markers = {s: Path(tempfile.gettempdir()) / f"pgdr-test-{s}-{os.getpid()}"
+               for s in ("archive_cleanup_command", "recovery_end_command")}
     with session(sandbox.conninfo(sandbox.primary), statement_timeout=0) as conn:
         # never read after the load, never vacuumed: no hint bits, no all-visible pages
         conn.execute("create table bulk (id int primary key, t text) with (autovacuum_enabled = off)")
         conn.execute("insert into bulk select g, repeat(md5(g::text), 12) from generate_series(1, 40000) g")
         size = int(conn.execute("select pg_relation_size('bulk') as n").fetchone()["n"])
         conn.execute("checkpoint")
+        # the source's own commands for when it is a standby: a scratch copy must never run
+        # them (archive_cleanup_command could remove segments from the live archive)
+        for setting, marker in markers.items():
+            conn.execute(f"alter system set {setting} = 'touch {marker}'")
     assert size >= 16 * MB
+    try:
+        # never read since the load: the checks run on a read-only restart of the copy
+        record = _verify_kept(sandbox, programs, size, restarted=True)
+        assert record["row_counts"]["app"]["public.bulk"] == 40000
+        # vacuumed (hint bits set, pages all-visible): no restart, nothing to save
+        for db in ("app", "postgres"):
+            with session(sandbox.conninfo(sandbox.primary, db), statement_timeout=0) as conn:
+                conn.execute("vacuum")
+        record = _verify_kept(sandbox, programs, size, restarted=False)
+        assert record["row_counts"]["app"]["public.bulk"] == 40000
+    finally:
+        ran = [s for s, marker in markers.items() if marker.exists()]
+        for marker in markers.values():
+            marker.unlink(missing_ok=True)
+    assert ran == [], f"the scratch copy ran the source's {ran}"
+
+
+def _verify_kept(sandbox: sb.Sandbox, programs: Programs, size: int, *, restarted: bool) -> dict:  # type: ignore[type-arg]
     result = run_cli("backup", "--json", config=sandbox.config_path)
     assert result.returncode == 0, result.stderr
     backup_id = json.loads(result.stdout)["id"]
@@ -43,18 +74,19 @@ def test_checks_write_no_wal_for_an_unhinted_table_and_kept_copy_is_writable(
 
     result = run_cli("verify", backup_id, "--keep", "--json", config=sandbox.config_path)
     assert "Traceback" not in result.stderr
-    record = json.loads(result.stdout)
+    record: dict = json.loads(result.stdout)  # type: ignore[type-arg]
     assert result.returncode == 0, (result.stderr, [c for c in record["checks"] if c["status"] != "ok"])
+    assert ("read-only restart" in record["phases"]) is restarted, record["phases"]
     kept = record["kept"]
     assert kept is not None
     try:
-        _check_kept(record, kept, size, after_backup)
+        _check_kept(kept, size, after_backup)
     finally:
-        programs.run("pg_ctl", ["-D", kept["data_dir"], "-m", "immediate", "-w", "stop"], ok_codes=(0, 1))
+        programs.run("pg_ctl", ["-D", kept["data_dir"], "-m", "fast", "-w", "stop"], ok_codes=(0, 1))
+    return record
 
 
-def _check_kept(record: dict, kept: dict, size: int, after_backup: int) -> None:  # type: ignore[type-arg]
-    assert record["row_counts"]["app"]["public.bulk"] == 40000
+def _check_kept(kept: dict, size: int, after_backup: int) -> None:  # type: ignore[type-arg]
     written = _lsn(kept["conninfo"]) - after_backup
     assert written < size // 4, f"the checks wrote {written} bytes of WAL for a {size}-byte table"
 
@@ -65,4 +97,4 @@ def _check_kept(record: dict, kept: dict, size: int, after_backup: int) -> None:
         # a kept copy is a writable server, template0 closed again as restored
         assert row["r"] is False and row["t0"] is False
     with session(kept["conninfo"].replace("dbname=postgres", "dbname=app")) as conn:
-        conn.execute("insert into bulk values (0, 'written after verify')")
+        conn.execute("insert into bulk values (-1, 'written after verify')")

@@ -367,26 +367,48 @@ BAD_PAGE = re.compile(r"invalid page in block (\d+) of relation ([\w/.]+)")
 EXTENSIONS = ("amcheck", "pg_prewarm", "pgstattuple")
 
 
-def install_extensions(instance: Instance) -> list[str]:
+# Bytes of heap not marked all-visible by the last VACUUM (pg_class.relallvisible): pages
+# whose tuples may still lack hint bits, which the first read sets (see
+# verify._restart_read_only). An estimate: a page changed since that VACUUM counts as
+# all-visible here; it decides only where the checks run, never what they check.
+_UNVACUUMED = """
+select coalesce(sum(greatest(pg_relation_size(c.oid)
+                             - c.relallvisible::bigint * current_setting('block_size')::int, 0)), 0)::bigint as n
+from pg_class c
+where c.relkind in ('r', 'm', 't') and c.relpersistence = 'p'
+"""
+
+
+@dataclass
+class Prepared:
+    problems: list[str] = field(default_factory=list)  # one line per database that failed
+    unvacuumed_bytes: int = 0
+
+
+def install_extensions(instance: Instance) -> Prepared:
     """Create the extensions the checks call in every database that accepts connections
     (template0 too, once allow_template0 was called), while the scratch copy is still
-    writable; returns one line per database where that failed (its checks then fail
-    and say why)."""
+    writable, and estimate how much heap no VACUUM has marked all-visible. A database
+    where that failed is named in problems (its checks then fail and say why)."""
     with session(instance.conninfo(), statement_timeout=0) as conn:
         dbs = [r["datname"] for r in conn.execute(
             "select datname from pg_database where datallowconn order by 1")]
-    problems: list[str] = []
-    for dbname in dbs:
+    def one(dbname: str) -> tuple[str | None, int]:
         try:
             with session(instance.conninfo(dbname), statement_timeout=0) as conn:
                 conn.execute("set synchronous_commit = on")  # before an immediate stop
                 for ext in EXTENSIONS:
                     conn.execute(sql.SQL("create extension if not exists {}").format(sql.Identifier(ext)))
+                row = conn.execute(_UNVACUUMED).fetchone()
+                return None, int(row["n"]) if row else 0
         except PgdrError as exc:
-            problems.append(f"{dbname}: {exc.message}")
+            return f"{dbname}: {exc.message}", 0
         except psycopg.Error as exc:
-            problems.append(f"{dbname}: {type(exc).__name__}: {str(exc).strip()}")
-    return problems
+            return f"{dbname}: {type(exc).__name__}: {str(exc).strip()}", 0
+
+    with ThreadPoolExecutor(max_workers=max(1, min(len(dbs), 4))) as pool:  # one database each
+        found = list(pool.map(one, dbs))
+    return Prepared([p for p, _ in found if p], sum(n for _, n in found))
 
 
 def allow_template0(instance: Instance, allow: bool) -> None:
