@@ -371,11 +371,15 @@ EXTENSIONS = ("amcheck", "pg_prewarm", "pgstattuple")
 # whose tuples may still lack hint bits, which the first read sets (see
 # verify._restart_read_only). An estimate: a page changed since that VACUUM counts as
 # all-visible here; it decides only where the checks run, never what they check.
+# Unlogged tables count too: a restart into recovery empties them (and a hot standby
+# refuses to read them), so their presence rules the restart out.
 _UNVACUUMED = """
 select coalesce(sum(greatest(pg_relation_size(c.oid)
-                             - c.relallvisible::bigint * current_setting('block_size')::int, 0)), 0)::bigint as n
+                             - c.relallvisible::bigint * current_setting('block_size')::int, 0))
+                filter (where c.relpersistence = 'p'), 0)::bigint as n,
+       count(*) filter (where c.relpersistence = 'u') as unlogged
 from pg_class c
-where c.relkind in ('r', 'm', 't') and c.relpersistence = 'p'
+where c.relkind in ('r', 'm', 't')
 """
 
 
@@ -383,6 +387,7 @@ where c.relkind in ('r', 'm', 't') and c.relpersistence = 'p'
 class Prepared:
     problems: list[str] = field(default_factory=list)  # one line per database that failed
     unvacuumed_bytes: int = 0
+    unlogged_tables: int = 0
 
 
 def install_extensions(instance: Instance) -> Prepared:
@@ -393,22 +398,23 @@ def install_extensions(instance: Instance) -> Prepared:
     with session(instance.conninfo(), statement_timeout=0) as conn:
         dbs = [r["datname"] for r in conn.execute(
             "select datname from pg_database where datallowconn order by 1")]
-    def one(dbname: str) -> tuple[str | None, int]:
+    def one(dbname: str) -> tuple[str | None, tuple[int, int]]:
         try:
             with session(instance.conninfo(dbname), statement_timeout=0) as conn:
                 conn.execute("set synchronous_commit = on")  # before an immediate stop
                 for ext in EXTENSIONS:
                     conn.execute(sql.SQL("create extension if not exists {}").format(sql.Identifier(ext)))
                 row = conn.execute(_UNVACUUMED).fetchone()
-                return None, int(row["n"]) if row else 0
+                return None, (int(row["n"]), int(row["unlogged"])) if row else (0, 0)
         except PgdrError as exc:
-            return f"{dbname}: {exc.message}", 0
+            return f"{dbname}: {exc.message}", (0, 0)
         except psycopg.Error as exc:
-            return f"{dbname}: {type(exc).__name__}: {str(exc).strip()}", 0
+            return f"{dbname}: {type(exc).__name__}: {str(exc).strip()}", (0, 0)
 
     with ThreadPoolExecutor(max_workers=max(1, min(len(dbs), 4))) as pool:  # one database each
         found = list(pool.map(one, dbs))
-    return Prepared([p for p, _ in found if p], sum(n for _, n in found))
+    return Prepared([p for p, _ in found if p], sum(n for _, (n, _u) in found),
+                    sum(u for _, (_n, u) in found))
 
 
 def allow_template0(instance: Instance, allow: bool) -> None:

@@ -655,14 +655,17 @@ def _prepare(inst: Instance, *, template0: bool) -> bool:
 
     The restart (a fast stop and a start, 0.2-0.7 s) is skipped when less than
     READ_ONLY_ABOVE of heap is outside what the last VACUUM marked all-visible (a
-    vacuumed table's pages are read without setting hint bits).
+    vacuumed table's pages are read without setting hint bits; below that it costs more
+    than it saves), and when any database has an unlogged table.
     """
     if template0:
         dbchecks.allow_template0(inst, True)
     prepared = dbchecks.install_extensions(inst)
     for problem in prepared.problems:
         log.warning("could not install the checks' extensions in %s", problem)
-    return prepared.unvacuumed_bytes >= READ_ONLY_ABOVE  # else it costs more than it saves
+    # Not with unlogged tables: recovery would empty them (a logical restore's carry the
+    # dump's rows) and a hot standby refuses to count them.
+    return prepared.unlogged_tables == 0 and prepared.unvacuumed_bytes >= READ_ONLY_ABOVE
 
 
 def _restart_read_only(inst: Instance, programs: Programs) -> None:
