@@ -3,8 +3,9 @@
 Physical: every file hashed (sha256) while it is extracted, tablespaces into the
 scratch folder; pg_verifybackup beside the cross-check of pgdr.json with backup_manifest,
 backup_label and pg_control; recovery to the backup's consistent point (promoted); then
-a restart as a hot standby of itself (see _prepare: reading unvacuumed tables
-must not write them again), then side by side pg_amcheck --heapallindexed, the SQL scans (orphaned foreign-key rows,
+the checks' extensions and, when it saves writing unvacuumed tables again, a restart as
+a hot standby of itself (see _prepare); then side by side pg_amcheck --heapallindexed,
+the SQL scans (orphaned foreign-key rows,
 duplicate keys, exact row counts compared with the previous verified physical backup)
 and the checksum sweep, then user smoke queries. Data checksums are proven online, after
 recovery (a base backup's pages may be torn until WAL replay fixes them): every page read
@@ -663,8 +664,8 @@ def _prepare(inst: Instance, *, template0: bool) -> bool:
     prepared = dbchecks.install_extensions(inst)
     for problem in prepared.problems:
         log.warning("could not install the checks' extensions in %s", problem)
-    # Not with unlogged tables: recovery would empty them (a logical restore's carry the
-    # dump's rows) and a hot standby refuses to count them.
+    # Not with unlogged tables: recovery would empty them (losing a logical restore's
+    # rows, which must match the dump) and a hot standby refuses to count them.
     return prepared.unlogged_tables == 0 and prepared.unvacuumed_bytes >= READ_ONLY_ABOVE
 
 
