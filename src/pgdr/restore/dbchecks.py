@@ -238,10 +238,11 @@ _AMCHECK_OBJECT = re.compile(r'^(heap table|btree index|toast table)\s+"([^"]+)"
 
 
 def amcheck(instance: Instance, programs: Programs, jobs: int = 2) -> tuple[bool, dict[str, Any]]:
-    """pg_amcheck --all --heapallindexed (installing amcheck in the scratch copy)."""
+    """pg_amcheck --all --heapallindexed (amcheck installed by install_extensions: the
+    scratch copy is read-only by then)."""
     result = programs.run("pg_amcheck", [
         "-h", str(instance.socket_dir), "-p", str(instance.port), "-U", instance.superuser,
-        "--all", "--install-missing", "--heapallindexed", "-j", str(max(1, jobs))],
+        "--all", "--heapallindexed", "-j", str(max(1, jobs))],
         ok_codes=(0, 1, 2), timeout=7200)
     objects: list[str] = []
     for line in result.stdout.splitlines():
@@ -363,6 +364,59 @@ end $$
 BAD_PAGE = re.compile(r"invalid page in block (\d+) of relation ([\w/.]+)")
 
 
+EXTENSIONS = ("amcheck", "pg_prewarm", "pgstattuple")
+
+
+# Bytes of heap not marked all-visible by the last VACUUM (pg_class.relallvisible): pages
+# whose tuples may still lack hint bits, which the first read sets (see
+# verify._restart_read_only). An estimate: a page changed since that VACUUM counts as
+# all-visible here; it decides only where the checks run, never what they check.
+# Unlogged tables count too: a restart into recovery empties them (and a hot standby
+# refuses to read them), so their presence rules the restart out.
+_UNVACUUMED = """
+select coalesce(sum(greatest(pg_relation_size(c.oid)
+                             - c.relallvisible::bigint * current_setting('block_size')::int, 0))
+                filter (where c.relpersistence = 'p'), 0)::bigint as n,
+       count(*) filter (where c.relpersistence = 'u') as unlogged
+from pg_class c
+where c.relkind in ('r', 'm', 't')
+"""
+
+
+@dataclass
+class Prepared:
+    problems: list[str] = field(default_factory=list)  # one line per database that failed
+    unvacuumed_bytes: int = 0
+    unlogged_tables: int = 0
+
+
+def install_extensions(instance: Instance) -> Prepared:
+    """Create the extensions the checks call in every database that accepts connections
+    (template0 too, once allow_template0 was called), while the scratch copy is still
+    writable, and estimate how much heap no VACUUM has marked all-visible. A database
+    where that failed is named in problems (its checks then fail and say why)."""
+    with session(instance.conninfo(), statement_timeout=0) as conn:
+        dbs = [r["datname"] for r in conn.execute(
+            "select datname from pg_database where datallowconn order by 1")]
+    def one(dbname: str) -> tuple[str | None, tuple[int, int]]:
+        try:
+            with session(instance.conninfo(dbname), statement_timeout=0) as conn:
+                conn.execute("set synchronous_commit = on")  # before an immediate stop
+                for ext in EXTENSIONS:
+                    conn.execute(sql.SQL("create extension if not exists {}").format(sql.Identifier(ext)))
+                row = conn.execute(_UNVACUUMED).fetchone()
+                return None, (int(row["n"]), int(row["unlogged"])) if row else (0, 0)
+        except PgdrError as exc:
+            return f"{dbname}: {exc.message}", (0, 0)
+        except psycopg.Error as exc:
+            return f"{dbname}: {type(exc).__name__}: {str(exc).strip()}", (0, 0)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(len(dbs), 4))) as pool:  # one database each
+        found = list(pool.map(one, dbs))
+    return Prepared([p for p, _ in found if p], sum(n for _, (n, _u) in found),
+                    sum(u for _, (_n, u) in found))
+
+
 def allow_template0(instance: Instance, allow: bool) -> None:
     """template0 accepts no connections; in the scratch copy it must, to be checked."""
     with session(instance.conninfo(), statement_timeout=0) as conn:
@@ -375,7 +429,8 @@ def allow_template0(instance: Instance, allow: bool) -> None:
 
 def checksum_sweep(instance: Instance) -> dict[str, Any]:
     """Read, through shared buffers, every relation fork pg_amcheck does not read, in
-    every database (template0 included, once allow_template0 was called); returns
+    every database (template0 included, once allow_template0 was called; pg_prewarm and
+    pgstattuple installed by install_extensions); returns
     {"forks", "blocks", "databases", "bad_pages": [...], "errors": [...]}."""
     with session(instance.conninfo(), statement_timeout=0) as conn:
         dbs = [r["datname"] for r in conn.execute(
@@ -389,8 +444,6 @@ def checksum_sweep(instance: Instance) -> dict[str, Any]:
                 def collect(diag: psycopg.errors.Diagnostic, notices: list[str] = notices) -> None:
                     notices.append(diag.message_primary or "")
                 conn.add_notice_handler(collect)
-                conn.execute("create extension if not exists pg_prewarm")
-                conn.execute("create extension if not exists pgstattuple")
                 query = _UNCOVERED_FORKS.replace("%(shared)s", "true" if i == 0 else "false")
                 conn.execute(_SWEEP.replace("{query}", query))
         except PgdrError as exc:
