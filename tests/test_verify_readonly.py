@@ -8,18 +8,22 @@ only, the copy adds a few records (promotion at --keep) and nothing per page. Wi
 unlogged table beside it, or once the table is vacuumed (all-visible, hinted) verify skips the restart, and --keep still hands
 over a writable copy with template0 closed. The copy
 must also never run the source's archive_cleanup_command or recovery_end_command (marker
-files those commands would create, checked after the copy's promotion and shutdown).
+files those commands would create, checked after the copy's promotion and shutdown), and
+neither may a `pgdr restore` of the same backup (promoted at the end of the archive, then
+stopped).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 from pgdr.pg.connect import session
 from pgdr.pg.programs import Programs
+from pgdr.restore.pitr import stop_restored
 from pgdr.sandbox import sandbox as sb
 from tests.conftest import SandboxFactory, run_cli
 
@@ -53,6 +57,7 @@ def test_checks_write_no_wal_for_an_unhinted_table_and_kept_copy_is_writable(
         # never read since the load: the checks run on a read-only restart of the copy
         record = _verify_kept(sandbox, programs, size, restarted=True)
         assert record["row_counts"]["app"]["public.bulk"] == 40000
+        _restore_and_stop(sandbox, programs)
         # an unlogged table: recovery would empty it and a standby refuses to count it, so
         # no restart (a physical copy holds it empty, as PostgreSQL's restore does)
         with session(sandbox.conninfo(sandbox.primary), statement_timeout=0) as conn:
@@ -73,6 +78,22 @@ def test_checks_write_no_wal_for_an_unhinted_table_and_kept_copy_is_writable(
         for marker in markers.values():
             marker.unlink(missing_ok=True)
     assert ran == [], f"the scratch copy ran the source's {ran}"
+
+
+def _restore_and_stop(sandbox: sb.Sandbox, programs: Programs) -> None:
+    """A real restore to the end of the archive (promotion runs recovery_end_command) and
+    its shutdown (a restartpoint-style checkpoint), under the same source settings."""
+    target = sandbox.root / "restored-readonly"
+    try:
+        result = run_cli("restore", "--latest", "--target-dir", str(target), "--json", config=sandbox.config_path)
+        assert result.returncode == 0, result.stderr
+        with session(json.loads(result.stdout)["conninfo"]) as conn:
+            row = conn.execute("select current_setting('recovery_end_command') as e, "
+                               "current_setting('archive_cleanup_command') as c").fetchone()
+        assert row == {"e": "", "c": ""}, row
+    finally:
+        stop_restored(target, programs)  # a standby's cleanup command would run here
+        shutil.rmtree(target, ignore_errors=True)
 
 
 def _verify_kept(sandbox: sb.Sandbox, programs: Programs, size: int, *, restarted: bool,

@@ -24,10 +24,15 @@ from pgdr.pg.process import Watchdog, dir_progress
 from pgdr.pg.programs import Programs
 
 # A restored or scratch copy must never act as part of the cluster it came from: no
-# archiving into its repository, no replication to or from its nodes.
+# archiving into its repository, no replication to or from its nodes, and none of the
+# source's own recovery commands: a standby's archive_cleanup_command (run at every
+# restartpoint, the shutdown one too) would remove segments from the live archive, and
+# recovery_end_command runs whatever the source ran at its promotion.
 DETACHED_SETTINGS: dict[str, str | int] = {
     "archive_mode": "off",
     "archive_command": "",
+    "archive_cleanup_command": "",
+    "recovery_end_command": "",
     "primary_conninfo": "",
     "primary_slot_name": "",
     "synchronous_standby_names": "",
