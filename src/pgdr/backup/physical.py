@@ -20,26 +20,20 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
+from pgdr.backup.early import CopyPlan
 from pgdr.backup.publish import pending_backup
-from pgdr.backup.relmap import connectable_databases, relation_map
-from pgdr.config import Config
 from pgdr.errors import ConfigError, PgdrError, ProgramFailed, UsageError
 from pgdr.pg.conninfo import split_password, with_params
-from pgdr.pg.lsn import parse_lsn, segment_of
 from pgdr.pg.process import Cancelled, dir_progress
 from pgdr.pg.programs import Programs
 from pgdr.repo.layout import Repository
-from pgdr.repo.manifest import (
-    MANIFEST_NAME,
-    BackupManifest,
-    FileEntry,
-    Relation,
-    Tablespace,
-    backup_dir,
-    list_backups,
-)
+
+if TYPE_CHECKING:
+    # pydantic's, imported beside the copy (the checks' thread), never before it starts
+    from pgdr.config import Config
+    from pgdr.repo.manifest import BackupManifest, Relation
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +77,13 @@ _UNSUPPORTED = re.compile(r"does not support compression with|compression.*not s
 CLIENT_FALLBACK = "client-gzip:1"
 
 
-def pg_basebackup_args(conninfo: str, target: Path, config: Config, label: str, *,
+def pg_basebackup_args(conninfo: str, target: Path, plan: CopyPlan, label: str, *,
                        compression: str | None = None, incremental_from: Path | None = None) -> list[str]:
-    """The exact pg_basebackup invocation; the benchmark reuses it for the baseline."""
+    """The exact pg_basebackup invocation."""
     return [
         "-d", conninfo, "-D", str(target), "-Ft", "-X", "stream",
-        f"--checkpoint={config.backup.checkpoint}", "-l", label,
-        "--manifest-checksums=CRC32C", *compression_args(compression or config.backup.compression),
+        f"--checkpoint={plan.checkpoint}", "-l", label,
+        "--manifest-checksums=CRC32C", *compression_args(compression or plan.compression),
         *([f"--incremental={incremental_from / 'backup_manifest'}"] if incremental_from else []),
     ]
 
@@ -107,23 +101,24 @@ class Source:
 
 @dataclass
 class Checked:
-    """What the checks beside the copy found: the source as probed, and its facts."""
+    """What the checks beside the copy found: the validated config, the source as
+    probed, and its facts."""
+    config: Config
     source: Source
     facts: dict[str, Any]
     spaces: dict[str, tuple[str, str]]
 
 
-def guessed_source(config: Config, programs: Programs, repo: Repository) -> Source:
+def guessed_source(plan: CopyPlan, programs: Programs, repo: Repository) -> Source:
     """Where the copy starts before any probe has answered: the configured primary, with
     the programs of the version the repository holds. The checks confirm it (or the copy
     restarts from the node they found), so a wrong guess costs time, never correctness."""
-    node = config.configured_primary
     ident = repo.identity()
     try:
-        progs = programs.for_server(version_num=ident["pg_version_num"], what=node.name) if ident else programs
+        progs = programs.for_server(version_num=ident["pg_version_num"], what=plan.primary) if ident else programs
     except ConfigError:
         progs = programs  # the checks say what is wrong with them
-    return Source(node.name, with_params(node.conninfo, application_name="pgdr_backup"), progs)
+    return Source(plan.primary, with_params(plan.conninfo, application_name="pgdr_backup"), progs)
 
 
 def check_source(config: Config, programs: Programs, repo: Repository, *, incremental: bool,
@@ -147,19 +142,28 @@ def check_source(config: Config, programs: Programs, repo: Repository, *, increm
         check_incremental_possible(conninfo, facts, primary.node.name)
     repo.claim(facts["system_identifier"], facts["server_version_num"], facts["wal_segment_size"])
     progs = programs.for_server(version_num=facts["server_version_num"], what=primary.node.name)
-    return Checked(Source(primary.node.name, conninfo, progs), facts, spaces)
+    return Checked(config, Source(primary.node.name, conninfo, progs), facts, spaces)
 
 
 def take_physical_backup(config: Config, programs: Programs, repo: Repository, *,
                          incremental: bool = False,
                          preflight: Callable[[], None] | None = None) -> BackupResult:
     """A full base backup, or with incremental=True a native incremental one (PostgreSQL 17+)
-    against the newest backup in the repository, which becomes its parent.
+    against the newest backup in the repository, which becomes its parent."""
+    return copy_and_check(CopyPlan.of(config), lambda: config, programs, repo, incremental=incremental,
+                          preflight=preflight)
+
+
+def copy_and_check(plan: CopyPlan, validated: Callable[[], Config], programs: Programs, repo: Repository, *,
+                   incremental: bool = False, preflight: Callable[[], None] | None = None) -> BackupResult:
+    """take_physical_backup, from a plan read before the config was validated (`pgdr
+    backup`'s fast start, backup/early.py): `validated()` gives the config.
 
     A full backup's copy starts as soon as the backup folder is reserved, from the guessed
-    source; the checks that may veto it (check_source) run beside the copy. A veto ends
-    pg_basebackup and removes the folder; a different primary or programs restart the copy
-    from the right ones. Nothing is published before the checks have passed."""
+    source; the checks that may veto it run beside the copy: the config's validation (and
+    the plan held to it), then check_source. A veto ends pg_basebackup and removes the
+    folder; a different primary or programs restart the copy from the right ones. Nothing
+    is published before the checks have passed."""
     repo.ensure()  # a new repository's folders (claim() makes them too, but runs beside the copy)
     with pending_backup(repo, "incremental" if incremental else "physical") as pending, ThreadPoolExecutor(
             max_workers=4, thread_name_prefix="pgdr-backup") as pool:
@@ -169,22 +173,35 @@ def take_physical_backup(config: Config, programs: Programs, repo: Repository, *
         def checks() -> Checked:
             nonlocal mapping
             try:
+                config = validated()
+                plan.hold_to(config, config.source or Path("pgdr.toml"))
                 found = check_source(config, programs, repo, incremental=incremental, preflight=preflight)
             except BaseException:
                 cancel.set()  # a veto ends the copy
                 raise
             # Beside the copy, not after it: the relation map (one session per database).
+            from pgdr.backup.relmap import connectable_databases, relation_map
+
             mapping = pool.submit(lambda: relation_map(found.source.conninfo,
                                                        connectable_databases(found.source.conninfo)))
             if not found.source.same_as(started_from):
                 cancel.set()  # wrong node or programs: stop early, the copy restarts
             return found
 
+        submitted: list[Future[Checked]] = []
+
+        def start_checks() -> Future[Checked]:
+            """Once pg_basebackup is started (or when the copy failed to start): the checks'
+            imports would otherwise hold the interpreter while the copy is being started."""
+            if not submitted:
+                submitted.append(pool.submit(checks))
+            return submitted[0]
+
         parent = parent_dir = None
         if incremental:
             # The parent and its manifest decide what pg_basebackup copies: checks first.
-            started_from = guessed_source(config, programs, repo)
-            checked = pool.submit(checks)
+            started_from = guessed_source(plan, programs, repo)
+            checked = start_checks()
             started_from = checked.result().source
             cancel.clear()  # set by checks() when the guess differed: nothing was copied yet
             facts, spaces = checked.result().facts, checked.result().spaces
@@ -194,13 +211,14 @@ def take_physical_backup(config: Config, programs: Programs, repo: Repository, *
             # folder keeps it, else the parent is fetched first (every file checked).
             parent_dir = repo.backups_dir / parent.id
             if not (parent_dir / "backup_manifest").is_file():
+                from pgdr.repo.manifest import backup_dir
+
                 parent_dir = backup_dir(repo, parent.id)
             if spaces:
                 raise UsageError("--incremental is not supported for clusters with user tablespaces yet",
                                  hint="take a full backup (`pgdr backup`)")
         else:
-            started_from = guessed_source(config, programs, repo)
-            checked = pool.submit(checks)
+            started_from = guessed_source(plan, programs, repo)
 
         def run(source: Source, compression: str) -> dict[str, tuple[int, str]]:
             plain_conninfo, password = split_password(source.conninfo)
@@ -209,24 +227,24 @@ def take_physical_backup(config: Config, programs: Programs, repo: Repository, *
             try:
                 source.programs.run(
                     "pg_basebackup",
-                    pg_basebackup_args(plain_conninfo, pending.partial, config, f"pgdr {pending.id}",
+                    pg_basebackup_args(plain_conninfo, pending.partial, plan, f"pgdr {pending.id}",
                                        compression=compression, incremental_from=parent_dir),
-                    password=password, stall_timeout=config.pg.stall_timeout, cancel=cancel,
+                    password=password, stall_timeout=plan.stall_timeout, cancel=cancel,
                     # a spread checkpoint writes nothing for minutes: count stalls from the first byte
-                    progress=dir_progress(pending.partial, idle_while_empty=config.backup.checkpoint == "spread"),
-                    stalled_what=f"nothing written to {pending.partial} by {source.node}")
+                    progress=dir_progress(pending.partial, idle_while_empty=plan.checkpoint == "spread"),
+                    stalled_what=f"nothing written to {pending.partial} by {source.node}", on_start=start_checks)
             finally:
                 follower.copy_ended.set()
             return hashing.result()
 
-        compression, source = config.backup.compression, started_from
+        compression, source = plan.compression, started_from
         while True:
             try:
                 hashed = run(source, compression)
             except PgdrError as exc:
                 if isinstance(exc, Cancelled) and not cancel.is_set():
                     raise  # Ctrl-C / SIGTERM
-                found = checked.result()  # a veto is the error to report (it explains the failure)
+                found = start_checks().result()  # a veto is the error to report (it explains the failure)
                 if not found.source.same_as(source):
                     log.info("the copy started from %s; the primary is %s: starting again",
                              source.node, found.source.node)
@@ -242,14 +260,14 @@ def take_physical_backup(config: Config, programs: Programs, repo: Repository, *
                 _empty(pending.partial)
                 compression = CLIENT_FALLBACK
                 continue
-            found = checked.result()
+            found = start_checks().result()
             if found.source.same_as(source):
                 break
             _empty(pending.partial)  # copied from a node that is not the primary (now)
             cancel.clear()
             source = found.source
         assert mapping is not None
-        manifest = _describe(pending.id, pending.partial, config, source.node, found.facts,
+        manifest = _describe(pending.id, pending.partial, found.config, source.node, found.facts,
                              pending.started, datetime.now(UTC), pending.elapsed, mapping.result(), found.spaces,
                              hashed)
         manifest = manifest.model_copy(update={"compression": compression})
@@ -278,6 +296,8 @@ def check_incremental_possible(conninfo: str, facts: dict[str, Any], node: str) 
 
 def incremental_parent(repo: Repository, facts: dict[str, Any]) -> BackupManifest:
     """The newest physical backup (full or incremental) of this cluster and major version."""
+    from pgdr.repo.manifest import list_backups
+
     same = [b for b in list_backups(repo, "physical")
             if b.system_identifier == str(facts["system_identifier"])
             and b.pg_version_num // 10000 == int(facts["server_version_num"]) // 10000]
@@ -359,6 +379,9 @@ def _describe(backup_id: str, folder: Path, config: Config, node_name: str,
               duration: float, relations: dict[str, Relation],
               spaces: dict[str, tuple[str, str]],
               hashed: dict[str, tuple[int, str]] | None = None) -> BackupManifest:
+    from pgdr.pg.lsn import parse_lsn, segment_of
+    from pgdr.repo.manifest import MANIFEST_NAME, BackupManifest, FileEntry, Tablespace
+
     pg_manifest = json.loads((folder / "backup_manifest").read_text())
     ranges = pg_manifest["WAL-Ranges"]
     start_lsn, stop_lsn = ranges[0]["Start-LSN"], ranges[-1]["End-LSN"]

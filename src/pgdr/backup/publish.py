@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING
 
 from pgdr.errors import BackupFailed, PgdrError
 from pgdr.fsutil import durable_rename, exclusive_lock, write_json_durable
-from pgdr.repo.layout import PARTIAL_SUFFIX, Repository
-from pgdr.repo.manifest import MANIFEST_NAME, BackupManifest, new_backup_id, remove_stale_partials
+from pgdr.repo.layout import PARTIAL_SUFFIX, Repository, new_backup_id, remove_stale_partials
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # pydantic's: `pgdr backup` reserves the folder and starts its copy before importing it
+    from pgdr.repo.manifest import BackupManifest
     from pgdr.repo.streamup import StreamingUpload
 
 
@@ -49,6 +49,8 @@ class PendingBackup:
             durable_rename(self.partial, self.final)
             purge_backup(self.repo, self.id)  # the cache keeps pgdr.json and backup_manifest
             return
+        from pgdr.repo.manifest import MANIFEST_NAME
+
         # Sealed: pgdr.json carries the sha256 of its own content, so an edit is caught.
         # (write_json_durable fsyncs the folder after its own rename; pg_basebackup synced
         # the files it wrote and the folder)

@@ -26,11 +26,17 @@ class AppContext:
         if self._config is None:
             from pgdr.config import load_config
 
-            self._config = load_config(self.config_path)
-            from pgdr.pg.bounds import apply_config
-
-            apply_config(self._config.pg)
+            self.adopt(load_config(self.config_path))
+        assert self._config is not None
         return self._config
+
+    def adopt(self, config: Config) -> Config:
+        """Use this (validated) config from now on: `pgdr backup` validates it beside its copy."""
+        from pgdr.pg.bounds import apply_config
+
+        self._config = config
+        apply_config(config.pg)
+        return config
 
     @property
     def programs(self) -> Programs:

@@ -104,7 +104,7 @@ def _run_plain_backup(config: Path | None, debug: bool, json_out: bool) -> None:
 
     from pgdr.cli import signals
     from pgdr.cli.context import AppContext
-    from pgdr.cli.physical_backup import physical_backup
+    from pgdr.cli.physical_backup import fast_physical_backup
     from pgdr.pg.children import REGISTRY, reap_orphans
 
     signals.install()
@@ -114,7 +114,7 @@ def _run_plain_backup(config: Path | None, debug: bool, json_out: bool) -> None:
                                 format="%(asctime)s %(levelname)s %(name)s: %(message)s")
             obj = AppContext(config_path=config, debug=debug)
             reap_orphans()  # a SIGKILLed pgdr could not end what it started; the next pgdr does
-            physical_backup(obj, incremental=False, json_out=json_out)
+            fast_physical_backup(obj, json_out=json_out)
         except BaseException as exc:  # noqa: BLE001 - every failure becomes one line and a code
             if isinstance(exc, SystemExit):
                 raise

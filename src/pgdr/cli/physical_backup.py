@@ -11,6 +11,7 @@ from pgdr.cli import output
 if TYPE_CHECKING:
     from pgdr.backup.physical import BackupResult
     from pgdr.cli.context import AppContext
+    from pgdr.config import Config
 
 
 def physical_backup(obj: AppContext, *, incremental: bool, json_out: bool) -> None:
@@ -28,6 +29,47 @@ def physical_backup(obj: AppContext, *, incremental: bool, json_out: bool) -> No
             physical_possible()
         result = take_physical_backup(obj.config, obj.programs, obj.repo, incremental=incremental,
                                       preflight=physical_possible if auto else None)
+    print_summary(result, json_out)
+
+
+def fast_physical_backup(obj: AppContext, *, json_out: bool) -> None:
+    """A plain `pgdr backup` (cli/entry.py): pg_basebackup starts from the few keys
+    backup/early.py reads by hand, and the config is validated beside the copy, where any
+    error of it ends the copy and is reported as it always was (one line, exit 2). A
+    file the early reading does not accept is validated first, as before."""
+    from pgdr.backup.early import read_early
+    from pgdr.config_file import find_config_path, read_config_file
+
+    path = find_config_path(obj.config_path)
+    raw = read_config_file(path)
+    plan = read_early(raw)
+    if plan is None:
+        physical_backup(obj, incremental=False, json_out=json_out)
+        return
+    from pgdr.backup.physical import copy_and_check
+    from pgdr.errors import ConfigError, PgdrError
+    from pgdr.pg.programs import Programs, RunAs
+    from pgdr.repo.layout import Repository
+    from pgdr.repo.remote import refuse_if_not_plain
+
+    def validated() -> Config:
+        from pgdr.config import validate_config
+
+        return obj.adopt(validate_config(raw, path))
+
+    def physical_possible() -> None:
+        obj.require_physical("a physical base backup", "take a logical backup: `pgdr backup --logical`")
+
+    try:
+        refuse_if_not_plain(plan.repository)
+        programs = Programs(plan.bindir, RunAs(plan.os_user))
+        with output.console.status("backing up…") if (sys.stdout.isatty() and not json_out) else nullcontext():
+            result = copy_and_check(plan, validated, programs, Repository(plan.repository, programs.run_as),
+                                    preflight=physical_possible if plan.mode == "auto" else None)
+    except PgdrError as exc:
+        if obj._config is None and not isinstance(exc, ConfigError):
+            validated()  # failed before the config was validated: its error comes first, as before
+        raise
     print_summary(result, json_out)
 
 

@@ -199,11 +199,15 @@ def run(argv: Sequence[str], *, name: str | None = None, env: Mapping[str, str] 
         stalled_what: str | None = None, cancel: threading.Event | None = None,
         cwd: str = "/", log_stderr: bool = True,
         feed: Callable[[IO[bytes]], None] | None = None,
-        on_line: Callable[[str], None] | None = None) -> Completed:
+        on_line: Callable[[str], None] | None = None,
+        on_start: Callable[[], object] | None = None) -> Completed:
     """Run to completion; raise ProgramFailed (stderr's gist), Stalled or Cancelled.
 
     on_line: called with each line of stdout and stderr as it arrives, passwords masked
     (`pgdr migrate` streams the user's command to the terminal this way).
+
+    on_start: called once the program is started (`pgdr backup` starts its checks then,
+    so that their imports do not hold the interpreter while the copy is being started).
 
     progress: called about once a second when stall_timeout is set; a changed value is
     progress, None means "nothing to do now" (the stall clock restarts). Without a
@@ -222,6 +226,8 @@ def run(argv: Sequence[str], *, name: str | None = None, env: Mapping[str, str] 
             out_file.close()
     children.REGISTRY.add_group(proc.pid, name)
     try:
+        if on_start is not None:
+            on_start()
         err = _Pump(proc.stderr, name, log_stderr, 64 * 1024, on_line)  # type: ignore[arg-type]
         err.start()
         out = None

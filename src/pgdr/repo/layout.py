@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -111,3 +113,20 @@ class Repository:
     def wal_segment_size(self) -> int:
         ident = self.identity()
         return int(ident["wal_segment_size"]) if ident else 16 * 1024 * 1024
+
+
+def new_backup_id(kind: str, now: datetime | None = None) -> str:
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S")
+    return f"{stamp}{ {'physical': 'F', 'incremental': 'I'}.get(kind, 'L')}"
+
+
+def remove_stale_partials(repo: Repository) -> list[str]:
+    """Delete folders of killed backups. Call only while holding the backup lock: then
+    no other backup can be writing, so every partial folder is debris."""
+    removed = []
+    if repo.backups_dir.is_dir():
+        for entry in repo.backups_dir.iterdir():
+            if entry.name.endswith(PARTIAL_SUFFIX):
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry.name)
+    return removed

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +17,10 @@ from pydantic import BaseModel, ValidationError
 
 from pgdr.errors import RepositoryError
 from pgdr.repo.layout import PARTIAL_SUFFIX, Repository
+
+# without pydantic (pending_backup runs before pgdr backup imports it); importable from here
+from pgdr.repo.layout import new_backup_id as new_backup_id
+from pgdr.repo.layout import remove_stale_partials as remove_stale_partials
 
 MANIFEST_NAME = "pgdr.json"
 FORMAT_VERSION = 1
@@ -111,11 +114,6 @@ class BackupManifest(BaseModel):
     @property
     def age_seconds(self) -> float:
         return (datetime.now(UTC) - self.stop_time).total_seconds()
-
-
-def new_backup_id(kind: str, now: datetime | None = None) -> str:
-    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S")
-    return f"{stamp}{ {'physical': 'F', 'incremental': 'I'}.get(kind, 'L')}"
 
 
 def chain_of(backups_dir: Path, manifest: BackupManifest) -> list[tuple[Path, BackupManifest]]:
@@ -232,15 +230,3 @@ def backup_dir(repo: Repository, backup_id: str) -> Path:
 
         return fetch_backup(repo, backup_id)
     return repo.backups_dir / backup_id
-
-
-def remove_stale_partials(repo: Repository) -> list[str]:
-    """Delete folders of killed backups. Call only while holding the backup lock: then
-    no other backup can be writing, so every partial folder is debris."""
-    removed = []
-    if repo.backups_dir.is_dir():
-        for entry in repo.backups_dir.iterdir():
-            if entry.name.endswith(PARTIAL_SUFFIX):
-                shutil.rmtree(entry, ignore_errors=True)
-                removed.append(entry.name)
-    return removed

@@ -54,20 +54,26 @@ class BackupObjectDamaged(RepositoryError):
     """A backup file in the store does not match what its pgdr.json recorded."""
 
 
+def refuse_if_not_plain(path: Path) -> None:
+    """A repository configured as a plain local folder must be one (before anything is
+    written there): not an encrypted repository, nor an object store's working folder."""
+    from pgdr.repo.crypto import ENCRYPTION_FILE
+
+    if (path / LOCAL_OBJECTS / ENCRYPTION_FILE).exists() or (path / ENCRYPTION_FILE).exists():
+        raise ConfigError(f"repository {path} is encrypted; set [repository] encryption_key_env "
+                          "to the variable that holds its passphrase")
+    if (path / CACHE_MARKER).exists():  # a cache is not a repository: its files are pruned
+        raise ConfigError(f"{path} is the working folder of an object-store repository "
+                          f"({(path / CACHE_MARKER).read_text().strip()}); set [repository] url")
+
+
 def open_store(cfg: RepositoryConfig, run_as: RunAs) -> Store | None:
     """The configured object store, or None for a plain local repository (today's layout)."""
     from pgdr.repo.store import LocalStore
 
     local_objects = cfg.path / LOCAL_OBJECTS
     if cfg.url is None and cfg.encryption_key_env is None:
-        from pgdr.repo.crypto import ENCRYPTION_FILE
-
-        if (local_objects / ENCRYPTION_FILE).exists() or (cfg.path / ENCRYPTION_FILE).exists():
-            raise ConfigError(f"repository {cfg.path} is encrypted; set [repository] encryption_key_env "
-                              "to the variable that holds its passphrase")
-        if (cfg.path / CACHE_MARKER).exists():  # a cache is not a repository: its files are pruned
-            raise ConfigError(f"{cfg.path} is the working folder of an object-store repository "
-                              f"({(cfg.path / CACHE_MARKER).read_text().strip()}); set [repository] url")
+        refuse_if_not_plain(cfg.path)
         return None
     from pgdr.repo.crypto import open_encrypted
 
