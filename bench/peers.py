@@ -190,6 +190,19 @@ class Bench:
     def pgdr_backup(self) -> float:
         return timed(lambda: self.pgdr("backup", "--json"))
 
+    def pgdr_backup_from(self, src: Path) -> float:
+        """`pgdr backup` of another source tree (--compare-src: e.g. main before a change),
+        started as the console script starts it, in the same interpreter and venv."""
+        argv = [sys.executable, "-c", "import sys; from pgdr.cli.entry import run; sys.exit(run())",
+                "backup", "--json"]
+        env = {**self.env, "PYTHONPATH": str(src)}
+
+        def go() -> None:
+            proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=3600)
+            if proc.returncode != 0:
+                raise SystemExit(f"pgdr backup from {src} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+        return timed(go)
+
     def pg_basebackup(self) -> float:
         target = self.target("pgbb")
         t = timed(lambda: sh(f"{BIN}/pg_basebackup -h {self.sandbox.socket_dir} -p {self.node.port} "
@@ -312,13 +325,15 @@ def interleaved(rounds: int, methods: dict[str, Callable[[], float]]) -> dict[st
 PARTS = ("backup", "restore", "pitr")
 
 
-def run(data: str, scale: int, rounds: int, wal_seconds: int, parts: tuple[str, ...] = PARTS) -> list[Row]:
+def run(data: str, scale: int, rounds: int, wal_seconds: int, parts: tuple[str, ...] = PARTS,
+        compare_src: Path | None = None) -> list[Row]:
     base = Path(tempfile.mkdtemp(prefix=f"pgdr-bench-peers-{data}-", dir="/tmp"))
     os.chmod(base, 0o755)
     bench = None
     rows: list[Row] = []
     cmd = (f".venv/bin/python bench/peers.py --data {data} --scale {scale} --rounds {rounds} "
-           f"--wal-seconds {wal_seconds} --parts {','.join(parts)}")
+           f"--wal-seconds {wal_seconds} --parts {','.join(parts)}"
+           + (f" --compare-src {compare_src}" if compare_src is not None else ""))
     try:
         bench = Bench(base, data, scale)
         size = bench.fill()
@@ -331,12 +346,20 @@ def run(data: str, scale: int, rounds: int, wal_seconds: int, parts: tuple[str, 
             sh(f"{bench.pgbr} --type=full backup")
         if "backup" in parts:
             lo = load()
-            s = interleaved(rounds, {"pgdr backup": bench.pgdr_backup, "pg_basebackup": bench.pg_basebackup,
-                                     "pgBackRest backup": bench.pgbackrest_backup})
+            methods = {"pgdr backup": bench.pgdr_backup, "pg_basebackup": bench.pg_basebackup,
+                       "pgBackRest backup": bench.pgbackrest_backup}
+            if compare_src is not None:
+                methods["pgdr backup (compared)"] = lambda: bench.pgdr_backup_from(compare_src)
+            s = interleaved(rounds, methods)
             lo = f"{lo}→{load()}"
             rows.append(Row(f"backup, whole command ({label})", s["pgdr backup"], s["pg_basebackup"],
                             "≤ 1.05", cmd, lo))
             rows.append(Row(f"backup ({label})", s["pgdr backup"], s["pgBackRest backup"], "—", cmd, lo))
+            if compare_src is not None:
+                rows.append(Row(f"backup, {compare_src} ({label})", s["pgdr backup (compared)"],
+                                s["pg_basebackup"], "≤ 1.05", cmd, lo))
+                rows.append(Row(f"backup, this tree vs {compare_src} ({label})", s["pgdr backup"],
+                                s["pgdr backup (compared)"], "—", cmd, lo))
 
         if "restore" in parts:
             lo = load()
@@ -392,6 +415,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--wal-seconds", type=int, default=20)
     ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
+    ap.add_argument("--compare-src", type=Path, help="backup part: also time `pgdr backup` of this src/ "
+                    "folder (e.g. `git archive main src | tar -x -C /tmp/before`), interleaved")
     args = ap.parse_args()
     if args.rounds < 3:
         raise SystemExit("--rounds: at least 3 interleaved rounds")
@@ -399,7 +424,11 @@ def main() -> None:
     if not set(parts) <= set(PARTS):
         raise SystemExit(f"--parts: of {', '.join(PARTS)}")
     compile_pgdr()
-    rows = run(args.data, args.scale, args.rounds, args.wal_seconds, parts)
+    if args.compare_src is not None:
+        import compileall
+
+        compileall.compile_dir(str(args.compare_src), quiet=1)
+    rows = run(args.data, args.scale, args.rounds, args.wal_seconds, parts, args.compare_src)
     print(HEADER)
     for row in rows:
         print(row.markdown())

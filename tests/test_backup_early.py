@@ -211,13 +211,17 @@ def watched_run(config: Path, marker: Path) -> tuple[subprocess.CompletedProcess
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), seen
 
 
-# (case, text appended to the config, the early reader accepts it, so the copy starts first)
-INVALID = [
+# (case, text appended to the config, the early reader accepts it so the copy starts first;
+# None: pg_basebackup refuses the argument at once, so it may end before /proc shows it)
+INVALID: list[tuple[str, str, bool | None]] = [
     ("unknown key in a section read early", '[backup]\ncompresion = "none"\n', True),
     ("bad type in a key not read early", '[retention]\nkeep_last = "many"\n', True),
     ("bad value in a key not read early", "[diagnose]\nquery_chars = 5\n", True),
     ("unknown section", "[backups]\ncompression = \"none\"\n", True),
-    ("bad value in a key read early", '[backup]\ncompression = "bogus-zstd:1"\n', True),
+    # pg_basebackup takes `--compress=5` (gzip level 5); the model does not: the veto stops it
+    ("bad value in a key read early", '[backup]\ncompression = "5"\n', True),
+    # pg_basebackup fails at once on this one: the config's error is still what is said
+    ("bad value that pg_basebackup refuses too", '[backup]\ncompression = "bogus-zstd:1"\n', None),
     ("bad type in a key read early", "[backup]\ncompression = 17\n", False),
     ("bad literal in a key read early", '[backup]\ncheckpoint = "slow"\n', False),
 ]
@@ -225,7 +229,7 @@ INVALID = [
 
 @pytest.mark.parametrize(("case", "extra", "copy_first"), INVALID, ids=[c[0] for c in INVALID])
 def test_an_invalid_config_is_one_line_exit_2_and_leaves_nothing(shared_sandbox: sb.Sandbox, case: str,
-                                                                  extra: str, copy_first: bool) -> None:
+                                                                  extra: str, copy_first: bool | None) -> None:
     config = early_config(shared_sandbox, re.sub(r"\W+", "-", case), extra)
     marker = config.parent
     result, copy_started = watched_run(config, marker)
@@ -233,7 +237,7 @@ def test_an_invalid_config_is_one_line_exit_2_and_leaves_nothing(shared_sandbox:
     assert result.returncode == 2, (result.returncode, line)
     # the copy started before the validation for the files the early reader accepts, and
     # never for the ones it declines (those are validated first, as before)
-    assert copy_started == copy_first, (case, copy_started)
+    assert copy_first is None or copy_started == copy_first, (case, copy_started)
     assert not pg_basebackups(marker)
     assert not [n for n in complete_or_partial(marker / "repo")], complete_or_partial(marker / "repo")
     assert_server_clean(shared_sandbox)

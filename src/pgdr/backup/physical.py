@@ -8,7 +8,6 @@ leaves a .partial folder that no listing shows and the next backup removes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -60,6 +59,8 @@ class BackupResult:
 
 
 def sha256_file(path: Path, chunk: int = 4 << 20) -> str:
+    import hashlib  # OpenSSL's, ~2 ms: after pg_basebackup has started
+
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
@@ -223,7 +224,11 @@ def copy_and_check(plan: CopyPlan, validated: Callable[[], Config], programs: Pr
         def run(source: Source, compression: str) -> dict[str, tuple[int, str]]:
             plain_conninfo, password = split_password(source.conninfo)
             follower = TarFollower(pending.partial)
-            hashing = pool.submit(follower.run)
+            hashing: list[Future[dict[str, tuple[int, str]]]] = []
+
+            def started() -> None:  # the hashing and the checks, once pg_basebackup is started
+                hashing.append(pool.submit(follower.run))
+                start_checks()
             try:
                 source.programs.run(
                     "pg_basebackup",
@@ -232,10 +237,10 @@ def copy_and_check(plan: CopyPlan, validated: Callable[[], Config], programs: Pr
                     password=password, stall_timeout=plan.stall_timeout, cancel=cancel,
                     # a spread checkpoint writes nothing for minutes: count stalls from the first byte
                     progress=dir_progress(pending.partial, idle_while_empty=plan.checkpoint == "spread"),
-                    stalled_what=f"nothing written to {pending.partial} by {source.node}", on_start=start_checks)
+                    stalled_what=f"nothing written to {pending.partial} by {source.node}", on_start=started)
             finally:
                 follower.copy_ended.set()
-            return hashing.result()
+            return hashing[0].result()
 
         compression, source = plan.compression, started_from
         while True:
@@ -360,6 +365,8 @@ class TarFollower:
             return False
         for entry in entries:
             if entry.name not in self._open and _APPEND_ONLY.match(entry.name):
+                import hashlib
+
                 self._open[entry.name] = (open(entry.path, "rb"), hashlib.sha256())  # noqa: SIM115
         for fh, digest in self._open.values():
             progressed = self._drain(fh, digest) or progressed

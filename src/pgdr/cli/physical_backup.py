@@ -49,8 +49,7 @@ def fast_physical_backup(obj: AppContext, *, json_out: bool) -> None:
     from pgdr.backup.physical import copy_and_check
     from pgdr.errors import ConfigError, PgdrError
     from pgdr.pg.programs import Programs, RunAs
-    from pgdr.repo.layout import Repository
-    from pgdr.repo.remote import refuse_if_not_plain
+    from pgdr.repo.layout import Repository, refuse_if_not_plain
 
     def validated() -> Config:
         from pgdr.config import validate_config

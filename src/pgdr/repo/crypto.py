@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 from pgdr.errors import ConfigError, RepositoryError
+from pgdr.repo.layout import ENCRYPTION_FILE as ENCRYPTION_FILE
 from pgdr.repo.store import ObjectInfo, ObjectMissing, Store, StoreUnavailable, read_blocks
 
 MAGIC = b"PGDRAE1\0"
 HEADER_SIZE = 16
 CHUNK = 1 << 20
 TAG = 16
-ENCRYPTION_FILE = "pgdr-encryption.json"
 _CHECK = b"pgdr key check"
 SCRYPT = {"n": 1 << 15, "r": 8, "p": 1}
 

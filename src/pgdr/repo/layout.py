@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pgdr.errors import RepositoryError
+from pgdr.errors import ConfigError, RepositoryError
 from pgdr.fsutil import write_json_durable
 from pgdr.pg.programs import RunAs
 
@@ -28,6 +28,12 @@ if TYPE_CHECKING:
     from pgdr.repo.store import Store
 
 PARTIAL_SUFFIX = ".partial"
+# An encrypted repository's marker (repo/crypto.py), a local object store's folder and an
+# object store's working-folder marker (repo/remote.py): here so that `pgdr backup` can
+# refuse a misconfigured repository before its copy without importing either module.
+ENCRYPTION_FILE = "pgdr-encryption.json"
+LOCAL_OBJECTS = "objects"
+CACHE_MARKER = "pgdr-cache.json"
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,17 @@ class Repository:
     def wal_segment_size(self) -> int:
         ident = self.identity()
         return int(ident["wal_segment_size"]) if ident else 16 * 1024 * 1024
+
+
+def refuse_if_not_plain(path: Path) -> None:
+    """A repository configured as a plain local folder must be one (before anything is
+    written there): not an encrypted repository, nor an object store's working folder."""
+    if (path / LOCAL_OBJECTS / ENCRYPTION_FILE).exists() or (path / ENCRYPTION_FILE).exists():
+        raise ConfigError(f"repository {path} is encrypted; set [repository] encryption_key_env "
+                          "to the variable that holds its passphrase")
+    if (path / CACHE_MARKER).exists():  # a cache is not a repository: its files are pruned
+        raise ConfigError(f"{path} is the working folder of an object-store repository "
+                          f"({(path / CACHE_MARKER).read_text().strip()}); set [repository] url")
 
 
 def new_backup_id(kind: str, now: datetime | None = None) -> str:

@@ -31,7 +31,9 @@ from typing import TYPE_CHECKING, TypeVar
 from pgdr.errors import ConfigError, RepositoryError, UsageError
 from pgdr.pg.lsn import Segment, parse_lsn, parse_segment_name
 from pgdr.pg.programs import RunAs
-from pgdr.repo.layout import PARTIAL_SUFFIX, Repository
+from pgdr.repo.layout import CACHE_MARKER as CACHE_MARKER
+from pgdr.repo.layout import LOCAL_OBJECTS as LOCAL_OBJECTS
+from pgdr.repo.layout import PARTIAL_SUFFIX, Repository, refuse_if_not_plain
 from pgdr.repo.store import ObjectInfo, ObjectMissing, Store
 
 if TYPE_CHECKING:
@@ -45,26 +47,12 @@ if TYPE_CHECKING:
 
 MANIFEST = "pgdr.json"
 VERIFY = "verify.json"
-LOCAL_OBJECTS = "objects"
 FETCH_WORKERS = 8
 T = TypeVar("T")
 
 
 class BackupObjectDamaged(RepositoryError):
     """A backup file in the store does not match what its pgdr.json recorded."""
-
-
-def refuse_if_not_plain(path: Path) -> None:
-    """A repository configured as a plain local folder must be one (before anything is
-    written there): not an encrypted repository, nor an object store's working folder."""
-    from pgdr.repo.crypto import ENCRYPTION_FILE
-
-    if (path / LOCAL_OBJECTS / ENCRYPTION_FILE).exists() or (path / ENCRYPTION_FILE).exists():
-        raise ConfigError(f"repository {path} is encrypted; set [repository] encryption_key_env "
-                          "to the variable that holds its passphrase")
-    if (path / CACHE_MARKER).exists():  # a cache is not a repository: its files are pruned
-        raise ConfigError(f"{path} is the working folder of an object-store repository "
-                          f"({(path / CACHE_MARKER).read_text().strip()}); set [repository] url")
 
 
 def open_store(cfg: RepositoryConfig, run_as: RunAs) -> Store | None:
@@ -88,7 +76,6 @@ def open_store(cfg: RepositoryConfig, run_as: RunAs) -> Store | None:
     return open_encrypted(inner, cfg.encryption_key_env, cfg.path)
 
 
-CACHE_MARKER = "pgdr-cache.json"
 
 
 def claim_working_folder(path: Path, url: str) -> None:
