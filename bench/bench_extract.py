@@ -7,7 +7,9 @@ pgbench -i -s SCALE into a fresh sandbox, one pgdr backup, then ROUNDS interleav
 - `zstd -dc | tar -x` (10 KiB)       what a user types (GNU tar's default record);
 - pgdr, 10 KiB records               extract._stream_tar with GNU tar's default record;
 - pgdr (as shipped)                  1 MiB records (TAR_RECORD_BLOCKS), writeback every 0.1 s;
-- pgdr, no writeback                 without the syncfs thread (extract._Writeback).
+- pgdr, no writeback                 without the syncfs thread (extract._Writeback);
+- pgdr, 64 KiB zstd->tar pipe        the pipe between zstd and tar a shell's `|` makes
+                                     (extract._pipe widens it to 1 MiB).
 Each pgdr variant hashes every byte (the restore-trust check) and is followed by a
 syncfs of the target (what the server's recovery_init_sync_method = syncfs then pays):
 the time printed includes it. Ratios are against the shipped variant's median.
@@ -68,13 +70,19 @@ def _sync(path: Path) -> None:
         os.close(fd)
 
 
+def _narrow_pipe() -> tuple[int, int]:
+    return os.pipe()  # the kernel's default 64 KiB, what a shell's `|` gives
+
+
 def pgdr_variant(backup: Path, base: Path, programs: Programs, *, record: int,
-                 writeback: bool) -> Callable[[], float]:
+                 writeback: bool, wide_pipe: bool = True) -> Callable[[], float]:
     def run() -> float:
         target = _fresh(base, "x", programs)
         _sync(target)
-        saved = extract.TAR_RECORD_BLOCKS
+        saved, saved_pipe = extract.TAR_RECORD_BLOCKS, extract._pipe
         extract.TAR_RECORD_BLOCKS = record
+        if not wide_pipe:
+            extract._pipe = _narrow_pipe
         t0 = time.monotonic()
         try:
             jobs = [(backup / "base.tar.zst", target), (backup / "pg_wal.tar", target / "pg_wal")]
@@ -84,7 +92,7 @@ def pgdr_variant(backup: Path, base: Path, programs: Programs, *, record: int,
             _sync(target)
             seconds = time.monotonic() - t0
         finally:
-            extract.TAR_RECORD_BLOCKS = saved
+            extract.TAR_RECORD_BLOCKS, extract._pipe = saved, saved_pipe
         assert not any(o.error for o in out), [o.error for o in out]
         shutil.rmtree(target)
         return seconds
@@ -132,6 +140,8 @@ def main() -> None:
                                               writeback=True),
             "pgdr, no writeback": pgdr_variant(path, base, programs, record=extract.TAR_RECORD_BLOCKS,
                                                writeback=False),
+            "pgdr, 64 KiB zstd->tar pipe": pgdr_variant(path, base, programs, record=extract.TAR_RECORD_BLOCKS,
+                                                        writeback=True, wide_pipe=False),
         }
         times: dict[str, list[float]] = {name: [] for name in variants}
         print(f"load average before: {os.getloadavg()[0]:.1f}")

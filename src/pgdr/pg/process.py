@@ -200,8 +200,13 @@ def run(argv: Sequence[str], *, name: str | None = None, env: Mapping[str, str] 
         cwd: str = "/", log_stderr: bool = True,
         feed: Callable[[IO[bytes]], None] | None = None,
         on_line: Callable[[str], None] | None = None,
+        stdin_fd: int | None = None, stdout_fd: int | None = None,
         on_start: Callable[[], object] | None = None) -> Completed:
     """Run to completion; raise ProgramFailed (stderr's gist), Stalled or Cancelled.
+
+    stdin_fd / stdout_fd: a pipe end handed to the program as its stdin / stdout (two
+    runs joined by one pipe pgdr made, see restore/extract.py); closed here once the
+    program has started, or failed to, so the other end sees EOF when the program ends.
 
     on_line: called with each line of stdout and stderr as it arrives, passwords masked
     (`pgdr migrate` streams the user's command to the terminal this way).
@@ -216,14 +221,18 @@ def run(argv: Sequence[str], *, name: str | None = None, env: Mapping[str, str] 
     name = name or os.path.basename(argv[0])
     log.debug("run: %s", mask_text(" ".join(argv)))
     out_file = open(stdout_path, "wb") if stdout_path else None  # noqa: SIM115
+    stdin: Any = subprocess.PIPE if (input_bytes is not None or feed is not None) else subprocess.DEVNULL
     try:
         proc = _popen(argv, env=env, user_kwargs=user_kwargs or {},
-                      stdin=subprocess.PIPE if (input_bytes is not None or feed is not None)
-                      else subprocess.DEVNULL,
-                      stdout=out_file or subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd)
+                      stdin=stdin if stdin_fd is None else stdin_fd,
+                      stdout=out_file or (subprocess.PIPE if stdout_fd is None else stdout_fd),
+                      stderr=subprocess.PIPE, cwd=cwd)
     finally:
         if out_file:
             out_file.close()
+        for fd in (stdin_fd, stdout_fd):
+            if fd is not None:
+                os.close(fd)
     children.REGISTRY.add_group(proc.pid, name)
     try:
         if on_start is not None:

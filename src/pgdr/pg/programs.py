@@ -204,6 +204,8 @@ class Programs:
         stalled_what: str | None = None,
         cancel: threading.Event | None = None,
         feed: Callable[[IO[bytes]], None] | None = None,
+        stdin_fd: int | None = None,
+        stdout_fd: int | None = None,
         on_start: Callable[[], object] | None = None,
     ) -> Completed:
         """Run to completion; raise ProgramFailed (with stderr's gist) on a bad exit code,
@@ -217,7 +219,7 @@ class Programs:
                 user_kwargs=self.user_kwargs(as_server_user), ok_codes=ok_codes, timeout=timeout,
                 stdout_path=stdout_path, input_bytes=input_text.encode() if input_text is not None else None,
                 stall_timeout=stall_timeout, progress=progress, stalled_what=stalled_what, cancel=cancel,
-                feed=feed, on_start=on_start)
+                feed=feed, stdin_fd=stdin_fd, stdout_fd=stdout_fd, on_start=on_start)
         except ProgramFailed as exc:
             refused = credentials.auth_error(exc.message, credentials.target_of(args))
             if refused is not None:

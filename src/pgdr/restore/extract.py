@@ -240,30 +240,32 @@ PIPE_BYTES = 1 << 20  # the pipe into the decompressor: 1 MiB (Linux's default c
 TAR_RECORD_BLOCKS = 2048
 
 
-def _extract_command(archive: Path, dest: Path) -> tuple[str, list[str]]:
-    """The program reading the archive's bytes on stdin and writing files under dest.
+def _tar_args(dest: Path) -> list[str]:
+    return ["-b", str(TAR_RECORD_BLOCKS), "-xf", "-", "-C", str(dest)]
 
-    A compressed tar goes through `DECOMPRESSOR -dc | tar -x`, the pipeline a user types,
-    under bash's pipefail so a decompressor that fails after tar has read a whole archive
-    (trailing damage) still fails the extraction. tar's own --use-compress-program is the
-    fallback without bash: reading a pipe, tar copies it to the decompressor through one
-    more process in 10 KiB records, measured 0.3-0.5 s slower per 370 MB on 2 cores."""
-    program = _COMPRESSORS.get(archive.suffix if archive.suffix != ".tar" else "")
-    record = ["-b", str(TAR_RECORD_BLOCKS)]
-    if program is None:
-        return "tar", [*record, "-xf", "-", "-C", str(dest)]
-    if shutil.which("bash") is not None:
-        return "bash", ["-o", "pipefail", "-c", f'{program} -q -dc | tar -b {TAR_RECORD_BLOCKS} -xf - -C "$1"',
-                        "pgdr-extract", str(dest)]
-    return "tar", [f"--use-compress-program={program}", "-xf", "-", "-C", str(dest)]
+
+def _pipe() -> tuple[int, int]:
+    """A pipe of PIPE_BYTES (read end, write end). The decompressor's output crosses it:
+    with the kernel's default 64 KiB, zstd and tar wake each other every 64 KiB, and the
+    extraction of an 800 MB tar took 1.12 s against 0.85 s through 1 MiB (6 interleaved
+    rounds, the same files). A shell's `|` cannot be widened, hence pgdr makes the pipe."""
+    read_end, write_end = os.pipe()
+    try:
+        fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    except OSError:  # above /proc/sys/fs/pipe-max-size for this user: keep the default
+        pass
+    return read_end, write_end
 
 
 def _stream_tar(archive: Path, dest: Path, programs: Programs, hashing: bool) -> _Streamed:
-    """The extraction pipeline reading stdin, fed by a loop that hashes the same buffer it
-    writes (one read of the file: what is extracted is exactly what was hashed); when the
-    pipeline dies early (damaged data), the rest of the file is still hashed so the damage
-    is named."""
-    program, args = _extract_command(archive, dest)
+    """`DECOMPRESSOR -dc | tar -x`, the pipeline a user types, as two programs joined by
+    one wide pipe (_pipe), fed by a loop that hashes the same buffer it writes (one read
+    of the file: what is extracted is exactly what was hashed). Each program's exit
+    status counts, as under pipefail: a decompressor that fails after tar has read a
+    whole archive (damage after the last frame) still fails the extraction. When the
+    pipeline dies early (damaged data), the rest of the file is still hashed so the
+    damage is named."""
+    decompressor = _COMPRESSORS.get(archive.suffix if archive.suffix != ".tar" else "")
     sha = hashlib.sha256()
     size = 0
 
@@ -290,11 +292,32 @@ def _stream_tar(archive: Path, dest: Path, programs: Programs, hashing: bool) ->
                     except BrokenPipeError:
                         alive = False
 
-    error = None
-    try:
-        programs.run(program, args, feed=feed, timeout=3600)
-    except ProgramFailed as exc:
-        error = exc.message
+    def failure(program: str, args: list[str], *, with_feed: bool = False,
+                stdin_fd: int | None = None, stdout_fd: int | None = None) -> str | None:
+        try:
+            programs.run(program, args, timeout=3600, feed=feed if with_feed else None,
+                         stdin_fd=stdin_fd, stdout_fd=stdout_fd)
+        except ProgramFailed as exc:
+            return exc.message
+        return None
+
+    if decompressor is None:
+        error = failure("tar", _tar_args(dest), with_feed=True)
+    else:
+        read_end, write_end = _pipe()
+        try:
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pgdr-untar") as pool:
+                untar = pool.submit(failure, "tar", _tar_args(dest), stdin_fd=read_end)
+                read_end = -1  # tar's now (its run closes it)
+                decompressed = failure(decompressor, ["-q", "-dc"], with_feed=True, stdout_fd=write_end)
+                write_end = -1
+                untarred = untar.result()
+        finally:
+            for fd in (read_end, write_end):
+                if fd >= 0:
+                    os.close(fd)
+        # tar's complaint first (a full disk ends zstd with a broken pipe), else zstd's
+        error = untarred or decompressed
     return _Streamed(archive.name, sha.hexdigest(), size, error)
 
 
