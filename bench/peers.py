@@ -346,10 +346,10 @@ def run(data: str, scale: int, rounds: int, wal_seconds: int, parts: tuple[str, 
             sh(f"{bench.pgbr} --type=full backup")
         if "backup" in parts:
             lo = load()
-            methods = {"pgdr backup": bench.pgdr_backup, "pg_basebackup": bench.pg_basebackup,
-                       "pgBackRest backup": bench.pgbackrest_backup}
-            if compare_src is not None:
+            methods = {"pgdr backup": bench.pgdr_backup, "pg_basebackup": bench.pg_basebackup}
+            if compare_src is not None:  # never right after the other pgdr: a backup id is per second
                 methods["pgdr backup (compared)"] = lambda: bench.pgdr_backup_from(compare_src)
+            methods["pgBackRest backup"] = bench.pgbackrest_backup
             s = interleaved(rounds, methods)
             lo = f"{lo}→{load()}"
             rows.append(Row(f"backup, whole command ({label})", s["pgdr backup"], s["pg_basebackup"],
