@@ -72,8 +72,7 @@ WAL_CHECKS = ("archived WAL",)
 # on the random-text bench, scale 30: 470 MB of pages written in 0.4-1.1 s more count time)
 READ_ONLY_ABOVE = 8 * 1024 * 1024
 READ_ONLY = ("\n# pgdr verify: the checks run on a hot standby of this copy, which writes nothing\n"
-             "restore_command = ''\nrecovery_target = ''\nprimary_conninfo = ''\n"
-             "archive_cleanup_command = ''\nrecovery_end_command = ''\n")
+             "restore_command = ''\nrecovery_target = ''\nprimary_conninfo = ''\n")
 
 log = logging.getLogger(__name__)
 
