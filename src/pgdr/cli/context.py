@@ -30,6 +30,10 @@ class AppContext:
         assert self._config is not None
         return self._config
 
+    @property
+    def config_loaded(self) -> bool:
+        return self._config is not None
+
     def adopt(self, config: Config) -> Config:
         """Use this (validated) config from now on: `pgdr backup` validates it beside its copy."""
         from pgdr.pg.bounds import apply_config

@@ -4,7 +4,9 @@
 pg_basebackup starts counts. Typer (with the click it vendors) costs ~75 ms to import and
 build, and nothing of it is needed to read `pgdr [-c FILE] [--debug] backup [--json]`.
 That one exact form runs here; every other command line (help, other options, other
-commands, anything unexpected) goes to the full CLI in cli/main.py, unchanged.
+commands, anything unexpected) goes to the full CLI in cli/main.py, unchanged. It does
+not wait for pydantic either: cli/physical_backup.fast_physical_backup starts the copy
+from the keys backup/early.py reads and validates the config beside it.
 """
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ def fast_physical_backup(obj: AppContext, *, json_out: bool) -> None:
             result = copy_and_check(plan, validated, programs, Repository(plan.repository, programs.run_as),
                                     preflight=physical_possible if plan.mode == "auto" else None)
     except PgdrError as exc:
-        if obj._config is None and not isinstance(exc, ConfigError):
+        if not obj.config_loaded and not isinstance(exc, ConfigError):
             validated()  # failed before the config was validated: its error comes first, as before
         raise
     print_summary(result, json_out)
