@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -204,16 +205,27 @@ def test_restore_before_a_rolled_back_prepared_transaction_refuses(story: Story)
     assert not target.exists() or not any(target.iterdir())
 
 
-def test_restore_says_on_the_terminal_how_to_end_each_prepared_transaction(story: Story) -> None:
-    target = story.sandbox.root / "restored-text"
+@pytest.mark.parametrize("pause", [False, True])
+def test_restore_says_on_the_terminal_how_to_end_each_prepared_transaction(story: Story, pause: bool) -> None:
+    """Paused in recovery (--pause), PostgreSQL lists no prepared transaction until the end of
+    recovery: restore says so instead of reporting none."""
+    target = story.sandbox.root / f"restored-text-{pause}"
     try:
-        res = run_cli("restore", "--before-xid", str(story.xid_commit), "--target-dir", str(target),
-                      config=story.sandbox.config_path)
+        res = run_cli("restore", "--before-xid", str(story.xid_commit), *(["--pause"] if pause else []),
+                      "--target-dir", str(target), config=story.sandbox.config_path)
         assert res.returncode == 0, res.stderr
-        lines = [ln for ln in res.stderr.splitlines() if "undo-t" in ln]
-        assert any("prepared transaction 'undo-t'" in ln and f"xid {story.xid_truncate}" in ln
-                   and "database app" in ln and "undo_items AccessExclusiveLock" in ln for ln in lines), res.stderr
-        assert any("ROLLBACK PREPARED" in ln and "dbname=app" in ln for ln in lines), res.stderr
+        assert ("only after promotion" in res.stderr) is pause, res.stderr
+        if not pause:
+            lines = [ln for ln in res.stderr.splitlines() if "undo-t" in ln]
+            assert any("prepared transaction 'undo-t'" in ln and f"xid {story.xid_truncate}" in ln
+                       and "database app" in ln and "undo_items AccessExclusiveLock" in ln for ln in lines), res.stderr
+            assert any("ROLLBACK PREPARED" in ln and "dbname=app" in ln for ln in lines), res.stderr
+        else:  # what the note promises: promoted, the server lists it
+            conninfo = re.search(r'connect: psql "([^"]+)"', res.stdout).group(1)  # type: ignore[union-attr]
+            with session(conninfo) as conn:
+                conn.execute("select pg_promote(wait => true, wait_seconds => 60)")
+                gids = [r["gid"] for r in conn.execute("select gid from pg_prepared_xacts").fetchall()]
+            assert "undo-t" in gids, gids
         assert "Traceback" not in res.stderr
     finally:
         stop_restored(target, Programs())

@@ -572,6 +572,12 @@ def restore_to_point(config: Config, programs: Programs, repo: Repository, targe
         except (PgdrError, psycopg.Error) as exc:
             result.notes.append(f"could not list the restored server's prepared transactions ({exc}): "
                                 "look at pg_prepared_xacts there")
+        if result.state == "paused":
+            # A standby keeps the prepared transactions it replayed out of pg_prepared_xacts
+            # (their locks are the startup process's) until the end of recovery.
+            result.notes.append("paused in recovery: transactions prepared before the target and not "
+                                "yet committed show in pg_prepared_xacts only after promotion "
+                                "(select pg_promote()); look there before writing")
         record.update(result.as_dict())
         record["steps"] = timeline.as_list()
         record["passed"] = True
