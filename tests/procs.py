@@ -36,3 +36,22 @@ def running_from(folder: Path) -> list[int]:
         if cwd == str(folder) or cwd.startswith(str(folder) + "/"):
             found.append(int(entry.name))
     return found
+
+
+def basebackups(folder: Path) -> list[int]:
+    """pids of live pg_basebackup processes (the binary itself, argv[0], not the guard shell
+    whose command line carries the same words) with folder in their arguments: a
+    repository, or one copy's `-D`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and argv and argv[0].endswith(b"/pg_basebackup") and any(
+                str(folder).encode() in a for a in argv):
+            found.append(int(entry.name))
+    return found

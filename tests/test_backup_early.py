@@ -36,6 +36,7 @@ from pgdr.errors import ConfigError
 from pgdr.pg.connect import session
 from pgdr.sandbox import sandbox as sb
 from tests.conftest import run_cli
+from tests.procs import basebackups
 
 # ---- the hand reading against the model -------------------------------------------------
 
@@ -126,23 +127,6 @@ def test_a_difference_between_the_readings_is_a_config_error(tmp_path: Path) -> 
 
 # ---- against a real server ----------------------------------------------------------------
 
-def pg_basebackups(marker: Path) -> list[int]:
-    """pids of live pg_basebackup processes whose command line names this folder."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z" and argv and argv[0].endswith(b"/pg_basebackup") and any(
-                str(marker).encode() in a for a in argv):
-            found.append(int(entry.name))
-    return found
-
-
 def wait_for(what: str, check: Callable[[], object], timeout: float = 30) -> Any:
     deadline = time.monotonic() + timeout
     while not (value := check()):
@@ -205,7 +189,7 @@ def watched_run(config: Path, marker: Path) -> tuple[subprocess.CompletedProcess
     seen = False
     try:
         while proc.poll() is None:
-            seen = seen or bool(pg_basebackups(marker))
+            seen = seen or bool(basebackups(marker))
     finally:
         out, err = proc.communicate(timeout=120)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), seen
@@ -238,7 +222,7 @@ def test_an_invalid_config_is_one_line_exit_2_and_leaves_nothing(shared_sandbox:
     # the copy started before the validation for the files the early reader accepts, and
     # never for the ones it declines (those are validated first, as before)
     assert copy_first is None or copy_started == copy_first, (case, copy_started)
-    assert not pg_basebackups(marker)
+    assert not basebackups(marker)
     assert not [n for n in complete_or_partial(marker / "repo")], complete_or_partial(marker / "repo")
     assert_server_clean(shared_sandbox)
     # the same line as the full (Typer) CLI, which validates before anything starts
@@ -264,16 +248,16 @@ def test_sigkill_in_the_early_phase_leaves_no_copy_and_nothing_complete(shared_s
             if isinstance(moment, float):
                 time.sleep(moment)
             else:
-                wait_for("pg_basebackup", lambda p=proc: pg_basebackups(marker) or p.poll() is not None)  # type: ignore[misc]
+                wait_for("pg_basebackup", lambda p=proc: basebackups(marker) or p.poll() is not None)  # type: ignore[misc]
                 if moment == "copy + 30 ms":
                     time.sleep(0.03)
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.communicate()
-        wait_for(f"pg_basebackup to end with pgdr (kill at {moment})", lambda: not pg_basebackups(marker),
+        wait_for(f"pg_basebackup to end with pgdr (kill at {moment})", lambda: not basebackups(marker),
                  timeout=15)
         time.sleep(0.2)  # nothing may come back (a child started late)
-        assert not pg_basebackups(marker), moment
+        assert not basebackups(marker), moment
         after = [n for n in complete_or_partial(repo) if not n.endswith(".partial")]
         assert after == before, (moment, before, after)
         assert_server_clean(shared_sandbox)

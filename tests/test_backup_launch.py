@@ -25,6 +25,7 @@ from psycopg.conninfo import make_conninfo as libpq_make
 from pgdr.cli.entry import plain_backup
 from pgdr.pg import conninfo as ci
 from tests.conftest import run_cli
+from tests.procs import basebackups
 from tests.real_cluster import RealCluster
 
 # ---- the conninfo parser against libpq ---------------------------------------------------
@@ -106,20 +107,6 @@ def test_the_plain_backup_imports_no_typer(tmp_path: Path) -> None:
 
 # ---- failures on the fast path, against real servers --------------------------------------
 
-def _pg_basebackups(repo: Path) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-            except OSError:
-                continue
-            if state != "Z" and argv[0].endswith(b"pg_basebackup") and str(repo).encode() in b" ".join(argv):
-                found.append(int(entry.name))
-    return found
-
-
 def _config(cluster: RealCluster, name: str, conninfo: str, extra: str = "") -> Path:
     folder = cluster.root / name
     folder.mkdir(exist_ok=True)
@@ -138,7 +125,7 @@ def _no_password_env(cluster: RealCluster) -> dict[str, str]:
 
 
 def _assert_nothing_left(repo: Path) -> None:
-    assert not _pg_basebackups(repo)
+    assert not basebackups(repo)
     backups = repo / "backups"
     assert not backups.exists() or not [p for p in backups.iterdir() if (p / "pgdr.json").exists()
                                          or p.name.endswith(".partial")]
@@ -257,4 +244,4 @@ def test_the_summary_written_to_a_file_is_complete_despite_the_fast_exit(real_cl
                               stderr=subprocess.PIPE, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(out.read_text())
-    assert (Path(summary["path"]) / "pgdr.json").is_file() and not _pg_basebackups(config.parent / "repo")
+    assert (Path(summary["path"]) / "pgdr.json").is_file() and not basebackups(config.parent / "repo")

@@ -22,6 +22,7 @@ from pgdr.pg.programs import Programs
 from pgdr.repo.manifest import list_backups
 from pgdr.sandbox import sandbox as sb
 from tests.conftest import run_cli
+from tests.procs import basebackups
 
 
 @pytest.fixture(scope="module")
@@ -34,23 +35,6 @@ def sandbox(base_dir: Path, programs: Programs) -> Iterator[sb.Sandbox]:
     assert run_cli("backup", config=box.config_path).returncode == 0  # the repository is claimed
     yield box
     sb.down(box.root, programs, purge=True)
-
-
-def basebackups(repo_dir: Path) -> list[int]:
-    """pids of the pg_basebackup processes writing into this repository (from /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z" and argv and argv[0].endswith(b"/pg_basebackup") and any(
-                str(repo_dir).encode() in a for a in argv):
-            found.append(int(entry.name))
-    return found
 
 
 def basebackup_targets(pids: list[int]) -> list[Path]:
