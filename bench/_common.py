@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pgdr.pg.connect import session
@@ -46,3 +49,22 @@ def wait_archived(sandbox: sb.Sandbox, repo: Repository, timeout: float = 300) -
             return
         time.sleep(0.2)
     raise SystemExit(f"the archive did not reach {row['f']} within {timeout:.0f}s")
+
+
+@contextmanager
+def pgbench_sandbox(prefix: str, scale: int, programs: Programs) -> Iterator[tuple[Path, sb.Sandbox, list[str]]]:
+    """A fresh sandbox (no standby) holding `pgbench -i -s scale` in database app, in a
+    new folder under /tmp the server user can traverse; yields (folder, sandbox, the
+    connection options for pgbench/psql) and removes both afterwards."""
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    os.chmod(base, 0o755)
+    sandbox = None
+    try:
+        sandbox = sb.up(base / "sb", programs, standbys=0)
+        pg = ["-h", str(sandbox.socket_dir), "-p", str(sandbox.primary.port), "-U", "postgres"]
+        programs.run("pgbench", ["-i", "-q", "-s", str(scale), *pg, "app"], timeout=3600)
+        yield base, sandbox, pg
+    finally:
+        if sandbox is not None:
+            sb.down(sandbox.root, programs, purge=True)
+        shutil.rmtree(base, ignore_errors=True)

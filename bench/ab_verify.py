@@ -16,12 +16,14 @@ import json
 import os
 import statistics
 import subprocess
-import tempfile
+import sys
 import time
 from pathlib import Path
 
 from pgdr.pg.programs import Programs
-from pgdr.sandbox import sandbox as sb
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import pgbench_sandbox  # noqa: E402
 
 
 def main() -> None:
@@ -32,12 +34,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
     programs = Programs()
-    base = Path(tempfile.mkdtemp(prefix="pgdr-ab-verify-", dir="/tmp"))
-    os.chmod(base, 0o755)
-    sandbox = sb.up(base / "sb", programs, standbys=0)
-    try:
-        pg = ["-h", str(sandbox.socket_dir), "-p", str(sandbox.primary.port), "-U", "postgres"]
-        programs.run("pgbench", ["-i", "-q", "-s", str(args.scale), *pg, "app"], timeout=3600)
+    with pgbench_sandbox("pgdr-ab-verify-", args.scale, programs) as (_base, sandbox, _pg):
         out = subprocess.run([args.new, "-c", str(sandbox.config_path), "backup", "--json"],
                              capture_output=True, text=True, check=True)
         backup_id = json.loads(out.stdout)["id"]
@@ -56,8 +53,6 @@ def main() -> None:
         print(f"load average after: {os.getloadavg()[0]:.1f}")
         for name, series in walls.items():
             print(f"{name}: median {statistics.median(series):.2f}s ({min(series):.2f}-{max(series):.2f})")
-    finally:
-        sb.down(sandbox.root, programs, purge=True)
 
 
 if __name__ == "__main__":

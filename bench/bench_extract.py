@@ -25,7 +25,7 @@ import os
 import shutil
 import statistics
 import subprocess
-import tempfile
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -36,7 +36,9 @@ from pgdr.config import load_config
 from pgdr.pg.programs import Programs
 from pgdr.repo.layout import Repository
 from pgdr.restore import extract
-from pgdr.sandbox import sandbox as sb
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import pgbench_sandbox  # noqa: E402
 
 _syncfs = ctypes.CDLL(None, use_errno=True).syncfs
 
@@ -118,13 +120,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     args = parser.parse_args()
     programs = Programs()
-    base = Path(tempfile.mkdtemp(prefix="pgdr-bench-extract-", dir="/tmp"))
-    os.chmod(base, 0o755)
-    sandbox = None
-    try:
-        sandbox = sb.up(base / "sb", programs, standbys=0)
-        pg = ["-h", str(sandbox.socket_dir), "-p", str(sandbox.primary.port), "-U", "postgres"]
-        programs.run("pgbench", ["-i", "-q", "-s", str(args.scale), *pg, "app"], timeout=3600)
+    with pgbench_sandbox("pgdr-bench-extract-", args.scale, programs) as (base, sandbox, pg):
         config = load_config(sandbox.config_path)
         backup = take_physical_backup(config, programs, Repository(config.repository.path))
         m, path = backup.manifest, backup.path
@@ -155,10 +151,6 @@ def main() -> None:
             med = statistics.median(series)
             print(f"{name:28s} median {med:.2f}s ({min(series):.2f}-{max(series):.2f})  "
                   f"ratio to shipped {med / shipped:.2f}")
-    finally:
-        if sandbox is not None:
-            sb.down(sandbox.root, programs, purge=True)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 if __name__ == "__main__":

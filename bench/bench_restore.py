@@ -16,26 +16,24 @@ bench/peers.py's.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from pgdr.backup.physical import take_physical_backup
 from pgdr.config import load_config
-from pgdr.pg.instance import Instance, free_port
+from pgdr.pg.instance import DETACHED_SETTINGS, Instance, free_port
 from pgdr.pg.programs import Programs
 from pgdr.repo.layout import Repository
+from pgdr.restore.access import bootstrap_superuser
 from pgdr.restore.extract import extract_physical, plan_tablespaces
 from pgdr.restore.prove import require_consistent, require_verified
 from pgdr.restore.recovery import RecoveryTarget, configure_recovery, wait_until_promoted
-from pgdr.sandbox import sandbox as sb
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import wait_archived  # noqa: E402
+from _common import pgbench_sandbox, wait_archived  # noqa: E402
 
 
 def one_restore(base: Path, name: str, backup_path: Path, repo: Repository, programs: Programs,
@@ -59,11 +57,11 @@ def one_restore(base: Path, name: str, backup_path: Path, repo: Repository, prog
         t1 = time.monotonic()
         require_consistent(backup_path, data, manifest, programs)
         phases["cross-check"] = time.monotonic() - t1
-    settings = inst.local_settings()
-    settings.update({"archive_mode": "off", "primary_conninfo": "", "logging_collector": "off"})
+    settings = {**inst.local_settings(), **DETACHED_SETTINGS}
     t1 = time.monotonic()
     configure_recovery(data, places, programs, config_path=config_path, target=RecoveryTarget("latest"),
-                       extra_settings=settings)
+                       socket_dir=inst.socket_dir, extra_settings=settings)
+    inst.superuser = bootstrap_superuser(data)
     inst.start(timeout=600)
     wait_until_promoted(inst, timeout=3600)
     phases["replay + promote"] = time.monotonic() - t1
@@ -80,13 +78,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     programs = Programs()
-    base = Path(tempfile.mkdtemp(prefix="pgdr-bench-restore-", dir="/tmp"))
-    os.chmod(base, 0o755)
-    sandbox = None
-    try:
-        sandbox = sb.up(base / "sb", programs, standbys=0)
-        pg = ["-h", str(sandbox.socket_dir), "-p", str(sandbox.primary.port), "-U", "postgres"]
-        programs.run("pgbench", ["-i", "-q", "-s", str(args.scale), *pg, "app"], timeout=3600)
+    with pgbench_sandbox("pgdr-bench-restore-", args.scale, programs) as (base, sandbox, pg):
         config = load_config(sandbox.config_path)
         repo = Repository(config.repository.path)
         backup = take_physical_backup(config, programs, repo)
@@ -110,10 +102,6 @@ def main() -> None:
               f"{before_replay['checked'] / before_replay['unchecked']:.2f}x")
         ratio = runs["checked"]["total"] / runs["unchecked"]["total"]
         print(f"checked / unchecked, whole restore (medians): {ratio:.2f}x (goal <= 1.3x)")
-    finally:
-        if sandbox is not None:
-            sb.down(sandbox.root, programs, purge=True)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 if __name__ == "__main__":
