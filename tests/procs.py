@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def processes(*needles: str) -> list[int]:
@@ -55,3 +58,13 @@ def basebackups(folder: Path) -> list[int]:
                 str(folder).encode() in a for a in argv):
             found.append(int(entry.name))
     return found
+
+
+def wait_for(what: str, check: Callable[[], object], timeout: float = 30) -> Any:
+    """check()'s first true value, looked for every 5 ms (tests that signal a process at a
+    given moment of its run); fails naming `what` after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        assert time.monotonic() < deadline, f"no {what} within {timeout:.0f}s"
+        time.sleep(0.005)
+    return value

@@ -23,7 +23,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ from pgdr.errors import ConfigError
 from pgdr.pg.connect import session
 from pgdr.sandbox import sandbox as sb
 from tests.conftest import run_cli
-from tests.procs import basebackups
+from tests.procs import basebackups, wait_for
 
 # ---- the hand reading against the model -------------------------------------------------
 
@@ -126,14 +125,6 @@ def test_a_difference_between_the_readings_is_a_config_error(tmp_path: Path) -> 
 
 
 # ---- against a real server ----------------------------------------------------------------
-
-def wait_for(what: str, check: Callable[[], object], timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        assert time.monotonic() < deadline, f"no {what} within {timeout:.0f}s"
-        time.sleep(0.005)
-    return value
-
 
 def server_leftovers(box: sb.Sandbox) -> list[str]:
     """What a killed or vetoed base backup could leave on the primary."""

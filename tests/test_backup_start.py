@@ -22,7 +22,7 @@ from pgdr.pg.programs import Programs
 from pgdr.repo.manifest import list_backups
 from pgdr.sandbox import sandbox as sb
 from tests.conftest import run_cli
-from tests.procs import basebackups
+from tests.procs import basebackups, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -49,14 +49,6 @@ def basebackup_targets(pids: list[int]) -> list[Path]:
             continue
         targets += [Path(argv[i + 1]) for i, a in enumerate(argv[:-1]) if a == "-D"]
     return targets
-
-
-def wait_for(what: str, check, timeout: float = 30):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        assert time.monotonic() < deadline, f"no {what} within {timeout:.0f}s"
-        time.sleep(0.005)
-    return value
 
 
 def complete_ids(box: sb.Sandbox) -> set[str]:
