@@ -50,7 +50,7 @@ def extract_combined(backup_dir: Path, target: Path, programs: Programs, method:
         for folder, part in chain:
             dest = work / part.id
             done = extract_physical(folder, dest, programs, method, manifest=part, tablespaces={},
-                                    checks=checks, combine=False)
+                                    checks=checks, combine=False, writeback=False)
             files_checked += done.files_checked
             # -Ft keeps backup_manifest beside the tars; pg_combinebackup wants it inside
             # (its sha256 was just checked with the rest of the backup's files).
