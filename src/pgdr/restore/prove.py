@@ -13,6 +13,8 @@ Two questions, both answered from what PostgreSQL itself wrote, not from pgdr.js
 from __future__ import annotations
 
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,18 +39,80 @@ class Mismatch:
         return f"pgdr.json {self.field} is {self.recorded}, {self.source} says {self.actual}"
 
 
+# Split pg_verifybackup in two above this many bytes of files, when there are two CPUs.
+SPLIT_ABOVE = 256 << 20
+# ... unless the half of the big files would need more -i arguments than this.
+SPLIT_MAX_IGNORED = 4000
+
+
 def verify_backup_files(backup_dir: Path, data_dir: Path, programs: Programs) -> tuple[bool, list[str]]:
     """pg_verifybackup on the extracted directory; (ok, its output lines). A directory
     rebuilt from an incremental chain is checked against the manifest pg_combinebackup
-    wrote for it (restore/combine.py), not the incremental backup's own."""
+    wrote for it (restore/combine.py), not the incremental backup's own.
+
+    pg_verifybackup reads and checksums every byte on one core (0.37 s for pgbench scale
+    100's 1.5 GB here, between the extraction and the server's start, with nothing
+    beside it). With two CPUs and a large backup it runs as two pg_verifybackups side by
+    side (_halves): one checks the biggest files that make up half the bytes, the other
+    everything else and the WAL; each is told to ignore exactly what the other checks,
+    so together they check what one would, and both must pass."""
     combined = data_dir / "backup_manifest"
     manifest = combined if combined.is_file() else backup_dir / "backup_manifest"
-    args = ["-m", str(manifest), "-w", str(data_dir / "pg_wal")]
+    args = ["-m", str(manifest)]
     for name in IGNORED:
         args += ["-i", name]
-    res = programs.run("pg_verifybackup", [*args, str(data_dir)], ok_codes=(0, 1), timeout=3600)
-    lines = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip()]
-    return res.returncode == 0, lines
+    halves = _halves(manifest, data_dir) if (os.cpu_count() or 1) >= 2 else None
+    runs = ([["-w", str(data_dir / "pg_wal"), *halves[0]], ["--no-parse-wal", *halves[1]]]
+            if halves else [["-w", str(data_dir / "pg_wal")]])
+
+    def one(extra: list[str]) -> tuple[bool, list[str]]:
+        res = programs.run("pg_verifybackup", [*args, *extra, str(data_dir)], ok_codes=(0, 1), timeout=3600)
+        return res.returncode == 0, [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip()]
+
+    with ThreadPoolExecutor(max_workers=len(runs), thread_name_prefix="pgdr-verifybackup") as pool:
+        results = list(pool.map(one, runs))
+    failed = [lines for ok, lines in results if not ok]
+    if failed:
+        return False, [ln for lines in failed for ln in lines]
+    return True, results[0][1]
+
+
+def _halves(manifest: Path, data_dir: Path) -> tuple[list[str], list[str]] | None:
+    """The -i arguments of two pg_verifybackups that together check every file once:
+    (for the one that checks all but the biggest files, for the one that checks only
+    those), or None when splitting is not worth it or not possible."""
+    try:
+        files = json.loads(manifest.read_bytes())["Files"]
+        sizes = {f["Path"]: int(f["Size"]) for f in files}  # an Encoded-Path: KeyError
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    total = sum(sizes.values())
+    if total < SPLIT_ABOVE:
+        return None
+    big: set[str] = set()
+    taken = 0
+    for path, size in sorted(sizes.items(), key=lambda item: -item[1]):
+        if taken >= total // 2:
+            break
+        big.add(path)
+        taken += size
+    # The big files' folders, up to the data directory: everything else in them is the
+    # other run's (on disk or in the manifest, so an extra file is reported by that one).
+    folders = {""}
+    for path in big:
+        parts = path.split("/")[:-1]
+        folders.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
+    entries: set[str] = {p for p in sizes if p.rpartition("/")[0] in folders}
+    for folder in folders:
+        try:
+            entries.update(f"{folder}/{n}" if folder else n for n in os.listdir(data_dir / folder))
+        except OSError:
+            return None
+        entries.update(f for f in folders if f and f.rpartition("/")[0] == folder)
+    others = sorted(e for e in entries if e not in big and e not in folders)
+    if len(others) > SPLIT_MAX_IGNORED:
+        return None
+    return ([a for p in sorted(big) for a in ("-i", p)], [a for p in others for a in ("-i", p)])
 
 
 def require_verified(backup_dir: Path, data_dir: Path, programs: Programs) -> str:
