@@ -173,6 +173,7 @@ def copy_and_check(plan: CopyPlan, validated: Callable[[], Config], programs: Pr
 
         def checks() -> Checked:
             nonlocal mapping
+            _beside_the_copy()
             try:
                 config = validated()
                 plan.hold_to(config, config.source or Path("pgdr.toml"))
@@ -282,6 +283,21 @@ def copy_and_check(plan: CopyPlan, validated: Callable[[], Config], programs: Pr
     return BackupResult(manifest, pending.final, pending.removed_partials)
 
 
+def _beside_the_copy() -> None:
+    """Lower the calling thread's CPU priority (nice 10; on Linux a thread's own).
+
+    Why: the copy's pace is the server's compression, one core; pgdr's hashing, config
+    validation and check queries run beside it on a 2-core machine, and at equal priority
+    they were scheduled against pg_basebackup. Niced, they fill the idle core and still
+    finish with the copy: `pgdr backup` at pgbench scale 100 took 1.365 s against 1.39 s
+    (medians of 12, alternating order; pg_basebackup alone 1.26-1.27 s). Only pgdr's own
+    threads: the server's processes are never touched."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except OSError:
+        pass
+
+
 INCREMENTAL_MIN_VERSION = 170000
 
 
@@ -341,6 +357,7 @@ class TarFollower:
         self._open: dict[str, tuple[IO[bytes], Any]] = {}
 
     def run(self) -> dict[str, tuple[int, str]]:
+        _beside_the_copy()
         done: dict[str, tuple[int, str]] = {}
         try:
             while True:
