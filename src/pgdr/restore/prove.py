@@ -108,7 +108,6 @@ def _halves(manifest: Path, data_dir: Path) -> tuple[list[str], list[str]] | Non
             entries.update(f"{folder}/{n}" if folder else n for n in os.listdir(data_dir / folder))
         except OSError:
             return None
-        entries.update(f for f in folders if f and f.rpartition("/")[0] == folder)
     others = sorted(e for e in entries if e not in big and e not in folders)
     if len(others) > SPLIT_MAX_IGNORED:
         return None
