@@ -24,6 +24,7 @@ from typing import IO, TYPE_CHECKING, Any
 from pgdr.backup.early import CopyPlan
 from pgdr.backup.publish import pending_backup
 from pgdr.errors import ConfigError, PgdrError, ProgramFailed, UsageError
+from pgdr.pg.children import lower_priority
 from pgdr.pg.conninfo import split_password, with_params
 from pgdr.pg.process import Cancelled, dir_progress
 from pgdr.pg.programs import Programs
@@ -284,7 +285,7 @@ def copy_and_check(plan: CopyPlan, validated: Callable[[], Config], programs: Pr
 
 
 def _beside_the_copy() -> None:
-    """Lower the calling thread's CPU priority (nice 10; on Linux a thread's own).
+    """Lower the calling thread's CPU priority (nice +10; on Linux a thread's own).
 
     Why: the copy's pace is the server's compression, one core; pgdr's hashing, config
     validation and check queries run beside it on a 2-core machine, and at equal priority
@@ -292,10 +293,7 @@ def _beside_the_copy() -> None:
     finish with the copy: `pgdr backup` at pgbench scale 100 took 1.365 s against 1.39 s
     (medians of 12, alternating order; pg_basebackup alone 1.26-1.27 s). Only pgdr's own
     threads: the server's processes are never touched."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-    except OSError:
-        pass
+    lower_priority(threading.get_native_id())
 
 
 INCREMENTAL_MIN_VERSION = 170000

@@ -135,6 +135,16 @@ def postmaster_of(data_dir: Path) -> int | None:
     return pid
 
 
+def lower_priority(task: int, by: int = 10) -> None:
+    """Raise the nice value of a process (or, on Linux, one thread: its native id) that
+    pgdr owns by `by`, up to 19, so it yields the CPU to the work that decides how long
+    a command takes. Best effort: EPERM or a task already gone changes nothing."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, task, min(19, os.getpriority(os.PRIO_PROCESS, task) + by))
+    except OSError:
+        pass
+
+
 def stop_server(data_dir: Path, grace: float = 10.0) -> bool:
     """Immediate shutdown (SIGQUIT) of the postmaster running from data_dir, SIGKILL after
     grace; True when one was running. Bounded: waits at most grace + 5 s."""

@@ -14,7 +14,6 @@ walk itself runs beside amcheck; its answer is used only if amcheck passes.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from psycopg import sql
 
 from pgdr.config import VerifyCheckConfig
 from pgdr.errors import PgdrError
+from pgdr.pg.children import lower_priority
 from pgdr.pg.connect import session
 from pgdr.pg.instance import Instance
 from pgdr.pg.programs import Programs
@@ -147,11 +147,7 @@ def in_background(conn: Any) -> None:
     priority cannot be lowered (another user's server: EPERM). No parallel workers
     either: the postmaster forks them at its own priority."""
     conn.execute("set max_parallel_workers_per_gather = 0")
-    pid = conn.info.backend_pid
-    try:
-        os.setpriority(os.PRIO_PROCESS, pid, min(19, os.getpriority(os.PRIO_PROCESS, pid) + BACKGROUND_NICE))
-    except OSError:
-        pass
+    lower_priority(conn.info.backend_pid, BACKGROUND_NICE)
 
 
 def _run_tasks(instance: Instance, results: ScanResults, setup: str,
