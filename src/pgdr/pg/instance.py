@@ -16,10 +16,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from psycopg.conninfo import make_conninfo
-
 from pgdr.errors import SandboxError
-from pgdr.pg.children import REGISTRY
+from pgdr.pg.children import REGISTRY, postmaster_of
+from pgdr.pg.conninfo import make_conninfo
 from pgdr.pg.process import Watchdog, dir_progress
 from pgdr.pg.programs import Programs
 
@@ -148,20 +147,56 @@ class Instance:
             REGISTRY.add_server(self.data_dir, self.name)
             if self._watchdog is None:
                 self._watchdog = Watchdog(self.data_dir)
+        launched = time.time()
+        log_start = self.logfile.stat().st_size
         try:
-            self.programs.run(
-                "pg_ctl", ["-D", str(self.data_dir), "-l", str(self.logfile), "-w",
-                           "-t", str(timeout), "start"], timeout=timeout + 10)
+            # -W: pg_ctl only launches; pgdr waits itself (_wait_started), as pg_ctl -w
+            # looks at postmaster.pid only every 100 ms (50 ms lost per start on average)
+            self.programs.run("pg_ctl", ["-D", str(self.data_dir), "-l", str(self.logfile), "-W", "start"],
+                              timeout=60)
+            self._wait_started(launched, log_start, timeout)
         except Exception as exc:
-            cause = self._log_cause()
+            cause = self._log_cause(log_start)
             raise SandboxError(f"{self.name} did not start: {exc}" + (f" ({cause})" if cause else "")
                                + f"; see {self.logfile}") from None
 
-    def _log_cause(self) -> str | None:
-        """The server log's last FATAL/PANIC line (e.g. 'No space left on device')."""
+    def _wait_started(self, launched: float, log_start: int, timeout: float) -> None:
+        """Until the postmaster launched at `launched` says "ready" or "standby" in
+        postmaster.pid: pg_ctl -w's own test (a pid file written since the launch, by a
+        live postmaster running from this data directory, and its status line), looked at
+        every 5 ms at first and at most every 50 ms. A postmaster that wrote its pid file
+        and died, or that logged FATAL or PANIC before writing one (a bad setting, a port
+        in use), ends the wait at once; otherwise it lasts at most `timeout` seconds. A
+        pid file left by a crashed server is ignored until the new one replaces it."""
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        status = "no postmaster.pid yet"
+        while True:
+            try:
+                lines = (self.data_dir / "postmaster.pid").read_text().splitlines()
+                pid, started = int(lines[0]), int(lines[2])
+            except (OSError, ValueError, IndexError):
+                lines, pid, started = [], 0, 0
+            if lines and started >= launched - 2:  # pg_ctl's slack for the clock
+                if postmaster_of(self.data_dir) == pid:
+                    status = lines[7].strip() if len(lines) >= 8 else "starting"
+                    if status in ("ready", "standby"):
+                        return
+                elif started >= int(launched):
+                    raise SandboxError("the postmaster exited while starting")
+            elif self._log_cause(log_start) is not None:
+                raise SandboxError("the postmaster exited while starting")
+            if time.monotonic() >= deadline:
+                raise SandboxError(f"not ready within {timeout:.0f}s (postmaster.pid: {status})")
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.05)
+
+    def _log_cause(self, since: int = 0) -> str | None:
+        """The server log's last FATAL/PANIC line after byte `since` (e.g. 'No space left
+        on device')."""
         try:
             with open(self.logfile, "rb") as fh:
-                fh.seek(max(0, fh.seek(0, os.SEEK_END) - 16384))
+                fh.seek(max(since, fh.seek(0, os.SEEK_END) - 16384))
                 lines = fh.read().decode(errors="replace").splitlines()
         except OSError:
             return None
