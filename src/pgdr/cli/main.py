@@ -11,7 +11,7 @@ import typer
 
 from pgdr.cli import output, signals
 from pgdr.cli.context import AppContext
-from pgdr.cli.entry import report_failure
+from pgdr.cli.entry import fast_exit, report_failure
 from pgdr.errors import PgdrError
 from pgdr.pg.children import REGISTRY, reap_orphans
 from pgdr.pg.process import SHUTTING_DOWN
@@ -93,10 +93,16 @@ def _click_exception_classes() -> tuple[type[Exception], ...]:
 
 def run() -> None:
     signals.install()
+    code: str | int | None = 0
     try:
         _run()
+    except SystemExit as exc:
+        code = exc.code
     finally:
         REGISTRY.end_all()
+    if code is None or isinstance(code, int):
+        fast_exit(code or 0)  # without the interpreter's teardown (~50 ms), when nothing needs it
+    sys.exit(code)
 
 
 def _run() -> None:
