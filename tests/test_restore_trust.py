@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -399,3 +400,32 @@ def test_retention_keeps_the_newest_verified_backup(site: Site) -> None:
     rows = json.loads(run_cli("list", "--json", config=sandbox.config_path).stdout)
     physical = {r["id"] for r in rows if r["kind"] == "physical"}
     assert site.backup_id in physical and len(physical) == 2  # it and the newest; the rest removed
+
+
+def test_restore_never_asks_the_primary_when_the_repository_has_a_physical_backup(site: Site,
+                                                                                 programs: Programs) -> None:
+    """A restore runs when the primary may be gone. Here the config's primary is a socket
+    that accepts and never answers (a hung or half-dead host): restore must not connect
+    to it at all (before, it asked the primary's role about logical-only mode and waited
+    out the 5 s connect timeout first). The listener's queue is the independent witness."""
+    sandbox = site.sandbox
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        text = sandbox.config_path.read_text()
+        original = next(ln for ln in text.splitlines() if ln.startswith("conninfo = "))  # the primary's
+        dead = text.replace(original, f'conninfo = "host=127.0.0.1 port={port} dbname=postgres user=postgres"', 1)
+        config = sandbox.config_path.with_name("pgdr-silent-primary.toml")
+        config.write_text(dead)
+        target = site.work / "silent-primary"
+        try:
+            res = run_cli("restore", "--immediate", "--target-dir", str(target), "--json", config=config)
+            assert res.returncode == 0, res.stderr
+            assert json.loads(res.stdout)["state"] == "promoted"
+            silent.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                silent.accept()[0].close()  # someone connected: restore asked the primary
+        finally:
+            stop_restored(target, programs)
+            config.unlink()

@@ -67,8 +67,10 @@ def restore(
         if chosen.kind == "logical":
             _restore_logical(obj, chosen, target_dir, port, into, database, no_owner, role, json_out)
             return
-    obj.require_physical("point-in-time restore", "restore a logical backup: "
-                         "`pgdr restore --backup ID --target-dir DIR` (or --into DSN)")
+    from pgdr.mode import require_physical_restore
+
+    require_physical_restore(obj.config, obj.repo, "point-in-time restore", "restore a logical backup: "
+                             "`pgdr restore --backup ID --target-dir DIR` (or --into DSN)")
     if target_dir is None:
         raise UsageError("--target-dir is required (a new, empty data directory)")
 
