@@ -24,13 +24,10 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from pgdr.config import Config
 from pgdr.errors import AuthenticationFailed, ConfigError, PgdrError, UsageError
-from pgdr.pg.connect import session
 from pgdr.pg.instance import DETACHED_SETTINGS, SOCKET_PATH_MAX, Instance, check_traversable, free_port
 from pgdr.pg.lsn import parse_lsn, parse_segment_name
 from pgdr.pg.programs import Programs
@@ -44,7 +41,6 @@ from pgdr.repo.timelines import histories, latest_descendant
 from pgdr.repo.unfinished import INCOMPLETE_MARKER
 from pgdr.repo.wal import SegmentDamaged, WalArchive
 from pgdr.restore.extract import plan_tablespaces
-from pgdr.restore.prepared import Prepared, prepared_transactions
 from pgdr.restore.recovery import RecoveryTarget, remove_restored, restore_physical, wal_fetch_command
 from pgdr.restore.walscan import (
     ArchiveWal,
@@ -58,6 +54,9 @@ from pgdr.restore.walscan import (
 )
 from pgdr.restore.xid import XidInput, parse_xid
 from pgdr.runbook.timeline import Timeline
+
+if TYPE_CHECKING:  # psycopg (~40 ms to import) is imported while the backup is extracted
+    from pgdr.restore.prepared import Prepared
 
 RECOVERY_ENDED_EARLY = "recovery ended before configured recovery target was reached"
 
@@ -407,6 +406,16 @@ def _restore_command(config: Config, repo: Repository, spool: Path, programs: Pr
             f'then exit 1; else {slow}; fi')
 
 
+def _import_for_recovery() -> None:
+    """What waiting for recovery needs and extracting does not (psycopg: ~40 ms), imported
+    while tar and zstd run instead of before them. A failure here is the later import's."""
+    try:
+        import pgdr.pg.connect  # noqa: F401
+        import pgdr.restore.prepared  # noqa: F401
+    except Exception:  # noqa: BLE001 - raised again where the module is used
+        pass
+
+
 def _socket_dir_for(target_dir: Path) -> Path:
     if len(str(target_dir)) <= SOCKET_PATH_MAX:
         return target_dir
@@ -447,6 +456,8 @@ def _wait_for_target(instance: Instance, pause: bool, timeout: float) -> None:
     """Until recovery ends (or pauses at the target). Polled every 10 ms at first, as an
     --immediate recovery is over within a second of the start; slowing to 50 ms for a
     long replay, where each look opens a connection."""
+    from pgdr.pg.connect import session
+
     deadline = time.monotonic() + timeout
     delay = 0.01
     while time.monotonic() < deadline:
@@ -484,6 +495,8 @@ def _log_text(instance: Instance) -> str:
 
 
 def _reached(instance: Instance) -> dict[str, Any]:
+    from pgdr.pg.connect import session
+
     with session(instance.conninfo(), timeout=5) as conn:
         row = conn.execute(
             "select pg_last_xact_replay_timestamp() as xact_time, pg_last_wal_replay_lsn()::text as lsn, "
@@ -537,6 +550,7 @@ def restore_to_point(config: Config, programs: Programs, repo: Repository, targe
                             log_file=target_dir / "pgdr-restore.log", supervised=True)
         with timeline.step("extract"):
             created = True
+            threading.Thread(target=_import_for_recovery, name="pgdr-imports", daemon=True).start()
             restore_physical(backup_dir(repo, chosen.backup.id), instance, programs,
                              config_path=config.source, target=chosen.target,
                              extra_settings=_server_settings(instance),
@@ -567,6 +581,8 @@ def restore_to_point(config: Config, programs: Programs, repo: Repository, targe
                             socket_dir, instance.conninfo(), instance.logfile,
                             "paused" if reached.get("in_recovery") else "promoted", reached,
                             {s.name: s.seconds or 0.0 for s in timeline.steps}, chosen_because=chosen.reason)
+        import psycopg  # imported during the extraction (_import_for_recovery)
+
         try:     # the restore is done: a failure to look is said, never a reason to undo it
             result.prepared = [p.as_dict() for p in _prepared(instance)]
         except (PgdrError, psycopg.Error) as exc:
@@ -606,6 +622,9 @@ def restore_to_point(config: Config, programs: Programs, repo: Repository, targe
 def _prepared(instance: Instance) -> list[Prepared]:
     """The prepared transactions the restored server holds, their locks named from their
     own database (one short session per database that has one)."""
+    from pgdr.pg.connect import session
+    from pgdr.restore.prepared import prepared_transactions
+
     with session(instance.conninfo(), timeout=5, what="the restored server's prepared transactions") as conn:
         found = prepared_transactions(conn)
     named: list[Prepared] = []

@@ -30,7 +30,6 @@ from typing import Literal
 import pgdr
 from pgdr.config import load_config
 from pgdr.errors import AuthenticationFailed, ConfigError, PgdrError, SandboxError
-from pgdr.pg.connect import session
 from pgdr.pg.instance import Instance, _quote
 from pgdr.pg.programs import Programs, RunAs
 from pgdr.repo.layout import Repository
@@ -209,6 +208,8 @@ def remove_restored(data_dir: Path, places: dict[str, Path]) -> None:
 
 def wait_until_promoted(instance: Instance, timeout: float = 600) -> dict[str, object]:
     """Wait for recovery to end; raise with the log's last lines if the server died."""
+    from pgdr.pg.connect import session
+
     deadline = time.monotonic() + timeout
     last_error = "not started"
     while time.monotonic() < deadline:
