@@ -52,12 +52,14 @@ def instance(template: Path, base_dir: Path, programs: Programs, request: pytest
 
 
 def _kill_matching(token: str) -> None:
-    """Whatever a test left running whose command line names its folder (a restore_command's sleep)."""
+    """Whatever a test left running in its folder: a postmaster's orphaned children and the
+    restore_command's shell and sleep (their working directory is the data directory)."""
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
-            if token in (proc / "cmdline").read_bytes().decode(errors="replace"):
+            here = os.readlink(proc / "cwd").startswith(token)
+            if here or token in (proc / "cmdline").read_bytes().decode(errors="replace"):
                 os.kill(int(proc.name), signal.SIGKILL)
         except OSError:
             continue
