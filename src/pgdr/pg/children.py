@@ -22,6 +22,7 @@ import atexit
 import json
 import logging
 import os
+import select
 import signal
 import stat
 import threading
@@ -157,13 +158,37 @@ def stop_server(data_dir: Path, grace: float = 10.0) -> bool:
             os.kill(pid, sig)
         except ProcessLookupError:
             return True
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if not is_alive(pid, started):
-                return True
-            time.sleep(0.05)
+        if wait_gone(pid, started, wait):
+            return True
     log.warning("the server in %s (pid %s) did not stop after SIGKILL", data_dir, pid)
     return True
+
+
+def wait_gone(pid: int, started: int | None, seconds: float) -> bool:
+    """True once pid (the process that started at `started`) has exited, within seconds.
+    Woken by the exit itself through a pidfd (Linux 5.3+; any process, not only a child):
+    a 50 ms poll made every scratch server's stop ~40 ms longer than its exit. Elsewhere,
+    or when the pidfd cannot be had, it looks every 10 ms."""
+    deadline = time.monotonic() + seconds
+    try:
+        fd: int | None = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        fd = None
+    try:
+        while is_alive(pid, started):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if fd is None:
+                time.sleep(min(0.01, left))
+                continue
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            poller.poll(left * 1000)  # readable at the exit; re-checked by is_alive
+        return True
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def kill_group(pgid: int, not_before: int, grace: float = 3.0) -> bool:

@@ -1,12 +1,17 @@
-"""Instance.start waits for the server itself (pg_ctl -W, then postmaster.pid), so each
-way a start can fail must end the wait at once with the cause, never at the timeout,
-and a pid file left by a crashed server must not pass for the new one. Real servers:
-a bad setting, a port someone else holds, a postmaster SIGKILLed while it recovers, a
-restart after a SIGKILL (the stale pid file says "ready"), and a standby, which is
-ready when it says "standby"."""
+"""Starting and stopping servers without pg_ctl's 100 ms polls, on real servers.
+
+Instance.start waits for the server itself (pg_ctl -W, then postmaster.pid), so each way
+a start can fail must end the wait at once with the cause, never at the timeout, and a
+pid file left by a crashed server must not pass for the new one: a bad setting, a port
+someone else holds, a postmaster SIGKILLed while it recovers, a stale "ready" pid file,
+and a standby, which is ready when it says "standby". children.stop_server is woken by
+the postmaster's exit (a pidfd) and still escalates to SIGKILL, in bounded time, for a
+SIGSTOPped postmaster that cannot act on SIGQUIT.
+"""
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
@@ -19,10 +24,12 @@ from pathlib import Path
 import pytest
 
 from pgdr.errors import SandboxError
+from pgdr.pg.children import stop_server, wait_gone
 from pgdr.pg.connect import query_one
 from pgdr.pg.instance import Instance, free_port
 from pgdr.pg.programs import Programs
 
+_SERIAL = itertools.count()
 # A generous timeout: each failure below must end the wait long before it.
 TIMEOUT = 120
 FAST = TIMEOUT / 4
@@ -37,8 +44,8 @@ def template(base_dir: Path, programs: Programs) -> Path:
 
 
 @pytest.fixture
-def instance(template: Path, base_dir: Path, programs: Programs, request: pytest.FixtureRequest) -> Iterator[Instance]:
-    root = base_dir / f"start-{request.node.name}"
+def instance(template: Path, base_dir: Path, programs: Programs) -> Iterator[Instance]:
+    root = base_dir / f"ss-{next(_SERIAL)}"  # short: the socket path must fit in 107 bytes
     root.mkdir()
     programs.run_as.chown(root)
     data = root / "data"
@@ -165,3 +172,37 @@ def test_a_standby_is_started_when_it_says_standby(instance: Instance) -> None:
     instance.start(timeout=TIMEOUT)
     row = query_one(instance.conninfo(), "select pg_is_in_recovery() as r", timeout=5)
     assert row is not None and row["r"] is True
+
+
+def test_stop_server_returns_when_the_postmaster_exits(instance: Instance) -> None:
+    instance.start(timeout=TIMEOUT)
+    pid = instance.pid()
+    assert pid is not None
+    assert stop_server(instance.data_dir) is True
+    assert not instance.is_running()
+    assert stop_server(instance.data_dir) is False  # nothing left to stop
+
+
+def test_stop_server_kills_a_sigstopped_postmaster_within_its_bound(instance: Instance) -> None:
+    instance.start(timeout=TIMEOUT)
+    pid = instance.pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)  # SIGQUIT stays pending: only SIGKILL can end it
+    t0 = time.monotonic()
+    assert stop_server(instance.data_dir, grace=1.0) is True
+    elapsed = time.monotonic() - t0
+    assert not instance.is_running()
+    assert 1.0 <= elapsed < 1.0 + 5.0 + 1.0, elapsed  # the grace, then SIGKILL's bounded wait
+
+
+def test_wait_gone_is_bounded_and_woken_by_the_exit() -> None:
+    proc = subprocess.Popen(["sleep", "30"])
+    try:
+        t0 = time.monotonic()
+        assert wait_gone(proc.pid, None, 0.3) is False  # still running: gives up at the bound
+        assert time.monotonic() - t0 >= 0.3
+        proc.kill()
+        assert wait_gone(proc.pid, None, 5.0) is True  # a zombie of ours counts as gone
+    finally:
+        proc.kill()
+        proc.wait()
