@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pgdr.errors import SandboxError
-from pgdr.pg.children import REGISTRY, postmaster_of
+from pgdr.pg.children import REGISTRY, postmaster_of, start_time, wait_gone
 from pgdr.pg.conninfo import make_conninfo
 from pgdr.pg.process import Watchdog, dir_progress
 from pgdr.pg.programs import Programs
@@ -225,10 +225,9 @@ class Instance:
         """SIGKILL the postmaster: a real crash, as a failing machine would."""
         pid = self.pid()
         if pid:
+            started = start_time(pid)
             os.kill(pid, signal.SIGKILL)
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and _alive(pid):
-                time.sleep(0.02)
+            wait_gone(pid, started, 10)
 
     def promote(self, *, timeout: int = 60) -> None:
         self.programs.run("pg_ctl", ["-D", str(self.data_dir), "-w", "-t", str(timeout),
