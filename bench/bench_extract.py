@@ -34,6 +34,7 @@ from pathlib import Path
 from pgdr.backup.physical import take_physical_backup
 from pgdr.config import load_config
 from pgdr.pg.programs import Programs
+from pgdr.repo import digest
 from pgdr.repo.layout import Repository
 from pgdr.restore import extract
 
@@ -90,7 +91,7 @@ def pgdr_variant(backup: Path, base: Path, programs: Programs, *, record: int,
             jobs = [(backup / "base.tar.zst", target), (backup / "pg_wal.tar", target / "pg_wal")]
             flusher = extract._Writeback if writeback else _NoWriteback
             with flusher([target]), ThreadPoolExecutor(max_workers=2) as pool:
-                out = list(pool.map(lambda j: extract._stream_tar(j[0], j[1], programs, True), jobs))
+                out = list(pool.map(lambda j: extract._stream_tar(j[0], j[1], programs, digest.WRITTEN), jobs))
             _sync(target)
             seconds = time.monotonic() - t0
         finally:

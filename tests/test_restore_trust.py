@@ -191,7 +191,7 @@ def test_flipped_byte_in_a_backup_file_stops_restore_and_verify(site: Site, vict
     try:
         code, out, target = _restore(site, f"flip_{victim}", "--immediate")
         assert code == 1, out
-        assert name in out and "sha256" in out
+        assert name in out and "blake3" in out and "does not match" in out
         assert not target.exists()
         ver = run_cli("verify", site.backup_id, "--json", config=site.sandbox.config_path)
         assert ver.returncode == 1 and name in ver.stderr

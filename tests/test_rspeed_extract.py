@@ -93,7 +93,7 @@ def test_flipped_byte_in_base_tar_is_named_and_nothing_is_left(backed_up: sb.San
     target = base_dir / f"rspeed-flip-target-{where}"
     with pytest.raises(BackupDamaged) as caught:
         extract_physical(folder, target, programs, manifest=read_manifest(folder))
-    assert "base.tar.zst" in caught.value.message and "sha256" in caught.value.message
+    assert "base.tar.zst" in caught.value.message and "blake3" in caught.value.message
     assert not target.exists()
 
 

@@ -1,28 +1,26 @@
 """Backup overlap: the data tars are hashed while pg_basebackup writes them and the relation
-map is read beside the copy — the recorded sha256 and map must be exactly what hashing the
-finished files and asking the catalog afterwards give (checked here independently)."""
+map is read beside the copy — the recorded digest (BLAKE3) and map must be exactly what
+hashing the finished files and asking the catalog afterwards give (checked here
+independently, with the blake3 package's own one-shot hash of each whole file)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 import time
 from pathlib import Path
 
+from blake3 import blake3
+
 from pgdr.pg.connect import session
 from tests.conftest import run_cli
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+def _blake3(path: Path) -> str:
+    return str(blake3(path.read_bytes()).hexdigest())
 
 
-def test_backup_under_writes_records_the_files_true_sha256_and_relation_map(make_sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_backup_under_writes_records_the_files_true_digest_and_relation_map(make_sandbox) -> None:  # type: ignore[no-untyped-def]
     sandbox = make_sandbox("speedbackup", standbys=0)
     app = sandbox.conninfo(sandbox.primary)
     with session(app) as conn:
@@ -52,10 +50,12 @@ def test_backup_under_writes_records_the_files_true_sha256_and_relation_map(make
     recorded = json.loads((folder / "pgdr.json").read_text())
     on_disk = {p.name for p in folder.iterdir() if p.is_file() and p.name != "pgdr.json"}
     assert set(recorded["files"]) == on_disk
+    assert recorded["format"] == 2
     assert "base.tar.zst" in on_disk and (folder / "base.tar.zst").stat().st_size > 1 << 20
     for name, entry in recorded["files"].items():
         assert entry["size"] == (folder / name).stat().st_size, name
-        assert entry["sha256"] == _sha256(folder / name), name
+        assert set(entry) == {"size", "blake3"}, entry  # the one digest pgdr writes now
+        assert entry["blake3"] == _blake3(folder / name), name
     with session(app) as conn:
         node = conn.execute("select pg_relation_filenode('big')::text as f, d.oid::text as db, "
                             "d.dattablespace::text as spc from pg_database d "

@@ -74,7 +74,7 @@ def test_flipped_byte_fails_naming_the_file(shared_sandbox: sb.Sandbox) -> None:
 
     result = run_cli("verify", backup_id, config=shared_sandbox.config_path)
     assert result.returncode == 1
-    assert target.name in result.stderr and "sha256" in result.stderr
+    assert target.name in result.stderr and "blake3" in result.stderr and "does not match" in result.stderr
     assert "Traceback" not in result.stderr
     listed = run_cli("list", "--json", config=shared_sandbox.config_path)
     assert {r["id"]: r["verified"] for r in json.loads(listed.stdout)}[backup_id] == "failed"

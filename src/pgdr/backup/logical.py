@@ -15,7 +15,7 @@ from pathlib import Path
 
 from psycopg import sql
 
-from pgdr.backup.physical import SOURCE_FACTS_SQL, BackupResult, sha256_file
+from pgdr.backup.physical import SOURCE_FACTS_SQL, BackupResult
 from pgdr.backup.publish import pending_backup
 from pgdr.backup.relmap import connectable_databases
 from pgdr.config import Config
@@ -26,6 +26,7 @@ from pgdr.pg.probe import find_primary
 from pgdr.pg.process import dir_progress
 from pgdr.pg.programs import Programs
 from pgdr.pg.sql import load
+from pgdr.repo import digest
 from pgdr.repo.layout import Repository
 from pgdr.repo.manifest import (
     BackupManifest,
@@ -59,7 +60,8 @@ def take_logical_backup(config: Config, programs: Programs, repo: Repository,
                      as_server_user=False, stall_timeout=config.pg.stall_timeout,
                      progress=dir_progress(pending.partial), stalled_what="pg_dumpall --globals-only")
         fsync_tree(pending.partial)
-        files = {str(p.relative_to(pending.partial)): FileEntry(size=p.stat().st_size, sha256=sha256_file(p))
+        files = {str(p.relative_to(pending.partial)):
+                 FileEntry.of(p.stat().st_size, digest.file_digest(p), digest.WRITTEN)
                  for p in sorted(pending.partial.rglob("*")) if p.is_file()}
         duration = pending.elapsed
         manifest = BackupManifest(

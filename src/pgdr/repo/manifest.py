@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, SerializerFunctionWrapHandler, ValidationError, model_serializer, model_validator
 
 from pgdr.errors import RepositoryError
 from pgdr.repo.layout import PARTIAL_SUFFIX, Repository
@@ -23,12 +23,43 @@ from pgdr.repo.layout import new_backup_id as new_backup_id
 from pgdr.repo.layout import remove_stale_partials as remove_stale_partials
 
 MANIFEST_NAME = "pgdr.json"
-FORMAT_VERSION = 1
+# 1: file digests are sha256. 2: BLAKE3 (repo/digest.py); format 1 is still read.
+FORMAT_VERSION = 2
 
 
 class FileEntry(BaseModel):
+    """A backup file's size and digest: `blake3` in what pgdr writes now, `sha256` in
+    backups written before (format 1). Exactly one is recorded."""
+
     size: int
-    sha256: str
+    blake3: str | None = None
+    sha256: str | None = None
+
+    @model_validator(mode="after")
+    def _one_digest(self) -> FileEntry:
+        if (self.blake3 is None) == (self.sha256 is None):
+            raise ValueError("a file entry records exactly one digest (blake3 or sha256)")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _recorded_only(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Only the digest it records: a format-1 entry dumps as it was written, so the
+        seal (content_digest) of a backup written before BLAKE3 still matches."""
+        return {k: v for k, v in handler(self).items() if v is not None or k == "size"}
+
+    @classmethod
+    def of(cls, size: int, hexdigest: str, algorithm: str) -> FileEntry:
+        return cls.model_validate({"size": size, algorithm: hexdigest})
+
+    @property
+    def algorithm(self) -> str:
+        return "blake3" if self.blake3 is not None else "sha256"
+
+    @property
+    def digest(self) -> str:
+        value = self.blake3 if self.blake3 is not None else self.sha256
+        assert value is not None
+        return value
 
 
 class Tablespace(BaseModel):
@@ -153,6 +184,11 @@ def read_manifest(backup_dir: Path) -> BackupManifest:
     when its recorded checksum does not match its content."""
     try:
         raw: Any = json.loads((backup_dir / MANIFEST_NAME).read_text())
+        written = raw.get("format", 1) if isinstance(raw, dict) else 1
+        if isinstance(written, int) and written > FORMAT_VERSION:
+            raise ManifestDamaged(f"backup {backup_dir.name}: {MANIFEST_NAME} is format {written}, written by a "
+                                  f"newer pgdr (this one reads up to {FORMAT_VERSION})",
+                                  hint="use the pgdr that wrote it, or a newer one")
         manifest = BackupManifest.model_validate(raw)
     except FileNotFoundError:
         raise ManifestDamaged(f"backup {backup_dir.name} has no {MANIFEST_NAME}") from None

@@ -13,13 +13,12 @@ restore and find-disaster work unchanged on it:
   to a target), fetched in parallel (decrypted; still zstd with its frame
   checksum, so a damaged segment is caught when read; one that fails authentication is
   cached empty, which reads as damaged);
-- `fetch_backup`: a backup's files, each checked against pgdr.json's size and sha256 as
+- `fetch_backup`: a backup's files, each checked against pgdr.json's size and digest as
   it streams in; `purge_backup` drops them again after a verify or restore.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from typing import TYPE_CHECKING, TypeVar
 from pgdr.errors import ConfigError, RepositoryError, UsageError
 from pgdr.pg.lsn import Segment, parse_lsn, parse_segment_name
 from pgdr.pg.programs import RunAs
+from pgdr.repo import digest
 from pgdr.repo.layout import CACHE_MARKER as CACHE_MARKER
 from pgdr.repo.layout import LOCAL_OBJECTS as LOCAL_OBJECTS
 from pgdr.repo.layout import PARTIAL_SUFFIX, Repository, refuse_if_not_plain
@@ -372,11 +372,11 @@ def fetch_backup(repo: Repository, backup_id: str) -> Path:
             return
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.tmp")
-        digest, size = hashlib.sha256(), 0
+        running, size = digest.hasher(entry.algorithm if entry is not None else digest.WRITTEN), 0
         try:
             with store.open_read(f"backups/{backup_id}/{name}") as src, open(tmp, "wb") as out:
                 while block := src.read(1 << 20):
-                    digest.update(block)
+                    running.update(block)
                     size += len(block)
                     out.write(block)
         except RepositoryError as exc:
@@ -387,11 +387,12 @@ def fetch_backup(repo: Repository, backup_id: str) -> Path:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        if entry is not None and (size != entry.size or digest.hexdigest() != entry.sha256):
+        if entry is not None and (size != entry.size or running.hexdigest() != entry.digest):
             tmp.unlink(missing_ok=True)
             raise BackupObjectDamaged(f"backup {backup_id}: {name} in {store.url} does not match pgdr.json "
-                                      f"(size {size}, sha256 {digest.hexdigest()[:12]}…; recorded {entry.size}, "
-                                      f"{entry.sha256[:12]}…)", hint="this backup cannot be trusted; use another")
+                                      f"(size {size}, {entry.algorithm} {running.hexdigest()[:12]}…; recorded "
+                                      f"{entry.size}, {entry.digest[:12]}…)",
+                                      hint="this backup cannot be trusted; use another")
         os.chmod(tmp, 0o640)
         repo.run_as.chown(tmp)
         os.replace(tmp, dest)
@@ -471,7 +472,7 @@ def upload_files(store: Store, folder: Path, backup_id: str, skip: set[str], wor
 def publish_to_store(repo: Repository, folder: Path, backup_id: str, manifest: BackupManifest,
                      stream: StreamingUpload | None) -> BackupManifest:
     """The rest of the files go up while the streamed tars finish; pgdr.json (with the size and
-    sha256 of the bytes actually sent) goes last: only then does the backup exist in the store."""
+    digest of the bytes actually sent) goes last: only then does the backup exist in the store."""
     from pgdr.fsutil import write_json_durable
     from pgdr.repo.manifest import FileEntry
     from pgdr.repo.streamup import STREAMED
@@ -485,7 +486,7 @@ def publish_to_store(repo: Repository, folder: Path, backup_id: str, manifest: B
         finally:
             rest.exception()  # wait for the other uploads, whatever happened
         rest.result()  # and raise their failure, if any
-    entries = {name: FileEntry(size=size, sha256=digest) for name, (size, digest) in sent.items()}
+    entries = {name: FileEntry.of(size, hexdigest, digest.WRITTEN) for name, (size, hexdigest) in sent.items()}
     files = {**manifest.files, **entries}
     sealed = manifest.model_copy(update={"files": files, "bytes_on_disk": sum(f.size for f in files.values())}).seal()
     write_json_durable(folder / MANIFEST, sealed.model_dump(mode="json"))

@@ -7,15 +7,14 @@ fallocate(PUNCH_HOLE), so the local folder holds at most a few parts of each, ne
 whole backup. pg_wal.tar (the tar WAL method seeks back to fix headers) and
 backup_manifest are small and go up after pg_basebackup ends, with pgdr.json last.
 
-The uploader computes each file's size and sha256 from the bytes it sent; pgdr.json records
-those (the local file is mostly holes by then). A file that vanishes (pg_basebackup retried
+The uploader computes each file's size and digest (repo/digest.py) from the bytes it
+sent; pgdr.json records those (the local file is mostly holes by then). A file that vanishes (pg_basebackup retried
 with another compression) has its upload aborted; any failure of the store ends the backup.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
 import re
 import threading
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import IO, cast
 
 from pgdr.errors import RepositoryError
+from pgdr.repo import digest
 from pgdr.repo.store import Store
 
 STREAMED = re.compile(r"^(base|\d+)\.tar(\.(zst|gz|lz4))?$")
@@ -52,7 +52,7 @@ class TailReader:
         self.offset = 0
         self.punched = 0
         self.can_punch = True
-        self.digest = hashlib.sha256()
+        self.digest = digest.hasher()
 
     def read(self, size: int = -1) -> bytes:
         size = size if size > 0 else 1 << 20
@@ -138,7 +138,7 @@ class StreamingUpload:
             reader.close()
 
     def finish(self) -> dict[str, tuple[int, str]]:
-        """pg_basebackup has ended: upload the rest of each file and wait; (size, sha256) by file."""
+        """pg_basebackup has ended: upload the rest of each file and wait; (size, hex digest) by file."""
         self.finished.set()
         if self.watcher is not None:
             self.watcher.join()

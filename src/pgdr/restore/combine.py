@@ -53,7 +53,7 @@ def extract_combined(backup_dir: Path, target: Path, programs: Programs, method:
                                     checks=checks, combine=False, writeback=False)
             files_checked += done.files_checked
             # -Ft keeps backup_manifest beside the tars; pg_combinebackup wants it inside
-            # (its sha256 was just checked with the rest of the backup's files).
+            # (its digest was just checked with the rest of the backup's files).
             shutil.copy2(folder / "backup_manifest", dest / "backup_manifest")
             programs.run_as.chown(dest / "backup_manifest")
             parts.append(dest)

@@ -3,9 +3,10 @@
 A backup folder holds base.tar.zst (server-zstd pg_basebackup -Ft), pg_wal.tar
 (streamed WAL is never server-compressed), one <oid>.tar.zst per user tablespace,
 backup_manifest and pgdr.json. Each tar is read ONCE: pgdr reads the file into one
-buffer and feeds both the sha256 and the `zstd -dc | tar -x` pipeline from it, so what
-is extracted is exactly what was hashed (server-side zstd has no frame checksum: only
-the sha256 catches a flipped byte there). A mismatch removes everything extracted and
+buffer and feeds both the digest pgdr.json records (BLAKE3, or sha256 for older backups:
+repo/digest.py) and the `zstd -dc | tar -x` pipeline from it, so what is extracted is
+exactly what was hashed (server-side zstd has no frame checksum: only the digest catches
+a flipped byte there). A mismatch removes everything extracted and
 names the file.
 
 Tablespaces go under the target (<data>/pg_tblspc_data/<oid>) or where the user's
@@ -16,7 +17,6 @@ tablespace_map are rewritten to point there before anything can start.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 import re
 import shutil
@@ -32,9 +32,9 @@ from typing import IO, Literal
 
 import zstandard
 
-from pgdr.backup.physical import sha256_file
 from pgdr.errors import ProgramFailed, RepositoryError, UsageError
 from pgdr.pg.programs import Programs
+from pgdr.repo import digest
 from pgdr.repo.manifest import BackupManifest
 
 ExtractMethod = Literal["tar", "python"]
@@ -56,19 +56,28 @@ class FileProblem:
     problem: str
 
 
-def _mismatch(name: str, digest: str, size: int, manifest: BackupManifest) -> FileProblem | None:
+def _mismatch(name: str, hexdigest: str, size: int, manifest: BackupManifest) -> FileProblem | None:
+    """hexdigest: of the algorithm pgdr.json records for the file (algorithm_of)."""
     entry = manifest.files.get(name)
     if entry is None:
         return FileProblem(name, "not listed in pgdr.json")
     if size != entry.size:
         return FileProblem(name, f"size {size} bytes, pgdr.json says {entry.size}")
-    if digest != entry.sha256:
-        return FileProblem(name, f"sha256 {digest[:12]}… does not match pgdr.json's {entry.sha256[:12]}…")
+    if hexdigest != entry.digest:
+        return FileProblem(name, f"{entry.algorithm} {hexdigest[:12]}… does not match pgdr.json's "
+                                 f"{entry.digest[:12]}…")
     return None
 
 
+def algorithm_of(name: str, manifest: BackupManifest | None) -> str:
+    """The digest pgdr.json records for a file; a file it does not list is hashed with the
+    one pgdr writes (and then reported as not listed)."""
+    entry = manifest.files.get(name) if manifest is not None else None
+    return entry.algorithm if entry is not None else digest.WRITTEN
+
+
 def check_files(backup_dir: Path, manifest: BackupManifest, names: list[str] | None = None) -> list[FileProblem]:
-    """Files pgdr.json lists must exist with their size and sha256 (hashed in parallel)."""
+    """Files pgdr.json lists must exist with their size and digest (hashed in parallel)."""
 
     def one(name: str) -> FileProblem | None:
         path = backup_dir / name
@@ -78,7 +87,7 @@ def check_files(backup_dir: Path, manifest: BackupManifest, names: list[str] | N
             return FileProblem(name, "missing")
         if size != manifest.files[name].size:
             return _mismatch(name, "", size, manifest)
-        return _mismatch(name, sha256_file(path), size, manifest)
+        return _mismatch(name, digest.file_digest(path, manifest.files[name].algorithm), size, manifest)
 
     todo = sorted(manifest.files) if names is None else names
     if not todo:
@@ -213,14 +222,15 @@ class _Streamed:
 class _HashingReader:
     """A file whose bytes are hashed as they are read (for the pure-Python method)."""
 
-    def __init__(self, fh: IO[bytes]) -> None:
+    def __init__(self, fh: IO[bytes], algorithm: str | None) -> None:
         self.fh = fh
-        self.sha = hashlib.sha256()
+        self.running = digest.hasher(algorithm) if algorithm is not None else None
         self.size = 0
 
     def read(self, n: int = -1) -> bytes:
         block = self.fh.read(n)
-        self.sha.update(block)
+        if self.running is not None:
+            self.running.update(block)
         self.size += len(block)
         return block
 
@@ -257,16 +267,16 @@ def _pipe() -> tuple[int, int]:
     return read_end, write_end
 
 
-def _stream_tar(archive: Path, dest: Path, programs: Programs, hashing: bool) -> _Streamed:
+def _stream_tar(archive: Path, dest: Path, programs: Programs, algorithm: str | None) -> _Streamed:
     """`DECOMPRESSOR -dc | tar -x`, the pipeline a user types, as two programs joined by
     one wide pipe (_pipe), fed by a loop that hashes the same buffer it writes (one read
     of the file: what is extracted is exactly what was hashed). Each program's exit
     status counts, as under pipefail: a decompressor that fails after tar has read a
     whole archive (damage after the last frame) still fails the extraction. When the
     pipeline dies early (damaged data), the rest of the file is still hashed so the
-    damage is named."""
+    damage is named. algorithm: the digest to compute (None: none)."""
     decompressor = _COMPRESSORS.get(archive.suffix if archive.suffix != ".tar" else "")
-    sha = hashlib.sha256()
+    running = digest.hasher(algorithm) if algorithm is not None else None
     size = 0
 
     def feed(stdin: IO[bytes]) -> None:
@@ -282,8 +292,8 @@ def _stream_tar(archive: Path, dest: Path, programs: Programs, hashing: bool) ->
         with open(archive, "rb", buffering=0) as fh:
             while n := fh.readinto(buf):
                 block = view[:n]
-                if hashing:
-                    sha.update(block)
+                if running is not None:
+                    running.update(block)
                 size += n
                 written = 0
                 while alive and written < n:
@@ -318,7 +328,7 @@ def _stream_tar(archive: Path, dest: Path, programs: Programs, hashing: bool) ->
                     os.close(fd)
         # tar's complaint first (a full disk ends zstd with a broken pipe), else zstd's
         error = untarred or decompressed
-    return _Streamed(archive.name, sha.hexdigest(), size, error)
+    return _Streamed(archive.name, running.hexdigest() if running is not None else "", size, error)
 
 
 class _Writeback:
@@ -373,10 +383,10 @@ class _Writeback:
                     os.close(fd)
 
 
-def _stream_python(archive: Path, dest: Path, programs: Programs, hashing: bool) -> _Streamed:
-    del programs, hashing
+def _stream_python(archive: Path, dest: Path, programs: Programs, algorithm: str | None) -> _Streamed:
+    del programs
     with open(archive, "rb") as raw:
-        reader = _HashingReader(raw)
+        reader = _HashingReader(raw, algorithm)
         error = None
         try:
             if archive.suffix == ".zst":
@@ -392,7 +402,8 @@ def _stream_python(archive: Path, dest: Path, programs: Programs, hashing: bool)
         except (OSError, tarfile.TarError, zstandard.ZstdError, EOFError) as exc:
             error = str(exc) or type(exc).__name__
         reader.drain()
-    return _Streamed(archive.name, reader.sha.hexdigest(), reader.size, error)
+    return _Streamed(archive.name, reader.running.hexdigest() if reader.running is not None else "",
+                     reader.size, error)
 
 
 def _chown_tree(root: Path, programs: Programs) -> None:
@@ -470,11 +481,13 @@ def extract_physical(backup_dir: Path, target: Path, programs: Programs,
                 programs.run_as.chown(place)
                 os.chmod(place, 0o700)
             jobs.append((backup_dir / oid_files[oid], place))
-        one: Callable[[Path, Path, Programs, bool], _Streamed] = (
+        one: Callable[[Path, Path, Programs, str | None], _Streamed] = (
             _stream_tar if method == "tar" else _stream_python)
         with _Writeback([dest for _archive, dest in jobs] if writeback else []), \
                 ThreadPoolExecutor(max_workers=min(3, len(jobs))) as pool:
-            streamed = list(pool.map(lambda job: one(job[0], job[1], programs, checks), jobs))
+            streamed = list(pool.map(lambda job: one(job[0], job[1], programs,
+                                                     algorithm_of(job[0].name, manifest) if checks else None),
+                                     jobs))
         if method == "python":
             for _archive, dest in jobs:
                 _chown_tree(dest, programs)

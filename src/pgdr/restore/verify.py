@@ -1,6 +1,6 @@
 """`pgdr verify`: restore a backup into a scratch instance and prove it.
 
-Physical: every file hashed (sha256) while it is extracted, tablespaces into the
+Physical: every file hashed (BLAKE3, or sha256 in older backups) while it is extracted, tablespaces into the
 scratch folder; pg_verifybackup beside the cross-check of pgdr.json with backup_manifest,
 backup_label and pg_control; recovery to the backup's consistent point (promoted); then
 the checks' extensions and, when it saves writing unvacuumed tables again, a restart as
@@ -14,7 +14,7 @@ read every block of every relation fork (dbchecks.checksum_sweep says which cove
 The archived WAL after the backup, up to the archive's end on its timeline (decompress,
 page headers, gaps), is checked in a thread beside all of that.
 
-Logical: sha256 of every file, a fresh initdb, pg_restore -j --no-tablespaces of each
+Logical: the digest of every file, a fresh initdb, pg_restore -j --no-tablespaces of each
 database, the same checks, and row counts that must equal the dump's exactly.
 
 The verdict is written durably to <backup>/verify.json ("backup_ok" says whether the
@@ -251,6 +251,11 @@ def _finish(run: _Run, repo: Repository, folder: Path, t_start: float) -> Verify
 
 # ---- steps ---------------------------------------------------------------------------
 
+def _digests(manifest: BackupManifest) -> str:
+    """What the files check compared: "blake3", or "sha256" for a backup written before."""
+    return "/".join(sorted({entry.algorithm for entry in manifest.files.values()})) or "digests"
+
+
 def _files_check(run: _Run, folder: Path, manifest: BackupManifest) -> Check:
     t0 = time.monotonic()
     problems = check_files(folder, manifest)
@@ -260,7 +265,7 @@ def _files_check(run: _Run, folder: Path, manifest: BackupManifest) -> Check:
         return run.add("files", "fail", f"{first.file}: {first.problem}{more}", time.monotonic() - t0,
                        {"problems": [{"file": p.file, "problem": p.problem} for p in problems]},
                        hint="the backup is damaged: take a new one (`pgdr backup`)")
-    return run.add("files", "ok", f"{len(manifest.files)} files match their sha256",
+    return run.add("files", "ok", f"{len(manifest.files)} files match their {_digests(manifest)}",
                    time.monotonic() - t0, {"files": len(manifest.files)})
 
 
@@ -298,7 +303,7 @@ def _physical_steps(run: _Run, config: Config, programs: Programs, repo: Reposit
             programs.run_as.chown(scratch.folder / "tablespaces")
         done = extract_physical(folder, inst.data_dir, programs, method or DEFAULT_METHOD,
                                 manifest=manifest, tablespaces=places, writeback=False)
-        return run.add("files", "ok", f"{done.files_checked} files match their sha256 (hashed while "
+        return run.add("files", "ok", f"{done.files_checked} files match their {_digests(manifest)} (hashed while "
                        f"extracting{f', {len(places)} tablespace(s)' if places else ''})",
                        time.monotonic() - t0, {"files": done.files_checked, "tablespaces": len(places)})
 
