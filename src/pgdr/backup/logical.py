@@ -61,7 +61,7 @@ def take_logical_backup(config: Config, programs: Programs, repo: Repository,
                      progress=dir_progress(pending.partial), stalled_what="pg_dumpall --globals-only")
         fsync_tree(pending.partial)
         files = {str(p.relative_to(pending.partial)):
-                 FileEntry.of(p.stat().st_size, digest.file_digest(p), digest.WRITTEN)
+                 FileEntry.of(p.stat().st_size, digest.file_digest(p))
                  for p in sorted(pending.partial.rglob("*")) if p.is_file()}
         duration = pending.elapsed
         manifest = BackupManifest(

@@ -1,7 +1,8 @@
 """Physical base backups with pg_basebackup, published only when complete and durable.
 
 The backup is written into <id>.partial, pg_basebackup's own backup_manifest is
-kept (the relation map is read and the data tars hashed, BLAKE3, while the copy runs), our pgdr.json (LSNs, timeline, sizes, checksums, relation map) is written and
+kept (the relation map is read and the data tars hashed, BLAKE3, while the copy runs),
+our pgdr.json (LSNs, timeline, sizes, digests, relation map) is written and
 fsynced, and only then is the folder renamed to <id>. A SIGKILL at any moment
 leaves a .partial folder that no listing shows and the next backup removes.
 """
@@ -18,8 +19,9 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from io import FileIO
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 from pgdr.backup.early import CopyPlan
 from pgdr.backup.publish import pending_backup
@@ -344,7 +346,7 @@ class TarFollower:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.copy_ended = threading.Event()
-        self._open: dict[str, tuple[IO[bytes], digest.Hasher]] = {}
+        self._open: dict[str, tuple[FileIO, digest.Hasher]] = {}
         # One buffer, read into: a new 4 MiB bytes per read cost page faults (fresh memory)
         self._buf = bytearray(digest.CHUNK)
 
@@ -379,10 +381,10 @@ class TarFollower:
             progressed = self._drain(fh, running) or progressed
         return progressed
 
-    def _drain(self, fh: IO[bytes], running: digest.Hasher) -> bool:
+    def _drain(self, fh: FileIO, running: digest.Hasher) -> bool:
         read = False
         view = memoryview(self._buf)
-        while n := fh.readinto(self._buf):  # type: ignore[attr-defined]
+        while n := fh.readinto(self._buf):
             running.update(view[:n])
             read = True
         return read
@@ -408,7 +410,7 @@ def _describe(backup_id: str, folder: Path, config: Config, node_name: str,
             followed = (hashed or {}).get(entry.name)
             hexdigest = followed[1] if followed is not None and followed[0] == size \
                 else digest.file_digest(Path(entry.path))
-            files[entry.name] = FileEntry.of(size, hexdigest, digest.WRITTEN)
+            files[entry.name] = FileEntry.of(size, hexdigest)
     tablespaces = {}
     for oid, (name, location) in spaces.items():
         tar = next((f for f in files if f.split(".", 1)[0] == oid and ".tar" in f), None)

@@ -47,10 +47,10 @@ def hasher(algorithm: str = WRITTEN) -> Hasher:
 
 def file_digest(path: Path, algorithm: str = WRITTEN) -> str:
     """The hex digest of a whole file, read in CHUNK blocks into one buffer."""
-    digest = hasher(algorithm)
+    running = hasher(algorithm)
     buf = bytearray(CHUNK)
     view = memoryview(buf)
     with open(path, "rb", buffering=0) as fh:
         while n := fh.readinto(buf):
-            digest.update(view[:n])
-    return digest.hexdigest()
+            running.update(view[:n])
+    return running.hexdigest()

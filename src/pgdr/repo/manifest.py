@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, SerializerFunctionWrapHandler, ValidationError, model_serializer, model_validator
 
 from pgdr.errors import RepositoryError
+from pgdr.repo import digest
 from pgdr.repo.layout import PARTIAL_SUFFIX, Repository
 
 # without pydantic (pending_backup runs before pgdr backup imports it); importable from here
@@ -48,7 +49,7 @@ class FileEntry(BaseModel):
         return {k: v for k, v in handler(self).items() if v is not None or k == "size"}
 
     @classmethod
-    def of(cls, size: int, hexdigest: str, algorithm: str) -> FileEntry:
+    def of(cls, size: int, hexdigest: str, algorithm: str = digest.WRITTEN) -> FileEntry:
         return cls.model_validate({"size": size, algorithm: hexdigest})
 
     @property
@@ -131,6 +132,12 @@ class BackupManifest(BaseModel):
     def seal(self) -> BackupManifest:
         """The manifest with its own checksum: an edit of any field is then detectable."""
         return self.model_copy(update={"manifest_sha256": self.content_digest()})
+
+    def algorithm_of(self, name: str) -> str:
+        """The digest pgdr.json records for a file; a file it does not list is hashed with
+        the one pgdr writes (and then reported as not listed)."""
+        entry = self.files.get(name)
+        return entry.algorithm if entry is not None else digest.WRITTEN
 
     @property
     def incremental(self) -> bool:

@@ -372,7 +372,7 @@ def fetch_backup(repo: Repository, backup_id: str) -> Path:
             return
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.tmp")
-        running, size = digest.hasher(entry.algorithm if entry is not None else digest.WRITTEN), 0
+        running, size = digest.hasher(manifest.algorithm_of(name)), 0
         try:
             with store.open_read(f"backups/{backup_id}/{name}") as src, open(tmp, "wb") as out:
                 while block := src.read(1 << 20):
@@ -486,7 +486,7 @@ def publish_to_store(repo: Repository, folder: Path, backup_id: str, manifest: B
         finally:
             rest.exception()  # wait for the other uploads, whatever happened
         rest.result()  # and raise their failure, if any
-    entries = {name: FileEntry.of(size, hexdigest, digest.WRITTEN) for name, (size, hexdigest) in sent.items()}
+    entries = {name: FileEntry.of(size, hexdigest) for name, (size, hexdigest) in sent.items()}
     files = {**manifest.files, **entries}
     sealed = manifest.model_copy(update={"files": files, "bytes_on_disk": sum(f.size for f in files.values())}).seal()
     write_json_durable(folder / MANIFEST, sealed.model_dump(mode="json"))

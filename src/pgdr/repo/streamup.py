@@ -8,8 +8,9 @@ whole backup. pg_wal.tar (the tar WAL method seeks back to fix headers) and
 backup_manifest are small and go up after pg_basebackup ends, with pgdr.json last.
 
 The uploader computes each file's size and digest (repo/digest.py) from the bytes it
-sent; pgdr.json records those (the local file is mostly holes by then). A file that vanishes (pg_basebackup retried
-with another compression) has its upload aborted; any failure of the store ends the backup.
+sent; pgdr.json records those (the local file is mostly holes by then). A file that
+vanishes (pg_basebackup retried with another compression) has its upload aborted; any
+failure of the store ends the backup.
 """
 
 from __future__ import annotations

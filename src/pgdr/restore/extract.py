@@ -57,7 +57,7 @@ class FileProblem:
 
 
 def _mismatch(name: str, hexdigest: str, size: int, manifest: BackupManifest) -> FileProblem | None:
-    """hexdigest: of the algorithm pgdr.json records for the file (algorithm_of)."""
+    """hexdigest: of the algorithm pgdr.json records for the file (BackupManifest.algorithm_of)."""
     entry = manifest.files.get(name)
     if entry is None:
         return FileProblem(name, "not listed in pgdr.json")
@@ -68,12 +68,6 @@ def _mismatch(name: str, hexdigest: str, size: int, manifest: BackupManifest) ->
                                  f"{entry.digest[:12]}…")
     return None
 
-
-def algorithm_of(name: str, manifest: BackupManifest | None) -> str:
-    """The digest pgdr.json records for a file; a file it does not list is hashed with the
-    one pgdr writes (and then reported as not listed)."""
-    entry = manifest.files.get(name) if manifest is not None else None
-    return entry.algorithm if entry is not None else digest.WRITTEN
 
 
 def check_files(backup_dir: Path, manifest: BackupManifest, names: list[str] | None = None) -> list[FileProblem]:
@@ -486,8 +480,8 @@ def extract_physical(backup_dir: Path, target: Path, programs: Programs,
         with _Writeback([dest for _archive, dest in jobs] if writeback else []), \
                 ThreadPoolExecutor(max_workers=min(3, len(jobs))) as pool:
             streamed = list(pool.map(lambda job: one(job[0], job[1], programs,
-                                                     algorithm_of(job[0].name, manifest) if checks else None),
-                                     jobs))
+                                                     manifest.algorithm_of(job[0].name) if manifest and checks
+                                                     else None), jobs))
         if method == "python":
             for _archive, dest in jobs:
                 _chown_tree(dest, programs)
