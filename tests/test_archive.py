@@ -75,6 +75,25 @@ def test_archive_refuses_a_misnamed_segment(shared_sandbox: sb.Sandbox, tmp_path
         check_segment_bytes(name, data[:8192], 16 * 1024 * 1024, None)
 
 
+def test_archive_never_overwrites_a_segment(shared_sandbox: sb.Sandbox, tmp_path: Path) -> None:
+    """The same bytes again are a duplicate; other bytes under the same name are refused,
+    and the archived copy stays byte for byte what it was (compared here with the file)."""
+    from pgdr.errors import RepositoryError
+
+    archive = WalArchive(shared_sandbox.repo)
+    victim = archive.files()[0]
+    stored_before = victim.path.read_bytes()
+    again = tmp_path / victim.name
+    again.write_bytes(archive.read(victim.name))
+    assert archive.store(again) == "duplicate"
+    data = bytearray(again.read_bytes())
+    data[len(data) - 100] ^= 0x01  # in the last page's records, past every page header
+    again.write_bytes(bytes(data))
+    with pytest.raises(RepositoryError, match="already archived with different contents"):
+        archive.store(again)
+    assert victim.path.read_bytes() == stored_before
+
+
 def test_damaged_archived_segment_is_detected_on_read(make_sandbox) -> None:  # type: ignore[no-untyped-def]
     sandbox = make_sandbox("damaged", standbys=0)
     _switch_wal(sandbox, 1)
