@@ -1,9 +1,10 @@
 """A/B: `pgdr verify` of two pgdr installations on the same backup, interleaved.
 
-pgbench -i -s SCALE into a fresh sandbox, one backup (taken with --new), then ROUNDS
-rounds of `pgdr verify ID --json` from each installation in turn (the order alternates),
-each a new process; prints every run's wall time and verify's own phases, then medians.
-The repository format is shared, so an older checkout's pgdr verifies the same backup:
+pgbench -i -s SCALE into a fresh sandbox, one backup (taken with --old: a newer pgdr reads
+every older pgdr.json format, not the other way round; format 2, BLAKE3 digests, came with
+fb787e2), then ROUNDS rounds of `pgdr verify ID --json` from each installation in turn
+(the order alternates), each a new process; prints every run's wall time and verify's own
+phases, then medians. So an older checkout's pgdr verifies the same backup:
 
     git worktree add --detach /tmp/pgdr-old <commit> && (cd /tmp/pgdr-old && bash scripts/bootstrap.sh)
     .venv/bin/python bench/ab_verify.py --old /tmp/pgdr-old/.venv/bin/pgdr --scale 100 --rounds 4
@@ -35,7 +36,7 @@ def main() -> None:
     args = parser.parse_args()
     programs = Programs()
     with pgbench_sandbox("pgdr-ab-verify-", args.scale, programs) as (_base, sandbox, _pg):
-        out = subprocess.run([args.new, "-c", str(sandbox.config_path), "backup", "--json"],
+        out = subprocess.run([args.old, "-c", str(sandbox.config_path), "backup", "--json"],
                              capture_output=True, text=True, check=True)
         backup_id = json.loads(out.stdout)["id"]
         walls: dict[str, list[float]] = {"old": [], "new": []}
