@@ -6,8 +6,7 @@ backup_manifest and pgdr.json. Each tar is read ONCE: pgdr reads the file into o
 buffer and feeds both the digest pgdr.json records (BLAKE3, or sha256 for older backups:
 repo/digest.py) and the `zstd -dc | tar -x` pipeline from it, so what is extracted is
 exactly what was hashed (server-side zstd has no frame checksum: only the digest catches
-a flipped byte there). A mismatch removes everything extracted and
-names the file.
+a flipped byte there). A mismatch removes everything extracted and names the file.
 
 Tablespaces go under the target (<data>/pg_tblspc_data/<oid>) or where the user's
 --tablespace-map says, never to the source's location: pg_tblspc links and
@@ -67,7 +66,6 @@ def _mismatch(name: str, hexdigest: str, size: int, manifest: BackupManifest) ->
         return FileProblem(name, f"{entry.algorithm} {hexdigest[:12]}… does not match pgdr.json's "
                                  f"{entry.digest[:12]}…")
     return None
-
 
 
 def check_files(backup_dir: Path, manifest: BackupManifest, names: list[str] | None = None) -> list[FileProblem]:
