@@ -87,6 +87,9 @@ class Instance:
     # The bootstrap superuser (initdb -U): "postgres" on Debian, POSTGRES_USER in the
     # official container image. A restored copy is reached as its source's own.
     superuser: str = "postgres"
+    # Added to the postmaster's environment (and so every backend's) when pgdr starts it;
+    # see Scratch.create.
+    server_env: dict[str, str] = field(default_factory=dict)
     _watchdog: Watchdog | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -153,7 +156,7 @@ class Instance:
             # -W: pg_ctl only launches; pgdr waits itself (_wait_started), as pg_ctl -w
             # looks at postmaster.pid only every 100 ms (50 ms lost per start on average)
             self.programs.run("pg_ctl", ["-D", str(self.data_dir), "-l", str(self.logfile), "-W", "start"],
-                              timeout=60)
+                              env=self.server_env or None, timeout=60)
             self._wait_started(launched, log_start, timeout)
         except Exception as exc:
             cause = self._log_cause(log_start)
