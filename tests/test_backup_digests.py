@@ -14,7 +14,7 @@ from pgdr.sandbox import sandbox as sb
 from tests.conftest import run_cli
 
 
-def _seal(doc: dict) -> str:  # type: ignore[type-arg]
+def seal(doc: dict) -> str:  # type: ignore[type-arg]
     """pgdr.json's manifest_sha256 as every pgdr has computed it."""
     body = {k: v for k, v in doc.items() if k != "manifest_sha256"}
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"),
@@ -27,7 +27,7 @@ def _as_written_before_blake3(folder: Path) -> None:
     doc["format"] = 1
     doc["files"] = {name: {"size": e["size"], "sha256": hashlib.sha256((folder / name).read_bytes()).hexdigest()}
                     for name, e in doc["files"].items()}
-    doc["manifest_sha256"] = _seal(doc)
+    doc["manifest_sha256"] = seal(doc)
     (folder / "pgdr.json").write_text(json.dumps(doc, indent=2))
 
 
@@ -75,7 +75,7 @@ def test_a_pgdr_json_from_a_newer_pgdr_is_refused_by_name(make_sandbox) -> None:
     folder = _backup(sandbox)
     doc = json.loads((folder / "pgdr.json").read_text())
     doc["format"] = 3
-    doc["manifest_sha256"] = _seal(doc)
+    doc["manifest_sha256"] = seal(doc)
     (folder / "pgdr.json").write_text(json.dumps(doc))
 
     listed = run_cli("list", "--json", config=sandbox.config_path)

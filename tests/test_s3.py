@@ -8,6 +8,7 @@ what the bucket holds afterwards can be counted.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -27,6 +28,7 @@ from pgdr.sandbox import sandbox as sb
 from tests.conftest import run_cli
 from tests.s3_server import BUCKET
 from tests.s3_server import bucket_keys as keys
+from tests.test_backup_digests import seal
 
 
 def _free_port() -> int:
@@ -269,6 +271,51 @@ def test_a_local_repository_is_never_taken_for_a_cache(sandbox: sb.Sandbox, moto
     assert refused.returncode == 1 and "belongs to cluster 1" in one_line(refused.stderr)
     assert client.get_object(Bucket=BUCKET, Key="foreign/pgdr-repo.json")["Body"].read() == foreign.encode()
     assert not keys(client, "foreign/backups/")
+
+
+def test_a_sha256_backup_in_the_bucket_verifies_and_its_damage_is_caught(
+        sandbox: sb.Sandbox, moto: tuple[int, Any], base_dir: Path) -> None:
+    """A backup written before BLAKE3 (pgdr.json format 1, sha256 per file), read from the
+    bucket by a fresh working folder: the stream is checked with the digest pgdr.json
+    records. The older pgdr.json is rebuilt here with hashlib from the bucket's objects."""
+    port, client = moto
+    cfg = s3_config(sandbox, "work-old", port, "old")
+    assert run_cli("archiver", "start", config=cfg).returncode == 0
+    try:
+        result = run_cli("backup", "--json", config=cfg)
+        assert result.returncode == 0, result.stderr
+        bid = json.loads(result.stdout)["id"]
+        doc_key = f"old/backups/{bid}/pgdr.json"
+        doc = json.loads(client.get_object(Bucket=BUCKET, Key=doc_key)["Body"].read())
+        assert doc["format"] == 2
+        doc["format"] = 1
+        doc["files"] = {name: {"size": e["size"], "sha256": hashlib.sha256(client.get_object(
+            Bucket=BUCKET, Key=f"old/backups/{bid}/{name}")["Body"].read()).hexdigest()}
+            for name, e in doc["files"].items()}
+        doc["manifest_sha256"] = seal(doc)
+        client.put_object(Bucket=BUCKET, Key=doc_key, Body=json.dumps(doc, indent=2).encode())
+
+        verified = run_cli("verify", bid, "--json", config=s3_config(sandbox, "work-old-b", port, "old"))
+        assert verified.returncode == 0, verified.stdout[-2000:] + verified.stderr
+        files = next(c for c in json.loads(verified.stdout)["checks"] if c["name"] == "files")
+        assert files["status"] == "ok" and "sha256" in files["summary"], files
+
+        key = f"old/backups/{bid}/base.tar.zst"
+        body = bytearray(client.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+        body[len(body) // 2] ^= 0x01
+        client.put_object(Bucket=BUCKET, Key=key, Body=bytes(body))
+        damaged = run_cli("verify", bid, config=s3_config(sandbox, "work-old-c", port, "old"))
+        assert damaged.returncode == 1, damaged.stderr
+        assert "base.tar.zst" in one_line(damaged.stderr) and "sha256" in damaged.stderr \
+            and "does not match" in damaged.stderr
+        # --force: past the failed verify.json, the restore's own stream must catch it
+        target = base_dir / "s3-old-restored"
+        restored = run_cli("restore", "--backup", bid, "--target-dir", str(target), "--immediate", "--force",
+                           config=s3_config(sandbox, "work-old-d", port, "old"))
+        assert restored.returncode == 1, restored.stdout + restored.stderr
+        assert "base.tar.zst" in restored.stderr and "sha256" in restored.stderr and not target.exists()
+    finally:
+        run_cli("archiver", "stop", config=cfg)
 
 
 # ---- encryption ------------------------------------------------------------------------------
