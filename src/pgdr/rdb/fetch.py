@@ -3,12 +3,12 @@ object's sha256 (rdb/store.py), then the decompressed file's sha256."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
 from pgdr.errors import UsageError
-from pgdr.rdb.store import META, SnapshotDamaged, SnapshotStore
+from pgdr.rdb.store import DIGEST, META, SnapshotDamaged, SnapshotStore
+from pgdr.repo import digest
 
 
 def find_snapshot(store: SnapshotStore, name: str, which: str | None) -> dict[str, Any]:
@@ -31,7 +31,7 @@ def materialize(store: SnapshotStore, meta: dict[str, Any], dest: Path) -> None:
     import zstandard
 
     stored = meta["stored"]
-    raw_sha = hashlib.sha256()
+    raw_sha = digest.hasher(DIGEST)
     chunks = store.open(stored["key"], stored["sha256"])
     try:
         decompressor = zstandard.ZstdDecompressor().decompressobj()

@@ -10,7 +10,6 @@ and its metadata written last.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import time
@@ -24,8 +23,9 @@ from pgdr.errors import BackupFailed, PgdrError
 from pgdr.fsutil import exclusive_lock
 from pgdr.rdb import programs
 from pgdr.rdb.rdbfile import RdbDamaged, scan
-from pgdr.rdb.store import DATA, META, SnapshotStore
+from pgdr.rdb.store import DATA, DIGEST, META, SnapshotStore
 from pgdr.rdb.target import RedisTarget
+from pgdr.repo import digest
 from pgdr.repo.layout import Repository
 
 COMPRESSION_LEVEL = 3
@@ -90,7 +90,7 @@ def _take(rc: RedisConfig, target: RedisTarget, store: SnapshotStore, rdb: Path)
     except RdbDamaged as exc:
         raise BackupFailed(f"redis {rc.name}: the snapshot is not a complete RDB: {exc.message}") from None
     rdb_bytes = rdb.stat().st_size
-    raw_sha = hashlib.sha256()
+    raw_sha = digest.hasher(DIGEST)
     with open(rdb, "rb") as fh:
         stored = store.put(f"{snapshot_id}/{DATA}", _Compressing(fh, raw_sha))
     finished = time.time()

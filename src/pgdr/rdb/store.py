@@ -20,7 +20,6 @@ against the metadata (and, when encrypted, each chunk authenticated).
 from __future__ import annotations
 
 import builtins
-import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from typing import IO, Any, cast
 
 from pgdr.errors import PgdrError, RepositoryError
 from pgdr.fsutil import fsync_path
+from pgdr.repo import digest
 from pgdr.repo.layout import Repository
 from pgdr.repo.store import LocalStore, ObjectMissing, Store
 
@@ -57,10 +57,16 @@ def _local_root(objects: Store) -> Path | None:
     return inner.root if isinstance(inner, LocalStore) else None
 
 
+# What snapshot.json records for a snapshot's bytes (its keys say so: "rdb_sha256",
+# "stored.sha256"). Redis snapshots are not on any path where the hash's speed shows, so
+# they keep the digest they were first written with; repo/digest.py makes the hasher.
+DIGEST = "sha256"
+
+
 class _HashingReader:
     def __init__(self, inner: Any) -> None:
         self.inner = inner
-        self.sha = hashlib.sha256()
+        self.sha = digest.hasher(DIGEST)
         self.size = 0
 
     def read(self, n: int = -1) -> bytes:
@@ -97,18 +103,18 @@ class SnapshotStore:
         wrote from them)."""
         from pgdr.repo.crypto import ObjectDamaged
 
-        digest = hashlib.sha256()
+        running = digest.hasher(DIGEST)
         try:
             with self.objects.open_read(self.prefix + key) as fh:
                 while chunk := fh.read(_CHUNK):
-                    digest.update(chunk)
+                    running.update(chunk)
                     yield chunk
         except ObjectMissing:
             raise SnapshotDamaged(f"{key} is missing from the repository") from None
         except ObjectDamaged as exc:
             raise SnapshotDamaged(exc.message, hint=exc.hint) from None
-        if digest.hexdigest() != sha256:
-            raise SnapshotDamaged(f"{key}: sha256 {digest.hexdigest()[:16]}… does not match the recorded "
+        if running.hexdigest() != sha256:
+            raise SnapshotDamaged(f"{key}: sha256 {running.hexdigest()[:16]}… does not match the recorded "
                                   f"{sha256[:16]}… (altered or damaged in the repository)")
 
     def put_json(self, key: str, data: dict[str, Any]) -> None:
