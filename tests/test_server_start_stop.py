@@ -6,7 +6,7 @@ pid file left by a crashed server must not pass for the new one: a bad setting, 
 someone else holds, a postmaster SIGKILLed while it recovers, a stale "ready" pid file,
 and a standby, which is ready when it says "standby". children.stop_server is woken by
 the postmaster's exit (a pidfd) and still escalates to SIGKILL, in bounded time, for a
-SIGSTOPped postmaster that cannot act on SIGQUIT.
+SIGSTOPped postmaster that cannot act on SIGQUIT. A zombie postmaster is not running.
 """
 
 from __future__ import annotations
@@ -206,3 +206,24 @@ def test_wait_gone_is_bounded_and_woken_by_the_exit() -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_zombie_or_vanished_postmaster_is_not_running(tmp_path: Path) -> None:
+    """Instance.pid reads postmaster.pid: a live process is running; a SIGKILLed postmaster
+    that nobody reaped yet (a zombie, as in a container whose init never reaps) is not, and
+    neither is a pid that is gone."""
+    instance = Instance("zombie", tmp_path / "data", free_port(), tmp_path)
+    instance.data_dir.mkdir()
+    pidfile = instance.data_dir / "postmaster.pid"
+    live = subprocess.Popen(["sleep", "30"])
+    try:
+        pidfile.write_text(f"{live.pid}\n{instance.data_dir}\n")
+        assert instance.pid() == live.pid and instance.is_running()
+        live.kill()
+        while Path(f"/proc/{live.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            time.sleep(0.01)
+        assert instance.pid() is None and not instance.is_running()  # a zombie of ours
+    finally:
+        live.kill()
+        live.wait()
+    assert instance.pid() is None  # reaped: the pid is gone

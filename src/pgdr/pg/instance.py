@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pgdr.errors import SandboxError
-from pgdr.pg.children import REGISTRY, postmaster_of, start_time, wait_gone
+from pgdr.pg.children import REGISTRY, is_alive, postmaster_of, start_time, wait_gone
 from pgdr.pg.conninfo import make_conninfo
 from pgdr.pg.process import Watchdog, dir_progress
 from pgdr.pg.programs import Programs
@@ -134,7 +134,7 @@ class Instance:
             return None
         # A SIGKILLed postmaster stays a zombie until its parent reaps it, and a container's
         # init may never do so: a zombie is not running.
-        return pid if _alive(pid) else None
+        return pid if is_alive(pid) else None
 
     def is_running(self) -> bool:
         return self.pid() is not None
@@ -252,21 +252,6 @@ class Instance:
         auto = self.data_dir / "postgresql.auto.conf"
         text = auto.read_text().replace("primary_conninfo = '", f"primary_conninfo = 'application_name={self.name} ", 1)
         auto.write_text(text)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie child of ours counts as dead
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split()[2] != "Z"
-    except OSError:
-        return False
 
 
 def _quote(value: str | int) -> str:
