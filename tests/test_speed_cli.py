@@ -44,3 +44,13 @@ def test_help_and_version_import_no_heavy_library() -> None:
     # a command's own help: Typer builds its parameters with pydantic, but nothing of pgdr's
     # domain (the driver, the config model) is loaded to print it
     assert _imported_by("failover", "--help") & {"psycopg", "psycopg_pool", "zstandard"} == set()
+
+
+def test_restore_and_verify_leave_psycopg_to_be_imported_beside_the_extraction() -> None:
+    """restore and verify import psycopg (~40 ms) on a thread while zstd and tar run
+    (pgdr/preload.py): their modules must not pull it in before."""
+    code = ("import sys, pgdr.cli.cmd_verify, pgdr.cli.cmd_restore, pgdr.restore.verify, pgdr.restore.pitr; "
+            "print(sorted(m for m in ('psycopg', 'pgdr.restore.dbchecks', 'pgdr.pg.connect') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"

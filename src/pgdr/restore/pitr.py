@@ -32,6 +32,7 @@ from pgdr.pg.instance import DETACHED_SETTINGS, SOCKET_PATH_MAX, Instance, check
 from pgdr.pg.lsn import parse_lsn, parse_segment_name
 from pgdr.pg.programs import Programs
 from pgdr.pg.waldump import Chunk
+from pgdr.preload import preload
 from pgdr.repo import unfinished
 from pgdr.repo.layout import Repository
 from pgdr.repo.locks import reading
@@ -406,16 +407,6 @@ def _restore_command(config: Config, repo: Repository, spool: Path, programs: Pr
             f'then exit 1; else {slow}; fi')
 
 
-def _import_for_recovery() -> None:
-    """What waiting for recovery needs and extracting does not (psycopg: ~40 ms), imported
-    while tar and zstd run instead of before them. A failure here is the later import's."""
-    try:
-        import pgdr.pg.connect  # noqa: F401
-        import pgdr.restore.prepared  # noqa: F401
-    except Exception:  # noqa: BLE001 - raised again where the module is used
-        pass
-
-
 def _socket_dir_for(target_dir: Path) -> Path:
     if len(str(target_dir)) <= SOCKET_PATH_MAX:
         return target_dir
@@ -550,7 +541,7 @@ def restore_to_point(config: Config, programs: Programs, repo: Repository, targe
                             log_file=target_dir / "pgdr-restore.log", supervised=True)
         with timeline.step("extract"):
             created = True
-            threading.Thread(target=_import_for_recovery, name="pgdr-imports", daemon=True).start()
+            preload("pgdr.pg.connect", "pgdr.restore.prepared")  # psycopg: not needed before recovery
             restore_physical(backup_dir(repo, chosen.backup.id), instance, programs,
                              config_path=config.source, target=chosen.target,
                              extra_settings=_server_settings(instance),
@@ -581,7 +572,7 @@ def restore_to_point(config: Config, programs: Programs, repo: Repository, targe
                             socket_dir, instance.conninfo(), instance.logfile,
                             "paused" if reached.get("in_recovery") else "promoted", reached,
                             {s.name: s.seconds or 0.0 for s in timeline.steps}, chosen_because=chosen.reason)
-        import psycopg  # imported during the extraction (_import_for_recovery)
+        import psycopg  # imported during the extraction (preload)
 
         try:     # the restore is done: a failure to look is said, never a reason to undo it
             result.prepared = [p.as_dict() for p in _prepared(instance)]

@@ -42,16 +42,15 @@ from pgdr.checks import Check, Status
 from pgdr.config import Config
 from pgdr.errors import ConfigError, CouldNotRun, PgdrError
 from pgdr.fsutil import exclusive_lock, write_json_durable
-from pgdr.pg.connect import session
 from pgdr.pg.instance import Instance
 from pgdr.pg.lsn import parse_lsn
 from pgdr.pg.process import dir_progress
 from pgdr.pg.programs import Programs
+from pgdr.preload import preload
 from pgdr.repo.layout import Repository
 from pgdr.repo.locks import reading
 from pgdr.repo.manifest import BackupManifest, backup_dir, find_backup, list_backups
 from pgdr.repo.records import VERIFY_RECORD, read_verification
-from pgdr.restore import dbchecks
 from pgdr.restore.access import bootstrap_superuser
 from pgdr.restore.extract import (
     DEFAULT_METHOD,
@@ -277,6 +276,7 @@ def _verify_physical(run: _Run, config: Config, programs: Programs, repo: Reposi
     # recorded after the backup's own checks, whether they passed or not.
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pgdr-walcheck")
     wal = pool.submit(_probe_archive, repo, manifest)
+    preload("pgdr.restore.dbchecks")  # psycopg and the checks: needed once the copy runs
     try:
         _physical_steps(run, config, programs, repo, manifest, folder, scratch, jobs, method)
     except BaseException:
@@ -379,11 +379,14 @@ def _physical_steps(run: _Run, config: Config, programs: Programs, repo: Reposit
 
     if not run.step("restore", start):
         return
+    from pgdr.restore import dbchecks  # imported beside the extraction (preload)
+
     dbnames = dbchecks.databases(inst)
     _common_checks(run, config, programs, scratch, dbnames, jobs, manifest=manifest)
     _compare_physical_counts(run, config, repo, manifest)
-    # Thrown away: no shutdown checkpoint needed (data checksums were proven online).
-    inst.stop(mode="immediate", timeout=120)
+    # Left running: Scratch.destroy stops it (SIGQUIT, woken by the exit: no shutdown
+    # checkpoint, data checksums were proven online), or --keep hands it over as it is.
+    # A `pg_ctl -m immediate -w stop` here cost ~0.1 s, pg_ctl looking every 100 ms.
 
 
 def _probe_archive(repo: Repository, manifest: BackupManifest) -> tuple[ArchiveCheck | PgdrError, float]:
@@ -417,6 +420,8 @@ def _data_checksums(run: _Run, manifest: BackupManifest, sweep: dict[str, Any] |
     page's checksum on read (see dbchecks.checksum_sweep for what covers what). found:
     (who read it, message) for every "invalid page" ERROR pg_amcheck, the SQL scans or the
     sweep hit."""
+    from pgdr.restore import dbchecks  # psycopg: imported beside the extraction (preload)
+
     if isinstance(sweep, Exception):
         message = sweep.message if isinstance(sweep, PgdrError) else str(sweep)
         return run.add("data checksums", "fail", f"the checksum sweep failed: {message}", seconds)
@@ -470,8 +475,11 @@ def _relation_of(manifest: BackupManifest, path: str) -> str | None:
 def _verify_logical(run: _Run, config: Config, programs: Programs, manifest: BackupManifest,
                     folder: Path, scratch: Scratch, jobs: int) -> None:
     inst = scratch.instance
+    preload("pgdr.restore.dbchecks")  # psycopg and the checks, beside initdb
 
     def restore() -> Check:
+        from pgdr.pg.connect import session
+
         t0 = time.monotonic()
         inst.initdb(checksums=True)
         inst.configure(scratch.settings())
@@ -531,6 +539,8 @@ def _common_checks(run: _Run, config: Config, programs: Programs, scratch: Scrat
     indexes) and, for a physical backup, the sweep that completes the online data
     checksum coverage; then the duplicate-key verdict, trusting those walks only if
     amcheck passed, then the user's smoke queries."""
+    from pgdr.restore import dbchecks  # psycopg: imported beside the extraction (preload)
+
     inst = scratch.instance
     amcheck_ok = False
     # The checksums of a restored physical backup's pages, proven as they are read (see
@@ -659,6 +669,8 @@ def _prepare(inst: Instance, *, template0: bool) -> bool:
     vacuumed table's pages are read without setting hint bits; below that it costs more
     than it saves), and when any database has an unlogged table.
     """
+    from pgdr.restore import dbchecks  # psycopg: imported beside the extraction (preload)
+
     if template0:
         dbchecks.allow_template0(inst, True)
     prepared = dbchecks.install_extensions(inst)
@@ -681,6 +693,8 @@ def _restart_read_only(inst: Instance, programs: Programs) -> None:
 
 def _writable_again(inst: Instance) -> None:
     """A kept copy is a writable server, template0 closed again as restored."""
+    from pgdr.restore import dbchecks  # psycopg: imported beside the extraction (preload)
+
     if (inst.data_dir / "standby.signal").exists():
         if inst.is_running():
             inst.promote(timeout=120)
