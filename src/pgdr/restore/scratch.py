@@ -43,9 +43,9 @@ def scratch_server_env() -> dict[str, str]:
     backends' large allocations.
 
     Why: verify's critical path is bt_index_check(heapallindexed) of the largest index,
-    whose time goes mostly to random probes of a Bloom filter of up to 64 MB
-    (maintenance_work_mem) that PostgreSQL pallocs, i.e. mallocs; with 4 kB pages nearly
-    every probe misses the TLB as well as the cache. On huge pages the check took
+    a third of whose time goes to random probes of a Bloom filter of up to 64 MB
+    (maintenance_work_mem; 16 MB at pgbench scale 100) that PostgreSQL pallocs, i.e.
+    mallocs; on 4 kB pages nearly every probe misses the TLB as well as the cache. On huge pages the check took
     1.80-1.88 s against 1.95-2.18 s (pgbench scale 100, pgbench_accounts_pkey, four
     alternating restarts). Only scratch servers get it: a restored server belongs to its
     user, whose memory policy pgdr does not change. A GLIBC_TUNABLES the user set is
