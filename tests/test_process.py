@@ -482,3 +482,26 @@ def test_half_created_scratch_folder_of_a_dead_verify_is_reaped_and_a_live_ones_
     removed = reap_stale(tmp_path)
     assert removed == [orphan] and not orphan.exists()
     assert live.exists(), "a live verify's folder must never be removed"
+
+
+def test_a_failing_tar_is_summarized_by_its_first_error_not_its_last_line(tmp_path: Path) -> None:
+    """GNU tar ends a failed extraction with "Exiting with failure status due to previous
+    errors", which names nothing: the one line pgdr reports must be the error itself."""
+    import tarfile
+
+    from pgdr.errors import ProgramFailed
+    from pgdr.pg.programs import Programs
+
+    member = tmp_path / "000000010000000000000001"
+    member.write_bytes(b"x" * 1024)
+    archive = tmp_path / "wal.tar"
+    with tarfile.open(archive, "w") as tar:  # the file alone: no entry for its folder
+        tar.add(member, arcname=f"pg_wal/{member.name}")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "pg_wal").write_text("a file where the archive needs a folder\n")
+    with pytest.raises(ProgramFailed) as failed:
+        Programs().run("tar", ["-xf", str(archive), "-C", str(dest)], as_server_user=False)
+    message = failed.value.message
+    assert "pg_wal" in message and "Cannot" in message, message
+    assert "previous errors" not in message, message

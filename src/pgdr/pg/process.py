@@ -271,6 +271,7 @@ def run(argv: Sequence[str], *, name: str | None = None, env: Mapping[str, str] 
     stderr = err.text()
     code = proc.returncode
     if code not in ok_codes:
+        log.debug("%s exited with %s; its stderr: %s", name, code, mask_text(stderr.strip()[-4000:]))
         raise ProgramFailed(f"{name} failed: {summarize_stderr(stderr, code)}")
     return Completed(list(argv), code, out.text() if out else "", stderr)
 
@@ -433,6 +434,7 @@ def start_detached(argv: Sequence[str], *, log_path: Path,
                                 start_new_session=True, cwd="/", env=env, close_fds=True)
 
 
+TAR_SUMMARY = "Exiting with failure status due to previous errors"
 OS_CAUSES = ("No space left on device", "Disk quota exceeded", "Read-only file system",
              "Permission denied", "Input/output error")
 
@@ -450,4 +452,9 @@ def summarize_stderr(stderr: str, returncode: int) -> str:
         for line in lines:
             if prefix in line:
                 return mask_text(line)
+    # GNU tar ends with a summary that names nothing ("Exiting with failure status due to
+    # previous errors"): the first of those previous errors says what went wrong.
+    told = [ln for ln in lines if not ln.endswith(TAR_SUMMARY)]
+    if told and len(told) < len(lines):
+        return mask_text(told[0])
     return mask_text(lines[-1]) if lines else f"exit code {returncode}"
