@@ -65,6 +65,9 @@ from pgdr.restore.recovery import RecoveryTarget, configure_recovery, wait_until
 from pgdr.restore.scratch import Scratch, reap_stale, scratch_root
 from pgdr.restore.walcheck import ArchiveCheck, check_archive
 
+# dbchecks and pgdr.pg.connect (psycopg, ~40-50 ms to import) are imported in the functions
+# that use them: preload() loads them on a thread while zstd and tar extract the backup.
+
 WAL_CHECKS = ("archived WAL",)
 
 # Writing this much WAL and heap costs about what the restart does (~0.1 s per 64 MB measured
@@ -379,7 +382,7 @@ def _physical_steps(run: _Run, config: Config, programs: Programs, repo: Reposit
 
     if not run.step("restore", start):
         return
-    from pgdr.restore import dbchecks  # imported beside the extraction (preload)
+    from pgdr.restore import dbchecks
 
     dbnames = dbchecks.databases(inst)
     _common_checks(run, config, programs, scratch, dbnames, jobs, manifest=manifest)
@@ -420,7 +423,7 @@ def _data_checksums(run: _Run, manifest: BackupManifest, sweep: dict[str, Any] |
     page's checksum on read (see dbchecks.checksum_sweep for what covers what). found:
     (who read it, message) for every "invalid page" ERROR pg_amcheck, the SQL scans or the
     sweep hit."""
-    from pgdr.restore import dbchecks  # psycopg: imported beside the extraction (preload)
+    from pgdr.restore import dbchecks
 
     if isinstance(sweep, Exception):
         message = sweep.message if isinstance(sweep, PgdrError) else str(sweep)
@@ -539,7 +542,7 @@ def _common_checks(run: _Run, config: Config, programs: Programs, scratch: Scrat
     indexes) and, for a physical backup, the sweep that completes the online data
     checksum coverage; then the duplicate-key verdict, trusting those walks only if
     amcheck passed, then the user's smoke queries."""
-    from pgdr.restore import dbchecks  # psycopg: imported beside the extraction (preload)
+    from pgdr.restore import dbchecks
 
     inst = scratch.instance
     amcheck_ok = False
@@ -669,7 +672,7 @@ def _prepare(inst: Instance, *, template0: bool) -> bool:
     vacuumed table's pages are read without setting hint bits; below that it costs more
     than it saves), and when any database has an unlogged table.
     """
-    from pgdr.restore import dbchecks  # psycopg: imported beside the extraction (preload)
+    from pgdr.restore import dbchecks
 
     if template0:
         dbchecks.allow_template0(inst, True)
@@ -693,7 +696,7 @@ def _restart_read_only(inst: Instance, programs: Programs) -> None:
 
 def _writable_again(inst: Instance) -> None:
     """A kept copy is a writable server, template0 closed again as restored."""
-    from pgdr.restore import dbchecks  # psycopg: imported beside the extraction (preload)
+    from pgdr.restore import dbchecks
 
     if (inst.data_dir / "standby.signal").exists():
         if inst.is_running():
