@@ -220,7 +220,9 @@ def test_a_zombie_or_vanished_postmaster_is_not_running(tmp_path: Path) -> None:
         pidfile.write_text(f"{live.pid}\n{instance.data_dir}\n")
         assert instance.pid() == live.pid and instance.is_running()
         live.kill()
+        deadline = time.monotonic() + 10
         while Path(f"/proc/{live.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline, "the killed sleep did not become a zombie within 10 s"
             time.sleep(0.01)
         assert instance.pid() is None and not instance.is_running()  # a zombie of ours
     finally:
